@@ -1,0 +1,119 @@
+"""Loading weights into MindSpore models, with a report of missing / unexpected / mismatched keys."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+from mindspore import Tensor, dtype_to_nptype, nn
+
+from . import naming
+from .checkpoint_io import CheckpointError, PathLike, read_weights
+from .convert import convert_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """Outcome of loading a state dict into a network."""
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)        # in the model, not in the checkpoint
+    unexpected: List[str] = field(default_factory=list)     # in the checkpoint, not in the model
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, ckpt, model shape)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every model parameter was loaded and nothing was left over."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}, unexpected "
+                 f"{len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"]
+        if self.missing:
+            lines.append("  missing (left at init): " + ", ".join(self.missing[:6]))
+        if self.unexpected:
+            lines.append("  unexpected (ignored): " + ", ".join(self.unexpected[:6]))
+        lines += [f"  shape mismatch: {n} checkpoint {c} vs model {m}" for n, c, m in self.mismatched[:6]]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _likely_cause(report: LoadReport, model_names: List[str]) -> str:
+    head = set(naming.head_names("ms_transfer"))
+    bad = {n for n, _, _ in report.mismatched} | set(report.missing) | set(report.unexpected)
+    if bad and bad <= head:
+        return ("the classifier head differs (other class count): build the model with the checkpoint's "
+                "num_classes, or load with strict=False / convert with --drop-head and train a new head")
+    try:
+        src_arch = naming.detect_arch({n: () for n in report.unexpected + report.loaded})
+        model_arch = naming.detect_arch({n: () for n in model_names})
+        if src_arch != model_arch:
+            return f"wrong depth: the checkpoint looks like {src_arch}, the model is {model_arch}"
+    except ValueError:
+        pass
+    if report.unexpected:
+        return "other parameter naming: convert it first (python -m ms_transfer.convert SRC DST.ckpt)"
+    return "the checkpoint was saved from a different architecture"
+
+
+def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool = True) -> LoadReport:
+    """Copy ``state`` (names as in ``net``) into ``net``'s parameters and return a :class:`LoadReport`.
+
+    With ``strict`` any missing, unexpected or shape-mismatched key raises :class:`CheckpointError`
+    naming the first offending keys and the likely cause, and **nothing** is modified.
+    """
+    params = {p.name: p for p in net.get_parameters()}
+    report = LoadReport()
+    report.unexpected = [k for k in state if k not in params]
+    report.missing = [k for k in params if k not in state]
+    for name, value in state.items():
+        if name in params and tuple(value.shape) != tuple(params[name].shape):
+            report.mismatched.append((name, tuple(value.shape), tuple(params[name].shape)))
+    if strict and not report.ok:
+        first = [n for n, _, _ in report.mismatched] + report.missing + report.unexpected
+        raise CheckpointError(f"checkpoint does not fit the model ({', '.join(first[:4])} ...): {report}\n"
+                              f"likely cause: {_likely_cause(report, list(params))}")
+    mismatched = {n for n, _, _ in report.mismatched}
+    for name, value in state.items():
+        if name in params and name not in mismatched:
+            param = params[name]
+            param.set_data(Tensor(np.asarray(value, dtype=dtype_to_nptype(param.dtype))))
+            report.loaded.append(name)
+    return report
+
+
+def model_arch(net: nn.Cell) -> str:
+    """The ``ARCH_SPECS`` name of a ResNet built by this package."""
+    for arch, (block, layers) in naming.ARCH_SPECS.items():
+        if getattr(net, "block", None) is block and tuple(getattr(net, "layer_nums", ())) == tuple(layers):
+            return arch
+    raise ValueError(f"{type(net).__name__} is not a ResNet from ms_transfer.models")
+
+
+def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose: bool = True) -> LoadReport:
+    """Load a ``.ckpt`` / ``.pth`` / ``.safetensors`` file (any naming scheme) into ``net``.
+
+    The trunk must match exactly (a different depth is an error naming both). The head is loaded only if
+    its class count matches ``net``'s; otherwise it is left at its fresh initialisation and reported
+    (transfer learning). ``strict=True`` also demands the head.
+    """
+    arch = model_arch(net)
+    weights = read_weights(path)
+    try:
+        file_arch = weights.meta.get("arch") or naming.detect_arch({k: v.shape for k, v in weights.state.items()})
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if file_arch != arch:
+        raise CheckpointError(f"{path}: checkpoint is {file_arch} but the model is {arch}; "
+                              f"build {file_arch} (e.g. --arch {file_arch}) or use a {arch} checkpoint")
+    state, _, conversion = convert_weights(weights, "ms_transfer", arch=arch, num_classes=net.num_classes)
+    report = load_state_into(net, state, strict=strict)
+    report.notes.append(f"{path}: {conversion}")
+    if verbose:
+        log.info("loaded %s\n%s", path, report)
+        print(f"Loaded {path}\n{report}")
+    return report

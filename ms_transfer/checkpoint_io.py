@@ -1,0 +1,171 @@
+"""Reading and writing weight files: torch ``.pth``/``.pt``, MindSpore ``.ckpt`` and ``.safetensors``.
+
+Everything is exchanged as ``{name: numpy array}`` plus a small JSON-able ``meta`` dict, so the
+conversion logic never touches a framework tensor type. Writes are atomic (temp file + ``os.replace``)
+and torch files are loaded with ``weights_only=True``: nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+TORCH_EXTS = (".pth", ".pt")
+FORMATS = {".pth": "torch", ".pt": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
+#: key under which ``meta`` is stored in a ``.ckpt`` (append_dict) or ``.safetensors`` header.
+META_KEY = "ms_transfer_meta"
+
+
+class CheckpointError(ValueError):
+    """A weight file cannot be read, written or used; the message names the file and the fix."""
+
+
+@dataclass
+class WeightFile:
+    """Tensors of a weight file as numpy arrays, plus metadata (naming scheme, arch, classes, ...)."""
+
+    state: "OrderedDict[str, np.ndarray]"
+    meta: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+
+def file_format(path: PathLike) -> str:
+    """``torch`` / ``mindspore`` / ``safetensors`` from the file extension, or a clear error."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise CheckpointError(f"{path}: unsupported extension {ext or '(none)'!r}; use one of "
+                              f"{', '.join(FORMATS)} (torch state_dict, MindSpore checkpoint, safetensors)")
+    return FORMATS[ext]
+
+
+def read_weights(path: PathLike) -> WeightFile:
+    """Read any supported weight file into numpy arrays (format chosen by extension)."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    reader = {"torch": _read_torch, "mindspore": _read_mindspore, "safetensors": _read_safetensors}[fmt]
+    state, meta = reader(path)
+    if not state:
+        raise CheckpointError(f"{path}: contains no tensors")
+    return WeightFile(state, meta, path)
+
+
+def write_weights(path: PathLike, state: Dict[str, np.ndarray], meta: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``state`` atomically: a crash mid-write never leaves a partial or missing file at ``path``.
+
+    ``meta`` is kept in ``.ckpt`` and ``.safetensors`` files; ``.pth`` files are plain state dicts (what
+    ``torchvision``'s ``load_state_dict`` expects), so they carry no metadata.
+    """
+    path = Path(path)
+    fmt = file_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name keeps the extension: MindSpore's save_checkpoint appends ".ckpt" otherwise.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        {"torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors}[fmt](
+            Path(tmp), state, meta or {})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    # not np.ascontiguousarray: it turns 0-d arrays (torch's num_batches_tracked) into 1-d ones
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+# --- torch ---------------------------------------------------------------------------------------
+
+def _read_torch(path: Path):
+    import pickle
+
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refusing to unpickle Python objects (weights_only=True). This file holds a pickled "
+                "model or other code, not a state_dict. Re-save only the weights: "
+                "torch.save(model.state_dict(), 'weights.pth')") from None
+        raise CheckpointError(f"{path}: not a readable torch file ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch file ({exc}); is it truncated?") from None
+    if isinstance(obj, torch.nn.Module):  # only reachable for exotic allow-listed modules
+        raise CheckpointError(f"{path}: holds a whole model; save model.state_dict() instead")
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
+    state = OrderedDict()
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
+                                  "expected a plain state_dict (or one under 'state_dict' / 'model')")
+        # DistributedDataParallel / DataParallel wrap every name in "module.".
+        state[name[len("module."):] if name.startswith("module.") else name] = value.detach().cpu().numpy()
+    return state, {}
+
+
+def _write_torch(path: Path, state, meta) -> None:
+    import torch
+    torch.save(OrderedDict((k, torch.from_numpy(_contiguous(v))) for k, v in state.items()), path)
+
+
+# --- MindSpore -----------------------------------------------------------------------------------
+
+def _read_mindspore(path: Path):
+    import mindspore as ms
+    try:
+        raw = ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from None
+    state, meta = OrderedDict(), {}
+    for name, value in raw.items():
+        if name == META_KEY:
+            meta = json.loads(value)
+        elif isinstance(value, str):
+            meta[name] = value
+        else:
+            state[name] = value.asnumpy()
+    return state, meta
+
+
+def _write_mindspore(path: Path, state, meta) -> None:
+    import mindspore as ms
+    entries = [{"name": k, "data": ms.Tensor(_contiguous(v))} for k, v in state.items()]
+    ms.save_checkpoint(entries, str(path), append_dict={META_KEY: json.dumps(meta)} if meta else None)
+
+
+# --- safetensors ---------------------------------------------------------------------------------
+
+def _read_safetensors(path: Path):
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+            state = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    meta = json.loads(header[META_KEY]) if META_KEY in header else {}
+    return state, meta
+
+
+def _write_safetensors(path: Path, state, meta) -> None:
+    from safetensors.numpy import save_file
+    save_file({k: _contiguous(v) for k, v in state.items()}, str(path),
+              metadata={META_KEY: json.dumps(meta)} if meta else None)

@@ -1,0 +1,284 @@
+"""ImageFolder-style datasets for MindSpore: scanning, validation and the train/val pipelines.
+
+Expected layout (class indices come from the sorted class folder names)::
+
+    DATA_DIR/train/<class>/*.jpg|jpeg|png|bmp|webp   (extension case-insensitive)
+    DATA_DIR/val/<class>/*
+
+``DATA_DIR`` may also be a parent folder that holds the dataset through a chain of single
+subfolders, e.g. the tutorial's zip unpacks to ``datasets-Canidae/data/Canidae/{train,val}``;
+:func:`resolve_data_root` finds the folder that really has ``train/`` and ``val/`` and logs it.
+
+Robustness policy:
+
+* Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX`` ...) are ignored silently.
+* Any other file without an image extension, and any image Pillow cannot open/verify, is
+  *skipped*: returned in ``skipped`` with a reason and reported in one ``warnings.warn`` per split
+  that names the files.
+* Images are decoded with Pillow and converted to RGB exactly like torchvision's ``pil_loader``
+  (so grayscale, CMYK, palette and RGBA files all work; alpha is dropped, not composited).
+* A file that passed the scan but cannot be decoded later (deleted, truncated) does not stop the
+  epoch: a warning is logged and the next readable sample (by index, wrapping around) is used
+  instead; such events are counted in ``DatasetInfo.load_failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import mindspore.dataset
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "val")
+#: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUT_HELP = (
+    "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
+    "(the same class folder names in both splits), or a parent folder containing exactly one "
+    "such dataset folder (e.g. DATA_DIR/Canidae/train, DATA_DIR/Canidae/val)."
+)
+
+
+class DatasetError(ValueError):
+    """The dataset folder is missing, malformed or inconsistent; the message says how to fix it."""
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`create_dataset` found: classes, sample count, skipped files and the root used."""
+
+    classes: List[str]
+    num_samples: int
+    skipped: List[Tuple[str, str]]
+    root: Path
+    #: Live list of ``(path, reason)`` for files that failed to decode *during iteration*.
+    load_failures: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def _visible_dirs(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _has_splits(folder: Path) -> bool:
+    return all((folder / s).is_dir() for s in SPLITS)
+
+
+def resolve_data_root(data_dir: PathLike, max_depth: int = 3) -> Path:
+    """Return the folder holding ``train/`` and ``val/``: ``data_dir`` itself or the dataset folder
+    reached through a chain of single visible subfolders (at most ``max_depth`` levels down).
+
+    Raises :class:`DatasetError` naming the path and the expected layout when none is found.
+    """
+    start = Path(data_dir).expanduser()
+    if not start.is_dir():
+        raise DatasetError(f"Data directory {start} does not exist. {LAYOUT_HELP}")
+    folder = start
+    for _ in range(max_depth + 1):
+        if _has_splits(folder):
+            if folder != start:
+                log.info("Using dataset root %s (found inside %s)", folder, start)
+            return folder
+        subdirs = _visible_dirs(folder)
+        if len(subdirs) != 1 or any((folder / s).is_dir() for s in SPLITS):
+            break
+        folder = subdirs[0]
+    found = [s for s in SPLITS if (folder / s).is_dir()]
+    detail = f"{folder} has {found} but needs both {list(SPLITS)}" if found else (
+        f"no train/ and val/ folders found in {start}"
+        + (f" (looked down to {folder})" if folder != start else ""))
+    raise DatasetError(f"Invalid data directory: {detail}. {LAYOUT_HELP}")
+
+
+def list_classes(root: PathLike, split: str) -> List[str]:
+    """Sorted class folder names of ``root/split`` (``root`` may be any folder accepted by
+    :func:`resolve_data_root`)."""
+    split_dir = resolve_data_root(root) / split
+    if not split_dir.is_dir():
+        raise DatasetError(f"Split folder {split_dir} does not exist. {LAYOUT_HELP}")
+    classes = [p.name for p in _visible_dirs(split_dir)]
+    if not classes:
+        raise DatasetError(f"{split_dir} contains no class folders. {LAYOUT_HELP}")
+    return classes
+
+
+def check_same_classes(root: PathLike) -> List[str]:
+    """Return the class list after checking that ``train`` and ``val`` have the same class folders;
+    raises :class:`DatasetError` listing the classes missing from each split otherwise."""
+    root = resolve_data_root(root)
+    train, val = list_classes(root, "train"), list_classes(root, "val")
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        parts = []
+        if only_train:
+            parts.append(f"only in train: {only_train} (missing from {root / 'val'})")
+        if only_val:
+            parts.append(f"only in val: {only_val} (missing from {root / 'train'})")
+        raise DatasetError(
+            f"train and val class folders differ in {root}: {'; '.join(parts)}. Class indices come "
+            "from the sorted folder names, so both splits must have exactly the same class folders: "
+            "add the missing folders (with images) or remove the extra ones.")
+    return train
+
+
+def _verify_image(path: Path) -> Optional[str]:
+    """Cheap validity check (header + structure, no full decode); returns a reason or None."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, ...)
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _warn_skipped(split_dir: Path, skipped: Sequence[Tuple[str, str]], limit: int = 20) -> None:
+    lines = [f"  {p}: {r}" for p, r in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    warnings.warn(f"Skipped {len(skipped)} file(s) in {split_dir}:\n" + "\n".join(lines),
+                  stacklevel=3)
+
+
+def scan_split(root: PathLike, split: str
+               ) -> Tuple[List[Tuple[str, int]], List[str], List[Tuple[str, str]]]:
+    """Scan ``root/split/<class>/*`` and return ``(samples, classes, skipped)``.
+
+    ``samples`` is a sorted list of ``(path, label)`` for files that Pillow can open and verify;
+    ``skipped`` lists ``(path, reason)`` for non-image extensions and unreadable images (also
+    reported in one warning). Hidden files are ignored. Raises :class:`DatasetError` when the split
+    folder is missing or contains no usable image.
+    """
+    root = resolve_data_root(root)
+    classes = list_classes(root, split)
+    split_dir = root / split
+    samples: List[Tuple[str, int]] = []
+    skipped: List[Tuple[str, str]] = []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (split_dir / cls).rglob("*")
+                       if p.is_file() and not p.name.startswith("."))
+        for path in files:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                reason = f"unsupported extension {path.suffix!r} (expected {', '.join(IMAGE_EXTENSIONS)})"
+            else:
+                reason = _verify_image(path)
+            if reason:
+                skipped.append((str(path), reason))
+            else:
+                samples.append((str(path), label))
+    if skipped:
+        _warn_skipped(split_dir, skipped)
+    if not samples:
+        raise DatasetError(f"No readable images found under {split_dir}. {LAYOUT_HELP}")
+    return samples, classes, skipped
+
+
+def load_rgb(path: PathLike) -> np.ndarray:
+    """Decode an image file with Pillow into an HWC uint8 RGB array (like torchvision's loader)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class ImageSource:
+    """Random-access source for ``mindspore.dataset.GeneratorDataset``: ``(HWC uint8 RGB, int32)``.
+
+    A sample that fails to decode is replaced by the next readable one (wrapping around) after a
+    logged warning; the failure is appended to :attr:`load_failures`.
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]]):
+        self.samples = list(samples)
+        self.load_failures: List[Tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        n = len(self.samples)
+        for offset in range(n):
+            path, label = self.samples[(int(index) + offset) % n]
+            try:
+                return load_rgb(path), np.array(label, dtype=np.int32)
+            except Exception as exc:
+                self.load_failures.append((path, f"{type(exc).__name__}: {exc}"))
+                log.warning("Could not decode %s (%s); using the next readable image instead.",
+                            path, exc)
+        raise DatasetError(f"None of the {n} images in this split could be decoded any more; "
+                           "check that the data directory is still intact.")
+
+
+def _normalize_ops() -> list:
+    import mindspore.dataset.vision as vision
+    return [vision.Normalize(mean=[m * 255 for m in IMAGENET_MEAN],
+                             std=[s * 255 for s in IMAGENET_STD]),
+            vision.HWC2CHW()]
+
+
+def train_transforms(image_size: int) -> list:
+    """Training augmentation on decoded HWC uint8 RGB arrays (the tutorial's recipe)."""
+    import mindspore.dataset.vision as vision
+    return [vision.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
+            vision.RandomHorizontalFlip(prob=0.5)] + _normalize_ops()
+
+
+def val_transforms(image_size: int) -> list:
+    """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise."""
+    import mindspore.dataset.vision as vision
+    return [vision.Resize(int(image_size * 256 / 224)),
+            vision.CenterCrop(image_size)] + _normalize_ops()
+
+
+def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: int, *,
+                   train: bool, shuffle: bool, seed: int, num_workers: int = 2,
+                   drop_remainder: bool = False
+                   ) -> Tuple["mindspore.dataset.Dataset", DatasetInfo]:
+    """Build a batched MindSpore dataset yielding ``image`` (float32, B×3×S×S) and ``label`` (int32).
+
+    ``train`` selects the random augmentation, otherwise the deterministic val transform.
+    Checks that train and val have the same classes. Returns ``(dataset, DatasetInfo)``.
+
+    Determinism: calls ``mindspore.dataset.config.set_seed(seed)``, which is *process-global*: it
+    also reseeds Python's ``random`` and ``numpy.random`` and applies to the shuffle sampler and
+    random vision ops of every dataset created afterwards, so create each dataset right before
+    use with its own seed. Same seed -> same order and same augmentations (checked with 1 and 2
+    workers; older MindSpore docs do not promise it for ``num_workers > 1``, so use 1 for
+    bit-exact reruns). Decoding runs in threads (``python_multiprocessing=False``), so
+    ``DatasetInfo.load_failures`` is a live view of substitutions made while iterating.
+    """
+    import mindspore.dataset as ds
+
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    root = resolve_data_root(data_dir)
+    check_same_classes(root)
+    samples, classes, skipped = scan_split(root, split)
+    source = ImageSource(samples)
+    ds.config.set_seed(seed)
+    workers = max(1, int(num_workers))
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=shuffle,
+                                  num_parallel_workers=workers, python_multiprocessing=False)
+    ops = train_transforms(image_size) if train else val_transforms(image_size)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    info = DatasetInfo(classes=classes, num_samples=len(samples), skipped=skipped, root=root,
+                       load_failures=source.load_failures)
+    return dataset, info
+
+
+def load_image_for_eval(path: PathLike, image_size: int) -> np.ndarray:
+    """Load one image with the val transform; returns a ``(1, 3, S, S)`` float32 array."""
+    import mindspore.dataset.transforms as T
+    image = T.Compose(val_transforms(image_size))(load_rgb(path))
+    return np.ascontiguousarray(image, dtype=np.float32)[None]

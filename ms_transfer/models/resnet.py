@@ -1,0 +1,218 @@
+"""ResNet family in MindSpore, numerically identical to ``torchvision.models.resnet``.
+
+The module keeps the MindSpore ResNet50 tutorial's shape and parameter names (``ResidualBlockBase``,
+``ResidualBlock``, ``make_layer``, ``norm``/``norm{i}``/``down_sample``) so the tutorial checkpoint
+``resnet50_224_new.ckpt`` loads as is, while fixing what makes the tutorial differ from torchvision:
+
+* every conv and the stem max-pool use explicit symmetric padding (``pad_mode='pad'``); MindSpore's
+  default ``'same'`` pads bottom/right only for stride 2 (TensorFlow style), an O(1) output change;
+* the bottleneck puts its stride on the 3x3 conv (torchvision "ResNet v1.5");
+* the basic block has two BatchNorms (the tutorial shares one ``norm`` and feeds conv2 the wrong width);
+* global average pooling is a mean over H, W, so any input size works (not a fixed ``AvgPool2d(7)``);
+* BatchNorm momentum is MindSpore's convention: ``moving = m * moving + (1 - m) * batch`` with
+  ``m = 1 - torch_momentum = 0.9``; eps is torch's 1e-5.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Type, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.common.initializer import HeUniform, HeNormal, Uniform, initializer
+
+from .registry import register_model
+
+__all__ = [
+    "ResidualBlockBase", "ResidualBlock", "ResNet", "make_layer", "conv3x3", "conv1x1", "batch_norm",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "ARCH_SPECS", "TORCH_BN_MOMENTUM",
+]
+
+#: torch's BatchNorm default momentum. MindSpore's ``momentum`` is the weight of the *old* statistic.
+TORCH_BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with torch-style symmetric padding 1 and no bias."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, pad_mode="pad", padding=1,
+                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without padding or bias."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, pad_mode="valid",
+                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def batch_norm(num_features: int) -> nn.BatchNorm2d:
+    """BatchNorm2d equivalent to ``torch.nn.BatchNorm2d(num_features)`` (eps 1e-5, momentum 0.1)."""
+    return nn.BatchNorm2d(num_features, eps=BN_EPS, momentum=1.0 - TORCH_BN_MOMENTUM)
+
+
+class ResidualBlockBase(nn.Cell):
+    """Basic residual block (ResNet18/34): two 3x3 convs, expansion 1."""
+
+    expansion: int = 1
+
+    def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
+                 down_sample: Optional[nn.Cell] = None) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channel, out_channel, stride)
+        self.norm1 = batch_norm(out_channel)
+        self.conv2 = conv3x3(out_channel, out_channel)
+        self.norm2 = batch_norm(out_channel)
+        self.relu = nn.ReLU()
+        self.down_sample = down_sample
+
+    def construct(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        if self.down_sample is not None:
+            identity = self.down_sample(x)
+        return self.relu(out + identity)
+
+
+class ResidualBlock(nn.Cell):
+    """Bottleneck block (ResNet50/101/152): 1x1 -> 3x3 (strided, v1.5) -> 1x1, expansion 4."""
+
+    expansion: int = 4
+
+    def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
+                 down_sample: Optional[nn.Cell] = None) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_channel, out_channel)
+        self.norm1 = batch_norm(out_channel)
+        self.conv2 = conv3x3(out_channel, out_channel, stride)
+        self.norm2 = batch_norm(out_channel)
+        self.conv3 = conv1x1(out_channel, out_channel * self.expansion)
+        self.norm3 = batch_norm(out_channel * self.expansion)
+        self.relu = nn.ReLU()
+        self.down_sample = down_sample
+
+    def construct(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        if self.down_sample is not None:
+            identity = self.down_sample(x)
+        return self.relu(out + identity)
+
+
+Block = Type[Union[ResidualBlockBase, ResidualBlock]]
+
+
+def make_layer(last_out_channel: int, block: Block, channel: int, block_nums: int,
+               stride: int = 1) -> nn.SequentialCell:
+    """Stack ``block_nums`` blocks; the first one downsamples (1x1 conv + BN) when shape changes."""
+    down_sample = None
+    if stride != 1 or last_out_channel != channel * block.expansion:
+        down_sample = nn.SequentialCell([conv1x1(last_out_channel, channel * block.expansion, stride),
+                                         batch_norm(channel * block.expansion)])
+    layers = [block(last_out_channel, channel, stride=stride, down_sample=down_sample)]
+    for _ in range(1, block_nums):
+        layers.append(block(channel * block.expansion, channel))
+    return nn.SequentialCell(layers)
+
+
+class ResNet(nn.Cell):
+    """ResNet with torchvision's numerics and the MindSpore tutorial's parameter names.
+
+    ``forward_features`` returns the pooled ``num_features``-d trunk feature (2048 for ResNet50);
+    ``forward_head`` applies the classifier ``fc``. ``reset_classifier`` swaps the head for transfer.
+    """
+
+    def __init__(self, block: Block, layer_nums: Sequence[int], num_classes: int = 1000) -> None:
+        super().__init__()
+        self.block = block
+        self.layer_nums = tuple(layer_nums)
+        self.num_features = 512 * block.expansion
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, pad_mode="pad", padding=3, has_bias=False,
+                               weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+        self.norm = batch_norm(64)
+        self.relu = nn.ReLU()
+        self.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        self.layer1 = make_layer(64, block, 64, layer_nums[0])
+        self.layer2 = make_layer(64 * block.expansion, block, 128, layer_nums[1], stride=2)
+        self.layer3 = make_layer(128 * block.expansion, block, 256, layer_nums[2], stride=2)
+        self.layer4 = make_layer(256 * block.expansion, block, 512, layer_nums[3], stride=2)
+        self.fc = _linear(self.num_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Trunk: stem, four stages and global average pooling -> (N, num_features)."""
+        x = self.max_pool(self.relu(self.norm(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(axis=(2, 3))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Classifier on pooled features -> (N, num_classes) logits."""
+        return self.fc(x)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` with a freshly initialised ``num_features -> num_classes`` head."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.fc = _linear(self.num_features, num_classes)
+        self.num_classes = num_classes
+
+
+def _linear(in_features: int, out_features: int) -> nn.Dense:
+    """``nn.Dense`` initialised like ``torch.nn.Linear`` (U(-1/sqrt(in), 1/sqrt(in)) for both tensors)."""
+    bound = 1.0 / math.sqrt(in_features)
+    return nn.Dense(in_features, out_features, weight_init=Uniform(bound), bias_init=Uniform(bound))
+
+
+#: depth -> (block, blocks per stage); shared by the factories, checkpoint arch detection and torch side.
+ARCH_SPECS = {
+    "resnet18": (ResidualBlockBase, (2, 2, 2, 2)),
+    "resnet34": (ResidualBlockBase, (3, 4, 6, 3)),
+    "resnet50": (ResidualBlock, (3, 4, 6, 3)),
+    "resnet101": (ResidualBlock, (3, 4, 23, 3)),
+    "resnet152": (ResidualBlock, (3, 8, 36, 3)),
+}
+
+
+def _resnet(arch: str, num_classes: int, pretrained: Optional[str], strict: bool = False) -> ResNet:
+    block, layers = ARCH_SPECS[arch]
+    model = ResNet(block, layers, num_classes)
+    if pretrained:
+        from ..checkpoint import load_pretrained  # local import: checkpoint imports this module
+        load_pretrained(model, pretrained, strict=strict)
+    return model
+
+
+@register_model
+def resnet18(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+    """ResNet-18 (basic blocks [2, 2, 2, 2])."""
+    return _resnet("resnet18", num_classes, pretrained, **kwargs)
+
+
+@register_model
+def resnet34(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+    """ResNet-34 (basic blocks [3, 4, 6, 3])."""
+    return _resnet("resnet34", num_classes, pretrained, **kwargs)
+
+
+@register_model
+def resnet50(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+    """ResNet-50 (bottlenecks [3, 4, 6, 3]); the tutorial's ``resnet50_224_new.ckpt`` loads into it."""
+    return _resnet("resnet50", num_classes, pretrained, **kwargs)
+
+
+@register_model
+def resnet101(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+    """ResNet-101 (bottlenecks [3, 4, 23, 3])."""
+    return _resnet("resnet101", num_classes, pretrained, **kwargs)
+
+
+@register_model
+def resnet152(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+    """ResNet-152 (bottlenecks [3, 8, 36, 3])."""
+    return _resnet("resnet152", num_classes, pretrained, **kwargs)

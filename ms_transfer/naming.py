@@ -1,0 +1,163 @@
+"""The one parameter-name mapping table between torchvision, this project (the MindSpore tutorial's names)
+and mindcv, plus architecture / naming-scheme detection from a state dict's keys and shapes.
+
+Every conversion direction goes through :data:`MODULE_NAMES` and :data:`BN_PARAMS`: a parameter is first
+described structurally (stem conv, block ``i``'s BN ``j``, downsample BN, head...) and then rendered in
+any scheme, so adding a scheme means adding one column here.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+
+from .models.resnet import ARCH_SPECS, ResidualBlock
+
+SCHEMES = ("torchvision", "ms_transfer", "mindcv")
+#: Scheme aliases accepted on the command line.
+SCHEME_ALIASES = {"torch": "torchvision", "tv": "torchvision", "tutorial": "ms_transfer", "ms": "ms_transfer"}
+
+#: module role -> its name in each scheme (``{i}`` is the conv/BN index inside a block).
+MODULE_NAMES: Dict[str, Dict[str, str]] = {
+    "stem_conv":  {"torchvision": "conv1",      "ms_transfer": "conv1",       "mindcv": "conv1"},
+    "stem_bn":    {"torchvision": "bn1",        "ms_transfer": "norm",        "mindcv": "bn1"},
+    "block_conv": {"torchvision": "conv{i}",    "ms_transfer": "conv{i}",     "mindcv": "conv{i}"},
+    "block_bn":   {"torchvision": "bn{i}",      "ms_transfer": "norm{i}",     "mindcv": "bn{i}"},
+    "downsample": {"torchvision": "downsample", "ms_transfer": "down_sample", "mindcv": "down_sample"},
+    "head":       {"torchvision": "fc",         "ms_transfer": "fc",          "mindcv": "classifier"},
+}
+#: BatchNorm tensors in canonical order: affine weight, affine bias, running mean, running variance.
+BN_PARAMS: Dict[str, Tuple[str, str, str, str]] = {
+    "torchvision": ("weight", "bias", "running_mean", "running_var"),
+    "ms_transfer": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "mindcv": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+#: torch-only BN buffer: unused by the math when momentum is set; dropped going to MindSpore.
+NUM_BATCHES_TRACKED = "num_batches_tracked"
+HEAD_PARAMS = ("weight", "bias")
+_BN_KINDS = ("bn_weight", "bn_bias", "bn_mean", "bn_var")
+
+
+# A structural key: (module path as role tuples, tensor kind). Rendered to a dotted name per scheme.
+Key = Tuple[Tuple, str]
+
+
+def resolve_scheme(name: str) -> str:
+    """Canonical scheme name for ``name`` (accepts aliases such as ``torch`` or ``tutorial``)."""
+    scheme = SCHEME_ALIASES.get(name, name)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown naming scheme {name!r}; choose one of {', '.join(SCHEMES)} "
+                         f"(aliases: {', '.join(sorted(SCHEME_ALIASES))})")
+    return scheme
+
+
+def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
+    """Every parameter / buffer of ``arch`` as structural keys, in model order."""
+    if arch not in ARCH_SPECS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}")
+    block, layers = ARCH_SPECS[arch]
+    n_convs = 3 if block is ResidualBlock else 2
+    keys: List[Key] = [((("stem_conv",),), "conv")]
+    keys += [((("stem_bn",),), kind) for kind in _BN_KINDS]
+    for stage, n_blocks in enumerate(layers, start=1):
+        for b in range(n_blocks):
+            prefix = (("layer", stage), ("index", b))
+            for i in range(1, n_convs + 1):
+                keys.append((prefix + (("block_conv", i),), "conv"))
+                keys += [(prefix + (("block_bn", i),), kind) for kind in _BN_KINDS]
+            if b == 0 and (stage > 1 or block is ResidualBlock):  # shape changes -> downsample branch
+                keys.append((prefix + (("downsample",), ("index", 0)), "conv"))
+                keys += [(prefix + (("downsample",), ("index", 1)), kind) for kind in _BN_KINDS]
+    if include_head:
+        keys += [((("head",),), "weight"), ((("head",),), "bias")]
+    return keys
+
+
+def render(key: Key, scheme: str) -> str:
+    """Dotted parameter name of a structural key in ``scheme``."""
+    path, kind = key
+    parts = []
+    for role in path:
+        if role[0] == "layer":
+            parts.append(f"layer{role[1]}")
+        elif role[0] == "index":
+            parts.append(str(role[1]))
+        else:
+            template = MODULE_NAMES[role[0]][scheme]
+            parts.append(template.format(i=role[1]) if len(role) > 1 else template)
+    if kind == "conv":
+        parts.append("weight")
+    elif kind in _BN_KINDS:
+        parts.append(BN_PARAMS[scheme][_BN_KINDS.index(kind)])
+    else:
+        parts.append(kind)  # head weight / bias
+    return ".".join(parts)
+
+
+def name_table(arch: str, scheme: str, include_head: bool = True) -> Dict[str, Key]:
+    """``{name in scheme: structural key}`` for every tensor of ``arch``."""
+    return {render(k, scheme): k for k in structural_keys(arch, include_head)}
+
+
+def head_names(scheme: str) -> Tuple[str, str]:
+    """Names of the classifier weight and bias in ``scheme``."""
+    head = MODULE_NAMES["head"][scheme]
+    return f"{head}.weight", f"{head}.bias"
+
+
+def bn_tracked_names(arch: str) -> List[str]:
+    """torchvision ``num_batches_tracked`` buffer names for ``arch`` (one per BatchNorm)."""
+    return [name.rsplit(".", 1)[0] + "." + NUM_BATCHES_TRACKED
+            for name, key in name_table(arch, "torchvision").items() if key[1] == "bn_mean"]
+
+
+_BLOCK_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
+    """Detect the ResNet depth from parameter names and shapes (any supported naming scheme).
+
+    Bottleneck vs basic block is read from the presence of ``conv3`` and the width of the stage-4
+    output; the depth from the number of blocks in each stage.
+    """
+    blocks: Dict[int, set] = defaultdict(set)
+    bottleneck = False
+    for name in shapes:
+        m = _BLOCK_RE.match(name)
+        if m:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+            bottleneck |= name.split(".")[2] == "conv3"
+    counts = tuple(len(blocks[s]) for s in range(1, 5))
+    for arch, (block, layers) in ARCH_SPECS.items():
+        if tuple(layers) == counts and (block is ResidualBlock) == bottleneck:
+            return arch
+    known = ", ".join(f"{a}={list(l)}" for a, (_, l) in ARCH_SPECS.items())
+    raise ValueError(f"cannot detect the ResNet depth: found {list(counts)} blocks per stage "
+                     f"({'bottleneck' if bottleneck else 'basic'} blocks); known: {known}. "
+                     "Is this a ResNet checkpoint? Pass --arch explicitly if it is.")
+
+
+def detect_scheme(names: Iterable[str], arch: str) -> str:
+    """The naming scheme whose names for ``arch`` cover the most of ``names``."""
+    names = set(names)
+    scores = {s: len(names & set(name_table(arch, s))) for s in SCHEMES}
+    best = max(scores, key=scores.get)
+    if scores[best] == 0:
+        sample = ", ".join(sorted(names)[:5])
+        raise ValueError(f"no known naming scheme matches these keys (first: {sample}); expected "
+                         f"torchvision (bn1, downsample), ms_transfer (norm, down_sample) or mindcv "
+                         f"(bn1, down_sample, classifier) names")
+    return best
+
+
+def name_map(arch: str, src: str, dst: str) -> Dict[str, str]:
+    """``{name in src: name in dst}`` for every tensor of ``arch``."""
+    return {render(k, src): render(k, dst) for k in structural_keys(arch)}
+
+
+def rename(state: Mapping[str, object], arch: str, src: str, dst: str) -> Tuple[Dict[str, object], List[str]]:
+    """Rename ``state`` from scheme ``src`` to ``dst``; returns (renamed, names not in the table)."""
+    mapping = name_map(arch, src, dst)
+    out = {mapping[name]: value for name, value in state.items() if name in mapping}
+    return out, [name for name in state if name not in mapping]
+

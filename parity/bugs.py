@@ -1,0 +1,118 @@
+"""Porting bugs injected into the MindSpore side, to prove the parity suite catches them.
+
+Each bug is a plausible mistake when porting torchvision to MindSpore. ``inject(name, net, state)``
+mutates the freshly built network and/or its converted MindSpore state dict *before* any comparison.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, Tuple
+
+import numpy as np
+from mindspore import nn
+
+from ms_transfer.models import ResidualBlock, ResidualBlockBase, ResNet
+from ms_transfer.models.resnet import TORCH_BN_MOMENTUM
+
+State = Dict[str, np.ndarray]
+
+
+def replace_cell(net: nn.Cell, dotted_name: str, new: nn.Cell) -> None:
+    """Swap the sub-cell at ``dotted_name`` (e.g. ``layer2.0.conv2``) and give its parameters full names."""
+    *parents, last = dotted_name.split(".")
+    parent = net
+    for part in parents:
+        parent = parent[int(part)] if isinstance(parent, nn.SequentialCell) else getattr(parent, part)
+    if isinstance(parent, nn.SequentialCell):
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+    new.update_parameters_name(dotted_name + ".")
+
+
+def _replace_batchnorms(net: nn.Cell, **overrides) -> None:
+    bns = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+    for name, cell in bns:
+        kwargs = dict(num_features=cell.num_features, eps=cell.eps, momentum=cell.momentum)
+        kwargs.update(overrides)
+        replace_cell(net, name, nn.BatchNorm2d(**kwargs))
+
+
+def maxpool_same(net: ResNet, state: State) -> None:
+    """Stem max-pool with MindSpore's default-style ``pad_mode='same'`` (pads bottom/right only)."""
+    replace_cell(net, "max_pool", nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same"))
+
+
+def strided_conv_same(net: ResNet, state: State) -> None:
+    """The first stride-2 3x3 conv (stage 2, block 0) with ``pad_mode='same'`` instead of padding 1."""
+    name = "layer2.0.conv2" if net.block is ResidualBlock else "layer2.0.conv1"
+    old = net.layer2[0].conv2 if net.block is ResidualBlock else net.layer2[0].conv1
+    replace_cell(net, name, nn.Conv2d(old.in_channels, old.out_channels, 3, stride=2, pad_mode="same",
+                                      has_bias=False))
+
+
+def bn_eps_1e3(net: ResNet, state: State) -> None:
+    """Every BatchNorm with eps 1e-3 (a common TF/Keras default) instead of torch's 1e-5."""
+    _replace_batchnorms(net, eps=1e-3)
+
+
+def bn_momentum_torch_convention(net: ResNet, state: State) -> None:
+    """torch's BN momentum (0.1) passed unchanged to MindSpore, where it weighs the *old* statistic."""
+    _replace_batchnorms(net, momentum=TORCH_BN_MOMENTUM)
+
+
+def fc_weight_transposed(net: ResNet, state: State) -> None:
+    """fc weight read in the wrong memory order: the (in, out) buffer reinterpreted as (out, in)."""
+    w = state["fc.weight"]
+    state["fc.weight"] = np.ascontiguousarray(w.T).reshape(w.shape)
+
+
+class _BottleneckNoFinalReLU(ResidualBlock):
+    def construct(self, x):
+        identity = x
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        if self.down_sample is not None:
+            identity = self.down_sample(x)
+        return out + identity
+
+
+class _BasicNoFinalReLU(ResidualBlockBase):
+    def construct(self, x):
+        identity = x
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        if self.down_sample is not None:
+            identity = self.down_sample(x)
+        return out + identity
+
+
+def missing_relu_after_add(net: ResNet, state: State) -> None:
+    """The ReLU after the residual addition forgotten in one block (stage 3, block 0)."""
+    block = net.layer3[0]
+    block.__class__ = _BottleneckNoFinalReLU if isinstance(block, ResidualBlock) else _BasicNoFinalReLU
+
+
+def bn_stats_swapped(net: ResNet, state: State) -> None:
+    """moving_mean and moving_variance swapped on load (e.g. a name table with the two rows crossed)."""
+    for name in [n for n in state if n.endswith(".moving_mean")]:
+        var = name[: -len("moving_mean")] + "moving_variance"
+        state[name], state[var] = state[var], state[name]
+
+
+BUGS: Mapping[str, Callable[[ResNet, State], None]] = {
+    "maxpool_same": maxpool_same,
+    "strided_conv_same": strided_conv_same,
+    "bn_eps": bn_eps_1e3,
+    "bn_momentum": bn_momentum_torch_convention,
+    "fc_transposed": fc_weight_transposed,
+    "missing_relu": missing_relu_after_add,
+    "bn_stats_swapped": bn_stats_swapped,
+}
+
+
+def inject(name: str, net: ResNet, state: State) -> None:
+    """Apply the bug ``name`` to ``net`` / ``state`` in place."""
+    if name not in BUGS:
+        raise ValueError(f"unknown bug {name!r}; choose one of {', '.join(BUGS)}")
+    BUGS[name](net, state)

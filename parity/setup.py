@@ -1,0 +1,56 @@
+"""Shared starting point of a parity run: seeded torchvision weights with realistic BN statistics,
+the same weights converted for MindSpore, and the same inputs."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict
+
+import numpy as np
+import torch
+
+from ms_transfer.checkpoint_io import WeightFile
+from ms_transfer.convert import convert_weights
+from torch_reference import build_model, numpy_state
+
+
+@dataclass
+class Problem:
+    """Weights (both namings) and one labelled batch."""
+
+    arch: str
+    num_classes: int
+    torch_state: "OrderedDict[str, np.ndarray]"
+    ms_state: "OrderedDict[str, np.ndarray]"
+    x: np.ndarray
+    y: np.ndarray
+
+
+def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed: int) -> Problem:
+    """Seeded weights whose BN statistics and affine parameters are not their init values.
+
+    Running statistics are calibrated on random batches (cumulative average, as torch does with
+    ``momentum=None``) so eval-mode activations stay well scaled through every depth; BN affine
+    parameters are then perturbed so that a swapped or dropped gamma/beta shows up in the logits.
+    """
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes)
+    gen = torch.Generator().manual_seed(seed + 1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # 16 calibration images: stable statistics even where stage 4 is 1x1
+            model(torch.randn(8, 3, image_size, image_size, generator=gen))
+        for bn in bns:
+            bn.momentum = 0.1
+            bn.weight.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.normal_(0.0, 0.1, generator=gen)
+    tv_state = numpy_state(model)
+    ms_state, _, _ = convert_weights(WeightFile(tv_state), "ms_transfer", arch=arch, src_naming="torchvision")
+    rng = np.random.RandomState(seed + 2)
+    x = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+    y = rng.randint(0, num_classes, size=batch).astype(np.int64)
+    return Problem(arch, num_classes, tv_state, ms_state, x, y)

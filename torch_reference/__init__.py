@@ -1,0 +1,4 @@
+"""The PyTorch side: real ``torchvision.models`` driven by the same configs as ``ms_transfer``."""
+from .models import build_model, numpy_state, load_numpy_state
+
+__all__ = ["build_model", "numpy_state", "load_numpy_state"]
