@@ -116,9 +116,12 @@ def convert_weights(weights: WeightFile, dst_naming: str, *, arch: str = "auto",
         meta["num_classes"] = ckpt_classes
     else:
         meta.pop("classes", None)  # class names belong to the head that is gone
-    if dst_naming != "torchvision" and tracked:
-        values = {k: int(v) for k, v in tracked.items()}
-        meta["num_batches_tracked"] = values.popitem()[1] if len(set(values.values())) == 1 else values
+    if dst_naming != "torchvision":
+        if tracked:
+            values = {k: int(v) for k, v in tracked.items()}
+            meta["num_batches_tracked"] = values.popitem()[1] if len(set(values.values())) == 1 else values
+        elif "num_batches_tracked" in weights.meta:  # MindSpore naming -> MindSpore naming: carry it on
+            meta["num_batches_tracked"] = weights.meta["num_batches_tracked"]
     report = ConversionReport(arch, src_naming, dst_naming, len(state), ckpt_classes, head)
     return state, meta, report
 

@@ -32,7 +32,8 @@ def replace_cell(net: nn.Cell, dotted_name: str, new: nn.Cell) -> None:
 def _replace_batchnorms(net: nn.Cell, **overrides) -> None:
     bns = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
     for name, cell in bns:
-        kwargs = dict(num_features=cell.num_features, eps=cell.eps, momentum=cell.momentum)
+        # nn.BatchNorm2d stores 1 - momentum in .momentum
+        kwargs = dict(num_features=cell.num_features, eps=cell.eps, momentum=1.0 - cell.momentum)
         kwargs.update(overrides)
         replace_cell(net, name, nn.BatchNorm2d(**kwargs))
 

@@ -11,7 +11,7 @@ from ms_transfer.context import set_context
 from ms_transfer.models import create_model
 
 from .bugs import inject
-from .compare import FLOOR_SAMPLES, CheckResult, compare
+from .compare import FLOOR_SAMPLES, JITTER, CheckResult, compare
 from .engines import MindSporeEngine, TorchEngine
 from .setup import Problem, make_problem
 
@@ -56,17 +56,16 @@ class ParityReport:
 
 
 def _jittered(problem: Problem, seed: int) -> Problem:
-    """The same problem with every float32 weight and input moved by one ulp in a random direction."""
+    """The same problem with every float32 weight and input scaled by ``1 + JITTER * U(-1, 1)``."""
     rng = np.random.RandomState(seed)
 
-    def ulp(a: np.ndarray) -> np.ndarray:
+    def jitter(a: np.ndarray) -> np.ndarray:
         if a.dtype != np.float32:
             return a
-        direction = np.where(rng.rand(*a.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
-        return np.nextafter(a, direction)
+        return (a * (1.0 + JITTER * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
 
-    state = type(problem.torch_state)((k, ulp(v)) for k, v in problem.torch_state.items())
-    return Problem(problem.arch, problem.num_classes, state, problem.ms_state, ulp(problem.x), problem.y)
+    state = type(problem.torch_state)((k, jitter(v)) for k, v in problem.torch_state.items())
+    return Problem(problem.arch, problem.num_classes, state, problem.ms_state, jitter(problem.x), problem.y)
 
 
 def _synthetic_grads(problem: Problem, steps: int, seed: int) -> List[Dict[str, np.ndarray]]:

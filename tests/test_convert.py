@@ -1,0 +1,151 @@
+"""Checkpoint porting: formats, naming schemes, detection, bit-exact round trips, clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from ms_transfer import naming
+from ms_transfer.checkpoint import load_pretrained
+from ms_transfer.checkpoint_io import CheckpointError, read_weights
+from ms_transfer.convert import main as convert_main
+from ms_transfer.models import create_model
+from torch_reference import build_model
+
+DEPTHS = list(naming.ARCH_SPECS)
+
+
+def _torch_checkpoint(tmp_path, arch, num_classes=1000, wrap=False, name="src.pth"):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.num_batches_tracked.fill_(123)
+    state = model.state_dict()
+    if wrap:  # a DDP training checkpoint
+        state = {"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 3}
+    path = tmp_path / name
+    torch.save(state, path)
+    return path, model.state_dict()
+
+
+def _assert_bit_exact(expected, path):
+    got = torch.load(path, weights_only=True)
+    assert list(got) == list(expected)
+    for k, v in expected.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k], v), k
+
+
+@pytest.mark.parametrize("arch", DEPTHS)
+def test_round_trip_torch_mindspore_torch_is_bit_exact(tmp_path, arch):
+    src, expected = _torch_checkpoint(tmp_path, arch)
+    assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0
+    ckpt = read_weights(tmp_path / "w.ckpt")
+    assert set(ckpt.state) == set(naming.name_table(arch, "ms_transfer"))  # no num_batches_tracked
+    assert convert_main([str(tmp_path / "w.ckpt"), str(tmp_path / "back.pth")]) == 0
+    _assert_bit_exact(expected, tmp_path / "back.pth")
+
+
+def test_round_trip_through_safetensors_and_mindcv_names(tmp_path):
+    src, expected = _torch_checkpoint(tmp_path, "resnet50", wrap=True)
+    assert convert_main([str(src), str(tmp_path / "a.safetensors"), "--naming", "mindcv"]) == 0
+    st = read_weights(tmp_path / "a.safetensors")
+    assert "classifier.weight" in st.state and "layer1.0.down_sample.1.gamma" in st.state
+    assert convert_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.ckpt")]) == 0
+    assert convert_main([str(tmp_path / "b.ckpt"), str(tmp_path / "c.safetensors")]) == 0
+    assert "fc.weight" in read_weights(tmp_path / "c.safetensors").state  # keeps the source's naming
+    assert convert_main([str(tmp_path / "c.safetensors"), str(tmp_path / "back.pth")]) == 0
+    _assert_bit_exact(expected, tmp_path / "back.pth")
+
+
+@pytest.mark.parametrize("scheme", naming.SCHEMES)
+@pytest.mark.parametrize("arch", DEPTHS)
+def test_detects_arch_and_scheme(arch, scheme):
+    shapes = {name: () for name in naming.name_table(arch, scheme)}
+    assert naming.detect_arch(shapes) == arch
+    assert naming.detect_scheme(shapes, arch) == scheme
+
+
+def test_num_classes_and_drop_head(tmp_path, capsys):
+    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    assert convert_main([str(src), str(tmp_path / "two.ckpt"), "--num-classes", "2"]) == 0
+    assert "head dropped (checkpoint has 1000 classes, 2 requested)" in capsys.readouterr().out
+    assert "fc.weight" not in read_weights(tmp_path / "two.ckpt").state
+    assert convert_main([str(src), str(tmp_path / "same.ckpt"), "--num-classes", "1000"]) == 0
+    assert "fc.weight" in read_weights(tmp_path / "same.ckpt").state
+    assert convert_main([str(src), str(tmp_path / "nohead.pth"), "--drop-head"]) == 0
+    assert "fc.weight" not in torch.load(tmp_path / "nohead.pth", weights_only=True)
+
+
+def test_load_pretrained_reports_replaced_head(tmp_path):
+    src, expected = _torch_checkpoint(tmp_path, "resnet18")
+    net = create_model("resnet18", num_classes=2, pretrained=str(src))
+    params = {p.name: p.asnumpy() for p in net.get_parameters()}
+    np.testing.assert_array_equal(params["layer2.0.down_sample.1.moving_variance"],
+                                  expected["layer2.0.downsample.1.running_var"].numpy())
+    report = load_pretrained(create_model("resnet18", num_classes=2), src, verbose=False)
+    assert report.missing == ["fc.weight", "fc.bias"] and not report.unexpected and not report.mismatched
+    assert "head dropped" in report.notes[0]
+
+
+def test_strict_load_errors_name_the_cause(tmp_path):
+    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    with pytest.raises(CheckpointError, match="checkpoint is resnet18 but the model is resnet34"):
+        create_model("resnet34", pretrained=str(src))
+    with pytest.raises(CheckpointError, match=r"(?s)fc\.weight.*classifier head differs"):
+        load_pretrained(create_model("resnet18", num_classes=2), src, strict=True, verbose=False)
+
+
+def test_refuses_pickled_model_and_never_unpickles(tmp_path):
+    path = tmp_path / "full.pth"
+    torch.save(build_model("resnet18"), path)
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle.*state_dict\(\)"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize("ext", [".pth", ".ckpt", ".safetensors"])
+def test_corrupt_files_are_clear_errors(tmp_path, ext):
+    path = tmp_path / f"bad{ext}"
+    path.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        read_weights(path)
+
+
+def test_cli_errors(tmp_path, capsys):
+    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    assert convert_main([str(src), str(tmp_path / "x.bin")]) == 2
+    assert "unsupported extension '.bin'" in capsys.readouterr().err
+    assert convert_main([str(src), str(src)]) == 2
+    assert "destination is the source" in capsys.readouterr().err
+    (tmp_path / "exists.ckpt").write_bytes(b"keep me")
+    assert convert_main([str(src), str(tmp_path / "exists.ckpt")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "exists.ckpt").read_bytes() == b"keep me"  # never clobbered
+    assert convert_main([str(src), str(tmp_path / "d.ckpt"), "--arch", "resnet34"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match resnet34" in err and "--arch" in err
+    assert convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "e.ckpt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_not_a_resnet(tmp_path, capsys):
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    assert convert_main([str(tmp_path / "other.pth"), str(tmp_path / "o.ckpt")]) == 2
+    assert "cannot detect the ResNet depth" in capsys.readouterr().err
+    assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
+    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    dst = tmp_path / "out.ckpt"
+    dst.write_bytes(b"previous good checkpoint")
+    import ms_transfer.checkpoint_io as io
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(io, "_write_mindspore", crash)
+    with pytest.raises(OSError):
+        convert_main([str(src), str(dst), "--force"])
+    assert dst.read_bytes() == b"previous good checkpoint"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []

@@ -1,0 +1,129 @@
+"""The parity suite: correct ports pass at every depth and in both modes; each injected porting bug fails.
+
+Bug-detection runs use the forward checks (eval logits, train logits/loss, BN running statistics):
+every listed bug is visible there with a ratio of 10^2..10^13 against the bound 4, and they run in a few
+seconds. ``python -m parity --inject BUG`` runs all checks (see README).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from ms_transfer import naming
+from parity import BUGS, CHECKS, ParityConfig, run_parity
+from parity.__main__ import main as parity_main
+from parity.compare import ABS_TERM, K, compare
+
+FORWARD_CHECKS = ("eval_logits", "train_forward")
+
+
+def _failures(report):
+    return {r.check for r in report.results if not r.passed}
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("arch", list(naming.ARCH_SPECS))
+def test_every_depth_passes_at_small_size(arch, mode):
+    report = run_parity(ParityConfig(arch=arch, mode=mode, image_size=64, num_classes=10))
+    assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
+    assert [r.check for r in report.results][:4] == ["eval logits", "train logits", "train loss", "BN running stats"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_resnet50_at_224(mode):
+    report = run_parity(ParityConfig(arch="resnet50", mode=mode, image_size=224))
+    assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_false_alarms_across_seeds(seed):
+    report = run_parity(ParityConfig(arch="resnet50", mode="pynative", image_size=64, seed=seed, num_classes=10))
+    assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
+
+
+#: the check that each bug must fail (others may fail too)
+EXPECTED_FAILURE = {
+    "maxpool_same": "eval logits",
+    "strided_conv_same": "eval logits",
+    "bn_eps": "eval logits",
+    "bn_momentum": "BN running stats",
+    "fc_transposed": "eval logits",
+    "missing_relu": "eval logits",
+    "bn_stats_swapped": "eval logits",
+}
+
+
+def test_every_bug_has_an_expectation():
+    assert set(EXPECTED_FAILURE) == set(BUGS)
+
+
+@pytest.fixture(scope="module", params=["resnet18", "resnet50"])
+def clean_forward(request):
+    """The clean port passes the forward checks (the baseline each bug run is compared with)."""
+    report = run_parity(ParityConfig(arch=request.param, mode="pynative", image_size=64, num_classes=10,
+                                     checks=FORWARD_CHECKS))
+    assert report.passed
+    return request.param
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED_FAILURE))
+def test_injected_bug_is_caught(clean_forward, bug):
+    arch = clean_forward
+    broken = run_parity(ParityConfig(arch=arch, mode="pynative", image_size=64, num_classes=10,
+                                     checks=FORWARD_CHECKS, inject=bug))
+    assert not broken.passed
+    assert EXPECTED_FAILURE[bug] in _failures(broken)
+    worst = max(r.ratio for r in broken.results)
+    assert worst > 10 * K  # caught by a wide margin, not by a hair
+
+
+def test_injected_bug_is_caught_in_graph_mode():
+    report = run_parity(ParityConfig(arch="resnet50", mode="graph", image_size=64, num_classes=10,
+                                     checks=("eval_logits",), inject="strided_conv_same"))
+    assert _failures(report) == {"eval logits"}
+
+
+def test_optimizer_check_catches_mindspore_default_weight_decay(monkeypatch):
+    """nn.Momentum(weight_decay=float) skips gamma/beta; torch SGD decays them: the check must see it."""
+    from mindspore import nn
+
+    import parity.engines as engines
+
+    def naive(params, lr, momentum, weight_decay):
+        return nn.Momentum(params, learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
+    cfg = ParityConfig(arch="resnet18", mode="pynative", image_size=64, num_classes=10, checks=("optimizer_step",))
+    assert run_parity(cfg).passed
+    monkeypatch.setattr(engines, "momentum_sgd", naive)
+    report = run_parity(cfg)
+    assert not report.passed and ".bn" in report.results[0].worst
+
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    args = ["--arch", "resnet18", "--image-size", "64", "--mode", "pynative", "--checks", "eval_logits",
+            "--num-classes", "10"]
+    assert parity_main(args + ["--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for column in ("check", "max abs err", "rel L2 err", "noise floor", "ratio", "PASS"):
+        assert column in text
+    data = json.loads(out.read_text())
+    assert data[0]["passed"] and data[0]["results"][0]["check"] == "eval logits"
+    assert parity_main(args + ["--inject", "maxpool_same"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parity_main(args + ["--inject", "no_such_bug"])
+
+
+def test_compare_rule():
+    rng = np.random.RandomState(0)
+    ref = rng.standard_normal(1000)
+    noise = [ref + 1e-3 * rng.standard_normal(1000) for _ in range(3)]
+    assert compare("same noise", ref + 1e-3 * rng.standard_normal(1000), ref, noise).passed
+    assert not compare("10x noise", ref + 1e-2 * rng.standard_normal(1000), ref, noise).passed
+    assert not compare("nan", np.full(1000, np.nan), ref, noise).passed
+    exact = [ref.copy()]
+    # where float32 samples are exact, only the absolute term (a few float32 roundings) is allowed
+    assert compare("tiny", ref * (1 + ABS_TERM / 2), ref, exact).passed
+    assert not compare("small", ref * (1 + 1e-4), ref, exact).passed
+    assert CHECKS[0] == "eval_logits"
