@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Tuple
 
 import numpy as np
 from mindspore import Tensor, dtype_to_nptype, nn

@@ -5,7 +5,7 @@ mutates the freshly built network and/or its converted MindSpore state dict *bef
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping
 
 import numpy as np
 from mindspore import nn

@@ -15,12 +15,10 @@ The module keeps the MindSpore ResNet50 tutorial's shape and parameter names (``
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Type, Union
+from typing import Optional, Sequence, Type, Union
 
-import mindspore as ms
-import numpy as np
-from mindspore import Tensor, nn, ops
-from mindspore.common.initializer import HeUniform, HeNormal, Uniform, initializer
+from mindspore import Tensor, nn
+from mindspore.common.initializer import HeNormal, Uniform
 
 from .registry import register_model
 
