@@ -1,7 +1,6 @@
 """Loading weights into MindSpore models, with a report of missing / unexpected / mismatched keys."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import List, Mapping, Tuple
 
@@ -11,9 +10,6 @@ from mindspore import Tensor, dtype_to_nptype, nn
 from . import naming
 from .checkpoint_io import CheckpointError, PathLike, read_weights
 from .convert import convert_weights
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class LoadReport:
@@ -102,18 +98,12 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     (transfer learning). ``strict=True`` also demands the head.
     """
     arch = model_arch(net)
-    weights = read_weights(path)
-    try:
-        file_arch = weights.meta.get("arch") or naming.detect_arch({k: v.shape for k, v in weights.state.items()})
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    if file_arch != arch:
-        raise CheckpointError(f"{path}: checkpoint is {file_arch} but the model is {arch}; "
-                              f"build {file_arch} (e.g. --arch {file_arch}) or use a {arch} checkpoint")
-    state, _, conversion = convert_weights(weights, "ms_transfer", arch=arch, num_classes=net.num_classes)
+    state, _, conversion = convert_weights(read_weights(path), "ms_transfer", num_classes=net.num_classes)
+    if conversion.arch != arch:
+        raise CheckpointError(f"{path}: checkpoint is {conversion.arch} but the model is {arch}; build "
+                              f"{conversion.arch} (e.g. --arch {conversion.arch}) or use a {arch} checkpoint")
     report = load_state_into(net, state, strict=strict)
     report.notes.append(f"{path}: {conversion}")
     if verbose:
-        log.info("loaded %s\n%s", path, report)
         print(f"Loaded {path}\n{report}")
     return report

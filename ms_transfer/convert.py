@@ -51,16 +51,15 @@ def _preview(names: Sequence[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + more
 
 
-def convert_weights(weights: WeightFile, dst_naming: str, *, arch: str = "auto", src_naming: str = "auto",
-                    num_classes: Optional[int] = None, drop_head: bool = False):
-    """Rename ``weights`` into ``dst_naming``; returns ``(state, meta, report)``.
+def convert_weights(weights: WeightFile, dst_naming: Optional[str], *, arch: str = "auto",
+                    src_naming: str = "auto", num_classes: Optional[int] = None, drop_head: bool = False):
+    """Rename ``weights`` into ``dst_naming`` (``None``: keep the source's); returns ``(state, meta, report)``.
 
     * ``arch`` / ``src_naming`` ``"auto"`` are detected from the keys and shapes (and file metadata).
     * The head is left out with ``drop_head`` or when ``num_classes`` differs from the checkpoint's.
     * torch's ``num_batches_tracked`` is dropped going to MindSpore (recorded in ``meta`` so that a
       round trip back to torch restores it bit-exactly) and restored (0 if unknown) going to torchvision.
     """
-    dst_naming = naming.resolve_scheme(dst_naming)
     where = weights.path or "checkpoint"
     tensors = OrderedDict((k, v) for k, v in weights.state.items()
                           if not k.endswith("." + naming.NUM_BATCHES_TRACKED))
@@ -72,6 +71,7 @@ def convert_weights(weights: WeightFile, dst_naming: str, *, arch: str = "auto",
         if src_naming == "auto":
             src_naming = weights.meta.get("naming") or naming.detect_scheme(tensors, arch)
         src_naming = naming.resolve_scheme(src_naming)
+        dst_naming = naming.resolve_scheme(dst_naming or src_naming)
         table = naming.name_table(arch, src_naming)
     except ValueError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
@@ -148,12 +148,7 @@ def convert_file(src: str, dst: str, *, dst_naming: Optional[str] = None, arch: 
     if dst_path.exists() and not force:
         raise CheckpointError(f"{dst}: already exists; pass --force to overwrite it")
     weights = read_weights(src_path)
-    if dst_naming is None:
-        dst_naming = DEFAULT_NAMING[dst_format] or weights.meta.get("naming") or "auto"
-    if dst_naming == "auto":  # safetensors from a file without recorded naming: keep the detected one
-        arch_ = weights.meta.get("arch") or naming.detect_arch({k: v.shape for k, v in weights.state.items()})
-        dst_naming = naming.detect_scheme(weights.state, arch_)
-    state, meta, report = convert_weights(weights, dst_naming, arch=arch, src_naming=src_naming,
+    state, meta, report = convert_weights(weights, dst_naming or DEFAULT_NAMING[dst_format], arch=arch, src_naming=src_naming,
                                           num_classes=num_classes, drop_head=drop_head)
     write_weights(dst_path, state, meta)
     return report

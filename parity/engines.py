@@ -39,7 +39,7 @@ class TorchEngine:
     def eval_logits(self, x: np.ndarray) -> np.ndarray:
         model = self._model().eval()
         with torch.no_grad():
-            return model(self._inputs(x, np.zeros(1))[0]).numpy()
+            return model(torch.from_numpy(x).to(self.dtype)).numpy()
 
     def train_forward(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Arrays]:
         model = self._model().train()
@@ -93,7 +93,7 @@ class MindSporeEngine:
     def eval_logits(self, x: np.ndarray) -> np.ndarray:
         self._reset()
         self.net.set_train(False)
-        return self.net(self._inputs(x, np.zeros(1))[0]).asnumpy()
+        return self.net(ms.Tensor(x.astype(np.float32))).asnumpy()
 
     def train_forward(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Arrays]:
         self._reset()

@@ -11,7 +11,7 @@ from ms_transfer.context import set_context
 from ms_transfer.models import create_model
 
 from .bugs import inject
-from .compare import FLOOR_SAMPLES, JITTER, CheckResult, compare
+from .compare import FLOOR_SAMPLES, JITTER, K, CheckResult, compare
 from .engines import MindSporeEngine, TorchEngine
 from .setup import Problem, make_problem
 
@@ -128,7 +128,7 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
         for name in ref:
             if ms is None:
-                report.results.append(CheckResult(name, np.inf, np.inf, np.nan, np.inf, 0.0, False, error))
+                report.results.append(CheckResult(name, np.inf, np.inf, np.nan, np.inf, K, False, error))
             else:
                 report.results.append(compare(name, ms[name], ref[name], [s[name] for s in samples]))
         report.seconds[check] = time.perf_counter() - t
