@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
-from mindspore import Tensor, dtype_to_nptype, nn
+from mindspore import Tensor, nn
 
 from . import naming
-from .checkpoint_io import CheckpointError, PathLike, read_weights
+from .checkpoint_io import CheckpointError, PathLike, read_weights, write_weights
 from .convert import convert_weights
 
 @dataclass
@@ -77,7 +77,7 @@ def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool 
     for name, value in state.items():
         if name in params and name not in mismatched:
             param = params[name]
-            param.set_data(Tensor(np.asarray(value, dtype=dtype_to_nptype(param.dtype))))
+            param.set_data(Tensor(np.asarray(value), dtype=param.dtype))
             report.loaded.append(name)
     return report
 
@@ -107,3 +107,53 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     if verbose:
         print(f"Loaded {path}\n{report}")
     return report
+
+
+#: prefix of optimizer-state entries (momentum buffers, step counter) in a run's ``last.ckpt``
+OPTIMIZER_PREFIX = "optimizer."
+
+
+def save_run_checkpoint(path: PathLike, net: nn.Cell, meta: dict, optimizer: Optional[nn.Cell] = None) -> None:
+    """Atomically write ``net``'s parameters (+ ``optimizer`` state, prefixed) and ``meta`` to a ``.ckpt``.
+
+    ``meta`` must hold ``arch`` and ``classes`` so that :func:`load_run_checkpoint` can rebuild the model.
+    """
+    missing = [k for k in ("arch", "classes") if k not in meta]
+    if missing:
+        raise ValueError(f"run checkpoint metadata needs {missing}")
+    state = {p.name: p.asnumpy() for p in net.get_parameters()}
+    if optimizer is not None:
+        own = {id(p) for p in net.get_parameters()}
+        for name, p in optimizer.parameters_and_names():
+            if id(p) not in own:
+                state[OPTIMIZER_PREFIX + name] = p.asnumpy()
+    write_weights(path, state, {"naming": "ms_transfer", "num_classes": len(meta["classes"]), **meta})
+
+
+def load_run_checkpoint(path: PathLike):
+    """Rebuild the model saved by :func:`save_run_checkpoint`; returns ``(net, weights)``.
+
+    ``weights.meta`` holds the run metadata (arch, classes, config, epoch, metrics); optimizer entries
+    stay in ``weights.state`` under :data:`OPTIMIZER_PREFIX` for ``--resume``.
+    """
+    from .models import create_model  # local: models imports this module lazily for pretrained loading
+    weights = read_weights(path)
+    if "arch" not in weights.meta or "classes" not in weights.meta:
+        raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); "
+                              "use ms_transfer.checkpoint.load_pretrained for plain weight files")
+    net = create_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]))
+    load_state_into(net, {k: v for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    return net, weights
+
+
+def load_optimizer_state(optimizer: nn.Cell, net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
+    """Restore optimizer entries written by :func:`save_run_checkpoint` (strict: all must be present)."""
+    own = {id(p) for p in net.get_parameters()}
+    for name, p in optimizer.parameters_and_names():
+        if id(p) in own:
+            continue
+        key = OPTIMIZER_PREFIX + name
+        if key not in state:
+            raise CheckpointError(f"optimizer state {key!r} missing from the checkpoint; the run's optimizer "
+                                  "settings changed since it was saved - start a new run instead of --resume")
+        p.set_data(Tensor(np.asarray(state[key]), dtype=p.dtype))

@@ -1,0 +1,192 @@
+"""One training-config schema for both frameworks: YAML files and command-line flags share it.
+
+Precedence: schema defaults < ``--config`` YAML < explicit flags. Unknown keys and bad values raise
+:class:`ConfigError` naming the key (and the file). ``torch_reference.train`` uses the same schema.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "wolf_dog_finetune.yaml"
+#: the MindSpore tutorial's ImageNet-pretrained ResNet50 (tutorial parameter names)
+TUTORIAL_CKPT_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/models/application/"
+                     "resnet50_224_new.ckpt")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key and where it came from."""
+
+
+def _f(default: Any, help: str, choices: Optional[Sequence[str]] = None, **kw):
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the YAML keys are these field names)."""
+
+    arch: str = _f("resnet50", "ResNet depth", ARCHS)
+    data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one)")
+    pretrained: Optional[str] = _f(None, "weights to start from: .ckpt, .pth or .safetensors (or 'none')")
+    pretrained_url: Optional[str] = _f(None, "download pretrained weights from this URL (cached in "
+                                             "~/.cache/ms_transfer); bare flag = the tutorial's ResNet50")
+    strategy: str = _f("finetune", "finetune: train all; fixed_feature: only fc; partial: from partial_from up",
+                       ("finetune", "fixed_feature", "partial"))
+    partial_from: str = _f("layer4", "first trainable stage for strategy=partial", ("layer1", "layer2", "layer3", "layer4"))
+    freeze: List[str] = _f([], "extra glob patterns of parameter names to freeze (e.g. 'layer1.*')")
+    unfreeze: List[str] = _f([], "glob patterns that stay trainable (win over freeze), e.g. 'fc.*'")
+    lr_mult: Dict[str, float] = _f({}, "learning-rate multiplier per glob pattern, e.g. {'fc.*': 10}")
+    head_epochs: int = _f(0, "two-stage schedule: first train only fc for this many epochs (0 = off)")
+    stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
+    epochs: int = _f(5, "number of epochs")
+    batch_size: int = _f(18, "batch size")
+    lr: float = _f(0.001, "base learning rate")
+    optimizer: str = _f("momentum", "optimizer", ("momentum", "sgd", "adam"))
+    momentum: float = _f(0.9, "momentum (momentum / sgd)")
+    weight_decay: float = _f(0.0, "weight decay, applied to every trainable parameter (as torch does)")
+    schedule: str = _f("constant", "learning-rate schedule", ("constant", "cosine", "step"))
+    step_size: int = _f(1, "epochs between decays (schedule=step)")
+    gamma: float = _f(0.1, "decay factor (schedule=step)")
+    image_size: int = _f(224, "input size in pixels")
+    num_workers: int = _f(2, "data-pipeline workers")
+    mode: str = _f("graph", "MindSpore execution mode", ("graph", "pynative"))
+    device: str = _f("CPU", "device", ("CPU", "GPU"))
+    output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots)")
+    resume: bool = _f(False, "continue from OUTPUT_DIR/last.ckpt")
+    download: bool = _f(False, "download the Canidae dataset into DATA_DIR if missing")
+    demo: bool = _f(False, "generate a small synthetic dataset in DATA_DIR and train on it")
+    seed: int = _f(0, "random seed (weights init, data order, augmentation)")
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        """Check values; raises :class:`ConfigError` naming the first bad key."""
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value not in choices:
+                raise ConfigError(f"{source}: {f.name}={value!r} is not one of {', '.join(choices)}")
+        positive = ("epochs", "batch_size", "image_size", "step_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "stage2_lr_scale"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{source}: {key} must be > 0, got {getattr(self, key)}")
+        for key in ("momentum", "weight_decay", "head_epochs", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
+        if self.head_epochs >= self.epochs:
+            raise ConfigError(f"{source}: head_epochs ({self.head_epochs}) must be < epochs ({self.epochs})")
+        if self.image_size < 32:
+            raise ConfigError(f"{source}: image_size must be >= 32 (ResNet downsamples by 32)")
+        for pattern, mult in self.lr_mult.items():
+            if not isinstance(mult, (int, float)) or mult <= 0:
+                raise ConfigError(f"{source}: lr_mult[{pattern!r}] must be a positive number, got {mult!r}")
+        if self.pretrained in ("none", "None", ""):  # explicit "no pretrained weights": no download either
+            self.pretrained = self.pretrained_url = None
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Type-check a YAML value against the schema field's type."""
+    default = TrainConfig().__getattribute__(key)
+    kind = _FIELDS[key].type
+    if value is None:
+        if "Optional" in str(kind):
+            return None
+        raise ConfigError(f"{source}: {key} may not be empty")
+    if isinstance(default, bool) or kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind.startswith("List"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind.startswith("Dict"):
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{source}: {key} must be {kind}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def load_yaml(path: Path) -> Dict[str, Any]:
+    """Read a YAML config; unknown keys are errors that list the known ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    unknown = [k for k in data if k not in _FIELDS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
+                          f"{', '.join(_FIELDS)}")
+    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """Flags generated from the schema (``data_dir`` -> ``--data-dir``); every default is "unset"."""
+    p = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)})")
+    for name, f in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind, help_ = f.type, f"{f.metadata['help']} (default: {getattr(TrainConfig(), name)!r})"
+        if kind == "bool":
+            p.add_argument(flag, action="store_true", help=help_)
+        elif kind.startswith("List"):
+            p.add_argument(flag, nargs="+", metavar="PATTERN", help=help_)
+        elif kind.startswith("Dict"):
+            p.add_argument(flag, nargs="+", metavar="PATTERN=MULT", type=_pattern_mult, help=help_)
+        elif name == "pretrained_url":
+            p.add_argument(flag, nargs="?", const=TUTORIAL_CKPT_URL, help=help_)
+        else:
+            py_type = {"int": int, "float": float}.get(kind, str)
+            p.add_argument(flag, type=py_type, choices=f.metadata["choices"], help=help_)
+    return p
+
+
+def _pattern_mult(text: str):
+    pattern, sep, mult = text.rpartition("=")
+    try:
+        return pattern, float(mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=MULT (e.g. 'fc.*=10'), got {text!r}") from None
+
+
+def resolve_config(argv: Optional[Sequence[str]], prog: str = "python -m ms_transfer.train",
+                   description: str = "") -> TrainConfig:
+    """Defaults < YAML (``--config``, else the wolf-vs-dog finetune config) < flags."""
+    args = vars(build_parser(prog, description).parse_args(argv))
+    config_path = args.pop("config", None) or DEFAULT_CONFIG
+    values = load_yaml(config_path)
+    if "lr_mult" in args:
+        args["lr_mult"] = dict(args["lr_mult"])
+    values.update(args)
+    return TrainConfig(**values).validate(source=f"{config_path} + flags")
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

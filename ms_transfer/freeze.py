@@ -1,0 +1,82 @@
+"""Freezing by parameter name (glob patterns), strategy presets, per-pattern learning-rate multipliers.
+
+A frozen BatchNorm (gamma and beta frozen) runs in inference mode: it normalises with its moving
+statistics and never updates them, so a frozen trunk is truly frozen (the tutorial's frozen BNs drift).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+from mindspore import nn
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def strategy_patterns(strategy: str, partial_from: str = "layer4") -> Tuple[List[str], List[str]]:
+    """(freeze, unfreeze) glob patterns of a strategy preset."""
+    if strategy == "finetune":
+        return [], []
+    if strategy == "fixed_feature":
+        return ["*"], ["fc.*"]
+    if strategy == "partial":
+        if partial_from not in STAGES:
+            raise ValueError(f"partial_from must be one of {', '.join(STAGES)}, got {partial_from!r}")
+        return ["*"], [f"{s}.*" for s in STAGES[STAGES.index(partial_from):]] + ["fc.*"]
+    raise ValueError(f"unknown strategy {strategy!r}; use finetune, fixed_feature or partial")
+
+
+def is_frozen(name: str, freeze: Sequence[str], unfreeze: Sequence[str]) -> bool:
+    """Frozen when a freeze pattern matches and no unfreeze pattern does."""
+    return any(fnmatchcase(name, p) for p in freeze) and not any(fnmatchcase(name, p) for p in unfreeze)
+
+
+@dataclass
+class FreezeReport:
+    """Trainable / frozen parameter counts per top-level module."""
+
+    rows: "OrderedDict[str, List[int]]"  # module -> [trainable elements, frozen elements]
+    frozen_bn: int
+
+    def table(self) -> str:
+        lines = [f"{'module':<10} {'trainable':>12} {'frozen':>12}"]
+        for module, (t, f) in self.rows.items():
+            lines.append(f"{module:<10} {t:>12,} {f:>12,}")
+        total_t = sum(r[0] for r in self.rows.values())
+        total_f = sum(r[1] for r in self.rows.values())
+        lines.append(f"{'total':<10} {total_t:>12,} {total_f:>12,}")
+        lines.append(f"BatchNorm layers in inference mode (frozen): {self.frozen_bn}")
+        return "\n".join(lines)
+
+
+def apply_freeze(net: nn.Cell, freeze: Sequence[str], unfreeze: Sequence[str]) -> FreezeReport:
+    """Set ``requires_grad`` by name and put fully frozen BatchNorms in inference mode.
+
+    Patterns match this project's (MindSpore tutorial) parameter names, e.g. ``layer4.*``, ``fc.*``,
+    ``*.norm*`` (moving statistics are never trainable and are not counted as parameters).
+    """
+    rows: "OrderedDict[str, List[int]]" = OrderedDict()
+    for p in net.get_parameters():
+        if p.name.endswith(("moving_mean", "moving_variance")):
+            continue
+        p.requires_grad = not is_frozen(p.name, freeze, unfreeze)
+        row = rows.setdefault(p.name.split(".")[0], [0, 0])
+        row[0 if p.requires_grad else 1] += int(p.size)
+    frozen_bn = 0
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            frozen = not (cell.gamma.requires_grad or cell.beta.requires_grad)
+            cell.use_batch_statistics = False if frozen else None
+            frozen_bn += frozen
+    return FreezeReport(rows, frozen_bn)
+
+
+def lr_groups(params: Sequence, lr_mult: Mapping[str, float]) -> List[Tuple[float, List]]:
+    """Split ``params`` by the first matching ``lr_mult`` pattern: ``[(multiplier, params), ...]``."""
+    groups: Dict[float, List] = OrderedDict()
+    for p in params:
+        mult = next((m for pattern, m in lr_mult.items() if fnmatchcase(p.name, pattern)), 1.0)
+        groups.setdefault(float(mult), []).append(p)
+    return list(groups.items())

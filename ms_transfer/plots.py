@@ -1,0 +1,63 @@
+"""Run plots: loss/accuracy curves and a grid of validation predictions (blue right, red wrong)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    """Save atomically: a crash never leaves a truncated PNG."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_curves(history: List[Dict], path: Path) -> None:
+    """``curves.png``: train/val loss and val accuracy per epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1.05))
+    _save(fig, path)
+
+
+def plot_predictions(images: np.ndarray, labels: Sequence[int], preds: Sequence[int], classes: Sequence[str],
+                     path: Path, max_images: int = 8) -> List[str]:
+    """``predictions.png``: de-normalised images titled with the prediction; returns the title colours."""
+    n = min(len(images), max_images)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    colours = []
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = np.transpose(images[i], (1, 2, 0)) * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
+        colour = "blue" if preds[i] == labels[i] else "red"
+        colours.append(colour)
+        ax.imshow(np.clip(img, 0, 1))
+        ax.set_title(f"predict: {classes[preds[i]]}", color=colour)
+    _save(fig, path)
+    return colours

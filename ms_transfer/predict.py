@@ -1,0 +1,79 @@
+"""``python -m ms_transfer.predict --ckpt RUN/best.ckpt IMG [IMG ...]``: class and probability per image."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from .checkpoint import CheckpointError, load_run_checkpoint
+from .context import set_context
+from .data import load_image_for_eval
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], image_size: int,
+                  top_k: int = 1) -> List[Dict]:
+    """Classify each image with the eval transform at ``image_size``; one dict per path, in order.
+
+    Success: ``{"path", "class", "probability", "top": [{"class", "probability"}, ...]}`` (``top_k`` best,
+    softmax probabilities). An unreadable image gives ``{"path", "error"}`` and the others still run.
+    """
+    top_k = max(1, min(int(top_k), len(classes)))
+    net.set_train(False)
+    results = []
+    for path in paths:
+        try:
+            x = load_image_for_eval(path, image_size)
+        except Exception as exc:  # missing, unreadable, truncated or not an image (Pillow/MindSpore errors)
+            results.append({"path": str(path), "error": f"cannot read image ({type(exc).__name__}: {exc}); "
+                                                        "check that the file exists and is a JPEG/PNG/BMP/WebP"})
+            continue
+        probs = softmax(net(ms.Tensor(x)).asnumpy()[0].astype(np.float64))
+        order = np.argsort(-probs)[:top_k]
+        top = [{"class": classes[i], "probability": float(probs[i])} for i in order]
+        results.append({"path": str(path), **top[0], "top": top})
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 if every image was classified, 1 if some could not be read, 2 for a bad checkpoint."""
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.predict", description=__doc__)
+    p.add_argument("--ckpt", required=True, help="training-run checkpoint (RUN/best.ckpt)")
+    p.add_argument("images", nargs="+", metavar="IMG")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    p.add_argument("--mode", default="pynative", choices=["graph", "pynative"])
+    p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be at least 1, got {args.top_k}")
+    set_context(args.mode, args.device)
+    try:
+        net, weights = load_run_checkpoint(args.ckpt)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    classes = weights.meta["classes"]
+    results = predict_paths(net, classes, args.images, weights.meta.get("image_size", 224), args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            print(f"{r['path']}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"]))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""evaluate / predict CLIs and the run plots, on a trained demo run."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mindspore import Tensor, nn
+
+from ms_transfer.checkpoint import save_run_checkpoint
+from ms_transfer.checkpoint_io import write_weights
+from ms_transfer.context import set_context
+from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.demo_data import make_demo_dataset
+from ms_transfer.evaluate import evaluate_checkpoint, evaluate_net, main as evaluate_main
+from ms_transfer.models import create_model
+from ms_transfer.plots import plot_curves, plot_predictions
+from ms_transfer.predict import main as predict_main, predict_paths
+
+CLASSES = ["synthetic_circles", "synthetic_stripes"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    set_context("pynative", "CPU")
+    root = tmp_path_factory.mktemp("eval")
+    data = make_demo_dataset(root / "data", n_train_per_class=2, n_val_per_class=5, image_size=40)
+    net = create_model("resnet18", num_classes=2)
+    ckpt = root / "best.ckpt"
+    save_run_checkpoint(ckpt, net, {"arch": "resnet18", "classes": CLASSES, "image_size": 32})
+    return net, ckpt, data
+
+
+def _independent(net, data):
+    """Accuracy, per-class support and mean loss from the same val pipeline, counted by hand."""
+    dataset, _ = create_dataset(data, "val", 32, 4, train=False, shuffle=False, seed=0)
+    net.set_train(False)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    right = total = 0
+    loss = 0.0
+    support = np.zeros(2, int)
+    for x, y in dataset.create_tuple_iterator(num_epochs=1):
+        logits = net(x)
+        right += int((logits.asnumpy().argmax(1) == y.asnumpy()).sum())
+        loss += float(loss_fn(logits, y).asnumpy())
+        support += np.bincount(y.asnumpy(), minlength=2)
+        total += len(y)
+    return right / total, support, loss / total
+
+
+def _check(result, net, data):
+    acc, support, loss = _independent(net, data)
+    confusion = np.array(result["confusion"])
+    assert result["num_samples"] == confusion.sum() == support.sum() == 10
+    np.testing.assert_array_equal(confusion.sum(1), support)  # rows = true class
+    assert result["accuracy"] == pytest.approx(acc)
+    assert result["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    np.testing.assert_allclose(result["per_class_accuracy"], np.diag(confusion) / confusion.sum(1))
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_evaluate_matches_an_independent_count(run):
+    net, ckpt, data = run
+    result = evaluate_checkpoint(str(ckpt), str(data), batch_size=3)
+    assert result["classes"] == CLASSES
+    _check(result, net, data)
+    dataset, _ = create_dataset(data, "val", 32, 4, train=False, shuffle=False, seed=0)
+    images, labels, preds = evaluate_net(net, dataset, return_batch=True)["batch"]
+    assert images.shape == (4, 3, 32, 32) and len(labels) == len(preds) == 4
+
+
+def test_evaluate_graph_mode(run):
+    net, ckpt, data = run
+    set_context("graph", "CPU")
+    try:
+        result = evaluate_checkpoint(str(ckpt), str(data), batch_size=5)
+    finally:
+        set_context("pynative", "CPU")
+    _check(result, net, data)
+
+
+def test_evaluate_cli(run, tmp_path, capsys):
+    _, ckpt, data = run
+    assert evaluate_main(["--ckpt", str(ckpt), "--data-dir", str(data), "--mode", "pynative",
+                          "--json", str(tmp_path / "r.json")]) == 0
+    assert "confusion matrix" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == CLASSES
+    assert evaluate_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data-dir", str(data)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    plain = tmp_path / "plain.ckpt"
+    write_weights(plain, {"w": np.zeros(2, np.float32)})
+    assert evaluate_main(["--ckpt", str(plain), "--data-dir", str(data), "--mode", "pynative"]) == 2
+    assert "not a training-run checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_class_mismatch_names_both(run, tmp_path):
+    net, _, data = run
+    ckpt = tmp_path / "other.ckpt"
+    save_run_checkpoint(ckpt, net, {"arch": "resnet18", "classes": ["cats", "dogs"], "image_size": 32})
+    with pytest.raises(ValueError, match=r"(?s)synthetic_circles.*cats"):
+        evaluate_checkpoint(str(ckpt), str(data))
+    assert evaluate_main(["--ckpt", str(ckpt), "--data-dir", str(data), "--mode", "pynative"]) == 2
+
+
+def test_predict_cli(run, tmp_path, capsys):
+    _, ckpt, data = run
+    images = sorted((data / "val" / "synthetic_circles").iterdir())[:2]
+    assert predict_main(["--ckpt", str(ckpt), "--json", "--top-k", "2", *map(str, images)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in results] == [str(p) for p in images]
+    for r in results:
+        probs = [t["probability"] for t in r["top"]]
+        assert all(0 <= p <= 1 for p in probs) and sum(probs) == pytest.approx(1.0)
+        assert {t["class"] for t in r["top"]} == set(CLASSES)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert predict_main(["--ckpt", str(ckpt), str(bad), str(images[0])]) == 1
+    captured = capsys.readouterr()
+    assert "bad.jpg" in captured.err and str(images[0]) in captured.out
+
+
+def test_predict_paths_library(run, tmp_path):
+    net, _, data = run
+    image = sorted((data / "val" / "synthetic_stripes").iterdir())[0]
+    good, missing = predict_paths(net, CLASSES, [image, tmp_path / "nope.png"], 32)
+    assert good["class"] in CLASSES and 0.5 <= good["probability"] <= 1 and len(good["top"]) == 1
+    logits = net(Tensor(load_image_for_eval(image, 32))).asnumpy()[0]
+    assert good["class"] == CLASSES[int(logits.argmax())]
+    assert "error" in missing and "nope.png" in missing["path"]
+
+
+def test_plots(tmp_path):
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.5 + 0.1 * e} for e in (1, 2)]
+    plot_curves(history, tmp_path / "curves.png")
+    images = np.concatenate([load_image_for_eval(_png(tmp_path, i), 32) for i in range(3)])
+    colours = plot_predictions(images, [0, 1, 1], [0, 0, 1], CLASSES, tmp_path / "predictions.png")
+    assert colours == ["blue", "red", "blue"]
+    for name in ("curves.png", "predictions.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def _png(tmp_path, i):
+    path = tmp_path / f"img{i}.png"
+    Image.fromarray(np.full((40, 40, 3), 60 * i, dtype=np.uint8)).save(path)
+    return path

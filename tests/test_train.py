@@ -1,0 +1,178 @@
+"""Training end to end on a generated ImageFolder set: freezing, resume, atomic checkpoints, errors."""
+import json
+
+import numpy as np
+import pytest
+
+import ms_transfer.checkpoint_io as checkpoint_io
+import ms_transfer.train as train_mod
+from ms_transfer.checkpoint import load_run_checkpoint
+from ms_transfer.config import TrainConfig
+from ms_transfer.demo_data import make_demo_dataset
+from ms_transfer.models import create_model
+from ms_transfer.train import TrainingError, main, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "demo"
+    make_demo_dataset(root, n_train_per_class=6, n_val_per_class=3, image_size=48, seed=0)
+    return root
+
+
+def _cfg(data_dir, out, **kw):
+    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,
+                num_workers=1, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def _params(net):
+    return {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+
+
+def _initial_params(cfg):
+    """The weights train() starts from (same seed, same init)."""
+    import mindspore as ms
+    ms.set_seed(cfg.seed)
+    return _params(create_model(cfg.arch, num_classes=2))
+
+
+@pytest.mark.parametrize("strategy, frozen_prefixes, trained_prefix", [
+    ("fixed_feature", ("conv1.", "norm.", "layer1.", "layer2.", "layer3.", "layer4."), "fc."),
+    ("partial", ("conv1.", "norm.", "layer1.", "layer2.", "layer3."), "layer4."),
+])
+def test_frozen_parameters_and_bn_statistics_stay_bit_identical(data_dir, tmp_path, strategy, frozen_prefixes,
+                                                                trained_prefix):
+    cfg = _cfg(data_dir, tmp_path / "run", strategy=strategy, epochs=2)
+    before = _initial_params(cfg)
+    train(cfg)
+    after = _params(load_run_checkpoint(tmp_path / "run" / "last.ckpt")[0])
+    frozen = [n for n in before if n.startswith(frozen_prefixes)]
+    assert any("moving_variance" in n for n in frozen)
+    for name in frozen:  # weights and moving statistics of frozen layers
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    changed = [n for n in before if n.startswith(trained_prefix) and not np.array_equal(after[n], before[n])]
+    assert changed, f"nothing under {trained_prefix} was trained"
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch, mode):
+    common = dict(epochs=3, mode=mode, lr=1e-3, schedule="cosine", weight_decay=1e-4, lr_mult={"fc.*": 10.0})
+    train(_cfg(data_dir, tmp_path / "full", **common))
+
+    def crash(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash after epoch 2")
+    monkeypatch.setattr(train_mod, "_after_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data_dir, tmp_path / "cut", **common))
+    monkeypatch.setattr(train_mod, "_after_epoch", lambda epoch: None)
+    train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
+
+    full = _params(load_run_checkpoint(tmp_path / "full" / "last.ckpt")[0])
+    resumed = _params(load_run_checkpoint(tmp_path / "cut" / "last.ckpt")[0])
+    for name in full:
+        np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # no lost or repeated epoch
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(data_dir, tmp_path, monkeypatch):
+    cfg = _cfg(data_dir, tmp_path / "run", epochs=2)
+    real_write = checkpoint_io._write_mindspore
+    calls = []
+
+    def flaky(path, state, meta):
+        calls.append(path)
+        if meta.get("epoch") == 2:
+            real_write(path, {k: v for k, v in list(state.items())[:3]}, meta)  # a partial file...
+            raise OSError("disk full")  # ...then the crash
+        real_write(path, state, meta)
+    monkeypatch.setattr(checkpoint_io, "_write_mindspore", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    for name in ("last.ckpt", "best.ckpt"):
+        net, weights = load_run_checkpoint(tmp_path / "run" / name)
+        assert weights.meta["epoch"] == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_end_to_end_files_and_two_stage_schedule(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "run", epochs=2, head_epochs=1, optimizer="adam", lr=1e-3)
+    summary = train(cfg)
+    run = tmp_path / "run"
+    for name in ("best.ckpt", "last.ckpt", "metrics.jsonl", "curves.png", "predictions.png", "config.yaml"):
+        assert (run / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["head", "finetune"]
+    for key in ("train_loss", "val_loss", "val_acc", "images_per_s", "epoch_seconds"):
+        assert np.isfinite(rows[-1][key])
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in rows)
+    _, best = load_run_checkpoint(run / "best.ckpt")
+    assert best.meta["classes"] == ["synthetic_circles", "synthetic_stripes"]
+
+
+def test_existing_run_is_never_overwritten(data_dir, tmp_path, capsys):
+    train(_cfg(data_dir, tmp_path / "run"))
+    before = (tmp_path / "run" / "last.ckpt").read_bytes()
+    argv = ["--config", "configs/demo.yaml", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"),
+            "--image-size", "32", "--mode", "pynative"]
+    assert main(argv) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "last.ckpt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_with_clear_message(data_dir, tmp_path):
+    with pytest.raises(TrainingError, match="loss became"):
+        train(_cfg(data_dir, tmp_path / "run", lr=1e30, epochs=2))
+
+
+def test_class_mismatch_is_a_clear_error(tmp_path, capsys):
+    root = tmp_path / "bad"
+    make_demo_dataset(root, n_train_per_class=2, n_val_per_class=2, image_size=32)
+    val_dir = next(p for p in (root / "val").iterdir() if p.is_dir())
+    val_dir.rename(root / "val" / "synthetic_triangles")
+    assert main(["--data-dir", str(root), "--output-dir", str(tmp_path / "r"), "--pretrained", "none"]) == 2
+    assert "synthetic_triangles" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("strategy", ["finetune", "fixed_feature"])
+def test_train_evaluate_predict(data_dir, tmp_path, strategy, mode, capsys):
+    from ms_transfer.evaluate import evaluate_checkpoint
+    from ms_transfer.predict import main as predict_main
+    run = tmp_path / "run"
+    train(_cfg(data_dir, run, strategy=strategy, mode=mode, epochs=2))
+    _, best = load_run_checkpoint(run / "best.ckpt")
+    result = evaluate_checkpoint(str(run / "best.ckpt"), str(data_dir), batch_size=4)
+    assert result["accuracy"] == pytest.approx(best.meta["metrics"]["val_acc"])  # same model, same data
+    image = sorted((data_dir / "val" / "synthetic_stripes").iterdir())[0]
+    capsys.readouterr()
+    assert predict_main(["--ckpt", str(run / "best.ckpt"), str(image)]) == 0
+    assert str(image) in capsys.readouterr().out
+
+
+def test_pretrained_url_is_downloaded_once_and_loaded(data_dir, tmp_path, monkeypatch, serve_files):
+    """torchvision .pth weights served on loopback: trunk loaded (frozen, so unchanged), head replaced."""
+    import io
+
+    import torch
+
+    from torch_reference import build_model
+    torch.manual_seed(1)
+    tv = build_model("resnet18", 1000)
+    buffer = io.BytesIO()
+    torch.save(tv.state_dict(), buffer)
+    base, hits = serve_files({"/weights/resnet18.pth": buffer.getvalue()})
+    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
+    url = base + "/weights/resnet18.pth"
+    for name in ("a", "b"):
+        train(_cfg(data_dir, tmp_path / name, pretrained_url=url, strategy="fixed_feature"))
+    assert hits == ["/weights/resnet18.pth"]  # the second run used the cache
+    assert (tmp_path / "cache" / "resnet18.pth").is_file()
+    trained = _params(load_run_checkpoint(tmp_path / "a" / "last.ckpt")[0])
+    np.testing.assert_array_equal(trained["conv1.weight"], tv.conv1.weight.detach().numpy())
+    np.testing.assert_array_equal(trained["layer3.1.norm2.moving_variance"],
+                                  tv.layer3[1].bn2.running_var.numpy())
+    assert trained["fc.weight"].shape == (2, 512)
