@@ -19,9 +19,13 @@ def rng():
     return np.random.RandomState(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def serve_files():
-    """Start a loopback HTTP server for ``{path: bytes}``; returns ``(base_url, hits)``. No internet needed."""
+    """Start a loopback HTTP server for ``{path: bytes | callable(handler)}``; returns ``(base_url, hits)``.
+
+    A callable route writes its own response (e.g. a truncated body). No internet needed; servers stop at
+    the end of the session.
+    """
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,13 +38,15 @@ def serve_files():
             def do_GET(self):
                 hits.append(self.path)
                 body = routes.get(self.path)
-                if body is None:
+                if callable(body):
+                    body(self)
+                elif body is None:
                     self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
             def log_message(self, *args):
                 pass

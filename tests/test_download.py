@@ -2,10 +2,8 @@
 
 import io
 import socket
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -37,41 +35,21 @@ GOOD_ZIP = _zip({f"data/Canidae/{split}/{cls}/{i}.jpg": _jpeg_bytes(i + 10 * j)
 SLIP_ZIP = _zip({"Canidae/train/dogs/0.jpg": _jpeg_bytes(0), "../evil.txt": b"pwned"})
 
 
+def _truncated(handler) -> None:
+    """Announce the whole zip, send half of it, hang up."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(GOOD_ZIP)))
+    handler.end_headers()
+    handler.wfile.write(GOOD_ZIP[: len(GOOD_ZIP) // 2])
+    handler.close_connection = True
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(serve_files):
     """Serves ``/good.zip``, ``/slip.zip``, ``/short.zip`` (truncated body) and
     ``/garbage.zip`` (wrong bytes, right length); counts requests per path."""
-    routes = {"/good.zip": GOOD_ZIP, "/slip.zip": SLIP_ZIP, "/garbage.zip": b"x" * len(GOOD_ZIP)}
-    hits = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            if self.path == "/short.zip":
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(GOOD_ZIP)))
-                self.end_headers()
-                self.wfile.write(GOOD_ZIP[: len(GOOD_ZIP) // 2])
-                self.close_connection = True
-                return
-            body = routes.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    httpd.shutdown()
-    httpd.server_close()
+    return serve_files({"/good.zip": GOOD_ZIP, "/slip.zip": SLIP_ZIP, "/garbage.zip": b"x" * len(GOOD_ZIP),
+                        "/short.zip": _truncated})
 
 
 def test_download_extract_scan_then_noop(server, tmp_path):
