@@ -25,9 +25,11 @@ from .config import ConfigError, TrainConfig, resolve_config, save_config
 from .context import set_context
 from .data import DatasetError, check_same_classes, create_dataset, resolve_data_root
 from .download import DownloadError
+from .evaluate import evaluate_net
 from .freeze import apply_freeze, lr_groups, strategy_patterns
 from .models import create_model
 from .optim import build_optimizer, lr_at
+from .plots import plot_curves, plot_predictions
 
 CACHE_DIR = Path.home() / ".cache" / "ms_transfer"
 
@@ -150,9 +152,6 @@ def _after_epoch(epoch: int) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary dict. See the module docstring."""
-    from .evaluate import evaluate_net
-    from .plots import plot_curves, plot_predictions
-
     set_context(cfg.mode, cfg.device)
     ms.set_seed(cfg.seed)
     out = Path(cfg.output_dir)
