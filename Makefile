@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo train parity parity-gpu clean
+.PHONY: venv test demo demo-torch train parity parity-train parity-gpu clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: venv
 demo: venv
 	$(PY) -m ms_transfer.train --config configs/demo.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+## demo-torch: the same config trained by torchvision (python -m torch_reference.train)
+demo-torch: venv
+	$(PY) -m torch_reference.train --config configs/demo.yaml --output-dir runs/demo-torch-$$(date +%Y%m%d-%H%M%S)
+
 ## train: the tutorial's wolf-vs-dog fine-tuning (downloads the Canidae data and the pretrained ResNet50)
 train: venv
 	$(PY) -m ms_transfer.train --config configs/wolf_dog_finetune.yaml --download
@@ -27,6 +31,10 @@ train: venv
 ## parity: the MindSpore ResNet50 vs torchvision, GRAPH and PYNATIVE
 parity: venv
 	$(PY) -m parity --arch resnet50 --mode both
+
+## parity-train: 3 training steps of both frameworks' trainers in the three freezing regimes
+parity-train: venv
+	$(PY) -m parity --arch resnet18 --image-size 64 --num-classes 10 --train-steps 3 --mode both
 
 ## parity-gpu: the same on a GPU machine
 parity-gpu: venv

@@ -1,6 +1,7 @@
 """Loading weights into MindSpore models, with a report of missing / unexpected / mismatched keys."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 
@@ -8,8 +9,9 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from . import naming
-from .checkpoint_io import CheckpointError, PathLike, read_weights, write_weights
+from .checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, WeightFile, read_weights, write_weights
 from .convert import convert_weights
+
 
 @dataclass
 class LoadReport:
@@ -109,8 +111,6 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     return report
 
 
-#: prefix of optimizer-state entries (momentum buffers, step counter) in a run's ``last.ckpt``
-OPTIMIZER_PREFIX = "optimizer."
 
 
 def save_run_checkpoint(path: PathLike, net: nn.Cell, meta: dict, optimizer: Optional[nn.Cell] = None) -> None:
@@ -142,7 +142,10 @@ def load_run_checkpoint(path: PathLike):
         raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); "
                               "use ms_transfer.checkpoint.load_pretrained for plain weight files")
     net = create_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]))
-    load_state_into(net, {k: v for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    state = {k: v for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    if weights.meta.get("naming", "ms_transfer") != "ms_transfer":  # e.g. torch_reference.train's best.pth
+        state, _, _ = convert_weights(WeightFile(OrderedDict(state), weights.meta, weights.path), "ms_transfer")
+    load_state_into(net, state)
     return net, weights
 
 

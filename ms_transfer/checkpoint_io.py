@@ -12,7 +12,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 
@@ -21,6 +21,9 @@ TORCH_EXTS = (".pth", ".pt")
 FORMATS = {".pth": "torch", ".pt": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 #: key under which ``meta`` is stored in a ``.ckpt`` (append_dict) or ``.safetensors`` header.
 META_KEY = "ms_transfer_meta"
+#: prefix of optimizer-state entries (momentum buffers, step counter) in ms_transfer.train's ``last.ckpt``;
+#: framework-specific, so conversion leaves them out
+OPTIMIZER_PREFIX = "optimizer."
 
 
 class CheckpointError(ValueError):
@@ -61,18 +64,29 @@ def read_weights(path: PathLike) -> WeightFile:
 def write_weights(path: PathLike, state: Dict[str, np.ndarray], meta: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``state`` atomically: a crash mid-write never leaves a partial or missing file at ``path``.
 
-    ``meta`` is kept in ``.ckpt`` and ``.safetensors`` files; ``.pth`` files are plain state dicts (what
-    ``torchvision``'s ``load_state_dict`` expects), so they carry no metadata.
+    ``meta`` is kept in ``.ckpt`` and ``.safetensors`` files. ``.pth`` files are plain state dicts (what
+    ``torchvision``'s ``load_state_dict`` expects) unless ``meta`` describes a training run (has ``classes``):
+    then they are ``{"model": state_dict, META_KEY: json}`` like ``torch_reference.train``'s checkpoints, so a
+    run converted between frameworks stays a run (``model.load_state_dict(torch.load(p)["model"])``).
     """
     path = Path(path)
-    fmt = file_format(path)
+    writer = {"torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors}[
+        file_format(path)]
+    return atomic_write(path, lambda tmp: writer(tmp, state, meta or {}))
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path`` (atomic on POSIX).
+
+    A crash or exception inside ``write`` leaves ``path`` as it was; the temp file is removed.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp name keeps the extension: MindSpore's save_checkpoint appends ".ckpt" otherwise.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        {"torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors}[fmt](
-            Path(tmp), state, meta or {})
+        write(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -104,7 +118,10 @@ def _read_torch(path: Path):
         raise CheckpointError(f"{path}: not a readable torch file ({exc}); is it truncated?") from None
     if isinstance(obj, torch.nn.Module):  # only reachable for exotic allow-listed modules
         raise CheckpointError(f"{path}: holds a whole model; save model.state_dict() instead")
+    meta: Dict[str, Any] = {}
     if isinstance(obj, dict):
+        if isinstance(obj.get(META_KEY), str):  # torch_reference.train's run checkpoints
+            meta = json.loads(obj[META_KEY])
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
@@ -118,12 +135,16 @@ def _read_torch(path: Path):
                                   "expected a plain state_dict (or one under 'state_dict' / 'model')")
         # DistributedDataParallel / DataParallel wrap every name in "module.".
         state[name[len("module."):] if name.startswith("module.") else name] = value.detach().cpu().numpy()
-    return state, {}
+    return state, meta
 
 
 def _write_torch(path: Path, state, meta) -> None:
     import torch
-    torch.save(OrderedDict((k, torch.from_numpy(_contiguous(v))) for k, v in state.items()), path)
+    tensors = OrderedDict((k, torch.from_numpy(_contiguous(v))) for k, v in state.items())
+    if "classes" in meta:  # a training run's weights: keep arch/classes/config like torch_reference's checkpoints
+        torch.save({"model": tensors, META_KEY: json.dumps(meta)}, path)
+    else:
+        torch.save(tensors, path)
 
 
 # --- MindSpore -----------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class TrainConfig:
     step_size: int = _f(1, "epochs between decays (schedule=step)")
     gamma: float = _f(0.1, "decay factor (schedule=step)")
     image_size: int = _f(224, "input size in pixels")
+    resize_backend: str = _f("mindspore", "val/eval resize: mindspore (fast C++ bilinear, no antialiasing) or pil "
+                                          "(Pillow, antialiased: exactly torchvision's, use when exact agreement "
+                                          "with torch matters); torch_reference always uses torchvision's Pillow "
+                                          "resize", ("mindspore", "pil"))
     num_workers: int = _f(2, "data-pipeline workers")
     mode: str = _f("graph", "MindSpore execution mode", ("graph", "pynative"))
     device: str = _f("CPU", "device", ("CPU", "GPU"))

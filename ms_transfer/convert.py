@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import naming
-from .checkpoint_io import CheckpointError, WeightFile, file_format, read_weights, write_weights
+from .checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, WeightFile, file_format, read_weights, write_weights
 
 #: naming scheme written by default for each file format (safetensors keeps the source's naming).
 DEFAULT_NAMING = {"torch": "torchvision", "mindspore": "ms_transfer", "safetensors": None}
@@ -57,14 +57,15 @@ def convert_weights(weights: WeightFile, dst_naming: Optional[str], *, arch: str
 
     * ``arch`` / ``src_naming`` ``"auto"`` are detected from the keys and shapes (and file metadata).
     * The head is left out with ``drop_head`` or when ``num_classes`` differs from the checkpoint's.
+    * Optimizer state (``optimizer.*`` entries of a run's ``last.ckpt``) is framework-specific and left out.
     * torch's ``num_batches_tracked`` is dropped going to MindSpore (recorded in ``meta`` so that a
       round trip back to torch restores it bit-exactly) and restored (0 if unknown) going to torchvision.
     """
     where = weights.path or "checkpoint"
     tensors = OrderedDict((k, v) for k, v in weights.state.items()
-                          if not k.endswith("." + naming.NUM_BATCHES_TRACKED))
+                          if not k.endswith("." + naming.NUM_BATCHES_TRACKED) and not k.startswith(OPTIMIZER_PREFIX))
     tracked = {k[: -len(naming.NUM_BATCHES_TRACKED) - 1]: v for k, v in weights.state.items()
-               if k not in tensors}
+               if k.endswith("." + naming.NUM_BATCHES_TRACKED)}
     try:
         if arch == "auto":
             arch = weights.meta.get("arch") or naming.detect_arch({k: v.shape for k, v in tensors.items()})

@@ -20,6 +20,16 @@ Robustness policy:
 * A file that passed the scan but cannot be decoded later (deleted, truncated) does not stop the
   epoch: a warning is logged and the next readable sample (by index, wrapping around) is used
   instead; such events are counted in ``DatasetInfo.load_failures``.
+
+Eval resize (``resize_backend``): the deterministic val transform resizes the shorter side to
+``int(S*256/224)`` and center-crops ``S``. ``"mindspore"`` (default, fast) uses MindSpore's C++
+``vision.Resize``/``CenterCrop``: OpenCV-style bilinear *without* antialiasing, and a crop offset of
+``floor((d-S)/2)``. torchvision resizes PIL images with Pillow's antialiased bilinear filter (its
+support widens with the downscale factor) and offsets the crop by ``round((d-S)/2)``, so after a
+downscale the two differ by a few grey levels on average and by tens at sharp edges and fine texture,
+and by a whole pixel of shift when ``d-S = 3 (mod 4)`` (measure with ``python -m parity.pipeline``). ``"pil"`` does the
+resize and crop with Pillow and torchvision's exact size/offset arithmetic, so the tensors agree with
+torchvision's to float32 rounding. Training augmentation is random and uses MindSpore's ops either way.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ PathLike = Union[str, Path]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val")
+#: how the val/eval transform resizes and crops (see the module docstring)
+RESIZE_BACKENDS = ("mindspore", "pil")
 #: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -167,8 +179,10 @@ def scan_split(root: PathLike, split: str
     samples: List[Tuple[str, int]] = []
     skipped: List[Tuple[str, str]] = []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (split_dir / cls).rglob("*")
-                       if p.is_file() and not p.name.startswith("."))
+        class_dir = split_dir / cls
+        # hidden anywhere below the class folder (.ipynb_checkpoints/x.jpg, __MACOSX/...) is ignored
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file()
+                       and not any(part.startswith((".", "__")) for part in p.relative_to(class_dir).parts))
         for path in files:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 reason = f"unsupported extension {path.suffix!r} (expected {', '.join(IMAGE_EXTENSIONS)})"
@@ -233,20 +247,77 @@ def train_transforms(image_size: int) -> list:
             vision.RandomHorizontalFlip(prob=0.5)] + _normalize_ops()
 
 
-def val_transforms(image_size: int) -> list:
-    """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise."""
+def eval_resize_size(image_size: int) -> int:
+    """Shorter-side length before the center crop: ``int(image_size * 256 / 224)`` (256 for 224)."""
+    return int(image_size * 256 / 224)
+
+
+def check_resize_backend(resize_backend: str) -> str:
+    """Return ``resize_backend`` if it is one of :data:`RESIZE_BACKENDS`, else raise :class:`DatasetError`."""
+    if resize_backend not in RESIZE_BACKENDS:
+        raise DatasetError(f"Unknown resize_backend {resize_backend!r}; expected one of "
+                           f"{', '.join(map(repr, RESIZE_BACKENDS))}.")
+    return resize_backend
+
+
+class PilResizeCenterCrop:
+    """HWC uint8 RGB array -> HWC uint8 array, resized and center-cropped by Pillow exactly like
+    ``torchvision.transforms.Resize(resize)`` + ``CenterCrop(crop)`` do on a PIL image.
+
+    Written out rather than using ``vision.ToPIL()`` + ``vision.Resize``/``CenterCrop``: MindSpore's
+    PIL path computes the long side as ``int(size / (w / h))``, which is one pixel short of
+    torchvision's ``int(size * long / short)`` when the exact result is an integer that the division
+    rounds just below (e.g. a 398x146 image at size 73); its C++ ``CenterCrop`` floors the offset.
+    """
+
+    def __init__(self, resize: int, crop: int):
+        if not 0 < crop <= resize:
+            raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+        self.resize, self.crop = int(resize), int(crop)
+
+    def output_size(self, width: int, height: int) -> Tuple[int, int]:
+        """``(width, height)`` after the resize (torchvision's ``_compute_resized_output_size``)."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(np.asarray(image, dtype=np.uint8))  # HxWx3 uint8 -> RGB
+        size = self.output_size(*im.size)
+        if size != im.size:  # torchvision returns the image untouched when it already has the size
+            im = im.resize(size, Image.BILINEAR)  # antialiased in Pillow, as torchvision's PIL path
+        width, height = im.size
+        # torchvision pads only when the crop is larger than the image; here the short side is
+        # ``resize`` >= ``crop``. Python's round() is round-half-to-even, as torchvision's.
+        top = int(round((height - self.crop) / 2.0))
+        left = int(round((width - self.crop) / 2.0))
+        return np.asarray(im.crop((left, top, left + self.crop, top + self.crop)), dtype=np.uint8)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(resize={self.resize}, crop={self.crop})"
+
+
+def val_transforms(image_size: int, resize_backend: str = "mindspore") -> list:
+    """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise.
+
+    ``resize_backend="mindspore"`` uses MindSpore's C++ ops (fast, not antialiased);
+    ``"pil"`` uses :class:`PilResizeCenterCrop` (torchvision's exact result, slower).
+    """
     import mindspore.dataset.vision as vision
-    return [vision.Resize(int(image_size * 256 / 224)),
+    if check_resize_backend(resize_backend) == "pil":
+        return [PilResizeCenterCrop(eval_resize_size(image_size), image_size)] + _normalize_ops()
+    return [vision.Resize(eval_resize_size(image_size)),
             vision.CenterCrop(image_size)] + _normalize_ops()
 
 
 def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: int, *,
                    train: bool, shuffle: bool, seed: int, num_workers: int = 2,
-                   drop_remainder: bool = False
+                   drop_remainder: bool = False, resize_backend: str = "mindspore"
                    ) -> Tuple["mindspore.dataset.Dataset", DatasetInfo]:
     """Build a batched MindSpore dataset yielding ``image`` (float32, B×3×S×S) and ``label`` (int32).
 
-    ``train`` selects the random augmentation, otherwise the deterministic val transform.
+    ``train`` selects the random augmentation, otherwise the deterministic val transform, whose
+    resize/crop ``resize_backend`` picks (``"mindspore"`` or ``"pil"``; see :func:`val_transforms`).
     Checks that train and val have the same classes. Returns ``(dataset, DatasetInfo)``.
 
     Determinism: calls ``mindspore.dataset.config.set_seed(seed)``, which is *process-global*: it
@@ -261,6 +332,7 @@ def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: 
 
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    check_resize_backend(resize_backend)
     root = resolve_data_root(data_dir)
     check_same_classes(root)
     samples, classes, skipped = scan_split(root, split)
@@ -269,7 +341,7 @@ def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: 
     workers = max(1, int(num_workers))
     dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=shuffle,
                                   num_parallel_workers=workers, python_multiprocessing=False)
-    ops = train_transforms(image_size) if train else val_transforms(image_size)
+    ops = train_transforms(image_size) if train else val_transforms(image_size, resize_backend)
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     info = DatasetInfo(classes=classes, num_samples=len(samples), skipped=skipped, root=root,
@@ -277,8 +349,9 @@ def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: 
     return dataset, info
 
 
-def load_image_for_eval(path: PathLike, image_size: int) -> np.ndarray:
-    """Load one image with the val transform; returns a ``(1, 3, S, S)`` float32 array."""
+def load_image_for_eval(path: PathLike, image_size: int, *, resize_backend: str = "mindspore") -> np.ndarray:
+    """Load one image with the val transform (``resize_backend`` as in :func:`val_transforms`);
+    returns a ``(1, 3, S, S)`` float32 array."""
     import mindspore.dataset.transforms as T
-    image = T.Compose(val_transforms(image_size))(load_rgb(path))
+    image = T.Compose(val_transforms(image_size, resize_backend))(load_rgb(path))
     return np.ascontiguousarray(image, dtype=np.float32)[None]

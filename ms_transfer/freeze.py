@@ -1,5 +1,9 @@
 """Freezing by parameter name (glob patterns), strategy presets, per-pattern learning-rate multipliers.
 
+Patterns always use this project's (MindSpore tutorial) parameter names; ``torch_reference`` translates its
+torchvision names through :mod:`ms_transfer.naming` before matching, so a pattern means the same layers in
+both frameworks. Only :func:`apply_freeze` and :func:`lr_groups` touch MindSpore objects.
+
 A frozen BatchNorm (gamma and beta frozen) runs in inference mode: it normalises with its moving
 statistics and never updates them, so a frozen trunk is truly frozen (the tutorial's frozen BNs drift).
 """
@@ -8,9 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Dict, List, Mapping, Sequence, Tuple
-
-from mindspore import nn
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -33,6 +35,11 @@ def is_frozen(name: str, freeze: Sequence[str], unfreeze: Sequence[str]) -> bool
     return any(fnmatchcase(name, p) for p in freeze) and not any(fnmatchcase(name, p) for p in unfreeze)
 
 
+def lr_multiplier(name: str, lr_mult: Mapping[str, float]) -> float:
+    """Learning-rate multiplier of parameter ``name``: the first matching ``lr_mult`` pattern's, else 1."""
+    return float(next((m for pattern, m in lr_mult.items() if fnmatchcase(name, pattern)), 1.0))
+
+
 @dataclass
 class FreezeReport:
     """Trainable / frozen parameter counts per top-level module."""
@@ -51,32 +58,40 @@ class FreezeReport:
         return "\n".join(lines)
 
 
-def apply_freeze(net: nn.Cell, freeze: Sequence[str], unfreeze: Sequence[str]) -> FreezeReport:
+def freeze_report(entries: Iterable[Tuple[str, int, bool]], frozen_bn: int) -> FreezeReport:
+    """Report from ``(parameter name, number of elements, trainable)`` entries."""
+    rows: "OrderedDict[str, List[int]]" = OrderedDict()
+    for name, size, trainable in entries:
+        row = rows.setdefault(name.split(".")[0], [0, 0])
+        row[0 if trainable else 1] += int(size)
+    return FreezeReport(rows, frozen_bn)
+
+
+def apply_freeze(net, freeze: Sequence[str], unfreeze: Sequence[str]) -> FreezeReport:
     """Set ``requires_grad`` by name and put fully frozen BatchNorms in inference mode.
 
     Patterns match this project's (MindSpore tutorial) parameter names, e.g. ``layer4.*``, ``fc.*``,
     ``*.norm*`` (moving statistics are never trainable and are not counted as parameters).
     """
-    rows: "OrderedDict[str, List[int]]" = OrderedDict()
+    from mindspore import nn
+    entries = []
     for p in net.get_parameters():
         if p.name.endswith(("moving_mean", "moving_variance")):
             continue
         p.requires_grad = not is_frozen(p.name, freeze, unfreeze)
-        row = rows.setdefault(p.name.split(".")[0], [0, 0])
-        row[0 if p.requires_grad else 1] += int(p.size)
+        entries.append((p.name, p.size, p.requires_grad))
     frozen_bn = 0
     for _, cell in net.cells_and_names():
         if isinstance(cell, nn.BatchNorm2d):
             frozen = not (cell.gamma.requires_grad or cell.beta.requires_grad)
             cell.use_batch_statistics = False if frozen else None
             frozen_bn += frozen
-    return FreezeReport(rows, frozen_bn)
+    return freeze_report(entries, frozen_bn)
 
 
 def lr_groups(params: Sequence, lr_mult: Mapping[str, float]) -> List[Tuple[float, List]]:
     """Split ``params`` by the first matching ``lr_mult`` pattern: ``[(multiplier, params), ...]``."""
     groups: Dict[float, List] = OrderedDict()
     for p in params:
-        mult = next((m for pattern, m in lr_mult.items() if fnmatchcase(p.name, pattern)), 1.0)
-        groups.setdefault(float(mult), []).append(p)
+        groups.setdefault(lr_multiplier(p.name, lr_mult), []).append(p)
     return list(groups.items())

@@ -7,7 +7,6 @@ them all, which the parity suite's optimizer check verifies.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, List, Sequence, Tuple
 
 from mindspore import Parameter, nn
@@ -17,22 +16,6 @@ def momentum_sgd(params: Iterable[Parameter], lr: float, momentum: float, weight
     """``nn.Momentum`` equivalent to ``torch.optim.SGD(params, lr, momentum, weight_decay=weight_decay)``."""
     return nn.Momentum([{"params": list(params), "weight_decay": weight_decay}], learning_rate=lr,
                        momentum=momentum)
-
-
-def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, schedule: str,
-          step_size: int = 1, gamma: float = 0.1) -> float:
-    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps``; the same rule on both sides.
-
-    ``constant``; ``step``: times ``gamma`` every ``step_size`` epochs; ``cosine``: per-step cosine decay
-    from ``base_lr`` towards 0 (``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max=total_steps``).
-    """
-    if schedule == "constant":
-        return base_lr
-    if schedule == "step":
-        return base_lr * gamma ** ((step // steps_per_epoch) // step_size)
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
 
 
 def build_optimizer(name: str, groups: Sequence[Tuple[float, List[Parameter]]], lr_per_step: Sequence[float],

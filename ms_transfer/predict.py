@@ -22,7 +22,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], image_size: int,
-                  top_k: int = 1) -> List[Dict]:
+                  top_k: int = 1, resize_backend: str = "mindspore") -> List[Dict]:
     """Classify each image with the eval transform at ``image_size``; one dict per path, in order.
 
     Success: ``{"path", "class", "probability", "top": [{"class", "probability"}, ...]}`` (``top_k`` best,
@@ -33,7 +33,7 @@ def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], im
     results = []
     for path in paths:
         try:
-            x = load_image_for_eval(path, image_size)
+            x = load_image_for_eval(path, image_size, resize_backend=resize_backend)
         except Exception as exc:  # missing, unreadable, truncated or not an image (Pillow/MindSpore errors)
             results.append({"path": str(path), "error": f"cannot read image ({type(exc).__name__}: {exc}); "
                                                         "check that the file exists and is a JPEG/PNG/BMP/WebP"})
@@ -64,7 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     classes = weights.meta["classes"]
-    results = predict_paths(net, classes, args.images, weights.meta.get("image_size", 224), args.top_k)
+    backend = weights.meta.get("config", {}).get("resize_backend", "mindspore")  # what the run validated with
+    results = predict_paths(net, classes, args.images, weights.meta.get("image_size", 224), args.top_k, backend)
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:

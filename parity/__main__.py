@@ -1,4 +1,8 @@
-"""``python -m parity``: compare the MindSpore ResNet with torchvision; exit 1 on any failure."""
+"""``python -m parity``: compare the MindSpore ResNet with torchvision; exit 1 on any failure.
+
+Default: forward/gradient/optimizer checks. ``--train-steps N``: N steps of both frameworks' trainers in the
+finetune, fixed_feature and partial (10x head LR) regimes (see ``parity/training.py``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +13,8 @@ from typing import List, Optional
 
 from ms_transfer.models import list_models
 
-from . import BUGS, CHECKS, ParityConfig, format_table, run_parity
+from .training import TRAIN_BATCH
+from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run_parity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,20 +24,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="both", choices=["graph", "pynative", "both"],
                    help="MindSpore execution mode (default: both, one after the other)")
     p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
-    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch size (default: {d.batch}; {TRAIN_BATCH} with --train-steps, see parity/training.py)")
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-classes", type=int, default=d.num_classes)
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS, metavar="CHECK",
                    help=f"subset of checks to run (default: all of {', '.join(CHECKS)})")
-    p.add_argument("--inject", choices=sorted(BUGS), default=None,
-                   help="inject a known porting bug into the MindSpore side (the run must then fail)")
+    p.add_argument("--train-steps", type=int, default=0, metavar="N",
+                   help="training-step parity: N optimizer steps per regime instead of the checks above")
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), metavar="REGIME",
+                   help=f"with --train-steps: subset of {', '.join(REGIMES)}")
+    p.add_argument("--inject", choices=sorted(BUGS) + sorted(TRAIN_BUGS), default=None, metavar="BUG",
+                   help="inject a known bug into the MindSpore side (the run must then fail); porting bugs: "
+                        f"{', '.join(sorted(BUGS))}; training bugs (need --train-steps): {', '.join(sorted(TRAIN_BUGS))}")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.batch is None:
+        args.batch = TRAIN_BATCH if args.train_steps else ParityConfig().batch
+    if args.train_steps < 0:
+        print("error: --train-steps must be >= 0", file=sys.stderr)
+        return 2
+    if args.inject and (args.inject in TRAIN_BUGS) != (args.train_steps > 0):
+        kind = "a training bug: add --train-steps N" if args.inject in TRAIN_BUGS else "a porting bug: drop --train-steps"
+        print(f"error: --inject {args.inject} is {kind}", file=sys.stderr)
+        return 2
     if args.batch < 2:
         print("error: --batch must be >= 2 (train-mode BatchNorm needs more than one sample)", file=sys.stderr)
         return 2
@@ -44,8 +64,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for mode in modes:
         cfg = ParityConfig(arch=args.arch, mode=mode, device=args.device, batch=args.batch,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
-                           checks=tuple(args.checks), inject=args.inject)
+                           checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
+                           regimes=tuple(args.regimes))
         bug = f", injected bug: {args.inject}" if args.inject else ""
+        if args.train_steps:
+            bug = f" | {args.train_steps} training steps" + bug
         print(f"\n== {cfg.arch} | {mode.upper()} | {cfg.device} | batch {cfg.batch} | {cfg.image_size} px | "
               f"seed {cfg.seed}{bug}", flush=True)
         report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))

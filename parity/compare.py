@@ -105,11 +105,12 @@ def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays]
 
 def format_table(results: List[CheckResult]) -> str:
     """Fixed-width table: check, max abs error, relative L2, floor, ratio, pass/fail."""
-    header = f"{'check':<28} {'max abs err':>11} {'rel L2 err':>10} {'noise floor':>11} {'ratio':>8}  result"
+    width = max([28] + [len(r.check) for r in results])
+    header = f"{'check':<{width}} {'max abs err':>11} {'rel L2 err':>10} {'noise floor':>11} {'ratio':>8}  result"
     lines = [header, "-" * len(header)]
     for r in results:
         verdict = "PASS" if r.passed else "FAIL"
         worst = f"  (worst: {r.worst})" if r.worst else ""
-        lines.append(f"{r.check:<28} {r.max_abs:>11.3e} {r.rel_l2:>10.3e} {r.floor:>11.3e} {r.ratio:>8.2f}  "
+        lines.append(f"{r.check:<{width}} {r.max_abs:>11.3e} {r.rel_l2:>10.3e} {r.floor:>11.3e} {r.ratio:>8.2f}  "
                      f"{verdict}{worst}")
     return "\n".join(lines)

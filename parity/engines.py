@@ -16,6 +16,7 @@ from mindspore import nn
 from ms_transfer import naming
 from ms_transfer.checkpoint import load_state_into
 from ms_transfer.optim import momentum_sgd
+from ms_transfer.train import make_loss
 from torch_reference import build_model, load_numpy_state
 
 Arrays = Dict[str, np.ndarray]
@@ -75,7 +76,7 @@ class MindSporeEngine:
     def __init__(self, net, state: Mapping[str, np.ndarray], arch: str) -> None:
         self.net, self.state, self.arch = net, state, arch
         self.logits_and_loss = LogitsAndLoss(net)
-        self.loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        self.loss_net = nn.WithLossCell(net, make_loss())
         self.grad_net = nn.ForwardValueAndGrad(self.loss_net, weights=net.trainable_params(), get_by_list=True)
 
     def _reset(self) -> None:
@@ -127,7 +128,7 @@ class LogitsAndLoss(nn.Cell):
     def __init__(self, net: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.net = net
-        self.loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        self.loss_fn = make_loss()
 
     def construct(self, x, y):
         logits = self.net(x)

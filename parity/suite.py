@@ -14,6 +14,8 @@ from .bugs import inject
 from .compare import FLOOR_SAMPLES, JITTER, K, CheckResult, compare
 from .engines import MindSporeEngine, TorchEngine
 from .setup import Problem, make_problem
+from .training import REGIMES, TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, \
+    torch_training
 
 #: check groups, in the order they run and print
 CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
@@ -36,6 +38,8 @@ class ParityConfig:
     weight_decay: float = 1e-4
     opt_steps: int = 3       # >1 so that the momentum buffer is exercised
     inject: Optional[str] = None
+    train_steps: int = 0     # >0: training-step parity (parity.training) instead of the checks above
+    regimes: Sequence[str] = tuple(REGIMES)
 
 
 @dataclass
@@ -55,15 +59,20 @@ class ParityReport:
                 "results": [r.as_dict() for r in self.results], "seconds": self.seconds}
 
 
-def _jittered(problem: Problem, seed: int) -> Problem:
-    """The same problem with every float32 weight and input scaled by ``1 + JITTER * U(-1, 1)``."""
+def _jitter_fn(seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Scales every float32 array by ``1 + JITTER * U(-1, 1)`` (other dtypes pass through)."""
     rng = np.random.RandomState(seed)
 
     def jitter(a: np.ndarray) -> np.ndarray:
         if a.dtype != np.float32:
             return a
         return (a * (1.0 + JITTER * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+    return jitter
 
+
+def _jittered(problem: Problem, seed: int) -> Problem:
+    """The same problem with every float32 weight and input scaled by ``1 + JITTER * U(-1, 1)``."""
+    jitter = _jitter_fn(seed)
     state = type(problem.torch_state)((k, jitter(v)) for k, v in problem.torch_state.items())
     return Problem(problem.arch, problem.num_classes, state, problem.ms_state, jitter(problem.x), problem.y)
 
@@ -87,10 +96,17 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
     unknown = [c for c in cfg.checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
+    if cfg.inject and (cfg.inject in TRAIN_BUGS) != (cfg.train_steps > 0):
+        raise ValueError(f"bug {cfg.inject!r} is a {'training' if cfg.inject in TRAIN_BUGS else 'porting'} bug: "
+                         f"{'add' if cfg.inject in TRAIN_BUGS else 'drop'} --train-steps")
     set_context(cfg.mode, cfg.device)
     report = ParityReport(cfg)
     t0 = time.perf_counter()
     problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed)
+    if cfg.train_steps:
+        _run_training(cfg, problem, report, log)
+        report.seconds["total"] = time.perf_counter() - t0
+        return report
     reference = TorchEngine(cfg.arch, cfg.num_classes, problem.torch_state, "float64")
     floors = []
     for i in range(FLOOR_SAMPLES):
@@ -134,3 +150,31 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         report.seconds[check] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
+
+
+def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:
+    """Training-step parity for each regime (see :mod:`parity.training`)."""
+    batches = fixed_batches(problem, cfg.train_steps, cfg.seed)
+    for regime in cfg.regimes:
+        t = time.perf_counter()
+        log(f"training {cfg.train_steps} steps: {regime} ...")
+        rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed)
+        ref = torch_training(rcfg, problem.torch_state, batches, cfg.num_classes, "float64")
+        samples = []
+        for i in range(FLOOR_SAMPLES):
+            jitter = _jitter_fn(cfg.seed + 100 + i)
+            state = {k: jitter(v) for k, v in problem.torch_state.items()}
+            samples.append(torch_training(rcfg, state, [(jitter(x), y) for x, y in batches], cfg.num_classes,
+                                          "float32"))
+        t_ms = time.perf_counter()
+        try:
+            ms = mindspore_training(rcfg, problem.ms_state, batches, cfg.num_classes, cfg.inject)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            ms, error = None, f"MindSpore failed: {str(exc).splitlines()[0][:200]}"
+        report.seconds[f"train {regime} (mindspore)"] = time.perf_counter() - t_ms
+        for key, label in check_names(regime, cfg.train_steps).items():
+            if ms is None:
+                report.results.append(CheckResult(label, np.inf, np.inf, np.nan, np.inf, K, False, error))
+            else:
+                report.results.append(compare(label, ms[key], ref[key], [s[key] for s in samples]))
+        report.seconds[f"train {regime}"] = time.perf_counter() - t

@@ -158,3 +158,15 @@ def test_demo_dataset(tmp_path):
     other = make_demo_dataset(tmp_path / "again", n_train_per_class=4, n_val_per_class=2, image_size=32)
     for p, _ in samples:  # deterministic
         assert (other / Path(p).relative_to(root)).read_bytes() == Path(p).read_bytes()
+
+
+def test_hidden_folders_below_a_class_are_ignored(tmp_path):
+    root = tmp_path / "data"
+    make_demo_dataset(root, n_train_per_class=2, n_val_per_class=1, image_size=32)
+    cls_dir = root / "train" / CLASSES[0]
+    for hidden in (".ipynb_checkpoints", "__MACOSX"):
+        (cls_dir / hidden).mkdir()
+        Image.new("RGB", (8, 8)).save(cls_dir / hidden / "copy-checkpoint.jpg")
+    samples, _, skipped = scan_split(root, "train")
+    assert len(samples) == 4 and not skipped
+    assert not any("checkpoint" in path for path, _ in samples)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import ms_transfer.checkpoint_io as checkpoint_io
+import ms_transfer.recipe as recipe
 import ms_transfer.train as train_mod
 from ms_transfer.checkpoint import load_run_checkpoint
 from ms_transfer.config import TrainConfig
@@ -125,9 +126,19 @@ def test_existing_run_is_never_overwritten(data_dir, tmp_path, capsys):
     assert (tmp_path / "run" / "last.ckpt").read_bytes() == before
 
 
-def test_non_finite_loss_stops_with_clear_message(data_dir, tmp_path):
-    with pytest.raises(TrainingError, match="loss became"):
-        train(_cfg(data_dir, tmp_path / "run", lr=1e30, epochs=2))
+def test_non_finite_loss_stops_with_clear_message(data_dir, tmp_path, monkeypatch):
+    # A diverging run, made deterministic: the 5th step (epoch 2) returns NaN. (A huge lr no longer does it
+    # reliably: the log-space loss stays finite, ~1e29, where the tutorial's loss overflowed to inf.)
+    real_step, calls = train_mod.Trainer.train_step, []
+
+    def diverging(self, x, y):
+        calls.append(1)
+        return float("nan") if len(calls) == 5 else real_step(self, x, y)
+    monkeypatch.setattr(train_mod.Trainer, "train_step", diverging)
+    with pytest.raises(TrainingError, match="epoch 2: loss became nan"):
+        train(_cfg(data_dir, tmp_path / "run", epochs=2))
+    meta = load_run_checkpoint(tmp_path / "run" / "last.ckpt")[1].meta
+    assert meta["epoch"] == 1  # the last good checkpoint is kept
 
 
 def test_class_mismatch_is_a_clear_error(tmp_path, capsys):
@@ -167,7 +178,7 @@ def test_pretrained_url_is_downloaded_once_and_loaded(data_dir, tmp_path, monkey
     buffer = io.BytesIO()
     torch.save(tv.state_dict(), buffer)
     base, hits = serve_files({"/weights/resnet18.pth": buffer.getvalue()})
-    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(recipe, "CACHE_DIR", tmp_path / "cache")
     url = base + "/weights/resnet18.pth"
     for name in ("a", "b"):
         train(_cfg(data_dir, tmp_path / name, pretrained_url=url, strategy="fixed_feature"))

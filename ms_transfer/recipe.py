@@ -1,0 +1,155 @@
+"""The framework-neutral half of a training run, shared by ``ms_transfer.train`` and ``torch_reference.train``.
+
+Everything here is plain Python (no MindSpore, no torch), so the two trainers cannot drift apart on:
+the run-directory checks, data preparation, pretrained-weight resolution, the freezing stages, the
+per-step learning rates, and the fields of a ``metrics.jsonl`` row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .config import TrainConfig
+from .data import resolve_data_root
+from .freeze import strategy_patterns
+
+CACHE_DIR = Path.home() / ".cache" / "ms_transfer"
+#: the fields of every ``metrics.jsonl`` row, in both frameworks
+METRIC_FIELDS = ("epoch", "stage", "train_loss", "images_per_s", "train_seconds", "val_loss", "val_acc",
+                 "skipped_files", "epoch_seconds")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, an existing run in the way, ...)."""
+
+
+@dataclass
+class Stage:
+    """A span of epochs with one freezing spec and LR scale (two-stage schedules have two)."""
+
+    name: str
+    first_epoch: int  # 1-based, inclusive
+    last_epoch: int
+    freeze: List[str]
+    unfreeze: List[str]
+    lr_scale: float
+
+
+def plan_stages(cfg: TrainConfig) -> List[Stage]:
+    """Head-only stage (``head_epochs``) then the configured freezing, or a single stage."""
+    freeze, unfreeze = strategy_patterns(cfg.strategy, cfg.partial_from)
+    main = Stage(cfg.strategy, cfg.head_epochs + 1, cfg.epochs, freeze + cfg.freeze, unfreeze + cfg.unfreeze,
+                 cfg.stage2_lr_scale if cfg.head_epochs else 1.0)
+    if not cfg.head_epochs:
+        return [main]
+    return [Stage("head", 1, cfg.head_epochs, ["*"], ["fc.*"], 1.0), main]
+
+
+def stage_of(stages: Sequence[Stage], epoch: int) -> Stage:
+    """The stage that trains ``epoch``."""
+    return next(s for s in stages if s.first_epoch <= epoch <= s.last_epoch)
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, schedule: str,
+          step_size: int = 1, gamma: float = 0.1) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps``; the same rule on both sides.
+
+    ``constant``; ``step``: times ``gamma`` every ``step_size`` epochs; ``cosine``: per-step cosine decay
+    from ``base_lr`` towards 0 (``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max=total_steps``).
+    """
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        return base_lr * gamma ** ((step // steps_per_epoch) // step_size)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
+
+
+def stage_lrs(cfg: TrainConfig, stage: Stage, steps_per_epoch: int) -> List[float]:
+    """Base learning rate of every optimizer step of ``stage`` (multiply by a group's ``lr_mult``)."""
+    total = (stage.last_epoch - stage.first_epoch + 1) * steps_per_epoch
+    return [lr_at(s, total, steps_per_epoch, cfg.lr * stage.lr_scale, cfg.schedule, cfg.step_size, cfg.gamma)
+            for s in range(total)]
+
+
+#: the ``last`` checkpoint of each framework's runs, and the command that resumes it
+RUN_MARKERS = {"last.ckpt": "python -m ms_transfer.train", "last.pth": "python -m torch_reference.train"}
+
+
+def check_run_dir(out: Path, last_ckpt: Path, resume: bool) -> None:
+    """Refuse to overwrite an existing run (of either framework) and to resume a run that does not exist."""
+    other = [name for name in RUN_MARKERS if name != last_ckpt.name and (out / name).exists()]
+    if other:
+        raise TrainingError(f"{out} holds a run of the other framework ({other[0]}, resumed with "
+                            f"{RUN_MARKERS[other[0]]}); choose another --output-dir (nothing was overwritten)")
+    if last_ckpt.exists() and not resume:
+        raise TrainingError(f"{out} already holds a run ({last_ckpt.name}); pass --resume to continue it or "
+                            "choose another --output-dir (nothing was overwritten)")
+    if resume and not last_ckpt.exists():
+        raise TrainingError(f"--resume: {last_ckpt} not found; start without --resume")
+
+
+def prepare_data(cfg: TrainConfig) -> Path:
+    """Generate (``demo``) or download (``download``) the dataset if asked; return the dataset root."""
+    data_dir = Path(cfg.data_dir)
+    if cfg.demo:
+        from .demo_data import make_demo_dataset
+        make_demo_dataset(data_dir, n_train_per_class=64, n_val_per_class=16, image_size=max(cfg.image_size, 64),
+                          seed=cfg.seed)
+    elif cfg.download:
+        from .download import download_canidae
+        download_canidae(data_dir)
+    return resolve_data_root(data_dir)
+
+
+def pretrained_path(cfg: TrainConfig) -> Optional[str]:
+    """Local path of the pretrained weights: ``pretrained`` or ``pretrained_url`` downloaded once into the cache."""
+    if cfg.pretrained:
+        return cfg.pretrained
+    if cfg.pretrained_url:
+        from .download import download_file
+        target = CACHE_DIR / Path(cfg.pretrained_url.split("?")[0]).name
+        if not target.exists():
+            download_file(cfg.pretrained_url, target)
+        return str(target)
+    return None
+
+
+def check_finite(loss: float, epoch: int, steps_done: int) -> None:
+    """Stop on a NaN/Inf loss (the last good checkpoint stays)."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"epoch {epoch}: loss became {loss} after {steps_done} steps; stopping. "
+                            "The last good checkpoint is kept; lower --lr or check the data.")
+
+
+def epoch_row(epoch: int, stage: Stage, train: Dict, val: Dict, skipped: int) -> Dict:
+    """One ``metrics.jsonl`` row (fields :data:`METRIC_FIELDS`) from the train and val results."""
+    row = {"epoch": epoch, "stage": stage.name, "train_loss": train["train_loss"],
+           "images_per_s": train["images_per_s"], "train_seconds": train["train_seconds"],
+           "val_loss": val["loss"], "val_acc": val["accuracy"], "skipped_files": skipped}
+    row["epoch_seconds"] = row["train_seconds"] + val.get("seconds", 0.0)
+    return row
+
+
+def format_row(row: Dict, epochs: int) -> str:
+    """The one-line epoch summary printed by both trainers."""
+    return (f"epoch {row['epoch']}/{epochs} [{row['stage']}] train loss {row['train_loss']:.4f} | val loss "
+            f"{row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_s']:.1f} img/s | "
+            f"{row['epoch_seconds']:.1f} s")
+
+
+def sample_per_class(batches, num_classes: int, per_class: int):
+    """Up to ``per_class`` images of every class from numpy ``(images, labels)`` batches (for the plot)."""
+    import numpy as np
+    picked: Dict[int, list] = {c: [] for c in range(num_classes)}
+    for x, y in batches:
+        for image, label in zip(x, y):
+            if len(picked[int(label)]) < per_class:
+                picked[int(label)].append(image)
+        if all(len(v) == per_class for v in picked.values()):
+            break
+    pairs = [(image, c) for c in picked for image in picked[c]]
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])

@@ -1,0 +1,186 @@
+"""Training-step parity: N optimizer steps of both frameworks' *real trainers* on the same fixed batches.
+
+``ms_transfer.train.Trainer`` (MindSpore) and ``torch_reference.train.TorchTrainer`` (torchvision) are built
+from one :class:`~ms_transfer.config.TrainConfig` per regime, start from the same weights and see the same
+batches (no random augmentation). Compared after ``N`` steps, against the float64 torch reference with the
+noise-floor rule of :mod:`parity.compare` (floor = jittered torch float32 runs of the same trainer):
+
+* the loss of every step (computed before that step's update),
+* the update of every parameter (after - before; frozen ones must stay exactly 0),
+* the update of every BatchNorm running statistic.
+
+Updates rather than values are compared because the jitter of the floor samples (``2^-17`` relative, see
+:mod:`parity.compare`) would otherwise dominate the floor and hide any update-rule mistake smaller than it.
+
+Regimes: ``finetune`` (all trainable, batch-statistics BN), ``fixed_feature`` (trunk frozen, its BNs in eval
+mode, only ``fc`` trains) and ``partial`` (``layer4`` + ``fc`` trainable, ``fc`` at 10x the LR).
+The optimizer is momentum SGD with weight decay and a cosine per-step schedule, so the momentum convention,
+which tensors are decayed, the LR multipliers and the schedule all reach the compared numbers.
+
+Hyper-parameters, measured on ResNet18 at 64 px with 3 steps:
+
+* ``lr = 1e-3``: train-mode BN over tiny batches makes a few steps chaotic, a ReLU-mask flip early on grows
+  with every update; at lr 1e-2 (batch 2) the float32 floor of the step-3 loss was 4% and no realistic bug
+  could stand out; at 1e-3 (batch 4) it is ~1e-5 and correct ports stay at ratio <= 1.
+* ``weight_decay = 5e-3`` (ten times a typical finetuning value): decay adds ``lr * wd * gamma`` to a BN
+  gamma's update, next to ``lr * grad``; with 1e-4 a decay applied to the wrong tensors gave a ratio of only
+  3 (below the bound 4), with 5e-3 it gives ~80.
+* batch 4 (the CLI's default with ``--train-steps``): batch 2 leaves 8 values per channel for the stage-4
+  BNs at 64 px, which made even plain float32 runs hit mask flips.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ms_transfer.config import TrainConfig
+from ms_transfer.recipe import plan_stages
+
+from .setup import Problem
+
+#: regime -> TrainConfig overrides
+REGIMES: Mapping[str, Dict] = {
+    "finetune": dict(strategy="finetune"),
+    "fixed_feature": dict(strategy="fixed_feature"),
+    "partial": dict(strategy="partial", partial_from="layer4", lr_mult={"fc.*": 10.0}),
+}
+TRAIN_LR = 1e-3
+TRAIN_MOMENTUM = 0.9
+TRAIN_WEIGHT_DECAY = 5e-3
+TRAIN_BATCH = 4
+
+Batches = List[Tuple[np.ndarray, np.ndarray]]
+Result = Dict[str, Dict[str, np.ndarray]]
+
+
+def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int) -> TrainConfig:
+    """The one config both trainers get for ``regime``."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+    return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, optimizer="momentum",
+                       lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY, schedule="cosine",
+                       seed=seed, pretrained=None, **REGIMES[regime]).validate(source=f"regime {regime}")
+
+
+def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:
+    """``steps`` seeded batches shaped like the problem's (the first one is the problem's own)."""
+    rng = np.random.RandomState(seed + 7)
+    batches = [(problem.x, problem.y)]
+    for _ in range(steps - 1):
+        x = rng.standard_normal(problem.x.shape).astype(np.float32)
+        batches.append((x, rng.randint(0, problem.num_classes, size=len(problem.y)).astype(np.int64)))
+    return batches
+
+
+def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: Batches, num_classes: int,
+                   dtype: str) -> Result:
+    """``len(batches)`` steps of ``TorchTrainer`` in ``dtype`` (float64: the reference; float32: a floor sample)."""
+    import torch
+
+    from torch_reference import build_model, load_numpy_state
+    from torch_reference.train import TorchTrainer
+
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    model = build_model(cfg.arch, num_classes).to(torch_dtype)
+    load_numpy_state(model, state)
+    trainer = TorchTrainer(cfg, model, steps_per_epoch=len(batches))
+    trainer.enter(plan_stages(cfg)[0], verbose=False)
+    before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    losses = [trainer.train_step(torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y)) for x, y in batches]
+    after = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params = {k for k, _ in model.named_parameters()}
+    return {"losses": {"": np.array(losses)},
+            "params": {k: after[k] - before[k] for k in params},
+            "stats": {k: after[k] - before[k] for k in after if k.endswith(("running_mean", "running_var"))}}
+
+
+# --- training bugs, injected into the MindSpore side ------------------------------------------------------
+
+def _momentum_convention(cfg: TrainConfig) -> TrainConfig:
+    """Momentum given as ``1 - momentum`` (BatchNorm's convention mixed up with the optimizer's)."""
+    return _with(cfg, momentum=1.0 - cfg.momentum)
+
+
+def _head_lr_ignored(cfg: TrainConfig) -> TrainConfig:
+    """The per-pattern LR multipliers (``fc.*`` x10) dropped."""
+    return _with(cfg, lr_mult={})
+
+
+def _with(cfg: TrainConfig, **changes) -> TrainConfig:
+    values = cfg.to_dict()
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _bn_weight_decay_skipped(trainer) -> None:
+    """MindSpore's default for ``weight_decay=<float>``: every ``gamma``/``beta`` is skipped (torch decays all)."""
+    from mindspore import nn
+
+    from ms_transfer.freeze import lr_groups
+    from ms_transfer.recipe import stage_lrs
+    cfg = trainer.cfg
+    base = stage_lrs(cfg, trainer.stage, trainer.steps_per_epoch)
+    groups = []
+    for mult, params in lr_groups(trainer.net.trainable_params(), cfg.lr_mult):
+        bn = [p for p in params if p.name.endswith(("gamma", "beta"))]
+        rest = [p for p in params if not p.name.endswith(("gamma", "beta"))]
+        groups += [{"params": ps, "lr": [mult * v for v in base], "weight_decay": wd}
+                   for ps, wd in ((rest, cfg.weight_decay), (bn, 0.0)) if ps]
+    trainer.optimizer = nn.Momentum(groups, learning_rate=base, momentum=cfg.momentum)
+    trainer.compile_step()
+
+
+def _frozen_bn_updates(trainer) -> None:
+    """Frozen BatchNorms left in training mode: batch statistics in the forward, running stats drift."""
+    from mindspore import nn
+    for _, cell in trainer.net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            cell.use_batch_statistics = None
+
+
+#: name -> (config mutation before the trainer is built, trainer mutation after the stage is entered)
+TRAIN_BUGS: Mapping[str, Tuple[Optional[Callable], Optional[Callable]]] = {
+    "momentum_convention": (_momentum_convention, None),
+    "bn_weight_decay_skipped": (None, _bn_weight_decay_skipped),
+    "frozen_bn_updates": (None, _frozen_bn_updates),
+    "head_lr_ignored": (_head_lr_ignored, None),
+}
+
+
+def mindspore_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: Batches, num_classes: int,
+                       inject: Optional[str] = None) -> Result:
+    """``len(batches)`` steps of ``ms_transfer.train.Trainer`` (current MindSpore mode/device), torchvision names."""
+    import mindspore as ms
+
+    from ms_transfer import naming
+    from ms_transfer.checkpoint import load_state_into
+    from ms_transfer.models import create_model
+    from ms_transfer.train import Trainer
+
+    before_build, after_enter = TRAIN_BUGS[inject] if inject else (None, None)
+    if before_build:
+        cfg = before_build(cfg)
+    net = create_model(cfg.arch, num_classes=num_classes)
+    load_state_into(net, state, strict=True)
+    trainer = Trainer(cfg, net, steps_per_epoch=len(batches))
+    trainer.enter(plan_stages(cfg)[0], verbose=False)
+    if after_enter:
+        after_enter(trainer)
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    losses = [trainer.train_step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))) for x, y in batches]
+    params = {p.name: p.asnumpy() - before[p.name] for p in net.get_parameters()}
+
+    def tv(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        renamed, unknown = naming.rename(arrays, cfg.arch, "ms_transfer", "torchvision")
+        assert not unknown, unknown
+        return renamed
+    stats = {k: v for k, v in params.items() if k.endswith(("moving_mean", "moving_variance"))}
+    weights = {k: v for k, v in params.items() if k not in stats}
+    return {"losses": {"": np.array(losses)}, "params": tv(weights), "stats": tv(stats)}
+
+
+def check_names(regime: str, steps: int) -> Dict[str, str]:
+    """Result key -> row label of the parity table."""
+    return {"losses": f"{regime}: loss, {steps} steps", "params": f"{regime}: param updates",
+            "stats": f"{regime}: BN stat updates"}

@@ -1,0 +1,145 @@
+"""One config, two frameworks: torch_reference.train mirrors ms_transfer.train (artifacts, metrics fields,
+freezing, resume), and a run's checkpoint from either side evaluates identically on the other."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import torch_reference.train as torch_train_mod
+from ms_transfer import naming
+from ms_transfer.config import TrainConfig
+from ms_transfer.convert import convert_file
+from ms_transfer.demo_data import make_demo_dataset
+from ms_transfer.evaluate import evaluate_checkpoint as ms_evaluate
+from ms_transfer.recipe import METRIC_FIELDS, TrainingError, plan_stages
+from torch_reference import build_model
+from torch_reference.checkpoint import load_run_checkpoint
+from torch_reference.evaluate import evaluate_checkpoint as torch_evaluate
+from torch_reference.train import TorchTrainer, main as torch_main, train as torch_train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "demo"
+    make_demo_dataset(root, n_train_per_class=6, n_val_per_class=4, image_size=48, seed=0)
+    (root / "train" / "synthetic_circles" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def _cfg(data_dir, out, **kw):
+    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,
+                num_workers=0, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+@pytest.fixture(scope="module")
+def both_runs(data_dir, tmp_path_factory):
+    """The same config trained by each framework (the pil resize makes the val inputs identical)."""
+    from ms_transfer.train import train as ms_train
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(epochs=2, strategy="partial", lr_mult={"fc.*": 10.0}, schedule="cosine", weight_decay=1e-4,
+                  resize_backend="pil")
+    ms_train(_cfg(data_dir, root / "ms", **common))
+    torch_train(_cfg(data_dir, root / "torch", **common))
+    return root / "ms", root / "torch"
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_same_config_same_artifacts_and_metric_fields(both_runs):
+    ms_run, torch_run = both_runs
+    for run, ext in ((ms_run, "ckpt"), (torch_run, "pth")):
+        for name in (f"best.{ext}", f"last.{ext}", "metrics.jsonl", "curves.png", "predictions.png", "config.yaml"):
+            assert (run / name).stat().st_size > 0, run / name
+    ms_rows, torch_rows = _rows(ms_run), _rows(torch_run)
+    assert [list(r) for r in ms_rows] == [list(r) for r in torch_rows] == [list(METRIC_FIELDS)] * 2
+    assert (ms_run / "config.yaml").read_text().replace("/ms\n", "/torch\n") == (torch_run / "config.yaml").read_text()
+    assert all(r["skipped_files"] == 1 for r in ms_rows + torch_rows)  # the corrupt jpg, on both sides
+
+
+def test_checkpoints_cross_evaluate_to_the_same_accuracy(both_runs, data_dir, tmp_path):
+    ms_run, torch_run = both_runs
+    for run, src, dst, evaluate in ((ms_run, "best.ckpt", "ported.pth", torch_evaluate),
+                                    (torch_run, "best.pth", "ported.ckpt", ms_evaluate)):
+        best = max(_rows(run), key=lambda r: r["val_acc"])  # best.* holds the first epoch with the top accuracy
+        best = next(r for r in _rows(run) if r["val_acc"] == best["val_acc"])
+        ported = tmp_path / f"{run.name}-{dst}"
+        convert_file(run / src, ported)
+        convert_file(run / src.replace("best", "last"), tmp_path / f"{run.name}-last-{dst}")  # optimizer state left out
+        for ckpt in (ported, run / src):  # the converted file, and the original read across directly
+            result = evaluate(str(ckpt), str(data_dir))
+            assert result["accuracy"] == best["val_acc"], (ckpt, result["accuracy"], best)
+            # same inputs (pil resize), same weights: logits agree to ~1e-6 relative (eval parity), so the
+            # mean loss to well within 1e-4
+            assert result["loss"] == pytest.approx(best["val_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_unfreeze_patterns_select_the_same_layers_in_both_frameworks(data_dir, tmp_path):
+    from ms_transfer.freeze import apply_freeze
+    from ms_transfer.models import create_model
+    cfg = _cfg(data_dir, tmp_path, freeze=["*"], unfreeze=["fc.*", "layer4.*"], strategy="finetune")
+    stage = plan_stages(cfg)[0]
+    net = create_model("resnet18", num_classes=2)
+    ms_report = apply_freeze(net, stage.freeze, stage.unfreeze)
+    to_tv = naming.name_map("resnet18", "ms_transfer", "torchvision")
+    ms_trainable = {to_tv[p.name] for p in net.trainable_params()}
+    trainer = TorchTrainer(cfg, build_model("resnet18", 2), steps_per_epoch=1)
+    trainer.enter(stage, verbose=False)
+    torch_trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert torch_trainable == ms_trainable
+    assert torch_trainable and all(n.startswith(("fc.", "layer4.")) for n in torch_trainable)
+    assert len(trainer.frozen_bns) == ms_report.frozen_bn > 0
+
+
+def _torch_state(path):
+    return {k: v.numpy().copy() for k, v in load_run_checkpoint(path)[0].state_dict().items()}
+
+
+def test_frozen_trunk_and_its_bn_statistics_stay_bit_identical(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "run", strategy="fixed_feature", epochs=2)
+    torch.manual_seed(cfg.seed)  # train() builds the model right after seeding: the same initial weights
+    before = {k: v.numpy().copy() for k, v in build_model("resnet18", 2).state_dict().items()}
+    torch_train(cfg)
+    after = _torch_state(tmp_path / "run" / "last.pth")
+    trunk = [k for k in before if not k.startswith("fc.")]
+    assert any(k.endswith("running_var") for k in trunk)
+    for k in trunk:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert not np.array_equal(after["fc.weight"], before["fc.weight"])
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    common = dict(epochs=3, lr=1e-3, schedule="cosine", weight_decay=1e-4, lr_mult={"fc.*": 10.0})
+    torch_train(_cfg(data_dir, tmp_path / "full", **common))
+
+    def crash(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash after epoch 2")
+    monkeypatch.setattr(torch_train_mod, "_after_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        torch_train(_cfg(data_dir, tmp_path / "cut", **common))
+    monkeypatch.setattr(torch_train_mod, "_after_epoch", lambda epoch: None)
+    torch_train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
+    full, resumed = _torch_state(tmp_path / "full" / "last.pth"), _torch_state(tmp_path / "cut" / "last.pth")
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
+    assert [r["epoch"] for r in _rows(tmp_path / "cut")] == [1, 2, 3]
+
+
+def test_a_run_directory_of_the_other_framework_is_refused(both_runs, data_dir):
+    ms_run, _ = both_runs
+    before = (ms_run / "metrics.jsonl").read_text()
+    with pytest.raises(TrainingError, match="other framework"):
+        torch_train(_cfg(data_dir, ms_run))
+    assert (ms_run / "metrics.jsonl").read_text() == before  # nothing touched
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    assert torch_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        torch_main(["--optimizer", "lbfgs"])

@@ -1,0 +1,80 @@
+"""torch run checkpoints and pretrained-weight loading, through the same converter as the MindSpore side.
+
+A run checkpoint (``best.pth`` / ``last.pth``) is ``{"model": state_dict, "optimizer": state_dict, "step": int,
+META_KEY: json}``: only tensors, numbers and strings, so it loads with ``torch.load(..., weights_only=True)``.
+``ms_transfer.checkpoint_io.read_weights`` reads it (weights + metadata), so ``python -m ms_transfer.convert``
+and ``python -m ms_transfer.evaluate`` accept it as they accept a ``.ckpt``.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ms_transfer.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
+from ms_transfer.convert import convert_weights
+
+from .models import build_model, load_numpy_state
+
+
+def save_run_checkpoint(path: PathLike, model: torch.nn.Module, meta: Dict[str, Any],
+                        optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0) -> None:
+    """Atomically write the model (+ optimizer state and its step index) and ``meta`` (needs arch, classes)."""
+    missing = [k for k in ("arch", "classes") if k not in meta]
+    if missing:
+        raise ValueError(f"run checkpoint metadata needs {missing}")
+    meta = {"naming": "torchvision", "num_classes": len(meta["classes"]), **meta}
+    obj: Dict[str, Any] = {"model": OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items()),
+                           META_KEY: json.dumps(meta)}
+    if optimizer is not None:
+        obj["optimizer"], obj["step"] = optimizer.state_dict(), int(step)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_run_checkpoint(path: PathLike) -> Tuple[torch.nn.Module, Dict[str, Any], Dict[str, Any]]:
+    """Rebuild a run's model from a run checkpoint of either framework; returns ``(model, meta, raw)``.
+
+    ``raw`` is the torch checkpoint dict (``optimizer``, ``step``) for ``--resume``, empty for other formats.
+    """
+    path = Path(path)
+    weights = read_weights(path)
+    if "arch" not in weights.meta or "classes" not in weights.meta:
+        raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); use "
+                              "load_pretrained for plain weight files")
+    state, _, _ = convert_weights(weights, "torchvision")
+    model = build_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]))
+    load_numpy_state(model, state)
+    raw: Dict[str, Any] = {}
+    if path.suffix.lower() in (".pth", ".pt"):
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # read_weights already vetted it; keep the safe loader anyway
+            raise CheckpointError(f"{path}: {exc}") from None
+    return model, weights.meta, raw
+
+
+def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: bool = True) -> str:
+    """Load any supported weight file (.pth/.ckpt/.safetensors, any naming) into ``model``.
+
+    The head is replaced (left at its init) when the checkpoint's class count differs. Raises
+    :class:`CheckpointError` for another architecture or any missing trunk tensor. Returns the report line.
+    """
+    num_classes = model.fc.out_features
+    state, _, report = convert_weights(read_weights(path), "torchvision", num_classes=num_classes)
+    if report.arch != arch:
+        raise CheckpointError(f"{path}: checkpoint is {report.arch} but the model is {arch}; build "
+                              f"{report.arch} (e.g. --arch {report.arch}) or use a {arch} checkpoint")
+    expected = set(model.state_dict())
+    missing = sorted(k for k in expected - set(state)
+                     if not (k.startswith("fc.") or k.endswith("num_batches_tracked")))
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} trunk tensors missing, e.g. {missing[:3]}")
+    load_numpy_state(model, {k: v for k, v in state.items() if k in expected}, strict=False)
+    line = f"Loaded {path}: {report}"
+    if verbose:
+        print(line)
+    return line

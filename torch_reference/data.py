@@ -1,0 +1,139 @@
+"""The torchvision side of the data pipeline, on exactly the files and labels ``ms_transfer.data`` uses.
+
+Scanning is *not* re-implemented: :class:`ScannedImageFolder` takes its classes from
+:func:`ms_transfer.data.list_classes` and its samples from :func:`ms_transfer.data.scan_split`, so
+hidden entries, non-image files and unreadable images are skipped by the same policy, in the same
+sorted order, with the same class indices as the MindSpore dataset. Images are decoded with Pillow to
+RGB (torchvision's ``pil_loader``, the same conversion as :func:`ms_transfer.data.load_rgb`).
+
+The transforms are torchvision's own (the tutorial's recipe): ``RandomResizedCrop`` +
+``RandomHorizontalFlip`` for training; ``Resize(int(S*256/224))`` + ``CenterCrop(S)`` for eval, which
+on PIL images is Pillow's antialiased bilinear resize; then ``ToTensor`` + ``Normalize`` with the
+ImageNet constants of ``ms_transfer.data``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import pil_loader
+
+from ms_transfer.data import (
+    IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, PathLike, check_same_classes,
+    eval_resize_size, resolve_data_root, scan_split)
+
+log = logging.getLogger(__name__)
+
+
+def _normalize() -> List[Callable]:
+    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transforms(image_size: int) -> T.Compose:
+    """Random training augmentation on a PIL RGB image -> normalised float32 3xSxS tensor.
+
+    Draws from torch's RNG (see :func:`create_loader` for how it is seeded)."""
+    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
+                      T.RandomHorizontalFlip()] + _normalize())
+
+
+def val_transforms(image_size: int) -> T.Compose:
+    """Deterministic eval transform: shorter side to ``int(S*256/224)`` (Pillow, antialiased bilinear),
+    center crop ``S``, normalise -> float32 3xSxS tensor."""
+    return T.Compose([T.Resize(eval_resize_size(image_size)), T.CenterCrop(image_size)] + _normalize())
+
+
+class ScannedImageFolder(ImageFolder):
+    """``torchvision.datasets.ImageFolder`` over ``root/split`` whose classes and samples come from
+    :mod:`ms_transfer.data`'s scan (same skips, order and labels as the MindSpore dataset).
+
+    ``skipped`` lists the ``(path, reason)`` files the scan rejected. A sample that fails to decode
+    while iterating is replaced by the next readable one (by index, wrapping around) after a logged
+    warning and recorded in ``load_failures``, like :class:`ms_transfer.data.ImageSource`. With
+    DataLoader workers each worker holds its own copy of the dataset, so ``load_failures`` in the main
+    process only records failures when ``num_workers == 0`` (workers still log them).
+    """
+
+    def __init__(self, data_dir: PathLike, split: str, transform: Optional[Callable] = None,
+                 target_transform: Optional[Callable] = None):
+        if split not in SPLITS:
+            raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+        self.data_root = resolve_data_root(data_dir)
+        self.split = split
+        # Scan before ImageFolder.__init__, which calls the find_classes/make_dataset overrides below.
+        self._scanned, self._scanned_classes, self.skipped = scan_split(self.data_root, split)
+        self.load_failures: List[Tuple[str, str]] = []
+        super().__init__(str(self.data_root / split), transform=transform, target_transform=target_transform,
+                         loader=pil_loader)
+
+    def find_classes(self, directory: PathLike) -> Tuple[List[str], Dict[str, int]]:
+        """The scan's classes (sorted visible folder names; hidden folders ignored)."""
+        classes = list(self._scanned_classes)  # scan_split takes them from list_classes
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def make_dataset(self, directory: PathLike, class_to_idx: Dict[str, int], extensions: Any = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> List[Tuple[str, int]]:
+        """The scan's ``(path, label)`` samples instead of torchvision's extension-only walk (which
+        would keep corrupt files and hidden folders)."""
+        return list(self._scanned)
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+        n = len(self.samples)
+        for offset in range(n):
+            path, target = self.samples[(int(index) + offset) % n]
+            try:
+                sample = self.loader(path)
+            except Exception as exc:  # Pillow raises many types; a vanished file raises OSError
+                self.load_failures.append((path, f"{type(exc).__name__}: {exc}"))
+                log.warning("Could not decode %s (%s); using the next readable image instead.", path, exc)
+                continue
+            # Transforms run outside the try: a bug there must raise, not silently swap images.
+            if self.transform is not None:
+                sample = self.transform(sample)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return sample, target
+        raise DatasetError(f"None of the {n} images in this split could be decoded any more; "
+                           "check that the data directory is still intact.")
+
+
+def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: int, *, train: bool,
+                  shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False
+                  ) -> Tuple[DataLoader, DatasetInfo]:
+    """Build a ``DataLoader`` yielding ``(images float32 Bx3xSxS, labels int64 B)``; the torch
+    counterpart of :func:`ms_transfer.data.create_dataset`. Returns ``(loader, DatasetInfo)``.
+
+    Checks that train and val have the same classes. ``train`` selects the random augmentation,
+    otherwise the deterministic val transform.
+
+    Determinism: the shuffle order comes from ``torch.Generator().manual_seed(seed)`` owned by the
+    loader, so two loaders built with the same seed give the same sequence of epochs (each new
+    iteration of one loader continues that generator: epoch 2 differs from epoch 1). The random
+    augmentations draw from torch's RNG: with ``num_workers > 0`` each worker is seeded from that
+    generator (deterministic), with ``num_workers == 0`` they use the *global* torch RNG, so call
+    ``torch.manual_seed`` before iterating for reproducible augmentations.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    root = resolve_data_root(data_dir)
+    check_same_classes(root)
+    transform = train_transforms(image_size) if train else val_transforms(image_size)
+    dataset = ScannedImageFolder(root, split, transform=transform)
+    generator = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=max(0, int(num_workers)),
+                        generator=generator, drop_last=drop_last)
+    info = DatasetInfo(classes=list(dataset.classes), num_samples=len(dataset), skipped=list(dataset.skipped),
+                       root=root, load_failures=dataset.load_failures)
+    return loader, info
+
+
+def load_image_for_eval(path: PathLike, image_size: int) -> np.ndarray:
+    """Load one image with torchvision's val transform; returns a ``(1, 3, S, S)`` float32 array."""
+    image = val_transforms(image_size)(pil_loader(Path(path)))
+    return np.ascontiguousarray(image.numpy(), dtype=np.float32)[None]

@@ -1,0 +1,103 @@
+"""``python -m torch_reference.evaluate --ckpt RUN/best.pth --data-dir DIR``: the torchvision side of
+``ms_transfer.evaluate`` (same metrics, same output), for run checkpoints of either framework."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ms_transfer.checkpoint_io import CheckpointError, read_weights
+from ms_transfer.convert import convert_weights
+from ms_transfer.config import ConfigError
+from ms_transfer.data import DatasetError, list_classes, resolve_data_root
+from ms_transfer.metrics import classification_metrics, format_result, positive_int
+
+from .checkpoint import load_run_checkpoint
+from .data import create_loader
+from .models import build_model, load_numpy_state
+
+
+def torch_device(device: str) -> torch.device:
+    """``CPU`` / ``GPU`` (the config's names) as a torch device; a clear error when CUDA is missing."""
+    if device == "GPU":
+        if not torch.cuda.is_available():
+            raise ConfigError("device GPU requested but torch sees no CUDA device; use --device CPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, loader, num_classes: Optional[int] = None) -> Dict:
+    """Eval-mode pass over ``loader``; the same result dict as ``ms_transfer.evaluate.evaluate_net``."""
+    start = time.perf_counter()
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu().numpy())
+        labels.append(y.numpy())
+    if not labels:
+        raise DatasetError("the evaluation set is empty")
+    result = classification_metrics(logits, labels, num_classes or logits[0].shape[1])
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size: int = 32,
+                        image_size: Optional[int] = None, num_workers: int = 0, device: str = "CPU") -> Dict:
+    """Evaluate a checkpoint on ``data_dir/split``: a run checkpoint of either framework (``best.pth``,
+    ``best.ckpt``), or a plain weight file of any naming whose head matches the split's class folders."""
+    root = resolve_data_root(data_dir)
+    found = list_classes(root, split)
+    weights = read_weights(ckpt)
+    if "classes" in weights.meta:
+        model, meta, _ = load_run_checkpoint(ckpt)
+    else:  # a plain weight file (e.g. a run checkpoint converted to .pth): classes come from the data
+        state, meta, report = convert_weights(weights, "torchvision")
+        if meta.get("num_classes") != len(found):
+            raise DatasetError(f"{ckpt} has a {meta.get('num_classes')}-class head but {root / split} has "
+                               f"{len(found)} class folders {found}")
+        model = build_model(report.arch, len(found))
+        load_numpy_state(model, state)
+        meta = {**meta, "classes": found}
+    classes = meta["classes"]
+    if found != classes:
+        raise DatasetError(f"class mismatch: {root / split} has classes {found}, but {ckpt} was trained on "
+                           f"{classes}; evaluate on a dataset with exactly these class folders (same names)")
+    loader, _ = create_loader(root, split, image_size or meta.get("image_size", 224), batch_size, train=False,
+                              shuffle=False, seed=0, num_workers=num_workers)
+    result = evaluate_model(model.to(torch_device(device)), loader, len(classes))
+    result["classes"] = classes
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
+    p = argparse.ArgumentParser(prog="python -m torch_reference.evaluate", description=__doc__)
+    p.add_argument("--ckpt", required=True, help="run checkpoint of either framework (RUN/best.pth, RUN/best.ckpt)")
+    p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
+    p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    args = p.parse_args(argv)
+    try:
+        result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,
+                                     device=args.device)
+    except (CheckpointError, DatasetError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
