@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo demo-torch train parity parity-train parity-gpu clean
+.PHONY: venv test demo demo-torch train parity parity-train parity-gpu bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ parity-train: venv
 ## parity-gpu: the same on a GPU machine
 parity-gpu: venv
 	$(PY) -m parity --arch resnet50 --mode both --device GPU
+
+## bench: MindSpore GRAPH / PYNATIVE vs torch eager, ResNet50 at 224 px, batch 18 (see BENCHMARKS.md)
+bench: venv
+	$(PY) -m ms_transfer.bench --json runs/bench.json
+
+## bench-quick: the CI smoke run of the same harness (well under a minute)
+bench-quick: venv
+	$(PY) -m ms_transfer.bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -58,10 +58,23 @@ class TrainConfig:
     step_size: int = _f(1, "epochs between decays (schedule=step)")
     gamma: float = _f(0.1, "decay factor (schedule=step)")
     image_size: int = _f(224, "input size in pixels")
-    resize_backend: str = _f("mindspore", "val/eval resize: mindspore (fast C++ bilinear, no antialiasing) or pil "
-                                          "(Pillow, antialiased: exactly torchvision's, use when exact agreement "
-                                          "with torch matters); torch_reference always uses torchvision's Pillow "
-                                          "resize", ("mindspore", "pil"))
+    resize_backend: str = _f("mindspore", "val/eval resize (and train with augment=none): mindspore (fast C++ "
+                                          "bilinear, no antialiasing) or pil (Pillow, antialiased: exactly "
+                                          "torchvision's, use when exact agreement with torch matters); "
+                                          "torch_reference always uses torchvision's Pillow resize",
+                             ("mindspore", "pil"))
+    augment: str = _f("random", "training transform: random (RandomResizedCrop + horizontal flip) or none (the "
+                                "deterministic val transform: resize + center crop, honouring resize_backend)",
+                      ("random", "none"))
+    feature_cache: str = _f("auto", "MindSpore only, ignored by torch_reference: with a frozen trunk (only fc "
+                                    "trains) auto caches trunk features (on disk, reused across runs) for the val "
+                                    "set and, when augment=none or cache_views>0, for the train set, so later "
+                                    "epochs train only the head; off = never cache (the frozen trunk still runs "
+                                    "as inference, without backward)", ("auto", "off"))
+    cache_views: int = _f(0, "MindSpore only: with augment=random and a frozen trunk, cache this many augmented "
+                             "views per image and let epoch e train on view (e-1) mod K: K views repeat, they are "
+                             "not fresh augmentation every epoch (0 = no train cache, fresh augmentation; ignored "
+                             "with augment=none, which has one view)")
     num_workers: int = _f(2, "data-pipeline workers")
     mode: str = _f("graph", "MindSpore execution mode", ("graph", "pynative"))
     device: str = _f("CPU", "device", ("CPU", "GPU"))
@@ -84,7 +97,7 @@ class TrainConfig:
         for key in ("lr", "stage2_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{source}: {key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "head_epochs", "num_workers"):
+        for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.head_epochs >= self.epochs:

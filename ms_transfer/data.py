@@ -29,7 +29,12 @@ support widens with the downscale factor) and offsets the crop by ``round((d-S)/
 downscale the two differ by a few grey levels on average and by tens at sharp edges and fine texture,
 and by a whole pixel of shift when ``d-S = 3 (mod 4)`` (measure with ``python -m parity.pipeline``). ``"pil"`` does the
 resize and crop with Pillow and torchvision's exact size/offset arithmetic, so the tensors agree with
-torchvision's to float32 rounding. Training augmentation is random and uses MindSpore's ops either way.
+torchvision's to float32 rounding. Training augmentation (``augment="random"``) is random and uses
+MindSpore's ops either way; ``augment="none"`` trains on the deterministic val transform instead.
+
+Shuffling is an explicit permutation, :func:`shuffle_order` ``(num_samples, seed)``, fed to the dataset as a
+``SubsetSampler``: code that must reproduce an epoch's batch order and composition without decoding a single
+image (the trunk-feature cache of :mod:`ms_transfer.features`) calls the same function.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val")
 #: how the val/eval transform resizes and crops (see the module docstring)
 RESIZE_BACKENDS = ("mindspore", "pil")
+#: training transforms: the random augmentation, or the deterministic val transform
+AUGMENTS = ("random", "none")
 #: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,6 +85,8 @@ class DatasetInfo:
     root: Path
     #: Live list of ``(path, reason)`` for files that failed to decode *during iteration*.
     load_failures: List[Tuple[str, str]] = field(default_factory=list)
+    #: ``(path, label)`` of every sample, in dataset index order (the scan's sorted order)
+    samples: List[Tuple[str, int]] = field(default_factory=list)
 
 
 def _visible_dirs(folder: Path) -> List[Path]:
@@ -310,42 +319,76 @@ def val_transforms(image_size: int, resize_backend: str = "mindspore") -> list:
             vision.CenterCrop(image_size)] + _normalize_ops()
 
 
+def check_augment(augment: str) -> str:
+    """Return ``augment`` if it is one of :data:`AUGMENTS`, else raise :class:`DatasetError`."""
+    if augment not in AUGMENTS:
+        raise DatasetError(f"Unknown augment {augment!r}; expected one of {', '.join(map(repr, AUGMENTS))}.")
+    return augment
+
+
+def shuffle_order(num_samples: int, seed: int) -> np.ndarray:
+    """Sample indices in the order a shuffled :func:`create_dataset` with this ``seed`` yields them.
+
+    A private ``RandomState``: independent of (and not disturbing) the global RNGs.
+    """
+    return np.random.RandomState(int(seed)).permutation(int(num_samples))
+
+
+def batch_indices(num_samples: int, batch_size: int, seed: Optional[int], drop_remainder: bool = False
+                  ) -> List[np.ndarray]:
+    """Sample indices of every batch of one epoch of :func:`create_dataset` (``seed=None``: not shuffled)."""
+    order = np.arange(num_samples) if seed is None else shuffle_order(num_samples, seed)
+    stop = num_samples - num_samples % batch_size if drop_remainder else num_samples
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
 def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: int, *,
                    train: bool, shuffle: bool, seed: int, num_workers: int = 2,
-                   drop_remainder: bool = False, resize_backend: str = "mindspore"
+                   drop_remainder: bool = False, resize_backend: str = "mindspore", augment: str = "random"
                    ) -> Tuple["mindspore.dataset.Dataset", DatasetInfo]:
     """Build a batched MindSpore dataset yielding ``image`` (float32, B×3×S×S) and ``label`` (int32).
 
-    ``train`` selects the random augmentation, otherwise the deterministic val transform, whose
-    resize/crop ``resize_backend`` picks (``"mindspore"`` or ``"pil"``; see :func:`val_transforms`).
-    Checks that train and val have the same classes. Returns ``(dataset, DatasetInfo)``.
+    ``train`` with ``augment="random"`` selects the random augmentation; otherwise (eval, or
+    ``augment="none"``) the deterministic val transform, whose resize/crop ``resize_backend`` picks
+    (``"mindspore"`` or ``"pil"``; see :func:`val_transforms`). Checks that train and val have the
+    same classes. Returns ``(dataset, DatasetInfo)``.
+
+    Order: with ``shuffle`` the samples come in the order :func:`shuffle_order` ``(n, seed)`` gives
+    (an explicit permutation, so :func:`batch_indices` reproduces every batch without reading images);
+    without, in index order.
 
     Determinism: calls ``mindspore.dataset.config.set_seed(seed)``, which is *process-global*: it
-    also reseeds Python's ``random`` and ``numpy.random`` and applies to the shuffle sampler and
-    random vision ops of every dataset created afterwards, so create each dataset right before
-    use with its own seed. Same seed -> same order and same augmentations (checked with 1 and 2
-    workers; older MindSpore docs do not promise it for ``num_workers > 1``, so use 1 for
-    bit-exact reruns). Decoding runs in threads (``python_multiprocessing=False``), so
-    ``DatasetInfo.load_failures`` is a live view of substitutions made while iterating.
+    also reseeds Python's ``random`` and ``numpy.random`` and applies to the random vision ops of
+    every dataset created afterwards, so create each dataset right before use with its own seed.
+    Same seed -> same order and same augmentations (checked with 1 and 2 workers; older MindSpore
+    docs do not promise it for ``num_workers > 1``, so use 1 for bit-exact reruns). Decoding runs in
+    threads (``python_multiprocessing=False``), so ``DatasetInfo.load_failures`` is a live view of
+    substitutions made while iterating.
     """
     import mindspore.dataset as ds
 
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
     check_resize_backend(resize_backend)
+    check_augment(augment)
     root = resolve_data_root(data_dir)
     check_same_classes(root)
     samples, classes, skipped = scan_split(root, split)
     source = ImageSource(samples)
     ds.config.set_seed(seed)
     workers = max(1, int(num_workers))
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=shuffle,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    ops = train_transforms(image_size) if train else val_transforms(image_size, resize_backend)
+    # An explicit permutation rather than ``shuffle=True``: MindSpore's own shuffle cannot be reproduced
+    # outside the pipeline, and the feature cache must replay the exact batches (see batch_indices).
+    sampler = ds.SubsetSampler(shuffle_order(len(samples), seed).tolist()) if shuffle else None
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label"], sampler=sampler,
+                                  shuffle=None if shuffle else False, num_parallel_workers=workers,
+                                  python_multiprocessing=False)
+    random_ops = train and augment == "random"
+    ops = train_transforms(image_size) if random_ops else val_transforms(image_size, resize_backend)
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     info = DatasetInfo(classes=classes, num_samples=len(samples), skipped=skipped, root=root,
-                       load_failures=source.load_failures)
+                       load_failures=source.load_failures, samples=list(samples))
     return dataset, info
 
 

@@ -14,6 +14,13 @@ def ms_mode(request):
     set_context("pynative", "CPU")
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """Downloads and trunk-feature caches go to a fresh folder per test, never to ~/.cache/ms_transfer."""
+    import ms_transfer.recipe as recipe
+    monkeypatch.setattr(recipe, "CACHE_DIR", tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)

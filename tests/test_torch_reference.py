@@ -138,7 +138,9 @@ def test_a_run_directory_of_the_other_framework_is_refused(both_runs, data_dir):
     assert (ms_run / "metrics.jsonl").read_text() == before  # nothing touched
 
 
-def test_cli_errors_exit_2(tmp_path, capsys):
+def test_cli_errors_exit_2(tmp_path, capsys, monkeypatch):
+    # main() releases the oneDNN AVX2 cap for torch; monkeypatch restores it for the rest of this process
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert torch_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     with pytest.raises(SystemExit):

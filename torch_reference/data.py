@@ -25,7 +25,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
 from ms_transfer.data import (
-    IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, PathLike, check_same_classes,
+    IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, PathLike, check_augment, check_same_classes,
     eval_resize_size, resolve_data_root, scan_split)
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,13 @@ class ScannedImageFolder(ImageFolder):
 
 
 def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: int, *, train: bool,
-                  shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False
+                  shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False, augment: str = "random"
                   ) -> Tuple[DataLoader, DatasetInfo]:
     """Build a ``DataLoader`` yielding ``(images float32 Bx3xSxS, labels int64 B)``; the torch
     counterpart of :func:`ms_transfer.data.create_dataset`. Returns ``(loader, DatasetInfo)``.
 
-    Checks that train and val have the same classes. ``train`` selects the random augmentation,
-    otherwise the deterministic val transform.
+    Checks that train and val have the same classes. ``train`` with ``augment="random"`` selects the
+    random augmentation; otherwise (eval, or ``augment="none"``) the deterministic val transform.
 
     Determinism: the shuffle order comes from ``torch.Generator().manual_seed(seed)`` owned by the
     loader, so two loaders built with the same seed give the same sequence of epochs (each new
@@ -123,13 +123,14 @@ def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: i
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
     root = resolve_data_root(data_dir)
     check_same_classes(root)
-    transform = train_transforms(image_size) if train else val_transforms(image_size)
+    check_augment(augment)
+    transform = train_transforms(image_size) if train and augment == "random" else val_transforms(image_size)
     dataset = ScannedImageFolder(root, split, transform=transform)
     generator = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=max(0, int(num_workers)),
                         generator=generator, drop_last=drop_last)
     info = DatasetInfo(classes=list(dataset.classes), num_samples=len(dataset), skipped=list(dataset.skipped),
-                       root=root, load_failures=dataset.load_failures)
+                       root=root, load_failures=dataset.load_failures, samples=list(dataset.samples))
     return loader, info
 
 

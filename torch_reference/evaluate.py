@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ms_transfer import release_onednn_cap
 from ms_transfer.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.convert import convert_weights
 from ms_transfer.config import ConfigError
@@ -86,6 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    release_onednn_cap()  # a torch-only process: let torch use AVX-512 (see ms_transfer/__init__.py)
     args = p.parse_args(argv)
     try:
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,

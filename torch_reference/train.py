@@ -7,7 +7,9 @@ parameters, translated through ``ms_transfer.naming``, so ``--unfreeze 'fc.*' 'l
 layers), frozen-BN semantics (a BatchNorm whose weight and bias are frozen runs in eval mode), per-pattern LR
 multipliers, per-step LR schedules and the ``metrics.jsonl`` fields. Artifacts: ``config.yaml``,
 ``metrics.jsonl``, ``best.pth``, ``last.pth`` (+ optimizer state), ``curves.png``, ``predictions.png``.
-``mode`` (GRAPH/PYNATIVE) is a MindSpore setting and is ignored here; torch always resizes with Pillow.
+``augment`` is honoured (``none``: train on the deterministic val transform). ``mode`` (GRAPH/PYNATIVE),
+``feature_cache`` and ``cache_views`` are MindSpore settings and are ignored here (a frozen trunk's backward is
+skipped by autograd anyway); torch always resizes with Pillow.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ms_transfer import naming
+from ms_transfer import naming, release_onednn_cap
 from ms_transfer.checkpoint_io import CheckpointError
 from ms_transfer.config import ConfigError, TrainConfig, resolve_config, save_config
 from ms_transfer.data import DatasetError, check_same_classes
@@ -121,7 +123,7 @@ def _train_loader(cfg: TrainConfig, root: Path, epoch: int):
     # random augmentations draw from torch's RNG: seed it per epoch like the loader's shuffle (resumable)
     torch.manual_seed(cfg.seed + epoch)
     return create_loader(root, "train", cfg.image_size, cfg.batch_size, train=True, shuffle=True,
-                         seed=cfg.seed + epoch, num_workers=cfg.num_workers)
+                         seed=cfg.seed + epoch, num_workers=cfg.num_workers, augment=cfg.augment)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -208,6 +210,7 @@ def _after_epoch(epoch: int) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; bad input exits 2 with the reason, a failed run exits 1."""
+    release_onednn_cap()  # a torch-only process: let torch use AVX-512 (see ms_transfer/__init__.py)
     try:
         cfg = resolve_config(argv, prog="python -m torch_reference.train", description=__doc__)
         train(cfg)

@@ -1,0 +1,383 @@
+"""``python -m ms_transfer.bench``: throughput of MindSpore (GRAPH, PYNATIVE) vs torch eager, side by side.
+
+Workloads (images/s, data already in memory so the input pipeline cannot be the bottleneck):
+
+* ``inference``      eval-mode forward, no gradients;
+* ``finetune``       full train step (forward, backward, momentum SGD with weight decay), batch-statistics BN;
+* ``fixed_feature``  train step with the trunk frozen the tutorial's way (one train cell over the whole net;
+  frozen BNs in inference mode);
+* ``fixed_fast``     MindSpore only: the frozen trunk run as pure inference + a head-only train step
+  (``ms_transfer.features``), what ``ms_transfer.train`` does for a frozen trunk.
+
+Every engine runs in its own subprocess (so peak RSS is per engine and one framework's thread pools never
+slow the other), and the engines are interleaved over ``--rounds`` rounds (torch, GRAPH, PYNATIVE, torch, ...)
+so that machine-load drift hits all of them alike; the table reports the median over rounds, the ratio to
+torch eager from the same run, and the ratio to the machine's compute limit (see :func:`machine_info`).
+Also timed: first step (includes GRAPH compilation), ResNet50 checkpoint conversion, the parity suite, and the
+MindSpore data pipeline on generated JPEGs (to show it keeps up). Numbers are reported, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ENGINES = ("torch", "ms_graph", "ms_pynative")
+WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast")
+#: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
+#: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
+#: above the AVX2 peak); MindSpore is capped at AVX2 (ms_transfer/__init__.py), so its own ceiling is lower.
+FLOPS_PER_CYCLE_AVX2 = 32
+FLOPS_PER_CYCLE_AVX512 = 64
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "resnet50"
+    image_size: int = 224
+    batch: int = 18
+    steps: int = 6          # timed steps per workload and round (after one warm-up step)
+    rounds: int = 2
+    engines: Sequence[str] = ENGINES
+    workloads: Sequence[str] = WORKLOADS
+    extras: bool = True     # conversion, parity-suite and data-pipeline timings
+
+
+QUICK = dict(arch="resnet18", image_size=64, batch=8, steps=3, rounds=1)
+
+
+@dataclass
+class Measurement:
+    engine: str
+    workload: str
+    images_per_s: List[float] = field(default_factory=list)   # one per round
+    first_step_s: List[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.images_per_s) if self.images_per_s else float("nan")
+
+
+def machine_info() -> Dict:
+    """Cores available to this process, clock, ISA and the fp32 compute limit ``cores x GHz x FLOPs/cycle``
+    (64 with AVX-512, else 32; ``peak_gflops_fp32_avx2`` is MindSpore's ceiling under the AVX2 cap).
+
+    The clock is /proc/cpuinfo's ``cpu MHz`` (the nominal rate a VM reports; turbo is not visible), so the
+    limit is an estimate of peak, good for "how far from the hardware" rather than an exact roofline.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    mhz, model, flags = 0.0, platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "cpu MHz" and not mhz:
+                mhz = float(value)
+            elif key == "model name" and value:
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = value
+    except OSError:
+        pass
+    avx512 = " avx512f" in flags
+    per_cycle = FLOPS_PER_CYCLE_AVX512 if avx512 else FLOPS_PER_CYCLE_AVX2
+    return {"cores": cores, "cpu_mhz": mhz, "cpu": model, "avx2": " avx2" in flags, "avx512f": avx512,
+            "peak_gflops_fp32": cores * mhz / 1000.0 * per_cycle,
+            "peak_gflops_fp32_avx2": cores * mhz / 1000.0 * FLOPS_PER_CYCLE_AVX2,
+            "python": platform.python_version()}
+
+
+def forward_flops(arch: str, image_size: int) -> float:
+    """Forward FLOPs per image (2 x multiply-accumulates of every conv and linear layer; BN/ReLU/add ignored)."""
+    import torch
+
+    from torch_reference import build_model
+    model = build_model(arch, 1000).eval()
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total[0] += 2 * output.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += 2 * module.in_features * module.out_features
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    for h in hooks:
+        h.remove()
+    return float(total[0])
+
+
+# --- workers (one engine per subprocess) -------------------------------------------------------------
+
+def _timed(step, steps: int) -> Dict[str, float]:
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"first_step_s": first, "seconds": time.perf_counter() - t}
+
+
+def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
+    import numpy as np
+    import torch
+
+    from torch_reference import build_model
+    rng = np.random.RandomState(0)
+    x = torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
+    y = torch.from_numpy(rng.randint(0, 2, cfg.batch))
+    out = {}
+    for workload in cfg.workloads:
+        if workload == "fixed_fast":
+            continue
+        torch.manual_seed(0)
+        model = build_model(cfg.arch, 2)
+        if workload == "inference":
+            model.eval()
+
+            def step():
+                with torch.no_grad():
+                    model(x)
+        else:
+            params = list(model.parameters())
+            if workload == "fixed_feature":
+                for name, p in model.named_parameters():
+                    p.requires_grad_(name.startswith("fc."))
+                params = list(model.fc.parameters())
+            opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+            model.train()
+            if workload == "fixed_feature":  # frozen BNs in eval mode, as torch_reference.train does
+                for m in model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.eval()
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        out[workload] = _timed(step, cfg.steps)
+    return out
+
+
+def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]]:
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn
+
+    from .context import set_context
+    from .freeze import apply_freeze, strategy_patterns
+    from .models import create_model
+    from .optim import momentum_sgd
+    from .train import make_loss
+    set_context(mode, "CPU")
+    rng = np.random.RandomState(0)
+    x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
+    y = ms.Tensor(rng.randint(0, 2, cfg.batch).astype(np.int32))
+    out = {}
+    for workload in cfg.workloads:
+        ms.set_seed(0)
+        net = create_model(cfg.arch, num_classes=2)
+        if workload == "inference":
+            net.set_train(False)
+
+            def step():
+                net(x).asnumpy()
+        elif workload == "fixed_fast":
+            try:
+                from .features import FrozenTrunkStep
+            except ImportError:
+                continue
+            apply_freeze(net, *strategy_patterns("fixed_feature"))
+            fast = FrozenTrunkStep(net, momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4), make_loss())
+
+            def step():
+                fast(x, y)
+        else:
+            if workload == "fixed_feature":
+                apply_freeze(net, *strategy_patterns("fixed_feature"))
+            train_step = nn.TrainOneStepCell(nn.WithLossCell(net, make_loss()),
+                                             momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4))
+            train_step.set_train(True)
+
+            def step():
+                train_step(x, y).asnumpy()
+        out[workload] = _timed(step, cfg.steps)
+    return out
+
+
+def _worker_main(engine: str, cfg_json: str) -> None:
+    cfg = BenchConfig(**json.loads(cfg_json))
+    if engine == "torch":
+        from . import release_onednn_cap
+        release_onednn_cap()  # torch at its best: its oneDNN is faster with AVX-512 (ms_transfer/__init__.py)
+        result = _torch_worker(cfg)
+    else:
+        result = _mindspore_worker(cfg, engine.split("_", 1)[1])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("BENCH_RESULT " + json.dumps({"results": result, "peak_rss_mb": peak_mb}), flush=True)
+
+
+def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
+    payload = json.dumps({k: v for k, v in asdict(cfg).items()})
+    proc = subprocess.run([sys.executable, "-m", "ms_transfer.bench", "--worker", engine, "--worker-config", payload],
+                          capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"benchmark worker {engine} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(line[len("BENCH_RESULT "):])
+
+
+# --- extras ------------------------------------------------------------------------------------------
+
+def time_conversion() -> float:
+    """Seconds to convert a torchvision ResNet50 .pth into a MindSpore .ckpt (read, rename, write)."""
+    import torch
+
+    from torch_reference import build_model
+
+    from .convert import convert_file
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "resnet50.pth"
+        torch.save(build_model("resnet50", 1000).state_dict(), src)
+        t = time.perf_counter()
+        convert_file(src, Path(tmp) / "resnet50.ckpt")
+        return time.perf_counter() - t
+
+
+def time_parity(quick: bool) -> Dict:
+    """Wall time of ``python -m parity`` (quick: ResNet18 at 64 px; full: ResNet50 at 224 px), one mode."""
+    args = (["--arch", "resnet18", "--image-size", "64", "--num-classes", "10"] if quick
+            else ["--arch", "resnet50"]) + ["--mode", "graph"]
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "parity", *args], capture_output=True, text=True)
+    return {"command": "python -m parity " + " ".join(args), "seconds": time.perf_counter() - t,
+            "passed": proc.returncode == 0}
+
+
+def time_data_pipeline(image_size: int, batch: int, n_images: int = 64) -> Dict:
+    """Images/s of the MindSpore train pipeline (decode + RandomResizedCrop + flip + normalise, 2 workers)
+    on generated JPEGs, so it can be compared with the train-step throughput."""
+    from .data import create_dataset
+    from .demo_data import make_demo_dataset
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        make_demo_dataset(root, n_train_per_class=n_images // 2, n_val_per_class=2, image_size=max(256, image_size),
+                          seed=0)
+        dataset, info = create_dataset(root, "train", image_size, batch, train=True, shuffle=True, seed=0,
+                                       num_workers=2)
+        t = time.perf_counter()
+        n = sum(x.shape[0] for x, _ in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
+        return {"images_per_s": n / (time.perf_counter() - t), "images": n,
+                "source_size": max(256, image_size)}
+
+
+# --- driver ------------------------------------------------------------------------------------------
+
+def run_bench(cfg: BenchConfig, quick: bool = False, log=print) -> Dict:
+    machine = machine_info()
+    flops = forward_flops(cfg.arch, cfg.image_size)
+    measurements: Dict[tuple, Measurement] = {}
+    peak_rss: Dict[str, float] = {}
+    for r in range(cfg.rounds):
+        for engine in cfg.engines:
+            log(f"round {r + 1}/{cfg.rounds}: {engine} ...")
+            res = _run_engine(engine, cfg)
+            peak_rss[engine] = max(peak_rss.get(engine, 0.0), res["peak_rss_mb"])
+            for workload, t in res["results"].items():
+                m = measurements.setdefault((engine, workload), Measurement(engine, workload))
+                m.images_per_s.append(cfg.batch * cfg.steps / t["seconds"])
+                m.first_step_s.append(t["first_step_s"])
+    report = {"config": asdict(cfg), "machine": machine, "forward_gflop_per_image": flops / 1e9,
+              "measurements": [], "peak_rss_mb": peak_rss}
+    for (engine, workload), m in measurements.items():
+        torch_m = measurements.get(("torch", workload)) or measurements.get(("torch", "fixed_feature"))
+        # training costs ~3x the forward (forward + input and weight gradients); a frozen trunk only the forward
+        per_image = flops * (3.0 if workload == "finetune" else 1.0)
+        limit = machine["peak_gflops_fp32"] * 1e9 / per_image if machine["peak_gflops_fp32"] else float("nan")
+        report["measurements"].append({
+            "engine": engine, "workload": workload, "images_per_s": m.median, "rounds": m.images_per_s,
+            "first_step_s": max(m.first_step_s), "vs_torch": m.median / torch_m.median if torch_m else None,
+            "compute_limit_images_per_s": limit, "vs_limit": m.median / limit})
+    if cfg.extras:
+        log("extras: conversion, parity suite, data pipeline ...")
+        report["resnet50_conversion_s"] = time_conversion()
+        report["parity"] = time_parity(quick)
+        report["data_pipeline"] = time_data_pipeline(cfg.image_size, cfg.batch)
+    return report
+
+
+def format_report(report: Dict) -> str:
+    cfg, machine = report["config"], report["machine"]
+    lines = [f"{cfg['arch']} | {cfg['image_size']} px | batch {cfg['batch']} | {cfg['steps']} steps x "
+             f"{cfg['rounds']} rounds | {machine['cores']} cores @ {machine['cpu_mhz']:.0f} MHz "
+             f"(fp32 peak ~{machine['peak_gflops_fp32']:.0f} GFLOP/s, {machine['peak_gflops_fp32_avx2']:.0f} at AVX2) | {report['forward_gflop_per_image']:.2f} "
+             "GFLOP/image forward",
+             f"{'workload':<14} {'engine':<12} {'img/s':>8} {'vs torch':>9} {'limit':>7} {'vs limit':>9} "
+             f"{'1st step s':>10}  rounds"]
+    for m in sorted(report["measurements"], key=lambda m: (WORKLOADS.index(m["workload"]), m["engine"])):
+        vs = f"{m['vs_torch']:.2f}x" if m["vs_torch"] is not None else "-"
+        lines.append(f"{m['workload']:<14} {m['engine']:<12} {m['images_per_s']:>8.2f} {vs:>9} "
+                     f"{m['compute_limit_images_per_s']:>7.1f} {m['vs_limit']:>8.0%} {m['first_step_s']:>10.2f}  "
+                     + " ".join(f"{v:.2f}" for v in m["rounds"]))
+    lines.append("peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_rss_mb"].items()))
+    if "resnet50_conversion_s" in report:
+        lines.append(f"ResNet50 .pth -> .ckpt conversion: {report['resnet50_conversion_s']:.2f} s")
+        p = report["parity"]
+        lines.append(f"parity suite ({p['command']}): {p['seconds']:.1f} s, {'passed' if p['passed'] else 'FAILED'}")
+        d = report["data_pipeline"]
+        lines.append(f"MindSpore train data pipeline (2 workers, {d['source_size']} px JPEGs): "
+                     f"{d['images_per_s']:.1f} img/s")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = BenchConfig()
+    p.add_argument("--quick", action="store_true", help=f"CI smoke run: {QUICK}, well under a minute")
+    p.add_argument("--arch", default=None, help=f"default {d.arch}")
+    p.add_argument("--image-size", type=int, default=None, help=f"default {d.image_size}")
+    p.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (the tutorial's)")
+    p.add_argument("--steps", type=int, default=None, help=f"timed steps per workload and round (default {d.steps})")
+    p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=None)
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None)
+    p.add_argument("--no-extras", action="store_true", help="skip conversion / parity / data-pipeline timings")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--worker-config", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker_main(args.worker, args.worker_config)
+        return 0
+    values = dict(QUICK) if args.quick else {}
+    for key in ("arch", "image_size", "batch", "steps", "rounds", "engines", "workloads"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    values["extras"] = not args.no_extras
+    cfg = BenchConfig(**values)
+    report = run_bench(cfg, quick=args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
+    report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

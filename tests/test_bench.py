@@ -1,0 +1,28 @@
+"""The benchmark harness runs end to end (``--quick``, the CI smoke run); numbers are reported, never asserted."""
+import json
+
+from ms_transfer.bench import ENGINES, format_report, machine_info, main
+
+
+def test_quick_run_reports_every_engine_and_workload(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--no-extras", "--steps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {(m["engine"], m["workload"]): m for m in report["measurements"]}
+    for engine in ENGINES:
+        for workload in ("inference", "finetune", "fixed_feature"):
+            m = rows[(engine, workload)]
+            assert m["images_per_s"] > 0 and m["first_step_s"] > 0
+            assert m["vs_torch"] > 0 and 0 < m["vs_limit"]
+    assert rows[("torch", "finetune")]["vs_torch"] == 1.0
+    assert set(report["peak_rss_mb"]) == set(ENGINES) and all(v > 100 for v in report["peak_rss_mb"].values())
+    text = capsys.readouterr().out
+    assert "vs torch" in text and text.strip() == format_report(report).strip()
+
+
+def test_machine_info_and_compute_limit():
+    info = machine_info()
+    assert info["cores"] >= 1
+    if info["cpu_mhz"]:
+        per_cycle = 64 if info["avx512f"] else 32  # 2 FMA units x 16 or 8 fp32 lanes x 2
+        assert info["peak_gflops_fp32"] == info["cores"] * info["cpu_mhz"] / 1000 * per_cycle
