@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-ENGINES = ("torch", "ms_graph", "ms_pynative")
+#: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
+ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
 WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
@@ -53,7 +54,7 @@ class BenchConfig:
     extras: bool = True     # conversion, parity-suite and data-pipeline timings
 
 
-QUICK = dict(arch="resnet18", image_size=64, batch=8, steps=3, rounds=1)
+QUICK = dict(arch="resnet18", image_size=64, batch=8, steps=3, rounds=1, engines=("torch", "ms_graph", "ms_pynative"))
 
 
 @dataclass
@@ -204,7 +205,7 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
             fast = FrozenTrunkStep(net, momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4), make_loss())
 
             def step():
-                fast(x, y)
+                fast(x, y).asnumpy()
         else:
             if workload == "fixed_feature":
                 apply_freeze(net, *strategy_patterns("fixed_feature"))
@@ -220,9 +221,11 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
 
 def _worker_main(engine: str, cfg_json: str) -> None:
     cfg = BenchConfig(**json.loads(cfg_json))
-    if engine == "torch":
-        from . import release_onednn_cap
-        release_onednn_cap()  # torch at its best: its oneDNN is faster with AVX-512 (ms_transfer/__init__.py)
+    print(f"BENCH_ISA {os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL')}", file=sys.stderr)
+    if engine.startswith("torch"):
+        if engine == "torch":
+            from . import release_onednn_cap
+            release_onednn_cap()  # torch at its best: its oneDNN is faster with AVX-512 (ms_transfer/__init__.py)
         result = _torch_worker(cfg)
     else:
         result = _mindspore_worker(cfg, engine.split("_", 1)[1])
@@ -232,8 +235,12 @@ def _worker_main(engine: str, cfg_json: str) -> None:
 
 def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
     payload = json.dumps({k: v for k, v in asdict(cfg).items()})
+    env = dict(os.environ)
+    from . import _CAP_SET_HERE
+    if _CAP_SET_HERE:  # the AVX2 cap was set by this process, not the user: let the worker decide afresh
+        env.pop("ONEDNN_MAX_CPU_ISA", None)
     proc = subprocess.run([sys.executable, "-m", "ms_transfer.bench", "--worker", engine, "--worker-config", payload],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -354,7 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (the tutorial's)")
     p.add_argument("--steps", type=int, default=None, help=f"timed steps per workload and round (default {d.steps})")
     p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=None)
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
+                   help=f"default: all of {', '.join(ENGINES)} (--quick: {', '.join(QUICK['engines'])})")
     p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None)
     p.add_argument("--no-extras", action="store_true", help="skip conversion / parity / data-pipeline timings")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON")

@@ -1,7 +1,7 @@
 """The benchmark harness runs end to end (``--quick``, the CI smoke run); numbers are reported, never asserted."""
 import json
 
-from ms_transfer.bench import ENGINES, format_report, machine_info, main
+from ms_transfer.bench import QUICK, format_report, machine_info, main
 
 
 def test_quick_run_reports_every_engine_and_workload(tmp_path, capsys):
@@ -9,13 +9,13 @@ def test_quick_run_reports_every_engine_and_workload(tmp_path, capsys):
     assert main(["--quick", "--no-extras", "--steps", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = {(m["engine"], m["workload"]): m for m in report["measurements"]}
-    for engine in ENGINES:
+    for engine in QUICK["engines"]:
         for workload in ("inference", "finetune", "fixed_feature"):
             m = rows[(engine, workload)]
             assert m["images_per_s"] > 0 and m["first_step_s"] > 0
             assert m["vs_torch"] > 0 and 0 < m["vs_limit"]
     assert rows[("torch", "finetune")]["vs_torch"] == 1.0
-    assert set(report["peak_rss_mb"]) == set(ENGINES) and all(v > 100 for v in report["peak_rss_mb"].values())
+    assert set(report["peak_rss_mb"]) == set(QUICK["engines"]) and all(v > 100 for v in report["peak_rss_mb"].values())
     text = capsys.readouterr().out
     assert "vs torch" in text and text.strip() == format_report(report).strip()
 
