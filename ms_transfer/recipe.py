@@ -7,12 +7,15 @@ per-step learning rates, and the fields of a ``metrics.jsonl`` row.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .config import TrainConfig
-from .data import resolve_data_root
+from .checkpoint_io import CheckpointError
+from .config import ConfigError, TrainConfig, resolve_config
+from .data import DatasetError, resolve_data_root
+from .download import DownloadError
 from .freeze import strategy_patterns
 
 CACHE_DIR = Path.home() / ".cache" / "ms_transfer"
@@ -153,3 +156,24 @@ def sample_per_class(batches, num_classes: int, per_class: int):
             break
     pairs = [(image, c) for c in picked for image in picked[c]]
     return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+def run_summary(out: Path, best_acc: float, cfg: TrainConfig, skipped: int, classes: List[str], ext: str) -> Dict:
+    """Print the closing line of a run and return its summary dict (same fields in both frameworks)."""
+    print(f"\nDone: best val accuracy {best_acc:.3f}; {skipped} unreadable file(s) skipped; run in {out} "
+          f"(best.{ext}, last.{ext}, metrics.jsonl, curves.png, predictions.png)")
+    return {"run_dir": str(out), "best_val_acc": best_acc, "epochs": cfg.epochs, "skipped_files": skipped,
+            "classes": classes}
+
+
+def cli_main(train: Callable[[TrainConfig], Dict], argv: Optional[Sequence[str]], prog: str, description: str) -> int:
+    """Both trainers' CLI: resolve the config, train; bad input exits 2 with the reason, a failed run exits 1."""
+    try:
+        train(resolve_config(argv, prog=prog, description=description))
+    except (ConfigError, DatasetError, CheckpointError, DownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -24,21 +24,19 @@ import numpy as np
 from mindspore import nn
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, load_optimizer_state, load_pretrained, load_run_checkpoint,
-                         save_run_checkpoint)
-from .config import ConfigError, TrainConfig, resolve_config, save_config
-from .context import set_context
 from . import recipe
-from .data import DatasetError, batch_indices, check_same_classes, create_dataset
-from .download import DownloadError
+from .checkpoint import load_optimizer_state, load_pretrained, load_run_checkpoint, save_run_checkpoint
+from .config import TrainConfig, save_config
+from .context import set_context
+from .data import batch_indices, check_same_classes, create_dataset
 from .evaluate import evaluate_net
 from .features import FeatureCache, FeatureCollector, FrozenTrunkStep, frozen_trunk_reason, head_metrics
 from .freeze import apply_freeze, lr_groups
 from .models import create_model
 from .optim import build_optimizer
 from .plots import plot_curves, plot_predictions
-from .recipe import (Stage, TrainingError, check_finite, check_run_dir, epoch_row, format_row, plan_stages,
-                     prepare_data, pretrained_path, sample_per_class, stage_lrs, stage_of)
+from .recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row, format_row, plan_stages,
+                     prepare_data, pretrained_path, run_summary, sample_per_class, stage_lrs, stage_of)
 
 __all__ = ["Trainer", "TrainingError", "make_loss", "train", "main"]
 
@@ -322,25 +320,12 @@ def train(cfg: TrainConfig) -> dict:
     net.set_train(False)
     preds = net(ms.Tensor(images)).asnumpy().argmax(axis=1)
     plot_predictions(images, labels, preds, classes, out / "predictions.png")
-    summary = {"run_dir": str(out), "best_val_acc": best_acc, "epochs": cfg.epochs, "skipped_files": skipped,
-               "classes": classes}
-    print(f"\nDone: best val accuracy {best_acc:.3f}; {skipped} unreadable file(s) skipped; run in {out} "
-          "(best.ckpt, last.ckpt, metrics.jsonl, curves.png, predictions.png)")
-    return summary
+    return run_summary(out, best_acc, cfg, skipped, classes, "ckpt")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; bad input exits 2 with the reason, a failed run exits 1."""
-    try:
-        cfg = resolve_config(argv, description=__doc__)
-        train(cfg)
-    except (ConfigError, DatasetError, CheckpointError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(train, argv, "python -m ms_transfer.train", __doc__)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from ms_transfer import naming, release_onednn_cap
 from ms_transfer.checkpoint_io import CheckpointError
-from ms_transfer.config import ConfigError, TrainConfig, resolve_config, save_config
-from ms_transfer.data import DatasetError, check_same_classes
-from ms_transfer.download import DownloadError
+from ms_transfer.config import TrainConfig, save_config
+from ms_transfer.data import check_same_classes
 from ms_transfer.freeze import freeze_report, is_frozen, lr_multiplier
 from ms_transfer.plots import plot_curves, plot_predictions
-from ms_transfer.recipe import (Stage, TrainingError, check_finite, check_run_dir, epoch_row, format_row,
-                                plan_stages, prepare_data, pretrained_path, sample_per_class, stage_lrs, stage_of)
+from ms_transfer.recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row, format_row,
+                                plan_stages, prepare_data, pretrained_path, run_summary, sample_per_class, stage_lrs,
+                                stage_of)
 
 from .checkpoint import load_pretrained, load_run_checkpoint, save_run_checkpoint
 from .data import create_loader
@@ -197,11 +197,7 @@ def train(cfg: TrainConfig) -> dict:
     with torch.no_grad():
         preds = model(torch.from_numpy(images).to(device)).argmax(dim=1).cpu().numpy()
     plot_predictions(images, labels, preds, classes, out / "predictions.png")
-    summary = {"run_dir": str(out), "best_val_acc": best_acc, "epochs": cfg.epochs, "skipped_files": skipped,
-               "classes": classes}
-    print(f"\nDone: best val accuracy {best_acc:.3f}; {skipped} unreadable file(s) skipped; run in {out} "
-          "(best.pth, last.pth, metrics.jsonl, curves.png, predictions.png)")
-    return summary
+    return run_summary(out, best_acc, cfg, skipped, classes, "pth")
 
 
 def _after_epoch(epoch: int) -> None:
@@ -211,16 +207,7 @@ def _after_epoch(epoch: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; bad input exits 2 with the reason, a failed run exits 1."""
     release_onednn_cap()  # a torch-only process: let torch use AVX-512 (see ms_transfer/__init__.py)
-    try:
-        cfg = resolve_config(argv, prog="python -m torch_reference.train", description=__doc__)
-        train(cfg)
-    except (ConfigError, DatasetError, CheckpointError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(train, argv, "python -m torch_reference.train", __doc__)
 
 
 if __name__ == "__main__":
