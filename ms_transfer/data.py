@@ -135,6 +135,15 @@ def list_classes(root: PathLike, split: str) -> List[str]:
     return classes
 
 
+def check_classes_match(root: PathLike, split: str, classes: Sequence[str], source: object) -> None:
+    """Raise :class:`DatasetError` unless ``root/split`` has exactly ``classes`` (those ``source`` was trained on)."""
+    root = resolve_data_root(root)
+    found = list_classes(root, split)
+    if found != list(classes):
+        raise DatasetError(f"class mismatch: {root / split} has classes {found}, but {source} was trained on "
+                           f"{list(classes)}; evaluate on a dataset with exactly these class folders (same names)")
+
+
 def check_same_classes(root: PathLike) -> List[str]:
     """Return the class list after checking that ``train`` and ``val`` have the same class folders;
     raises :class:`DatasetError` listing the classes missing from each split otherwise."""

@@ -13,7 +13,7 @@ from mindspore import nn
 
 from .checkpoint import CheckpointError, load_run_checkpoint
 from .context import set_context
-from .data import DatasetError, create_dataset, list_classes, resolve_data_root
+from .data import DatasetError, check_classes_match, create_dataset, resolve_data_root
 from .metrics import classification_metrics, cross_entropy, format_result, positive_int
 
 __all__ = ["evaluate_net", "evaluate_checkpoint", "cross_entropy", "format_result", "main"]
@@ -59,10 +59,7 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     net, weights = load_run_checkpoint(ckpt)
     classes = weights.meta["classes"]
     root = resolve_data_root(data_dir)
-    found = list_classes(root, split)
-    if found != classes:
-        raise DatasetError(f"class mismatch: {root / split} has classes {found}, but {ckpt} was trained on "
-                           f"{classes}; evaluate on a dataset with exactly these class folders (same names)")
+    check_classes_match(root, split, classes, ckpt)
     size = image_size or weights.meta.get("image_size", 224)
     backend = resize_backend or weights.meta.get("config", {}).get("resize_backend") or "mindspore"
     dataset, _ = create_dataset(root, split, size, batch_size, train=False, shuffle=False, seed=0,

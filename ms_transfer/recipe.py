@@ -6,6 +6,7 @@ per-step learning rates, and the fields of a ``metrics.jsonl`` row.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -135,6 +136,20 @@ def epoch_row(epoch: int, stage: Stage, train: Dict, val: Dict, skipped: int) ->
            "val_loss": val["loss"], "val_acc": val["accuracy"], "skipped_files": skipped}
     row["epoch_seconds"] = row["train_seconds"] + val.get("seconds", 0.0)
     return row
+
+
+def record_epoch(out: Path, history: List[Dict], row: Dict, meta: Dict, best_acc: float, epochs: int):
+    """Print ``row``, append it to ``history`` and ``metrics.jsonl``; returns ``(checkpoint meta, improved,
+    best_acc)`` for the epoch's ``best``/``last`` checkpoints (written by each framework in its own format)."""
+    history.append(row)
+    print(format_row(row, epochs), flush=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    improved = row["val_acc"] > best_acc
+    best_acc = max(best_acc, row["val_acc"])
+    epoch_meta = {**meta, "epoch": row["epoch"], "stage": row["stage"], "metrics": row, "best_acc": best_acc,
+                  "history": history}
+    return epoch_meta, improved, best_acc
 
 
 def format_row(row: Dict, epochs: int) -> str:

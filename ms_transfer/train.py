@@ -12,7 +12,6 @@ always for the val set, and for the train set when its transform is deterministi
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -35,8 +34,9 @@ from .freeze import apply_freeze, lr_groups
 from .models import create_model
 from .optim import build_optimizer
 from .plots import plot_curves, plot_predictions
-from .recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row, format_row, plan_stages,
-                     prepare_data, pretrained_path, run_summary, sample_per_class, stage_lrs, stage_of)
+from .recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row, plan_stages,
+                     prepare_data, pretrained_path, record_epoch, run_summary, sample_per_class, stage_lrs,
+                     stage_of)
 
 __all__ = ["Trainer", "TrainingError", "make_loss", "train", "main"]
 
@@ -301,14 +301,7 @@ def train(cfg: TrainConfig) -> dict:
             val = evaluate_net(net, val_ds)
         net.set_train(True)
         row = epoch_row(epoch, stage, train_result, val, skipped)
-        history.append(row)
-        print(format_row(row, cfg.epochs), flush=True)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        improved = row["val_acc"] > best_acc
-        best_acc = max(best_acc, row["val_acc"])
-        epoch_meta = {**meta, "epoch": epoch, "stage": stage.name, "metrics": row, "best_acc": best_acc,
-                      "history": history}
+        epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
         if improved:
             save_run_checkpoint(out / "best.ckpt", net, epoch_meta)
         save_run_checkpoint(last_ckpt, net, epoch_meta, optimizer=trainer.optimizer)

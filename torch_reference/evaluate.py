@@ -15,10 +15,9 @@ from ms_transfer import release_onednn_cap
 from ms_transfer.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.convert import convert_weights
 from ms_transfer.config import ConfigError
-from ms_transfer.data import DatasetError, list_classes, resolve_data_root
+from ms_transfer.data import DatasetError, check_classes_match, list_classes, resolve_data_root
 from ms_transfer.metrics import classification_metrics, format_result, positive_int
 
-from .checkpoint import load_run_checkpoint
 from .data import create_loader
 from .models import build_model, load_numpy_state
 
@@ -54,22 +53,18 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     """Evaluate a checkpoint on ``data_dir/split``: a run checkpoint of either framework (``best.pth``,
     ``best.ckpt``), or a plain weight file of any naming whose head matches the split's class folders."""
     root = resolve_data_root(data_dir)
-    found = list_classes(root, split)
     weights = read_weights(ckpt)
-    if "classes" in weights.meta:
-        model, meta, _ = load_run_checkpoint(ckpt)
-    else:  # a plain weight file (e.g. a run checkpoint converted to .pth): classes come from the data
-        state, meta, report = convert_weights(weights, "torchvision")
-        if meta.get("num_classes") != len(found):
+    state, meta, report = convert_weights(weights, "torchvision")
+    if "classes" in weights.meta:  # a run checkpoint of either framework
+        classes = weights.meta["classes"]
+        check_classes_match(root, split, classes, ckpt)
+    else:  # a plain weight file (e.g. converted without run metadata): classes come from the data
+        classes = list_classes(root, split)
+        if meta.get("num_classes") != len(classes):
             raise DatasetError(f"{ckpt} has a {meta.get('num_classes')}-class head but {root / split} has "
-                               f"{len(found)} class folders {found}")
-        model = build_model(report.arch, len(found))
-        load_numpy_state(model, state)
-        meta = {**meta, "classes": found}
-    classes = meta["classes"]
-    if found != classes:
-        raise DatasetError(f"class mismatch: {root / split} has classes {found}, but {ckpt} was trained on "
-                           f"{classes}; evaluate on a dataset with exactly these class folders (same names)")
+                               f"{len(classes)} class folders {classes}")
+    model = build_model(report.arch, len(classes))
+    load_numpy_state(model, state)
     loader, _ = create_loader(root, split, image_size or meta.get("image_size", 224), batch_size, train=False,
                               shuffle=False, seed=0, num_workers=num_workers)
     result = evaluate_model(model.to(torch_device(device)), loader, len(classes))

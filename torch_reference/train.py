@@ -13,7 +13,6 @@ skipped by autograd anyway); torch always resizes with Pillow.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import OrderedDict
@@ -30,9 +29,9 @@ from ms_transfer.config import TrainConfig, save_config
 from ms_transfer.data import check_same_classes
 from ms_transfer.freeze import freeze_report, is_frozen, lr_multiplier
 from ms_transfer.plots import plot_curves, plot_predictions
-from ms_transfer.recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row, format_row,
-                                plan_stages, prepare_data, pretrained_path, run_summary, sample_per_class, stage_lrs,
-                                stage_of)
+from ms_transfer.recipe import (Stage, TrainingError, check_finite, check_run_dir, cli_main, epoch_row,
+                                plan_stages, prepare_data, pretrained_path, record_epoch, run_summary,
+                                sample_per_class, stage_lrs, stage_of)
 
 from .checkpoint import load_pretrained, load_run_checkpoint, save_run_checkpoint
 from .data import create_loader
@@ -177,14 +176,7 @@ def train(cfg: TrainConfig) -> dict:
         train_result = trainer.train_epoch(train_loader, epoch, device)
         val = evaluate_model(model, val_loader, len(classes))
         row = epoch_row(epoch, stage, train_result, val, skipped)
-        history.append(row)
-        print(format_row(row, cfg.epochs), flush=True)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        improved = row["val_acc"] > best_acc
-        best_acc = max(best_acc, row["val_acc"])
-        epoch_meta = {**meta, "epoch": epoch, "stage": stage.name, "metrics": row, "best_acc": best_acc,
-                      "history": history}
+        epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
         if improved:
             save_run_checkpoint(out / "best.pth", model, epoch_meta)
         save_run_checkpoint(last_ckpt, model, epoch_meta, optimizer=trainer.optimizer, step=trainer.step_index)
