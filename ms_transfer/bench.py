@@ -7,7 +7,7 @@ Workloads (images/s, data already in memory so the input pipeline cannot be the 
 * ``fixed_feature``  train step with the trunk frozen the tutorial's way (one train cell over the whole net;
   frozen BNs in inference mode);
 * ``fixed_fast``     MindSpore only: the frozen trunk run as pure inference + a head-only train step
-  (``ms_transfer.features``), what ``ms_transfer.train`` does for a frozen trunk.
+  (``ms_transfer.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk.
 
 Every engine runs in its own subprocess (so peak RSS is per engine and one framework's thread pools never
 slow the other), and the engines are interleaved over ``--rounds`` rounds (torch, GRAPH, PYNATIVE, torch, ...)
@@ -37,7 +37,7 @@ ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
 WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
-#: above the AVX2 peak); MindSpore is capped at AVX2 (ms_transfer/__init__.py), so its own ceiling is lower.
+#: above the AVX2 peak); MindSpore is capped at AVX2 (ms_transfer/context.py), so its own ceiling is lower.
 FLOPS_PER_CYCLE_AVX2 = 32
 FLOPS_PER_CYCLE_AVX512 = 64
 
@@ -102,7 +102,7 @@ def forward_flops(arch: str, image_size: int) -> float:
     """Forward FLOPs per image (2 x multiply-accumulates of every conv and linear layer; BN/ReLU/add ignored)."""
     import torch
 
-    from torch_reference import build_model
+    from torch_reference.models import build_model
     model = build_model(arch, 1000).eval()
     total = [0]
 
@@ -136,7 +136,7 @@ def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
     import numpy as np
     import torch
 
-    from torch_reference import build_model
+    from torch_reference.models import build_model
     rng = np.random.RandomState(0)
     x = torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
     y = torch.from_numpy(rng.randint(0, 2, cfg.batch))
@@ -178,11 +178,11 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     import numpy as np
     from mindspore import nn
 
+    from .backend import make_loss
     from .context import set_context
-    from .freeze import apply_freeze, strategy_patterns
-    from .models import create_model
-    from .optim import momentum_sgd
-    from .train import make_loss
+    from .core.freeze import strategy_patterns
+    from .models import build_model
+    from .optim import apply_freeze, momentum_sgd
     set_context(mode, "CPU")
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
@@ -190,17 +190,14 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     out = {}
     for workload in cfg.workloads:
         ms.set_seed(0)
-        net = create_model(cfg.arch, num_classes=2)
+        net = build_model(cfg.arch, num_classes=2)
         if workload == "inference":
             net.set_train(False)
 
             def step():
                 net(x).asnumpy()
         elif workload == "fixed_fast":
-            try:
-                from .features import FrozenTrunkStep
-            except ImportError:
-                continue
+            from .frozen_trunk import FrozenTrunkStep
             apply_freeze(net, *strategy_patterns("fixed_feature"))
             fast = FrozenTrunkStep(net, momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4), make_loss())
 
@@ -221,11 +218,14 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
 
 def _worker_main(engine: str, cfg_json: str) -> None:
     cfg = BenchConfig(**json.loads(cfg_json))
+    if engine == "torch_avx2":  # torch under MindSpore's cap, to separate ISA from framework overhead
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    elif engine.startswith("ms_"):
+        from .context import apply_onednn_cap
+        apply_onednn_cap()  # what every MindSpore process of this package does (ms_transfer/context.py)
+    # plain "torch" runs at its best: its own oneDNN is faster with AVX-512 and nothing here caps it
     print(f"BENCH_ISA {os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL')}", file=sys.stderr)
     if engine.startswith("torch"):
-        if engine == "torch":
-            from . import release_onednn_cap
-            release_onednn_cap()  # torch at its best: its oneDNN is faster with AVX-512 (ms_transfer/__init__.py)
         result = _torch_worker(cfg)
     else:
         result = _mindspore_worker(cfg, engine.split("_", 1)[1])
@@ -235,12 +235,9 @@ def _worker_main(engine: str, cfg_json: str) -> None:
 
 def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
     payload = json.dumps({k: v for k, v in asdict(cfg).items()})
-    env = dict(os.environ)
-    from . import _CAP_SET_HERE
-    if _CAP_SET_HERE:  # the AVX2 cap was set by this process, not the user: let the worker decide afresh
-        env.pop("ONEDNN_MAX_CPU_ISA", None)
+    # the parent never imports MindSpore, so its environment is the user's: each worker applies its own cap
     proc = subprocess.run([sys.executable, "-m", "ms_transfer.bench", "--worker", engine, "--worker-config", payload],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -254,9 +251,9 @@ def time_conversion() -> float:
     """Seconds to convert a torchvision ResNet50 .pth into a MindSpore .ckpt (read, rename, write)."""
     import torch
 
-    from torch_reference import build_model
+    from torch_reference.models import build_model
 
-    from .convert import convert_file
+    from .core.convert import convert_file
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "resnet50.pth"
         torch.save(build_model("resnet50", 1000).state_dict(), src)
@@ -279,7 +276,7 @@ def time_data_pipeline(image_size: int, batch: int, n_images: int = 64) -> Dict:
     """Images/s of the MindSpore train pipeline (decode + RandomResizedCrop + flip + normalise, 2 workers)
     on generated JPEGs, so it can be compared with the train-step throughput."""
     from .data import create_dataset
-    from .demo_data import make_demo_dataset
+    from .core.demo_data import make_demo_dataset
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         make_demo_dataset(root, n_train_per_class=n_images // 2, n_val_per_class=2, image_size=max(256, image_size),

@@ -1,16 +1,18 @@
-"""Loading weights into MindSpore models, with a report of missing / unexpected / mismatched keys."""
+"""Loading weights into MindSpore models (with a report of missing / unexpected / mismatched keys) and the
+MindSpore run checkpoints (``best.ckpt`` / ``last.ckpt``). Models never import this module: the factory
+(:mod:`ms_transfer.models.factory`) and the backend call it."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 
-import numpy as np
-from mindspore import Tensor, nn
+from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
+import numpy as np  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
 
-from . import naming
-from .checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, WeightFile, read_weights, write_weights
-from .convert import convert_weights
+from .core import naming  # noqa: E402
+from .core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
+from .core.convert import convert_weights
 
 
 @dataclass
@@ -54,7 +56,7 @@ def _likely_cause(report: LoadReport, model_names: List[str]) -> str:
     except ValueError:
         pass
     if report.unexpected:
-        return "other parameter naming: convert it first (python -m ms_transfer.convert SRC DST.ckpt)"
+        return "other parameter naming: convert it first (python -m ms_transfer.core.convert SRC DST.ckpt)"
     return "the checkpoint was saved from a different architecture"
 
 
@@ -84,14 +86,6 @@ def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool 
     return report
 
 
-def model_arch(net: nn.Cell) -> str:
-    """The ``ARCH_SPECS`` name of a ResNet built by this package."""
-    for arch, (block, layers) in naming.ARCH_SPECS.items():
-        if getattr(net, "block", None) is block and tuple(getattr(net, "layer_nums", ())) == tuple(layers):
-            return arch
-    raise ValueError(f"{type(net).__name__} is not a ResNet from ms_transfer.models")
-
-
 def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose: bool = True) -> LoadReport:
     """Load a ``.ckpt`` / ``.pth`` / ``.safetensors`` file (any naming scheme) into ``net``.
 
@@ -99,7 +93,9 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     its class count matches ``net``'s; otherwise it is left at its fresh initialisation and reported
     (transfer learning). ``strict=True`` also demands the head.
     """
-    arch = model_arch(net)
+    arch = getattr(net, "arch", None)
+    if arch is None:
+        raise CheckpointError(f"{type(net).__name__} records no arch; build it with ms_transfer.models.create_model")
     state, _, conversion = convert_weights(read_weights(path), "ms_transfer", num_classes=net.num_classes)
     if conversion.arch != arch:
         raise CheckpointError(f"{path}: checkpoint is {conversion.arch} but the model is {arch}; build "
@@ -130,30 +126,18 @@ def save_run_checkpoint(path: PathLike, net: nn.Cell, meta: dict, optimizer: Opt
     write_weights(path, state, {"naming": "ms_transfer", "num_classes": len(meta["classes"]), **meta})
 
 
-def load_run_checkpoint(path: PathLike):
-    """Rebuild the model saved by :func:`save_run_checkpoint`; returns ``(net, weights)``.
-
-    ``weights.meta`` holds the run metadata (arch, classes, config, epoch, metrics); optimizer entries
-    stay in ``weights.state`` under :data:`OPTIMIZER_PREFIX` for ``--resume``.
-    """
-    from .models import create_model  # local: models imports this module lazily for pretrained loading
-    weights = read_weights(path)
-    if "arch" not in weights.meta or "classes" not in weights.meta:
-        raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); "
-                              "use ms_transfer.checkpoint.load_pretrained for plain weight files")
-    net = create_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]))
-    state = {k: v for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
-    if weights.meta.get("naming", "ms_transfer") != "ms_transfer":  # e.g. torch_reference.train's best.pth
-        state, _, _ = convert_weights(WeightFile(OrderedDict(state), weights.meta, weights.path), "ms_transfer")
-    load_state_into(net, state)
-    return net, weights
+#: optimizer entries derived from the config, rebuilt rather than restored: the per-step learning-rate lists
+#: are as long as the stage, which ``--resume --epochs N`` extends (restoring the old list made MindSpore's
+#: ``Gather`` index past its end: "input_indices should be in the range [0, 5), but got 5")
+DERIVED_OPTIMIZER_ENTRIES = ("learning_rate",)
 
 
 def load_optimizer_state(optimizer: nn.Cell, net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
-    """Restore optimizer entries written by :func:`save_run_checkpoint` (strict: all must be present)."""
+    """Restore optimizer entries written by :func:`save_run_checkpoint` (strict: all must be present), except
+    :data:`DERIVED_OPTIMIZER_ENTRIES`, which the optimizer already holds for the current config."""
     own = {id(p) for p in net.get_parameters()}
     for name, p in optimizer.parameters_and_names():
-        if id(p) in own:
+        if id(p) in own or name.split(".")[0] in DERIVED_OPTIMIZER_ENTRIES:
             continue
         key = OPTIMIZER_PREFIX + name
         if key not in state:

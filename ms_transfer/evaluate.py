@@ -4,47 +4,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 from mindspore import nn
 
-from .checkpoint import CheckpointError, load_run_checkpoint
+from .backend import MindSporeBackend
 from .context import set_context
-from .data import DatasetError, check_classes_match, create_dataset, resolve_data_root
-from .metrics import classification_metrics, cross_entropy, format_result, positive_int
+from .core.checkpoint_io import CheckpointError
+from .core.data import DatasetError, check_classes_match, resolve_data_root
+from .core.loop import validate
+from .core.metrics import cross_entropy, format_result, positive_int
+from .data import create_dataset
+from .models import load_run_checkpoint
 
 __all__ = ["evaluate_net", "evaluate_checkpoint", "cross_entropy", "format_result", "main"]
 
 
-def evaluate_net(net: nn.Cell, dataset, num_classes: Optional[int] = None, return_batch: bool = False) -> Dict:
-    """Eval-mode pass over ``dataset`` (batches of ``(image, label)``).
-
-    Returns ``loss`` (mean cross-entropy), ``accuracy``, ``per_class_accuracy`` (``None`` for a class
-    without samples), ``confusion`` (rows: true, columns: predicted), ``num_samples`` and ``seconds``;
-    with ``return_batch`` also ``batch = (images, labels, preds)`` of the first batch (numpy, for plots).
-    The net is left in eval mode.
-    """
-    start = time.perf_counter()
-    net.set_train(False)
-    logits_list, labels = [], []
-    batch = None
-    for x, y in dataset.create_tuple_iterator(num_epochs=1):
-        logits = net(x).asnumpy()
-        y = y.asnumpy().astype(np.int64)
-        if return_batch and batch is None:
-            batch = (x.asnumpy(), y, logits.argmax(axis=1))
-        logits_list.append(logits)
-        labels.append(y)
-    if not labels:
-        raise DatasetError("the evaluation set is empty")
-    result = classification_metrics(logits_list, labels, num_classes or logits_list[0].shape[1])
-    result["seconds"] = time.perf_counter() - start
-    if return_batch:
-        result["batch"] = batch
-    return result
+def evaluate_net(net: nn.Cell, dataset, num_classes: Optional[int] = None) -> Dict:
+    """Eval-mode pass over ``dataset`` (batches of ``(image, label)``), the loop's own
+    :func:`~ms_transfer.core.loop.validate`: ``loss`` (mean cross-entropy), ``accuracy``, ``per_class_accuracy``
+    (``None`` for a class without samples), ``confusion`` (rows: true, columns: predicted), ``num_samples`` and
+    ``seconds``. The net is left in eval mode."""
+    return validate(MindSporeBackend().adopt(net), dataset.create_tuple_iterator(num_epochs=1),
+                    num_classes or int(net.num_classes))
 
 
 def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size: int = 32,

@@ -10,7 +10,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .checkpoint import CheckpointError, load_run_checkpoint
+from .core.checkpoint_io import CheckpointError
+from .models import load_run_checkpoint
 from .context import set_context
 from .data import load_image_for_eval
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ms_transfer.models import list_models
+from ms_transfer.core.naming import ARCH_SPECS
 
 from .training import TRAIN_BATCH
 from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run_parity
@@ -20,7 +20,10 @@ from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run
 def build_parser() -> argparse.ArgumentParser:
     d = ParityConfig()
     p = argparse.ArgumentParser(prog="python -m parity", description=__doc__)
-    p.add_argument("--arch", default=d.arch, choices=list_models())
+    p.add_argument("--arch", default=d.arch, choices=list(ARCH_SPECS))
+    p.add_argument("--padding", default=d.padding, choices=["torch", "same"],
+                   help="network padding on both sides: torch (torchvision's, default) or same (the MindSpore "
+                        "tutorial's network: asymmetric 'same' padding at stride 2; torch reproduces it explicitly)")
     p.add_argument("--mode", default="both", choices=["graph", "pynative", "both"],
                    help="MindSpore execution mode (default: both, one after the other)")
     p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
@@ -62,14 +65,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = ["graph", "pynative"] if args.mode == "both" else [args.mode]
     reports = []
     for mode in modes:
-        cfg = ParityConfig(arch=args.arch, mode=mode, device=args.device, batch=args.batch,
+        cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
                            regimes=tuple(args.regimes))
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:
             bug = f" | {args.train_steps} training steps" + bug
-        print(f"\n== {cfg.arch} | {mode.upper()} | {cfg.device} | batch {cfg.batch} | {cfg.image_size} px | "
+        print(f"\n== {cfg.arch}{' (same padding)' if cfg.padding == 'same' else ''} | {mode.upper()} | {cfg.device} | batch {cfg.batch} | {cfg.image_size} px | "
               f"seed {cfg.seed}{bug}", flush=True)
         report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
         print(format_table(report.results))

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from mindspore import nn
 
-from ms_transfer import naming
+from ms_transfer.core import naming
 from ms_transfer.checkpoint import load_state_into
 from ms_transfer.optim import momentum_sgd
-from ms_transfer.train import make_loss
-from torch_reference import build_model, load_numpy_state
+from ms_transfer.backend import make_loss
+from torch_reference.models import build_model, load_numpy_state
 
 Arrays = Dict[str, np.ndarray]
 
@@ -25,12 +25,13 @@ Arrays = Dict[str, np.ndarray]
 class TorchEngine:
     """torchvision ResNet in float32 (the floor) or float64 (the reference)."""
 
-    def __init__(self, arch: str, num_classes: int, state: Mapping[str, np.ndarray], dtype: str) -> None:
+    def __init__(self, arch: str, num_classes: int, state: Mapping[str, np.ndarray], dtype: str,
+                 padding: str = "torch") -> None:
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        self.arch, self.num_classes, self.state = arch, num_classes, state
+        self.arch, self.num_classes, self.state, self.padding = arch, num_classes, state, padding
 
     def _model(self):
-        model = build_model(self.arch, self.num_classes).to(self.dtype)
+        model = build_model(self.arch, self.num_classes, self.padding).to(self.dtype)
         load_numpy_state(model, self.state)
         return model
 

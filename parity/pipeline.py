@@ -17,7 +17,7 @@ Where differences come from with ``--resize-backend mindspore`` (the default of 
   rarely (e.g. a 212x146 image at size 73: 105 instead of 106) it is one pixel shorter. The ``resized`` column flags it.
 
 ``--resize-backend pil`` makes MindSpore resize and crop with Pillow and torchvision's arithmetic
-(:class:`ms_transfer.data.PilResizeCenterCrop`); the tensors then agree to float32 rounding, and the exit code
+(:class:`ms_transfer.core.data.PilResizeCenterCrop`); the tensors then agree to float32 rounding, and the exit code
 is 1 if any difference exceeds :data:`ROUNDING_BOUND`. Otherwise it is a report and exits 0 (2 on bad input).
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ms_transfer.data import (
-    IMAGENET_STD, RESIZE_BACKENDS, DatasetError, PathLike, PilResizeCenterCrop, check_resize_backend,
-    eval_resize_size, load_image_for_eval, resolve_data_root, scan_split)
+from ms_transfer.core.data import (IMAGENET_STD, RESIZE_BACKENDS, DatasetError, PathLike, PilResizeCenterCrop,
+                                   check_resize_backend, eval_resize_size, resolve_data_root, scan_split)
+from ms_transfer.data import load_image_for_eval
 
 #: Largest difference two correct float32 normalisations of the same uint8 pixel may show.
 #: torchvision computes ``(x/255 - m)/s``, MindSpore ``(x - 255m)/(255s)``: same value, other rounding.

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ms_transfer.checkpoint_io import WeightFile
-from ms_transfer.convert import convert_weights
-from torch_reference import build_model, numpy_state
+from ms_transfer.core.checkpoint_io import WeightFile
+from ms_transfer.core.convert import convert_weights
+from torch_reference.models import build_model, numpy_state
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Problem:
     y: np.ndarray
 
 
-def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed: int) -> Problem:
+def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed: int, padding: str = "torch") -> Problem:
     """Seeded weights whose BN statistics and affine parameters are not their init values.
 
     Running statistics are calibrated on random batches (cumulative average, as torch does with
@@ -33,7 +33,7 @@ def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed:
     parameters are then perturbed so that a swapped or dropped gamma/beta shows up in the logits.
     """
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes)
+    model = build_model(arch, num_classes, padding)
     gen = torch.Generator().manual_seed(seed + 1)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in bns:

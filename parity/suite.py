@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ms_transfer.context import set_context
-from ms_transfer.models import create_model
+from ms_transfer.models import build_model
 
 from .bugs import inject
 from .compare import FLOOR_SAMPLES, JITTER, K, CheckResult, compare
@@ -26,6 +26,7 @@ class ParityConfig:
     """Everything that defines one parity run."""
 
     arch: str = "resnet50"
+    padding: str = "torch"   # "same": the MindSpore tutorial's network on both sides
     mode: str = "graph"
     device: str = "CPU"
     batch: int = 2
@@ -102,17 +103,17 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
     set_context(cfg.mode, cfg.device)
     report = ParityReport(cfg)
     t0 = time.perf_counter()
-    problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed)
+    problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
     if cfg.train_steps:
         _run_training(cfg, problem, report, log)
         report.seconds["total"] = time.perf_counter() - t0
         return report
-    reference = TorchEngine(cfg.arch, cfg.num_classes, problem.torch_state, "float64")
+    reference = TorchEngine(cfg.arch, cfg.num_classes, problem.torch_state, "float64", cfg.padding)
     floors = []
     for i in range(FLOOR_SAMPLES):
         p = _jittered(problem, cfg.seed + 100 + i)
-        floors.append((TorchEngine(cfg.arch, cfg.num_classes, p.torch_state, "float32"), p.x))
-    net = create_model(cfg.arch, num_classes=cfg.num_classes)
+        floors.append((TorchEngine(cfg.arch, cfg.num_classes, p.torch_state, "float32", cfg.padding), p.x))
+    net = build_model(cfg.arch, cfg.num_classes, cfg.padding)
     ms_state = dict(problem.ms_state)
     if cfg.inject:
         inject(cfg.inject, net, ms_state)
@@ -158,7 +159,7 @@ def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log
     for regime in cfg.regimes:
         t = time.perf_counter()
         log(f"training {cfg.train_steps} steps: {regime} ...")
-        rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed)
+        rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
         ref = torch_training(rcfg, problem.torch_state, batches, cfg.num_classes, "float64")
         samples = []
         for i in range(FLOOR_SAMPLES):

@@ -1,7 +1,8 @@
 """Training-step parity: N optimizer steps of both frameworks' *real trainers* on the same fixed batches.
 
-``ms_transfer.train.Trainer`` (MindSpore) and ``torch_reference.train.TorchTrainer`` (torchvision) are built
-from one :class:`~ms_transfer.config.TrainConfig` per regime, start from the same weights and see the same
+``ms_transfer.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` (the backends of the one
+training loop) are built
+from one :class:`~ms_transfer.core.config.TrainConfig` per regime, start from the same weights and see the same
 batches (no random augmentation). Compared after ``N`` steps, against the float64 torch reference with the
 noise-floor rule of :mod:`parity.compare` (floor = jittered torch float32 runs of the same trainer):
 
@@ -34,8 +35,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ms_transfer.config import TrainConfig
-from ms_transfer.recipe import plan_stages
+from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.recipe import plan_stages, stage_lrs
 
 from .setup import Problem
 
@@ -54,13 +55,14 @@ Batches = List[Tuple[np.ndarray, np.ndarray]]
 Result = Dict[str, Dict[str, np.ndarray]]
 
 
-def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int) -> TrainConfig:
+def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int, padding: str = "torch"
+                  ) -> TrainConfig:
     """The one config both trainers get for ``regime``."""
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
     return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, optimizer="momentum",
                        lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY, schedule="cosine",
-                       seed=seed, pretrained=None, **REGIMES[regime]).validate(source=f"regime {regime}")
+                       seed=seed, pretrained=None, padding=padding, **REGIMES[regime]).validate(source=f"regime {regime}")
 
 
 def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:
@@ -75,19 +77,20 @@ def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:
 
 def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: Batches, num_classes: int,
                    dtype: str) -> Result:
-    """``len(batches)`` steps of ``TorchTrainer`` in ``dtype`` (float64: the reference; float32: a floor sample)."""
+    """``len(batches)`` steps of ``TorchBackend`` in ``dtype`` (float64: the reference; float32: a floor sample)."""
     import torch
 
-    from torch_reference import build_model, load_numpy_state
-    from torch_reference.train import TorchTrainer
+    from torch_reference.backend import TorchBackend
+    from torch_reference.models import build_model, load_numpy_state
 
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    model = build_model(cfg.arch, num_classes).to(torch_dtype)
+    model = build_model(cfg.arch, num_classes, cfg.padding).to(torch_dtype)
     load_numpy_state(model, state)
-    trainer = TorchTrainer(cfg, model, steps_per_epoch=len(batches))
-    trainer.enter(plan_stages(cfg)[0], verbose=False)
+    trainer = TorchBackend(cfg).adopt(model, cfg.arch, cfg.padding)
+    stage = plan_stages(cfg)[0]
+    trainer.enter_stage(stage, stage_lrs(cfg, stage, len(batches)))
     before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    losses = [trainer.train_step(torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y)) for x, y in batches]
+    losses = [trainer.train_step(torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y))[0] for x, y in batches]
     after = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     params = {k for k, _ in model.named_parameters()}
     return {"losses": {"": np.array(losses)},
@@ -117,10 +120,9 @@ def _bn_weight_decay_skipped(trainer) -> None:
     """MindSpore's default for ``weight_decay=<float>``: every ``gamma``/``beta`` is skipped (torch decays all)."""
     from mindspore import nn
 
-    from ms_transfer.freeze import lr_groups
-    from ms_transfer.recipe import stage_lrs
+    from ms_transfer.optim import lr_groups
     cfg = trainer.cfg
-    base = stage_lrs(cfg, trainer.stage, trainer.steps_per_epoch)
+    base = trainer.lrs
     groups = []
     for mult, params in lr_groups(trainer.net.trainable_params(), cfg.lr_mult):
         bn = [p for p in params if p.name.endswith(("gamma", "beta"))]
@@ -150,25 +152,26 @@ TRAIN_BUGS: Mapping[str, Tuple[Optional[Callable], Optional[Callable]]] = {
 
 def mindspore_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: Batches, num_classes: int,
                        inject: Optional[str] = None) -> Result:
-    """``len(batches)`` steps of ``ms_transfer.train.Trainer`` (current MindSpore mode/device), torchvision names."""
+    """``len(batches)`` steps of ``MindSporeBackend`` (current MindSpore mode/device), torchvision names."""
     import mindspore as ms
 
-    from ms_transfer import naming
+    from ms_transfer.backend import MindSporeBackend
     from ms_transfer.checkpoint import load_state_into
-    from ms_transfer.models import create_model
-    from ms_transfer.train import Trainer
+    from ms_transfer.core import naming
+    from ms_transfer.models import build_model
 
     before_build, after_enter = TRAIN_BUGS[inject] if inject else (None, None)
     if before_build:
         cfg = before_build(cfg)
-    net = create_model(cfg.arch, num_classes=num_classes)
+    net = build_model(cfg.arch, num_classes, cfg.padding)
     load_state_into(net, state, strict=True)
-    trainer = Trainer(cfg, net, steps_per_epoch=len(batches))
-    trainer.enter(plan_stages(cfg)[0], verbose=False)
+    trainer = MindSporeBackend(cfg).adopt(net)
+    stage = plan_stages(cfg)[0]
+    trainer.enter_stage(stage, stage_lrs(cfg, stage, len(batches)))
     if after_enter:
         after_enter(trainer)
     before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
-    losses = [trainer.train_step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))) for x, y in batches]
+    losses = [trainer.train_step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))[0] for x, y in batches]
     params = {p.name: p.asnumpy() - before[p.name] for p in net.get_parameters()}
 
     def tv(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ def ms_mode(request):
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Downloads and trunk-feature caches go to a fresh folder per test, never to ~/.cache/ms_transfer."""
-    import ms_transfer.recipe as recipe
+    import ms_transfer.core.recipe as recipe
     monkeypatch.setattr(recipe, "CACHE_DIR", tmp_path_factory.mktemp("cache"))
 
 

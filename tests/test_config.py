@@ -1,7 +1,7 @@
 """One config schema: YAML + flags, clear errors naming the key."""
 import pytest
 
-from ms_transfer.config import DEFAULT_CONFIG, ConfigError, TrainConfig, resolve_config
+from ms_transfer.core.config import DEFAULT_CONFIG, ConfigError, TrainConfig, resolve_config
 
 
 def _yaml(tmp_path, text):

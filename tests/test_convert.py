@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from ms_transfer import naming
+from ms_transfer.core import naming
 from ms_transfer.checkpoint import load_pretrained
-from ms_transfer.checkpoint_io import CheckpointError, read_weights
-from ms_transfer.convert import main as convert_main
+from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
+from ms_transfer.core.convert import main as convert_main
 from ms_transfer.models import create_model
 from torch_reference import build_model
 
@@ -140,7 +140,7 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
     src, _ = _torch_checkpoint(tmp_path, "resnet18")
     dst = tmp_path / "out.ckpt"
     dst.write_bytes(b"previous good checkpoint")
-    import ms_transfer.checkpoint_io as io
+    import ms_transfer.core.checkpoint_io as io
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

@@ -1,4 +1,4 @@
-"""ms_transfer.download against a loopback HTTP server (no internet needed)."""
+"""ms_transfer.core.download against a loopback HTTP server (no internet needed)."""
 
 import io
 import socket
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ms_transfer.data import scan_split
-from ms_transfer.download import DownloadError, download_and_extract, download_file
+from ms_transfer.core.data import scan_split
+from ms_transfer.core.download import DownloadError, download_and_extract, download_file
 
 
 def _jpeg_bytes(seed: int) -> bytes:

@@ -1,4 +1,5 @@
-"""Frozen-trunk fast path and trunk-feature cache (ms_transfer.features, wired into ms_transfer.train)."""
+"""Frozen-trunk fast path (ms_transfer.frozen_trunk) and trunk-feature cache (ms_transfer.core.feature_cache),
+wired into the one training loop (ms_transfer.core.loop) through the MindSpore backend."""
 import json
 import os
 
@@ -7,17 +8,21 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-import ms_transfer.features as features_mod
-import ms_transfer.recipe as recipe
-from ms_transfer.checkpoint import load_run_checkpoint, load_state_into
-from ms_transfer.config import ConfigError, TrainConfig
-from ms_transfer.data import batch_indices, create_dataset, scan_split
-from ms_transfer.demo_data import make_demo_dataset
-from ms_transfer.features import CACHE_STATS, FeatureCache, FeatureCollector, FeatureStore, FrozenTrunkStep
-from ms_transfer.freeze import apply_freeze, strategy_patterns
-from ms_transfer.models import create_model
-from ms_transfer.optim import momentum_sgd
-from ms_transfer.train import make_loss, train
+import ms_transfer.core.feature_cache as features_mod
+import ms_transfer.core.loop as loop
+import ms_transfer.core.recipe as recipe
+from ms_transfer.backend import MindSporeBackend, make_loss
+from ms_transfer.checkpoint import load_state_into
+from ms_transfer.core.config import ConfigError, TrainConfig
+from ms_transfer.core.data import batch_indices, scan_split
+from ms_transfer.core.demo_data import make_demo_dataset
+from ms_transfer.core.feature_cache import CACHE_STATS, FeatureCache, FeatureCollector, FeatureStore, trunk_fingerprint
+from ms_transfer.core.freeze import strategy_patterns
+from ms_transfer.data import create_dataset
+from ms_transfer.frozen_trunk import FrozenTrunkStep
+from ms_transfer.models import create_model, load_run_checkpoint
+from ms_transfer.optim import apply_freeze, momentum_sgd
+from ms_transfer.train import train
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +170,6 @@ def test_cache_views_caches_k_augmented_views_and_resume_rebuilds_a_lost_one(dat
     Resume after epoch 2 with view 1's entry lost: epoch 3 redraws it from epoch 1's pipeline (same seed, same
     batches, so the same features) and the run ends bit-identical to the uninterrupted one; val comes from disk.
     """
-    import ms_transfer.train as train_mod
     views = dict(augment="random", cache_views=2)
     rows, full = _run(data_dir, tmp_path / "full", **views)
     entries = {d: json.loads((d / "meta.json").read_text()) for d in (recipe.CACHE_DIR / "features").iterdir()}
@@ -178,10 +182,10 @@ def test_cache_views_caches_k_augmented_views_and_resume_rebuilds_a_lost_one(dat
     def crash(epoch):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(train_mod, "_after_epoch", crash)
+    monkeypatch.setattr(loop, "_after_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(data_dir, tmp_path / "cut", **views))
-    monkeypatch.setattr(train_mod, "_after_epoch", lambda epoch: None)
+    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
     lost = next(d for d, m in entries.items() if (m["split"], m["view"]) == ("train", 0))
     for f in lost.iterdir():
         f.unlink()
@@ -204,8 +208,9 @@ def _cache(net, root, data_dir, **kw):
     args.update(kw)
     train_samples, _, _ = scan_split(data_dir, "train")
     val_samples, _, _ = scan_split(data_dir, "val")
-    return FeatureCache(net, train_samples=train_samples, val_samples=val_samples, root=root, log=lambda s: None,
-                        **args)
+    trunk = trunk_fingerprint(MindSporeBackend().adopt(net).trunk_arrays())
+    return FeatureCache(trunk, framework="mindspore", train_samples=train_samples, val_samples=val_samples, root=root,
+                        log=lambda s: None, **args)
 
 
 def test_key_changes_with_weights_transform_and_data(tmp_path):
@@ -365,7 +370,7 @@ def test_augment_none_trains_on_the_val_transform_in_both_frameworks(data_dir):
     exact resize, so the two agree to float32 rounding of the normalisation)."""
     from torch_reference.data import create_loader
 
-    from ms_transfer.data import DatasetError
+    from ms_transfer.core.data import DatasetError
     ms_ds, _ = create_dataset(data_dir, "train", 32, 12, train=True, shuffle=False, seed=0, augment="none",
                               resize_backend="pil")
     ms_images = next(ms_ds.create_tuple_iterator(num_epochs=1, output_numpy=True))[0]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ms_transfer import naming
+from ms_transfer.core import naming
 from parity import BUGS, CHECKS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
 from parity.compare import ABS_TERM, K, compare

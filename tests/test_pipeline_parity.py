@@ -11,8 +11,8 @@ import torchvision.transforms as T
 from PIL import Image, ImageDraw
 from torchvision.datasets import ImageFolder
 
-from ms_transfer.data import (
-    DatasetError, PilResizeCenterCrop, create_dataset, eval_resize_size, load_image_for_eval, load_rgb, scan_split)
+from ms_transfer.core.data import DatasetError, PilResizeCenterCrop, eval_resize_size, load_rgb, scan_split
+from ms_transfer.data import create_dataset, load_image_for_eval
 from parity.pipeline import GREY_LEVEL, ROUNDING_BOUND, compare_val_pipelines, main
 from torch_reference.data import ScannedImageFolder, create_loader
 

@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference.train as torch_train_mod
-from ms_transfer import naming
-from ms_transfer.config import TrainConfig
-from ms_transfer.convert import convert_file
-from ms_transfer.demo_data import make_demo_dataset
+import ms_transfer.core.loop as loop
+from ms_transfer.core import naming
+from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.convert import convert_file
+from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.evaluate import evaluate_checkpoint as ms_evaluate
-from ms_transfer.recipe import METRIC_FIELDS, TrainingError, plan_stages
-from torch_reference import build_model
+from ms_transfer.core.recipe import METRIC_FIELDS, TrainingError, plan_stages
+from torch_reference.models import build_model
 from torch_reference.checkpoint import load_run_checkpoint
 from torch_reference.evaluate import evaluate_checkpoint as torch_evaluate
-from torch_reference.train import TorchTrainer, main as torch_main, train as torch_train
+from torch_reference.backend import TorchBackend
+from torch_reference.train import main as torch_main, train as torch_train
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +80,16 @@ def test_checkpoints_cross_evaluate_to_the_same_accuracy(both_runs, data_dir, tm
 
 
 def test_unfreeze_patterns_select_the_same_layers_in_both_frameworks(data_dir, tmp_path):
-    from ms_transfer.freeze import apply_freeze
     from ms_transfer.models import create_model
+    from ms_transfer.optim import apply_freeze
     cfg = _cfg(data_dir, tmp_path, freeze=["*"], unfreeze=["fc.*", "layer4.*"], strategy="finetune")
     stage = plan_stages(cfg)[0]
     net = create_model("resnet18", num_classes=2)
     ms_report = apply_freeze(net, stage.freeze, stage.unfreeze)
     to_tv = naming.name_map("resnet18", "ms_transfer", "torchvision")
     ms_trainable = {to_tv[p.name] for p in net.trainable_params()}
-    trainer = TorchTrainer(cfg, build_model("resnet18", 2), steps_per_epoch=1)
-    trainer.enter(stage, verbose=False)
+    trainer = TorchBackend(cfg).adopt(build_model("resnet18", 2), "resnet18")
+    trainer.enter_stage(stage, [cfg.lr])
     torch_trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert torch_trainable == ms_trainable
     assert torch_trainable and all(n.startswith(("fc.", "layer4.")) for n in torch_trainable)
@@ -119,10 +120,10 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
     def crash(epoch):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(torch_train_mod, "_after_epoch", crash)
+    monkeypatch.setattr(loop, "_after_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
         torch_train(_cfg(data_dir, tmp_path / "cut", **common))
-    monkeypatch.setattr(torch_train_mod, "_after_epoch", lambda epoch: None)
+    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
     torch_train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
     full, resumed = _torch_state(tmp_path / "full" / "last.pth"), _torch_state(tmp_path / "cut" / "last.pth")
     for k in full:
@@ -138,9 +139,7 @@ def test_a_run_directory_of_the_other_framework_is_refused(both_runs, data_dir):
     assert (ms_run / "metrics.jsonl").read_text() == before  # nothing touched
 
 
-def test_cli_errors_exit_2(tmp_path, capsys, monkeypatch):
-    # main() releases the oneDNN AVX2 cap for torch; monkeypatch restores it for the rest of this process
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+def test_cli_errors_exit_2(tmp_path, capsys):
     assert torch_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -4,12 +4,15 @@ import json
 import numpy as np
 import pytest
 
-import ms_transfer.checkpoint_io as checkpoint_io
-import ms_transfer.recipe as recipe
-import ms_transfer.train as train_mod
-from ms_transfer.checkpoint import load_run_checkpoint
-from ms_transfer.config import TrainConfig
-from ms_transfer.demo_data import make_demo_dataset
+import ms_transfer.core.checkpoint_io as checkpoint_io
+import ms_transfer.core.recipe as recipe
+import ms_transfer.core.loop as loop
+from ms_transfer.backend import MindSporeBackend
+from ms_transfer.models import load_run_checkpoint
+from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.runlock import LOCK_NAME
+from ms_transfer.core.weights import url_cache_path
+from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.models import create_model
 from ms_transfer.train import TrainingError, main, train
 
@@ -66,10 +69,10 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch, mode):
     def crash(epoch):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(train_mod, "_after_epoch", crash)
+    monkeypatch.setattr(loop, "_after_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(data_dir, tmp_path / "cut", **common))
-    monkeypatch.setattr(train_mod, "_after_epoch", lambda epoch: None)
+    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
     train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
 
     full = _params(load_run_checkpoint(tmp_path / "full" / "last.ckpt")[0])
@@ -97,7 +100,8 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(data_dir, tmp_path, mo
     for name in ("last.ckpt", "best.ckpt"):
         net, weights = load_run_checkpoint(tmp_path / "run" / name)
         assert weights.meta["epoch"] == 1
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files left
+    left = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+    assert left == [LOCK_NAME]  # no temp files left (the lock is released: its holder note is gone)
 
 
 def test_end_to_end_files_and_two_stage_schedule(data_dir, tmp_path):
@@ -129,12 +133,12 @@ def test_existing_run_is_never_overwritten(data_dir, tmp_path, capsys):
 def test_non_finite_loss_stops_with_clear_message(data_dir, tmp_path, monkeypatch):
     # A diverging run, made deterministic: the 5th step (epoch 2) returns NaN. (A huge lr no longer does it
     # reliably: the log-space loss stays finite, ~1e29, where the tutorial's loss overflowed to inf.)
-    real_step, calls = train_mod.Trainer.train_step, []
+    real_step, calls = MindSporeBackend.train_step, []
 
-    def diverging(self, x, y):
+    def diverging(self, x, y, want_features=False):
         calls.append(1)
-        return float("nan") if len(calls) == 5 else real_step(self, x, y)
-    monkeypatch.setattr(train_mod.Trainer, "train_step", diverging)
+        return (float("nan"), None) if len(calls) == 5 else real_step(self, x, y, want_features)
+    monkeypatch.setattr(MindSporeBackend, "train_step", diverging)
     with pytest.raises(TrainingError, match="epoch 2: loss became nan"):
         train(_cfg(data_dir, tmp_path / "run", epochs=2))
     meta = load_run_checkpoint(tmp_path / "run" / "last.ckpt")[1].meta
@@ -183,7 +187,7 @@ def test_pretrained_url_is_downloaded_once_and_loaded(data_dir, tmp_path, monkey
     for name in ("a", "b"):
         train(_cfg(data_dir, tmp_path / name, pretrained_url=url, strategy="fixed_feature"))
     assert hits == ["/weights/resnet18.pth"]  # the second run used the cache
-    assert (tmp_path / "cache" / "resnet18.pth").is_file()
+    assert (url_cache_path(url, tmp_path / "cache")).is_file()  # keyed by the whole URL
     trained = _params(load_run_checkpoint(tmp_path / "a" / "last.ckpt")[0])
     np.testing.assert_array_equal(trained["conv1.weight"], tv.conv1.weight.detach().numpy())
     np.testing.assert_array_equal(trained["layer3.1.norm2.moving_variance"],

@@ -2,7 +2,7 @@
 
 A run checkpoint (``best.pth`` / ``last.pth``) is ``{"model": state_dict, "optimizer": state_dict, "step": int,
 META_KEY: json}``: only tensors, numbers and strings, so it loads with ``torch.load(..., weights_only=True)``.
-``ms_transfer.checkpoint_io.read_weights`` reads it (weights + metadata), so ``python -m ms_transfer.convert``
+``ms_transfer.core.checkpoint_io.read_weights`` reads it (weights + metadata), so ``python -m ms_transfer.core.convert``
 and ``python -m ms_transfer.evaluate`` accept it as they accept a ``.ckpt``.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ms_transfer.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
-from ms_transfer.convert import convert_weights
+from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
+from ms_transfer.core.convert import convert_weights
 
 from .models import build_model, load_numpy_state
 
@@ -46,7 +46,8 @@ def load_run_checkpoint(path: PathLike) -> Tuple[torch.nn.Module, Dict[str, Any]
         raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); use "
                               "load_pretrained for plain weight files")
     state, _, _ = convert_weights(weights, "torchvision")
-    model = build_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]))
+    model = build_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]),
+                        padding=weights.meta.get("padding", "torch"))
     load_numpy_state(model, state)
     raw: Dict[str, Any] = {}
     if path.suffix.lower() in (".pth", ".pt"):

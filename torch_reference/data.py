@@ -1,32 +1,32 @@
 """The torchvision side of the data pipeline, on exactly the files and labels ``ms_transfer.data`` uses.
 
 Scanning is *not* re-implemented: :class:`ScannedImageFolder` takes its classes from
-:func:`ms_transfer.data.list_classes` and its samples from :func:`ms_transfer.data.scan_split`, so
+:func:`ms_transfer.core.data.list_classes` and its samples from :func:`ms_transfer.core.data.scan_split`, so
 hidden entries, non-image files and unreadable images are skipped by the same policy, in the same
 sorted order, with the same class indices as the MindSpore dataset. Images are decoded with Pillow to
-RGB (torchvision's ``pil_loader``, the same conversion as :func:`ms_transfer.data.load_rgb`).
+RGB (torchvision's ``pil_loader``, the same conversion as :func:`ms_transfer.core.data.load_rgb`).
 
 The transforms are torchvision's own (the tutorial's recipe): ``RandomResizedCrop`` +
 ``RandomHorizontalFlip`` for training; ``Resize(int(S*256/224))`` + ``CenterCrop(S)`` for eval, which
 on PIL images is Pillow's antialiased bilinear resize; then ``ToTensor`` + ``Normalize`` with the
-ImageNet constants of ``ms_transfer.data``.
+ImageNet constants of ``ms_transfer.core.data``.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torchvision.transforms as T
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
-from ms_transfer.data import (
-    IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, PathLike, check_augment, check_same_classes,
-    eval_resize_size, resolve_data_root, scan_split)
+from ms_transfer.core.data import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike,
+                                   check_augment, check_same_classes, eval_resize_size, resolve_data_root, scan_split,
+                                   shuffle_order)
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ def val_transforms(image_size: int) -> T.Compose:
 
 class ScannedImageFolder(ImageFolder):
     """``torchvision.datasets.ImageFolder`` over ``root/split`` whose classes and samples come from
-    :mod:`ms_transfer.data`'s scan (same skips, order and labels as the MindSpore dataset).
+    :mod:`ms_transfer.core.data`'s scan (same skips, order and labels as the MindSpore dataset).
 
     ``skipped`` lists the ``(path, reason)`` files the scan rejected. A sample that fails to decode
     while iterating is replaced by the next readable one (by index, wrapping around) after a logged
-    warning and recorded in ``load_failures``, like :class:`ms_transfer.data.ImageSource`. With
+    warning and recorded in ``load_failures``, like :class:`ms_transfer.core.data.ImageSource`. With
     DataLoader workers each worker holds its own copy of the dataset, so ``load_failures`` in the main
     process only records failures when ``num_workers == 0`` (workers still log them).
     """
@@ -68,7 +68,8 @@ class ScannedImageFolder(ImageFolder):
         self.split = split
         # Scan before ImageFolder.__init__, which calls the find_classes/make_dataset overrides below.
         self._scanned, self._scanned_classes, self.skipped = scan_split(self.data_root, split)
-        self.load_failures: List[Tuple[str, str]] = []
+        self.source = ImageSource(self._scanned, decode=pil_loader)
+        self.load_failures: List[Tuple[str, str]] = self.source.load_failures
         super().__init__(str(self.data_root / split), transform=transform, target_transform=target_transform,
                          loader=pil_loader)
 
@@ -84,53 +85,69 @@ class ScannedImageFolder(ImageFolder):
         return list(self._scanned)
 
     def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        n = len(self.samples)
-        for offset in range(n):
-            path, target = self.samples[(int(index) + offset) % n]
-            try:
-                sample = self.loader(path)
-            except Exception as exc:  # Pillow raises many types; a vanished file raises OSError
-                self.load_failures.append((path, f"{type(exc).__name__}: {exc}"))
-                log.warning("Could not decode %s (%s); using the next readable image instead.", path, exc)
-                continue
-            # Transforms run outside the try: a bug there must raise, not silently swap images.
-            if self.transform is not None:
-                sample = self.transform(sample)
-            if self.target_transform is not None:
-                target = self.target_transform(target)
-            return sample, target
-        raise DatasetError(f"None of the {n} images in this split could be decoded any more; "
-                           "check that the data directory is still intact.")
+        image, label = self.source[index]  # decode, or substitute the next readable image (logged, recorded)
+        # Transforms run after decoding: a bug there must raise, not silently swap images.
+        if self.transform is not None:
+            image = self.transform(image)
+        label = int(label)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
+
+
+class SampleDataset(Dataset):
+    """``(transformed image, int label)`` over already scanned ``(path, label)`` samples (no scan of its own)."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], transform: Callable) -> None:
+        self.source = ImageSource(samples, decode=pil_loader)
+        self.transform = transform
+        self.load_failures = self.source.load_failures
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        image, label = self.source[index]
+        return self.transform(image), int(label)
+
+
+def build_loader(samples: Sequence[Tuple[str, int]], image_size: int, batch_size: int, *, train: bool,
+                 shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
+                 ) -> Tuple[DataLoader, List[Tuple[str, str]]]:
+    """A ``DataLoader`` over scanned samples, yielding ``(images float32 Bx3xSxS, labels int64 B)``; returns
+    ``(loader, load_failures)``. The torch counterpart of ``ms_transfer.data.build_dataset``.
+
+    Order: with ``shuffle``, :func:`shuffle_order` ``(n, seed)`` (the MindSpore pipeline's order), else index
+    order. Random augmentation draws from torch's global RNG (``num_workers == 0``), which is seeded here with
+    ``seed`` for a train loader, so an epoch's augmentation is reproducible; workers are seeded from the loader's
+    own generator (also ``seed``). ``load_failures`` records substitutions only with ``num_workers == 0``.
+    """
+    check_augment(augment)
+    transform = train_transforms(image_size) if train and augment == "random" else val_transforms(image_size)
+    dataset = SampleDataset(samples, transform)
+    if train:
+        torch.manual_seed(int(seed))
+    order = shuffle_order(len(dataset), seed).tolist() if shuffle else list(range(len(dataset)))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=max(0, int(num_workers)),
+                        generator=torch.Generator().manual_seed(int(seed)))
+    return loader, dataset.load_failures
 
 
 def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: int, *, train: bool,
-                  shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False, augment: str = "random"
+                  shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
                   ) -> Tuple[DataLoader, DatasetInfo]:
-    """Build a ``DataLoader`` yielding ``(images float32 Bx3xSxS, labels int64 B)``; the torch
-    counterpart of :func:`ms_transfer.data.create_dataset`. Returns ``(loader, DatasetInfo)``.
-
-    Checks that train and val have the same classes. ``train`` with ``augment="random"`` selects the
-    random augmentation; otherwise (eval, or ``augment="none"``) the deterministic val transform.
-
-    Determinism: the shuffle order comes from ``torch.Generator().manual_seed(seed)`` owned by the
-    loader, so two loaders built with the same seed give the same sequence of epochs (each new
-    iteration of one loader continues that generator: epoch 2 differs from epoch 1). The random
-    augmentations draw from torch's RNG: with ``num_workers > 0`` each worker is seeded from that
-    generator (deterministic), with ``num_workers == 0`` they use the *global* torch RNG, so call
-    ``torch.manual_seed`` before iterating for reproducible augmentations.
-    """
+    """Scan ``data_dir/split`` and build its loader (see :func:`build_loader`); returns ``(loader, DatasetInfo)``.
+    The torch counterpart of :func:`ms_transfer.data.create_dataset`. Checks that train and val have the same
+    classes. Training runs scan once and call :func:`build_loader` per epoch instead."""
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
     root = resolve_data_root(data_dir)
     check_same_classes(root)
-    check_augment(augment)
-    transform = train_transforms(image_size) if train and augment == "random" else val_transforms(image_size)
-    dataset = ScannedImageFolder(root, split, transform=transform)
-    generator = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=max(0, int(num_workers)),
-                        generator=generator, drop_last=drop_last)
-    info = DatasetInfo(classes=list(dataset.classes), num_samples=len(dataset), skipped=list(dataset.skipped),
-                       root=root, load_failures=dataset.load_failures, samples=list(dataset.samples))
+    samples, classes, skipped = scan_split(root, split)
+    loader, failures = build_loader(samples, image_size, batch_size, train=train, shuffle=shuffle, seed=seed,
+                                    num_workers=num_workers, augment=augment)
+    info = DatasetInfo(classes=classes, num_samples=len(samples), skipped=skipped, root=root,
+                       load_failures=failures, samples=list(samples))
     return loader, info
 
 

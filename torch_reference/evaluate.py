@@ -5,47 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
 
-from ms_transfer import release_onednn_cap
-from ms_transfer.checkpoint_io import CheckpointError, read_weights
-from ms_transfer.convert import convert_weights
-from ms_transfer.config import ConfigError
-from ms_transfer.data import DatasetError, check_classes_match, list_classes, resolve_data_root
-from ms_transfer.metrics import classification_metrics, format_result, positive_int
+from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
+from ms_transfer.core.convert import convert_weights
+from ms_transfer.core.config import ConfigError
+from ms_transfer.core.data import DatasetError, check_classes_match, list_classes, resolve_data_root
+from ms_transfer.core.loop import validate
+from ms_transfer.core.metrics import format_result, positive_int
 
+from .backend import TorchBackend, torch_device
 from .data import create_loader
 from .models import build_model, load_numpy_state
 
 
-def torch_device(device: str) -> torch.device:
-    """``CPU`` / ``GPU`` (the config's names) as a torch device; a clear error when CUDA is missing."""
-    if device == "GPU":
-        if not torch.cuda.is_available():
-            raise ConfigError("device GPU requested but torch sees no CUDA device; use --device CPU")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def evaluate_model(model: torch.nn.Module, loader, num_classes: Optional[int] = None) -> Dict:
-    """Eval-mode pass over ``loader``; the same result dict as ``ms_transfer.evaluate.evaluate_net``."""
-    start = time.perf_counter()
-    model.eval()
-    device = next(model.parameters()).device
-    logits, labels = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device)).float().cpu().numpy())
-        labels.append(y.numpy())
-    if not labels:
-        raise DatasetError("the evaluation set is empty")
-    result = classification_metrics(logits, labels, num_classes or logits[0].shape[1])
-    result["seconds"] = time.perf_counter() - start
-    return result
+def evaluate_model(model: torch.nn.Module, loader, num_classes: int) -> Dict:
+    """Eval-mode pass over ``loader``: the loop's own :func:`~ms_transfer.core.loop.validate` (the same result
+    dict as ``ms_transfer.evaluate.evaluate_net``)."""
+    backend = TorchBackend()
+    backend.device = next(model.parameters()).device
+    return validate(backend.adopt(model), loader, num_classes)
 
 
 def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size: int = 32,
@@ -82,7 +64,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
-    release_onednn_cap()  # a torch-only process: let torch use AVX-512 (see ms_transfer/__init__.py)
     args = p.parse_args(argv)
     try:
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,

@@ -1,20 +1,68 @@
-"""torchvision ResNets (never a re-implementation) and numpy state-dict exchange."""
+"""torchvision ResNets (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding,
+and numpy state-dict exchange."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 
+from ms_transfer.core.naming import ARCH_SPECS
 
-def build_model(arch: str, num_classes: int = 1000) -> torch.nn.Module:
-    """``torchvision.models.<arch>(weights=None, num_classes=num_classes)``."""
-    factory = getattr(torchvision.models, arch, None)
-    if factory is None or not arch.startswith("resnet"):
-        raise ValueError(f"unknown arch {arch!r}; use resnet18/34/50/101/152")
-    return factory(weights=None, num_classes=num_classes)
+PADDINGS = ("torch", "same")
+
+
+def same_padding(size: int, kernel_size: int, stride: int) -> Tuple[int, int]:
+    """``(before, after)`` padding of MindSpore's (TensorFlow's) ``pad_mode='same'`` along one axis: the output
+    is ``ceil(size / stride)``; the extra pixel of an odd total goes after (bottom / right)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePadding:
+    """Forward pre-hook padding a conv's / max-pool's input like MindSpore's ``pad_mode='same'`` (the module's own
+    padding is set to 0); max-pool pads with ``-inf`` so padded cells never win."""
+
+    def __init__(self, kernel_size: int, stride: int, value: float = 0.0) -> None:
+        self.kernel_size, self.stride, self.value = kernel_size, stride, value
+
+    def __call__(self, module: torch.nn.Module, args):
+        x = args[0]
+        top, bottom = same_padding(x.shape[-2], self.kernel_size, self.stride)
+        left, right = same_padding(x.shape[-1], self.kernel_size, self.stride)
+        return (F.pad(x, (left, right, top, bottom), value=self.value),) + tuple(args[1:])
+
+
+def _pad_same(module: torch.nn.Module, kernel_size: int, stride: int, value: float = 0.0) -> None:
+    module.padding = 0 if isinstance(module, torch.nn.MaxPool2d) else (0, 0)
+    module.register_forward_pre_hook(SamePadding(kernel_size, stride, value))
+
+
+def use_same_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn a torchvision ResNet into the MindSpore tutorial's network: the stem conv, the max-pool and every
+    strided 3x3 conv pad ``'same'`` (asymmetric at stride 2); 1x1 convs have no padding in either convention.
+    Parameter names and shapes are unchanged (hooks, not new modules)."""
+    _pad_same(model.conv1, 7, 2)
+    _pad_same(model.maxpool, 3, 2, value=float("-inf"))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (2, 2):
+            _pad_same(module, 3, 2)
+    return model
+
+
+def build_model(arch: str, num_classes: int = 1000, padding: str = "torch") -> torch.nn.Module:
+    """``torchvision.models.<arch>(weights=None, num_classes=num_classes)``; ``padding="same"``: see
+    :func:`use_same_padding`."""
+    if arch not in ARCH_SPECS:
+        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCH_SPECS)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    return use_same_padding(model) if padding == "same" else model
 
 
 def numpy_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":

@@ -1,7 +1,9 @@
-"""MindSpore models: the ResNet family, registry and factories."""
-from .registry import create_model, list_models, register_model
-from .resnet import (ARCH_SPECS, ResidualBlock, ResidualBlockBase, ResNet, make_layer, resnet18, resnet34,
+"""MindSpore models: the ResNet family, the registry, and the factory that builds them with weights."""
+from .factory import build_model, create_model, load_run_checkpoint
+from .registry import list_models, model_builder, register_model
+from .resnet import (BLOCKS, PADDINGS, ResidualBlock, ResidualBlockBase, ResNet, make_layer, resnet18, resnet34,
                      resnet50, resnet101, resnet152)
 
-__all__ = ["create_model", "list_models", "register_model", "ARCH_SPECS", "ResidualBlock", "ResidualBlockBase",
-           "ResNet", "make_layer", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = ["build_model", "create_model", "load_run_checkpoint", "list_models", "model_builder", "register_model",
+           "BLOCKS", "PADDINGS", "ResidualBlock", "ResidualBlockBase", "ResNet", "make_layer", "resnet18", "resnet34",
+           "resnet50", "resnet101", "resnet152"]

@@ -1,14 +1,18 @@
-"""Model registry in the style of mindcv / timm: ``@register_model`` + ``create_model``."""
+"""Model registry in the style of mindcv / timm: ``@register_model`` records a model builder by name."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 _MODELS: Dict[str, Callable] = {}
 
 
 def register_model(fn: Callable) -> Callable:
-    """Register a model factory under its function name."""
-    _MODELS[fn.__name__] = fn
+    """Register a model builder under its function name; a second builder with the same name is an error."""
+    name = fn.__name__
+    if name in _MODELS and _MODELS[name] is not fn:
+        raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].__module__}); "
+                         "give the new builder another name")
+    _MODELS[name] = fn
     return fn
 
 
@@ -17,12 +21,8 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs):
-    """Build a registered model by name, optionally loading weights from ``pretrained`` (a file path).
-
-    ``pretrained`` may be a MindSpore ``.ckpt``, a torch ``.pth``/``.pt`` or a ``.safetensors`` file in any
-    supported naming scheme; a head of a different size is left out and reported (transfer learning).
-    """
+def model_builder(name: str) -> Callable:
+    """The registered builder of ``name``; a clear error listing the available names otherwise."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return _MODELS[name]

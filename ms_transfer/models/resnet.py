@@ -11,37 +11,62 @@ The module keeps the MindSpore ResNet50 tutorial's shape and parameter names (``
 * global average pooling is a mean over H, W, so any input size works (not a fixed ``AvgPool2d(7)``);
 * BatchNorm momentum is MindSpore's convention: ``moving = m * moving + (1 - m) * batch`` with
   ``m = 1 - torch_momentum = 0.9``; eps is torch's 1e-5.
+
+``padding="same"`` builds the tutorial's own network instead (the convention its ``resnet50_224_new.ckpt`` was
+trained and evaluated with): the stem conv, the max-pool and every strided conv use MindSpore's ``'same'``
+padding, which at stride 2 pads ``total = max((ceil(n/s) - 1) * s + k - n, 0)`` split as ``total // 2``
+top/left and the rest bottom/right. ``torch_reference.models`` reproduces it with explicit asymmetric padding.
+
+Models know nothing about checkpoints: :mod:`ms_transfer.models.factory` builds them and loads weights.
 """
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence, Type, Union
 
-from mindspore import Tensor, nn
-from mindspore.common.initializer import HeNormal, Uniform
+from .. import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
+from mindspore import Tensor, nn  # noqa: E402
+from mindspore.common.initializer import HeNormal, Uniform  # noqa: E402
 
-from .registry import register_model
+from ..core.naming import ARCH_SPECS  # noqa: E402
+from .registry import register_model  # noqa: E402
 
 __all__ = [
     "ResidualBlockBase", "ResidualBlock", "ResNet", "make_layer", "conv3x3", "conv1x1", "batch_norm",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "ARCH_SPECS", "TORCH_BN_MOMENTUM",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "BLOCKS", "PADDINGS", "TORCH_BN_MOMENTUM",
 ]
 
 #: torch's BatchNorm default momentum. MindSpore's ``momentum`` is the weight of the *old* statistic.
 TORCH_BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
+#: ``torch``: torchvision's symmetric padding (default); ``same``: the MindSpore tutorial's network
+PADDINGS = ("torch", "same")
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with torch-style symmetric padding 1 and no bias."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, pad_mode="pad", padding=1,
-                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+def _check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return padding
 
 
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 convolution without padding or bias."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, pad_mode="valid",
-                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+def _pad_args(kernel_size: int, stride: int, padding: str) -> dict:
+    """Symmetric ``(k - 1) // 2`` (torch), or MindSpore's ``'same'`` where it differs from it (stride > 1)."""
+    if padding == "same" and stride > 1:
+        return {"pad_mode": "same"}
+    pad = (kernel_size - 1) // 2
+    return {"pad_mode": "pad", "padding": pad} if pad else {"pad_mode": "valid"}
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, padding: str = "torch") -> nn.Conv2d:
+    """3x3 convolution without bias, padded 1 on every side (or ``'same'`` at stride 2, see the module doc)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **_pad_args(3, stride, padding))
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1, padding: str = "torch") -> nn.Conv2d:
+    """1x1 convolution without padding or bias (``'same'`` adds none either, at any stride)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **_pad_args(1, stride, padding))
 
 
 def batch_norm(num_features: int) -> nn.BatchNorm2d:
@@ -55,9 +80,9 @@ class ResidualBlockBase(nn.Cell):
     expansion: int = 1
 
     def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
-                 down_sample: Optional[nn.Cell] = None) -> None:
+                 down_sample: Optional[nn.Cell] = None, padding: str = "torch") -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channel, out_channel, stride)
+        self.conv1 = conv3x3(in_channel, out_channel, stride, padding)
         self.norm1 = batch_norm(out_channel)
         self.conv2 = conv3x3(out_channel, out_channel)
         self.norm2 = batch_norm(out_channel)
@@ -79,11 +104,11 @@ class ResidualBlock(nn.Cell):
     expansion: int = 4
 
     def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
-                 down_sample: Optional[nn.Cell] = None) -> None:
+                 down_sample: Optional[nn.Cell] = None, padding: str = "torch") -> None:
         super().__init__()
         self.conv1 = conv1x1(in_channel, out_channel)
         self.norm1 = batch_norm(out_channel)
-        self.conv2 = conv3x3(out_channel, out_channel, stride)
+        self.conv2 = conv3x3(out_channel, out_channel, stride, padding)
         self.norm2 = batch_norm(out_channel)
         self.conv3 = conv1x1(out_channel, out_channel * self.expansion)
         self.norm3 = batch_norm(out_channel * self.expansion)
@@ -104,13 +129,13 @@ Block = Type[Union[ResidualBlockBase, ResidualBlock]]
 
 
 def make_layer(last_out_channel: int, block: Block, channel: int, block_nums: int,
-               stride: int = 1) -> nn.SequentialCell:
+               stride: int = 1, padding: str = "torch") -> nn.SequentialCell:
     """Stack ``block_nums`` blocks; the first one downsamples (1x1 conv + BN) when shape changes."""
     down_sample = None
     if stride != 1 or last_out_channel != channel * block.expansion:
-        down_sample = nn.SequentialCell([conv1x1(last_out_channel, channel * block.expansion, stride),
+        down_sample = nn.SequentialCell([conv1x1(last_out_channel, channel * block.expansion, stride, padding),
                                          batch_norm(channel * block.expansion)])
-    layers = [block(last_out_channel, channel, stride=stride, down_sample=down_sample)]
+    layers = [block(last_out_channel, channel, stride=stride, down_sample=down_sample, padding=padding)]
     for _ in range(1, block_nums):
         layers.append(block(channel * block.expansion, channel))
     return nn.SequentialCell(layers)
@@ -123,21 +148,24 @@ class ResNet(nn.Cell):
     ``forward_head`` applies the classifier ``fc``. ``reset_classifier`` swaps the head for transfer.
     """
 
-    def __init__(self, block: Block, layer_nums: Sequence[int], num_classes: int = 1000) -> None:
+    def __init__(self, block: Block, layer_nums: Sequence[int], num_classes: int = 1000, padding: str = "torch",
+                 arch: Optional[str] = None) -> None:
         super().__init__()
+        self.arch = arch  # the registered name (set by the builders), read by checkpoint loading and backends
+        self.padding = _check_padding(padding)
         self.block = block
         self.layer_nums = tuple(layer_nums)
         self.num_features = 512 * block.expansion
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, pad_mode="pad", padding=3, has_bias=False,
-                               weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, has_bias=False,
+                               weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **_pad_args(7, 2, padding))
         self.norm = batch_norm(64)
         self.relu = nn.ReLU()
-        self.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
-        self.layer1 = make_layer(64, block, 64, layer_nums[0])
-        self.layer2 = make_layer(64 * block.expansion, block, 128, layer_nums[1], stride=2)
-        self.layer3 = make_layer(128 * block.expansion, block, 256, layer_nums[2], stride=2)
-        self.layer4 = make_layer(256 * block.expansion, block, 512, layer_nums[3], stride=2)
+        self.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, **_pad_args(3, 2, padding))
+        self.layer1 = make_layer(64, block, 64, layer_nums[0], padding=padding)
+        self.layer2 = make_layer(64 * block.expansion, block, 128, layer_nums[1], stride=2, padding=padding)
+        self.layer3 = make_layer(128 * block.expansion, block, 256, layer_nums[2], stride=2, padding=padding)
+        self.layer4 = make_layer(256 * block.expansion, block, 512, layer_nums[3], stride=2, padding=padding)
         self.fc = _linear(self.num_features, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -167,50 +195,41 @@ def _linear(in_features: int, out_features: int) -> nn.Dense:
     return nn.Dense(in_features, out_features, weight_init=Uniform(bound), bias_init=Uniform(bound))
 
 
-#: depth -> (block, blocks per stage); shared by the factories, checkpoint arch detection and torch side.
-ARCH_SPECS = {
-    "resnet18": (ResidualBlockBase, (2, 2, 2, 2)),
-    "resnet34": (ResidualBlockBase, (3, 4, 6, 3)),
-    "resnet50": (ResidualBlock, (3, 4, 6, 3)),
-    "resnet101": (ResidualBlock, (3, 4, 23, 3)),
-    "resnet152": (ResidualBlock, (3, 8, 36, 3)),
-}
+#: block kind of :data:`ms_transfer.core.naming.ARCH_SPECS` -> block cell
+BLOCKS = {"basic": ResidualBlockBase, "bottleneck": ResidualBlock}
 
 
-def _resnet(arch: str, num_classes: int, pretrained: Optional[str], strict: bool = False) -> ResNet:
-    block, layers = ARCH_SPECS[arch]
-    model = ResNet(block, layers, num_classes)
-    if pretrained:
-        from ..checkpoint import load_pretrained  # local import: checkpoint imports this module
-        load_pretrained(model, pretrained, strict=strict)
-    return model
+def _resnet(arch: str, num_classes: int, padding: str) -> ResNet:
+    kind, layers = ARCH_SPECS[arch]
+    return ResNet(BLOCKS[kind], layers, num_classes, padding=padding, arch=arch)
 
 
 @register_model
-def resnet18(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+def resnet18(num_classes: int = 1000, padding: str = "torch") -> ResNet:
     """ResNet-18 (basic blocks [2, 2, 2, 2])."""
-    return _resnet("resnet18", num_classes, pretrained, **kwargs)
+    return _resnet("resnet18", num_classes, padding)
 
 
 @register_model
-def resnet34(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+def resnet34(num_classes: int = 1000, padding: str = "torch") -> ResNet:
     """ResNet-34 (basic blocks [3, 4, 6, 3])."""
-    return _resnet("resnet34", num_classes, pretrained, **kwargs)
+    return _resnet("resnet34", num_classes, padding)
 
 
 @register_model
-def resnet50(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
-    """ResNet-50 (bottlenecks [3, 4, 6, 3]); the tutorial's ``resnet50_224_new.ckpt`` loads into it."""
-    return _resnet("resnet50", num_classes, pretrained, **kwargs)
+def resnet50(num_classes: int = 1000, padding: str = "torch") -> ResNet:
+    """ResNet-50 (bottlenecks [3, 4, 6, 3]); the tutorial's ``resnet50_224_new.ckpt`` loads into it
+    (build it with ``padding="same"``, or through the factory's weights entry, for the tutorial's network)."""
+    return _resnet("resnet50", num_classes, padding)
 
 
 @register_model
-def resnet101(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+def resnet101(num_classes: int = 1000, padding: str = "torch") -> ResNet:
     """ResNet-101 (bottlenecks [3, 4, 23, 3])."""
-    return _resnet("resnet101", num_classes, pretrained, **kwargs)
+    return _resnet("resnet101", num_classes, padding)
 
 
 @register_model
-def resnet152(num_classes: int = 1000, pretrained: Optional[str] = None, **kwargs) -> ResNet:
+def resnet152(num_classes: int = 1000, padding: str = "torch") -> ResNet:
     """ResNet-152 (bottlenecks [3, 8, 36, 3])."""
-    return _resnet("resnet152", num_classes, pretrained, **kwargs)
+    return _resnet("resnet152", num_classes, padding)

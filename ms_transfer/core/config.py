@@ -13,11 +13,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "wolf_dog_finetune.yaml"
-#: the MindSpore tutorial's ImageNet-pretrained ResNet50 (tutorial parameter names)
-TUTORIAL_CKPT_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/models/application/"
-                     "resnet50_224_new.ckpt")
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from .naming import ARCH_SPECS
+from .weights import TUTORIAL_CKPT_URL
+
+#: the configs shipped inside the package (so an installed, non-editable package has them too)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "wolf_dog_finetune.yaml"
+#: what ``--demo`` without ``--config`` runs: offline, from any directory
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+ARCHS = tuple(ARCH_SPECS)
 
 
 class ConfigError(ValueError):
@@ -37,7 +41,11 @@ class TrainConfig:
 
     arch: str = _f("resnet50", "ResNet depth", ARCHS)
     data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one)")
-    pretrained: Optional[str] = _f(None, "weights to start from: .ckpt, .pth or .safetensors (or 'none')")
+    pretrained: Optional[str] = _f(None, "weights to start from: a .ckpt, .pth or .safetensors file, or an entry of "
+                                         "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
+                                         "downloaded once and verified), or 'none'")
+    padding: str = _f("auto", "network padding: torch (torchvision's), same (the MindSpore tutorial's network), "
+                              "auto (the pretrained weights entry's convention, else torch)", ("auto", "torch", "same"))
     pretrained_url: Optional[str] = _f(None, "download pretrained weights from this URL (cached in "
                                              "~/.cache/ms_transfer); bare flag = the tutorial's ResNet50")
     strategy: str = _f("finetune", "finetune: train all; fixed_feature: only fc; partial: from partial_from up",
@@ -66,22 +74,24 @@ class TrainConfig:
     augment: str = _f("random", "training transform: random (RandomResizedCrop + horizontal flip) or none (the "
                                 "deterministic val transform: resize + center crop, honouring resize_backend)",
                       ("random", "none"))
-    feature_cache: str = _f("auto", "MindSpore only, ignored by torch_reference: with a frozen trunk (only fc "
+    feature_cache: str = _f("auto", "with a frozen trunk (only fc "
                                     "trains) auto caches trunk features (on disk, reused across runs) for the val "
                                     "set and, when augment=none or cache_views>0, for the train set, so later "
                                     "epochs train only the head; off = never cache (the frozen trunk still runs "
                                     "as inference, without backward)", ("auto", "off"))
-    cache_views: int = _f(0, "MindSpore only: with augment=random and a frozen trunk, cache this many augmented "
+    cache_views: int = _f(0, "with augment=random and a frozen trunk, cache this many augmented "
                              "views per image and let epoch e train on view (e-1) mod K: K views repeat, they are "
                              "not fresh augmentation every epoch (0 = no train cache, fresh augmentation; ignored "
                              "with augment=none, which has one view)")
     num_workers: int = _f(2, "data-pipeline workers")
-    mode: str = _f("graph", "MindSpore execution mode", ("graph", "pynative"))
+    mode: str = _f("graph", "MindSpore execution mode (ignored by torch_reference)", ("graph", "pynative"))
     device: str = _f("CPU", "device", ("CPU", "GPU"))
     output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots)")
-    resume: bool = _f(False, "continue from OUTPUT_DIR/last.ckpt")
+    resume: bool = _f(False, "continue the run in OUTPUT_DIR from its last checkpoint; with a larger --epochs, "
+                             "extend a finished run")
     download: bool = _f(False, "download the Canidae dataset into DATA_DIR if missing")
-    demo: bool = _f(False, "generate a small synthetic dataset in DATA_DIR and train on it")
+    demo: bool = _f(False, "generate a small synthetic dataset in DATA_DIR and train on it (without --config: the "
+                           "shipped demo config, offline)")
     seed: int = _f(0, "random seed (weights init, data order, augmentation)")
 
     def validate(self, source: str = "config") -> "TrainConfig":
@@ -166,7 +176,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Flags generated from the schema (``data_dir`` -> ``--data-dir``); every default is "unset"."""
     p = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, default=None,
-                   help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)})")
+                   help=f"YAML config: a path, or the name of a shipped config ("
+                        f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}); default: "
+                        f"{DEFAULT_CONFIG.stem}, or {DEMO_CONFIG.stem} with --demo")
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
         kind, help_ = f.type, f"{f.metadata['help']} (default: {getattr(TrainConfig(), name)!r})"
@@ -192,16 +204,32 @@ def _pattern_mult(text: str):
         raise argparse.ArgumentTypeError(f"expected PATTERN=MULT (e.g. 'fc.*=10'), got {text!r}") from None
 
 
+def config_path(name: Optional[Path], demo: bool = False) -> Path:
+    """The YAML a run reads: ``name`` as a path, else the shipped config of that name (``demo``,
+    ``wolf_dog_finetune.yaml``...); without ``--config``, the demo config for ``--demo``, else the tutorial's."""
+    if name is None:
+        return DEMO_CONFIG if demo else DEFAULT_CONFIG
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix else path.name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {name} not found (shipped configs, usable by name: {known})")
+
+
 def resolve_config(argv: Optional[Sequence[str]], prog: str = "python -m ms_transfer.train",
                    description: str = "") -> TrainConfig:
-    """Defaults < YAML (``--config``, else the wolf-vs-dog finetune config) < flags."""
+    """Defaults < YAML (``--config``, else the wolf-vs-dog finetune config, or the demo config with ``--demo``)
+    < flags."""
     args = vars(build_parser(prog, description).parse_args(argv))
-    config_path = args.pop("config", None) or DEFAULT_CONFIG
-    values = load_yaml(config_path)
+    config_path_ = config_path(args.pop("config", None), bool(args.get("demo")))
+    values = load_yaml(config_path_)
     if "lr_mult" in args:
         args["lr_mult"] = dict(args["lr_mult"])
     values.update(args)
-    return TrainConfig(**values).validate(source=f"{config_path} + flags")
+    return TrainConfig(**values).validate(source=f"{config_path_} + flags")
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

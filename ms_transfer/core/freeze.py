@@ -1,8 +1,9 @@
 """Freezing by parameter name (glob patterns), strategy presets, per-pattern learning-rate multipliers.
 
 Patterns always use this project's (MindSpore tutorial) parameter names; ``torch_reference`` translates its
-torchvision names through :mod:`ms_transfer.naming` before matching, so a pattern means the same layers in
-both frameworks. Only :func:`apply_freeze` and :func:`lr_groups` touch MindSpore objects.
+torchvision names through :mod:`ms_transfer.core.naming` before matching, so a pattern means the same layers in
+both frameworks. Each backend applies them to its own parameters (``ms_transfer.optim.apply_freeze``,
+``torch_reference.backend``).
 
 A frozen BatchNorm (gamma and beta frozen) runs in inference mode: it normalises with its moving
 statistics and never updates them, so a frozen trunk is truly frozen (the tutorial's frozen BNs drift).
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Iterable, List, Mapping, Sequence, Tuple
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -65,33 +66,3 @@ def freeze_report(entries: Iterable[Tuple[str, int, bool]], frozen_bn: int) -> F
         row = rows.setdefault(name.split(".")[0], [0, 0])
         row[0 if trainable else 1] += int(size)
     return FreezeReport(rows, frozen_bn)
-
-
-def apply_freeze(net, freeze: Sequence[str], unfreeze: Sequence[str]) -> FreezeReport:
-    """Set ``requires_grad`` by name and put fully frozen BatchNorms in inference mode.
-
-    Patterns match this project's (MindSpore tutorial) parameter names, e.g. ``layer4.*``, ``fc.*``,
-    ``*.norm*`` (moving statistics are never trainable and are not counted as parameters).
-    """
-    from mindspore import nn
-    entries = []
-    for p in net.get_parameters():
-        if p.name.endswith(("moving_mean", "moving_variance")):
-            continue
-        p.requires_grad = not is_frozen(p.name, freeze, unfreeze)
-        entries.append((p.name, p.size, p.requires_grad))
-    frozen_bn = 0
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, nn.BatchNorm2d):
-            frozen = not (cell.gamma.requires_grad or cell.beta.requires_grad)
-            cell.use_batch_statistics = False if frozen else None
-            frozen_bn += frozen
-    return freeze_report(entries, frozen_bn)
-
-
-def lr_groups(params: Sequence, lr_mult: Mapping[str, float]) -> List[Tuple[float, List]]:
-    """Split ``params`` by the first matching ``lr_mult`` pattern: ``[(multiplier, params), ...]``."""
-    groups: Dict[float, List] = OrderedDict()
-    for p in params:
-        groups.setdefault(lr_multiplier(p.name, lr_mult), []).append(p)
-    return list(groups.items())

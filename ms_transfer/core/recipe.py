@@ -11,13 +11,18 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .checkpoint_io import CheckpointError
 from .config import ConfigError, TrainConfig, resolve_config
 from .data import DatasetError, resolve_data_root
-from .download import DownloadError
+from .demo_data import make_demo_dataset
+from .download import DownloadError, download_canidae, download_file
 from .freeze import strategy_patterns
+from .runlock import RunDirInUse
+from .weights import WeightsEntry, entry_for_url, resolve_pretrained, url_cache_path
 
 CACHE_DIR = Path.home() / ".cache" / "ms_transfer"
 #: the fields of every ``metrics.jsonl`` row, in both frameworks
@@ -96,30 +101,67 @@ def check_run_dir(out: Path, last_ckpt: Path, resume: bool) -> None:
         raise TrainingError(f"--resume: {last_ckpt} not found; start without --resume")
 
 
+#: config keys a ``--resume`` may change: where the data is, how it is read, how and where the run executes, and
+#: ``epochs`` (larger: extend the run). Everything else shapes the model or the optimisation and must match.
+RESUMABLE_KEYS = ("epochs", "resume", "data_dir", "download", "demo", "num_workers", "mode", "device",
+                  "feature_cache", "pretrained", "pretrained_url", "output_dir")
+
+
+def check_resume(cfg: TrainConfig, meta: Dict, classes: List[str], last_ckpt: Path) -> int:
+    """Check that ``cfg`` can continue the run saved in ``last_ckpt`` (``meta``); returns the first epoch to train.
+
+    Raises :class:`TrainingError` naming the first key that differs from the saved run's config (other than
+    :data:`RESUMABLE_KEYS`), and when the run already finished ``cfg.epochs`` epochs (pass a larger
+    ``--epochs`` to extend it).
+    """
+    saved = meta.get("config", {})
+    current = cfg.to_dict()
+    if meta.get("classes") != classes:
+        raise TrainingError(f"--resume: {last_ckpt} was trained on classes {meta.get('classes')}, but the data now "
+                            f"has {classes}; resume with the same data or start a new run")
+    for key, value in current.items():
+        if key in RESUMABLE_KEYS or key not in saved:
+            continue
+        if saved[key] != value:
+            raise TrainingError(f"--resume: {key} is {value!r} but the run in {last_ckpt.parent} was trained with "
+                                f"{key}={saved[key]!r}; only {', '.join(RESUMABLE_KEYS[:1] + RESUMABLE_KEYS[2:])} "
+                                f"may change on resume. Drop the {key} change, or start a new run in another "
+                                "--output-dir (nothing was changed)")
+    done = int(meta["epoch"])
+    if cfg.epochs <= done:
+        raise TrainingError(f"--resume: the run in {last_ckpt.parent} has already trained {done} epoch(s) and "
+                            f"--epochs is {cfg.epochs}; pass --epochs N with N > {done} to extend it")
+    return done + 1
+
+
 def prepare_data(cfg: TrainConfig) -> Path:
     """Generate (``demo``) or download (``download``) the dataset if asked; return the dataset root."""
     data_dir = Path(cfg.data_dir)
     if cfg.demo:
-        from .demo_data import make_demo_dataset
         make_demo_dataset(data_dir, n_train_per_class=64, n_val_per_class=16, image_size=max(cfg.image_size, 64),
                           seed=cfg.seed)
     elif cfg.download:
-        from .download import download_canidae
         download_canidae(data_dir)
     return resolve_data_root(data_dir)
 
 
-def pretrained_path(cfg: TrainConfig) -> Optional[str]:
-    """Local path of the pretrained weights: ``pretrained`` or ``pretrained_url`` downloaded once into the cache."""
+def pretrained_weights(cfg: TrainConfig) -> Tuple[Optional[str], Optional[WeightsEntry]]:
+    """``(local path, weights entry)`` of the run's starting weights (``(None, None)``: random init).
+
+    ``pretrained`` is a file or an entry of the weights table (downloaded once, verified); ``pretrained_url``
+    is the entry with that URL if there is one, else a plain download cached under the whole URL.
+    """
     if cfg.pretrained:
-        return cfg.pretrained
+        return resolve_pretrained(cfg.pretrained, CACHE_DIR)
     if cfg.pretrained_url:
-        from .download import download_file
-        target = CACHE_DIR / Path(cfg.pretrained_url.split("?")[0]).name
+        entry = entry_for_url(cfg.pretrained_url)
+        if entry is not None:
+            return resolve_pretrained(entry.name, CACHE_DIR)
+        target = url_cache_path(cfg.pretrained_url, CACHE_DIR)
         if not target.exists():
             download_file(cfg.pretrained_url, target)
-        return str(target)
-    return None
+        return str(target), None
+    return None, None
 
 
 def check_finite(loss: float, epoch: int, steps_done: int) -> None:
@@ -161,7 +203,6 @@ def format_row(row: Dict, epochs: int) -> str:
 
 def sample_per_class(batches, num_classes: int, per_class: int):
     """Up to ``per_class`` images of every class from numpy ``(images, labels)`` batches (for the plot)."""
-    import numpy as np
     picked: Dict[int, list] = {c: [] for c in range(num_classes)}
     for x, y in batches:
         for image, label in zip(x, y):
@@ -188,7 +229,7 @@ def cli_main(train: Callable[[TrainConfig], Dict], argv: Optional[Sequence[str]]
     except (ConfigError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingError as exc:
+    except (TrainingError, RunDirInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

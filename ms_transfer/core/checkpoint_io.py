@@ -133,8 +133,7 @@ def _read_torch(path: Path):
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
                                   "expected a plain state_dict (or one under 'state_dict' / 'model')")
-        # DistributedDataParallel / DataParallel wrap every name in "module.".
-        state[name[len("module."):] if name.startswith("module.") else name] = value.detach().cpu().numpy()
+        state[name] = value.detach().cpu().numpy()  # wrapper prefixes ("module.", ...): convert_weights strips them
     return state, meta
 
 

@@ -36,7 +36,8 @@ class DownloadError(RuntimeError):
     """A download, verification or extraction failed; the message names the URL and a manual fix."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -45,9 +46,15 @@ def _sha256(path: Path) -> str:
 
 
 def _verify(path: Path, sha256: Optional[str]) -> None:
-    """Raise ValueError if ``path`` fails the sha256 check or (for .zip files) the CRC check."""
-    if sha256 and _sha256(path).lower() != sha256.lower():
-        raise ValueError(f"sha256 mismatch (expected {sha256})")
+    """Raise ValueError if ``path`` fails the sha256 check or (for .zip files) the CRC check.
+
+    ``sha256`` may be a prefix of the digest (torchvision names its files with the first 8 hex digits and
+    checks only those); a full 64-digit digest must match exactly.
+    """
+    if sha256:
+        digest = file_sha256(path)
+        if not digest.startswith(sha256.lower()):
+            raise ValueError(f"sha256 mismatch (expected {sha256}{'...' if len(sha256) < 64 else ''}, got {digest})")
     if path.name.endswith((".zip", ".zip.part")):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -132,7 +139,7 @@ def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optio
     ``train/`` and ``val/``.
 
     A no-op (logged) when such a folder is already found in ``data_dir`` (see
-    :func:`~ms_transfer.data.resolve_data_root`). Otherwise the zip is downloaded to
+    :func:`~ms_transfer.core.data.resolve_data_root`). Otherwise the zip is downloaded to
     ``data_dir/<zip name>`` (reused if already there and valid, so it can be placed by hand),
     extracted into a temporary folder inside ``data_dir`` and the dataset folder is renamed to
     ``data_dir/<expected_subdir or its own name>``. Raises :class:`DownloadError` on any failure,

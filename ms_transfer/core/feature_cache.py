@@ -1,19 +1,15 @@
-"""Fixed-feature transfer learning without paying for the frozen trunk twice.
+"""The trunk-feature cache of frozen-trunk training, framework-neutral: keys, the on-disk store, the policy.
 
 When only ``fc`` trains (``strategy: fixed_feature``, the head-only stage of a two-stage schedule, or freeze
 patterns that amount to it) the trunk is a fixed function of the image:
 
-* :class:`FrozenTrunkStep` runs the trunk forward only (no gradient graph through it, inference-mode
-  BatchNorm) and takes a train step of the head alone on the pooled features. The head shares ``net.fc``'s
-  Parameters, so checkpoints saved from ``net`` are right. It is exact (measured: bit-identical): the full-net
-  train cell computes the same features (its frozen BatchNorms use their moving statistics too) and the same
-  ``fc`` gradient.
-* :class:`FeatureCache` stores trunk features on disk, so that later epochs (and later runs on the same data
-  and weights) train the head from memory instead of decoding and convolving every image again.
+each backend runs it as inference and steps only the head (the loop, :mod:`ms_transfer.core.loop`, asks it to),
+and :class:`FeatureCache` stores the trunk's features on disk, so that later epochs (and later runs on the same
+data and weights) train the head from memory instead of decoding and convolving every image again.
 
 Cache entries live in ``<CACHE_DIR>/features/<key>/`` (``features.npy`` float32 ``(N, C)``, ``labels.npy``
 int32 ``(N,)``, ``meta.json``), in dataset index order (the scan's sorted order). The key is a sha256 over
-everything the features depend on: the cache format, MindSpore version and device, the architecture, every
+everything the features depend on: the cache format, the framework and its version, the device, the architecture, every
 trunk parameter and BatchNorm statistic (bytes), the split, the transform (image size, resize backend,
 augmentation; for random views also the view index and the seed, batch size and workers of the pipeline
 that drew them) and ``(path, size, mtime_ns, label)`` of every sample. Changing any of them gives a new key,
@@ -33,17 +29,15 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
 
-__all__ = ["FORMAT_VERSION", "CACHE_STATS", "FrozenTrunkStep", "frozen_trunk_reason", "trunk_fingerprint",
-           "sample_records", "FeatureStore", "FeatureCollector", "FeatureCache", "head_metrics"]
+__all__ = ["FORMAT_VERSION", "CACHE_STATS", "trunk_fingerprint", "sample_records", "FeatureStore", "FeatureCollector",
+           "FeatureCache"]
 
 #: bump when the stored layout or the meaning of a key changes (old entries then become unreachable)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: process-wide counts of cache events: ``hit`` (read from disk), ``reuse`` (already in memory), ``miss``,
 #: ``saved``, ``corrupt`` (a damaged entry was removed), ``not_saved``
 CACHE_STATS: Counter = Counter()
@@ -52,175 +46,15 @@ Log = Callable[[str], None]
 Samples = Sequence[Tuple[str, int]]
 
 
-# --- the frozen-trunk train step ------------------------------------------------------------------------
-
-def _is_head(name: str) -> bool:
-    return name == "fc" or name.startswith("fc.")
-
-
-def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
-    """Why ``net`` cannot train as "trunk inference + head step" (``None``: it can).
-
-    Needs a ResNet-like net (``forward_features`` + ``fc``) whose trainable parameters are all under ``fc.``
-    and whose trunk BatchNorms run in inference mode (``use_batch_statistics=False``, what
-    :func:`ms_transfer.freeze.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes batch
-    statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
-    """
-    if not (hasattr(net, "forward_features") and isinstance(getattr(net, "fc", None), nn.Cell)):
-        return f"{type(net).__name__} has no forward_features/fc (an ms_transfer ResNet is needed)"
-    trainable = [p.name for p in net.trainable_params()]
-    outside = [n for n in trainable if not _is_head(n)]
-    if outside:
-        more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
-        return f"parameters outside fc are trainable ({', '.join(outside[:3])}{more})"
-    if not trainable:
-        return "no fc parameter is trainable"
-    for name, cell in net.cells_and_names():
-        if isinstance(cell, nn.BatchNorm2d) and not _is_head(name) and cell.use_batch_statistics is not False:
-            return (f"BatchNorm {name!r} is not in inference mode (use_batch_statistics="
-                    f"{cell.use_batch_statistics!r})")
-    return None
-
-
-def _pynative() -> bool:
-    return ms.get_context("mode") == ms.PYNATIVE_MODE
-
-
-class _Trunk(nn.Cell):
-    """``net.forward_features`` as its own cell (compiled on its own in GRAPH mode, never differentiated)."""
-
-    def __init__(self, net: nn.Cell) -> None:
-        super().__init__(auto_prefix=False)  # keep the net's parameter names (fc.weight, not net.fc.weight)
-        self.net = net
-
-    def construct(self, x: Tensor) -> Tensor:
-        return self.net.forward_features(x)
-
-
-class _HeadWithLoss(nn.Cell):
-    """``loss_fn(fc(features), labels)``; holds the net's own ``fc`` cell, so its Parameters are shared."""
-
-    def __init__(self, fc: nn.Cell, loss_fn: nn.Cell) -> None:
-        super().__init__(auto_prefix=False)
-        self.fc = fc
-        self.loss_fn = loss_fn
-
-    def construct(self, features: Tensor, labels: Tensor) -> Tensor:
-        return self.loss_fn(self.fc(features), labels)
-
-
-class _FusedStep(nn.Cell):
-    """Trunk forward, then a head train step, in one graph; returns ``(loss, features)``.
-
-    Only the head is differentiated (``GradOperation`` over :class:`_HeadWithLoss`, whose input is the trunk's
-    output), so no gradient graph reaches the trunk. One graph rather than trunk and head cells back to back:
-    MindSpore 2.10 on CPU ran the trunk's forward faster inside a graph that also holds a ``GradOperation``
-    than as a forward-only graph (measured, ResNet18 at 64 px, batch 8: 207 vs 132 img/s; equal at ResNet50,
-    224 px), and it is one launch instead of two. Same update as ``nn.TrainOneStepCell`` (no loss scaling).
-    """
-
-    def __init__(self, net: nn.Cell, head: _HeadWithLoss, optimizer: nn.Optimizer) -> None:
-        super().__init__(auto_prefix=False)
-        self.net, self.head, self.optimizer = net, head, optimizer
-        self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True)
-
-    def construct(self, x: Tensor, labels: Tensor):
-        features = self.net.forward_features(x)
-        loss = self.head(features, labels)
-        grads = self.grad(self.head, self.weights)(features, labels)
-        self.optimizer(grads)
-        return loss, features
-
-
-class FrozenTrunkStep:
-    """Train steps of a net whose trunk is frozen: trunk forward only, then a head-only train step.
-
-    ``net`` is an ms_transfer ResNet frozen so that only ``fc.*`` trains (e.g. after
-    ``apply_freeze(net, *strategy_patterns("fixed_feature"))``), ``optimizer`` updates ``net.fc``'s
-    parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar (``ms_transfer.train.make_loss()``).
-    Equal (measured: bit-identical) to ``nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer)`` on
-    the same net, without a gradient graph through the trunk. Works in GRAPH and PYNATIVE mode. Raises
-    ``ValueError`` naming the offending parameters or BatchNorm otherwise.
-
-    ``step(x, y)`` (and ``__call__``) is one compiled graph: trunk forward + head step; ``extract`` runs the trunk
-    alone (an inference graph) and ``head_step`` the head alone, for training from cached features.
-    """
-
-    def __init__(self, net: nn.Cell, optimizer: nn.Optimizer, loss_fn: nn.Cell) -> None:
-        reason = frozen_trunk_reason(net)
-        if reason:
-            raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are fc.* and whose "
-                             f"frozen BatchNorms run in inference mode, but {reason}. Freeze it with "
-                             "ms_transfer.freeze.apply_freeze(net, *strategy_patterns('fixed_feature')), or use "
-                             "nn.TrainOneStepCell for a trainable trunk.")
-        heads = {id(p) for p in net.fc.get_parameters()}
-        foreign = [p.name for p in optimizer.parameters if id(p) not in heads]
-        if foreign:
-            raise ValueError(f"FrozenTrunkStep: the optimizer updates parameters that are not net.fc's "
-                             f"({', '.join(foreign[:3])}); build it over net.trainable_params() after freezing")
-        self.net = net
-        was_training = net.training
-        self.trunk = _Trunk(net).set_train(False)  # 'predict' phase: an inference graph, no grad bookkeeping
-        head = _HeadWithLoss(net.fc, loss_fn)
-        self.head = nn.TrainOneStepCell(head, optimizer).set_train(True)
-        self.fused = _FusedStep(net, head, optimizer).set_train(True)
-        # set_train recurses into net; give the caller its flags back (with every trunk BatchNorm in inference
-        # mode, checked above, the flags do not change what the trunk computes)
-        net.set_train(was_training)
-        # PYNATIVE would run these cells op by op and rebuild the head's backward every call (measured: 38 ms per
-        # head step vs 3.5 ms as a graph); ms.jit compiles them there as GRAPH mode does (same results).
-        self._jit_trunk, self._jit_head, self._jit_fused = ms.jit(self.trunk), ms.jit(self.head), ms.jit(self.fused)
-
-    def ready(self) -> Optional[str]:
-        """``None`` while the net still qualifies, else the reason (freezing changed after construction)."""
-        return frozen_trunk_reason(self.net)
-
-    def extract(self, x: Union[Tensor, np.ndarray]) -> Tensor:
-        """Pooled trunk features ``(N, num_features)`` of a batch of images, as inference."""
-        x = x if isinstance(x, Tensor) else Tensor(np.ascontiguousarray(x, np.float32))
-        return (self._jit_trunk if _pynative() else self.trunk)(x)
-
-    def head_step(self, features: Union[Tensor, np.ndarray], labels: Union[Tensor, np.ndarray]) -> Tensor:
-        """One optimizer step of ``fc`` on trunk features; returns the loss computed before the update."""
-        if not isinstance(features, Tensor):
-            features = Tensor(np.ascontiguousarray(features, np.float32))
-        if not isinstance(labels, Tensor):
-            labels = Tensor(np.asarray(labels, np.int32))
-        return (self._jit_head if _pynative() else self.head)(features, labels)
-
-    def step(self, x: Union[Tensor, np.ndarray], y: Union[Tensor, np.ndarray]) -> Tuple[Tensor, Tensor]:
-        """Trunk forward on ``x``, then one head step on ``(features, y)``; returns ``(loss, features)``."""
-        x = x if isinstance(x, Tensor) else Tensor(np.ascontiguousarray(x, np.float32))
-        y = y if isinstance(y, Tensor) else Tensor(np.asarray(y, np.int32))
-        return (self._jit_fused if _pynative() else self.fused)(x, y)
-
-    def __call__(self, x: Union[Tensor, np.ndarray], y: Union[Tensor, np.ndarray]) -> Tensor:
-        """:meth:`step` returning only the loss (computed before the update)."""
-        return self.step(x, y)[0]
-
-
-def head_metrics(fc: nn.Cell, features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray],
-                 num_classes: int) -> Dict:
-    """:func:`ms_transfer.evaluate.evaluate_net`'s result computed from trunk features (``fc`` per batch)."""
-    from .metrics import classification_metrics
-    start = time.perf_counter()
-    logits = [fc(Tensor(np.ascontiguousarray(features[idx]))).asnumpy() for idx in batches]
-    result = classification_metrics(logits, [labels[idx].astype(np.int64) for idx in batches], num_classes)
-    result["seconds"] = time.perf_counter() - start
-    return result
-
-
 # --- cache keys ---------------------------------------------------------------------------------------
 
-def trunk_fingerprint(net: nn.Cell) -> str:
-    """sha256 over the name, dtype, shape and bytes of every parameter outside ``fc`` (BN statistics included)."""
+def trunk_fingerprint(arrays: Iterable[Tuple[str, np.ndarray]]) -> str:
+    """sha256 over the name, dtype, shape and bytes of every ``(name, array)`` (the backend passes every trunk
+    parameter and BatchNorm statistic), in name order."""
     digest = hashlib.sha256()
-    for param in sorted(net.get_parameters(), key=lambda p: p.name):
-        if _is_head(param.name):
-            continue
-        value = np.ascontiguousarray(param.asnumpy())
-        digest.update(f"{param.name}|{value.dtype.str}|{value.shape}\n".encode())
+    for name, value in sorted(arrays, key=lambda item: item[0]):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}\n".encode())
         digest.update(value.data)
     return digest.hexdigest()
 
@@ -393,8 +227,8 @@ class FeatureCache:
     there is one view and it does not depend on the seed, so any epoch can fill it.
     """
 
-    def __init__(self, net: nn.Cell, *, arch: str, image_size: int, resize_backend: str, augment: str, views: int,
-                 seed: int, batch_size: int, num_workers: int, device: str, train_samples: Samples,
+    def __init__(self, trunk: str, *, framework: str, arch: str, image_size: int, resize_backend: str, augment: str,
+                 views: int, seed: int, batch_size: int, num_workers: int, device: str, train_samples: Samples,
                  val_samples: Samples, root: Union[str, Path], log: Log = print) -> None:
         self.arch, self.image_size, self.resize_backend, self.augment = arch, image_size, resize_backend, augment
         self.views, self.seed, self.batch_size, self.num_workers, self.device = (
@@ -404,16 +238,17 @@ class FeatureCache:
         self.samples = {"train": list(train_samples), "val": list(val_samples)}
         self._labels = {split: np.array([label for _, label in s], dtype=np.int32) for split, s in self.samples.items()}
         self._records = {split: sample_records(s) for split, s in self.samples.items()}
-        self.trunk = trunk_fingerprint(net)
+        self.trunk, self.framework = trunk, framework
         self.memory: Dict[Tuple[str, int], np.ndarray] = {}
 
     @classmethod
-    def for_config(cls, net: nn.Cell, cfg, train_samples: Samples, val_samples: Samples, root: Union[str, Path],
-                   log: Log = print) -> "FeatureCache":
-        """The cache a :class:`~ms_transfer.config.TrainConfig` asks for (views: 1 with ``augment=none``,
-        ``cache_views`` with random augmentation)."""
+    def for_config(cls, trunk: str, framework: str, cfg, train_samples: Samples, val_samples: Samples,
+                   root: Union[str, Path], log: Log = print) -> "FeatureCache":
+        """The cache a :class:`~ms_transfer.core.config.TrainConfig` asks for (views: 1 with ``augment=none``,
+        ``cache_views`` with random augmentation); ``trunk`` is :func:`trunk_fingerprint` of the frozen trunk,
+        ``framework`` the backend's name and version (features differ across frameworks at float rounding)."""
         views = 1 if cfg.augment == "none" else cfg.cache_views
-        return cls(net, arch=cfg.arch, image_size=cfg.image_size, resize_backend=cfg.resize_backend,
+        return cls(trunk, framework=framework, arch=cfg.arch, image_size=cfg.image_size, resize_backend=cfg.resize_backend,
                    augment=cfg.augment, views=views, seed=cfg.seed, batch_size=cfg.batch_size,
                    num_workers=cfg.num_workers, device=cfg.device, train_samples=train_samples,
                    val_samples=val_samples, root=root, log=log)
@@ -437,7 +272,7 @@ class FeatureCache:
 
     def spec(self, split: str, view: int = 0) -> Dict:
         """Everything the features of ``(split, view)`` depend on (hashed into the key)."""
-        spec = {"format": FORMAT_VERSION, "mindspore": ms.__version__, "device": self.device, "arch": self.arch,
+        spec = {"format": FORMAT_VERSION, "framework": self.framework, "device": self.device, "arch": self.arch,
                 "trunk": self.trunk, "split": split, "image_size": self.image_size,
                 "resize_backend": self.resize_backend, "samples": self._records[split]}
         if split == "train" and self.augment == "random":

@@ -11,7 +11,15 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from .models.resnet import ARCH_SPECS, ResidualBlock
+#: arch -> (block kind, blocks per stage): the one description of every ResNet depth, as plain data. The
+#: MindSpore models, the torch side, the converter and the checkpoint arch detection all read it.
+ARCH_SPECS: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
 
 SCHEMES = ("torchvision", "ms_transfer", "mindcv")
 #: Scheme aliases accepted on the command line.
@@ -56,7 +64,7 @@ def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}")
     block, layers = ARCH_SPECS[arch]
-    n_convs = 3 if block is ResidualBlock else 2
+    n_convs = 3 if block == "bottleneck" else 2
     keys: List[Key] = [((("stem_conv",),), "conv")]
     keys += [((("stem_bn",),), kind) for kind in _BN_KINDS]
     for stage, n_blocks in enumerate(layers, start=1):
@@ -65,7 +73,7 @@ def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
             for i in range(1, n_convs + 1):
                 keys.append((prefix + (("block_conv", i),), "conv"))
                 keys += [(prefix + (("block_bn", i),), kind) for kind in _BN_KINDS]
-            if b == 0 and (stage > 1 or block is ResidualBlock):  # shape changes -> downsample branch
+            if b == 0 and (stage > 1 or block == "bottleneck"):  # shape changes -> downsample branch
                 keys.append((prefix + (("downsample",), ("index", 0)), "conv"))
                 keys += [(prefix + (("downsample",), ("index", 1)), kind) for kind in _BN_KINDS]
     if include_head:
@@ -129,7 +137,7 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
             bottleneck |= name.split(".")[2] == "conv3"
     counts = tuple(len(blocks[s]) for s in range(1, 5))
     for arch, (block, layers) in ARCH_SPECS.items():
-        if tuple(layers) == counts and (block is ResidualBlock) == bottleneck:
+        if tuple(layers) == counts and (block == "bottleneck") == bottleneck:
             return arch
     known = ", ".join(f"{a}={list(l)}" for a, (_, l) in ARCH_SPECS.items())
     raise ValueError(f"cannot detect the ResNet depth: found {list(counts)} blocks per stage "

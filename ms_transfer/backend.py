@@ -1,0 +1,184 @@
+"""The MindSpore backend of the training loop (:mod:`ms_transfer.core.loop`): models, freezing, optimizers, the
+compiled train step (GRAPH, or PYNATIVE to debug), the frozen-trunk fast path, the input pipeline and run
+checkpoints, behind the :class:`~ms_transfer.core.backend.Backend` protocol.
+
+``python -m parity --train-steps`` drives this same class on fixed batches (:meth:`MindSporeBackend.adopt` a net,
+:meth:`~MindSporeBackend.enter_stage`, :meth:`~MindSporeBackend.train_step`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .context import set_context
+import mindspore as ms  # noqa: E402  (after the oneDNN cap, see ms_transfer.context)
+import numpy as np  # noqa: E402
+from mindspore import nn  # noqa: E402
+
+from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint  # noqa: E402
+from .core.config import TrainConfig  # noqa: E402
+from .core.data import SplitScan  # noqa: E402
+from .core.freeze import FreezeReport  # noqa: E402
+from .core.recipe import Stage, TrainingError  # noqa: E402
+from .data import build_dataset  # noqa: E402
+from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, is_head  # noqa: E402
+from .models.factory import build_model, load_run_checkpoint  # noqa: E402
+from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
+
+__all__ = ["MindSporeBackend", "make_loss"]
+
+
+def make_loss() -> nn.Cell:
+    """Mean cross-entropy over integer labels, as ``torch.nn.functional.cross_entropy``.
+
+    Not the tutorial's ``nn.SoftmaxCrossEntropyWithLogits(sparse=True)``: on CPU it returns ``inf`` once the
+    target's softmax probability underflows (logits ~100 apart; measured: inf where torch gives 2933.5), which
+    the NaN/Inf guard would stop on. ``nn.CrossEntropyLoss`` works in log-space like torch and stays finite.
+    """
+    return nn.CrossEntropyLoss(reduction="mean")
+
+
+def _images(x) -> ms.Tensor:
+    return x if isinstance(x, ms.Tensor) else ms.Tensor(np.ascontiguousarray(x, np.float32))
+
+
+def _labels(y) -> ms.Tensor:
+    return y if isinstance(y, ms.Tensor) else ms.Tensor(np.asarray(y, np.int32))
+
+
+class MindSporeBackend:
+    """The network, the compiled train step of the current stage and the pipeline (see the module docstring).
+
+    When the stage leaves only ``fc`` trainable, :attr:`fast` is a :class:`FrozenTrunkStep` and
+    :meth:`train_step` uses it (trunk inference + head step), falling back to the full-net cell :attr:`step`
+    if the freezing changes so that the two would differ (reported once).
+    """
+
+    name = "mindspore"
+    ckpt_ext = "ckpt"
+
+    def __init__(self, cfg: Optional[TrainConfig] = None) -> None:
+        self.cfg = cfg
+        self.net: Optional[nn.Cell] = None
+        self.padding = "torch"
+        self.optimizer: Optional[nn.Optimizer] = None
+        self.stage: Optional[Stage] = None
+        self.lrs: List[float] = []
+        self.fast: Optional[FrozenTrunkStep] = None
+        self._resume_state: Dict[str, np.ndarray] = {}
+        self._training: Optional[bool] = None
+        self._fallback_reported = False
+
+    # --- model -------------------------------------------------------------------------------------------
+    def setup(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        set_context(cfg.mode, cfg.device)
+        ms.set_seed(cfg.seed)
+
+    def version(self) -> str:
+        return f"mindspore {ms.__version__}"
+
+    def adopt(self, net: nn.Cell) -> "MindSporeBackend":
+        """Use an existing net (parity, evaluation) instead of building one."""
+        self.net, self.padding, self._training = net, getattr(net, "padding", "torch"), None
+        return self
+
+    def build(self, arch: str, num_classes: int, padding: str) -> None:
+        self.adopt(build_model(arch, num_classes, padding))
+
+    def load_pretrained(self, path: str) -> str:
+        return f"Loaded {path}\n{load_pretrained(self.net, path, verbose=False)}"
+
+    def load_run(self, path) -> Dict:
+        net, weights = load_run_checkpoint(path)
+        self.adopt(net)
+        self._resume_state = weights.state
+        return weights.meta
+
+    def save_run(self, path, meta: Dict, with_optimizer: bool) -> None:
+        save_run_checkpoint(path, self.net, meta, optimizer=self.optimizer if with_optimizer else None)
+
+    # --- stage and steps ---------------------------------------------------------------------------------
+    def enter_stage(self, stage: Stage, lrs: Sequence[float], restore_optimizer: bool = False) -> FreezeReport:
+        """Apply the stage's freezing and build its optimizer (per-step LRs) and train step."""
+        report = apply_freeze(self.net, stage.freeze, stage.unfreeze)
+        params = self.net.trainable_params()
+        if not params:
+            raise TrainingError("the freeze patterns leave no trainable parameter; check --freeze/--unfreeze")
+        cfg = self.cfg
+        self.stage, self.lrs = stage, list(lrs)
+        self.optimizer = build_optimizer(cfg.optimizer, lr_groups(params, cfg.lr_mult), self.lrs, cfg.momentum,
+                                         cfg.weight_decay)
+        self.compile_step()
+        if restore_optimizer:
+            load_optimizer_state(self.optimizer, self.net, self._resume_state)
+        return report
+
+    def compile_step(self) -> None:
+        """(Re)build the train step(s) around ``self.optimizer``."""
+        self.step = nn.TrainOneStepCell(nn.WithLossCell(self.net, make_loss()), self.optimizer)
+        self.step.set_train(True)
+        self._training = True
+        self.fast = FrozenTrunkStep(self.net, self.optimizer, make_loss()) \
+            if frozen_trunk_reason(self.net) is None else None
+        self._fallback_reported = False
+
+    def frozen_trunk_reason(self) -> Optional[str]:
+        if self.fast is None:
+            return frozen_trunk_reason(self.net) or "the train step was built for the whole network"
+        reason = self.fast.ready()
+        if reason and not self._fallback_reported:
+            self._fallback_reported = True
+            warnings.warn(f"frozen-trunk fast path off: {reason}; training through the full network instead")
+        return reason
+
+    def _set_training(self, training: bool) -> None:
+        if self._training is not training:
+            self.net.set_train(training)
+            self._training = training
+
+    def train_step(self, x, y, want_features: bool = False) -> Tuple[float, Optional[np.ndarray]]:
+        """One optimizer step on a batch; returns the loss computed before the update (and, on the fast path
+        with ``want_features``, the trunk features)."""
+        x, y = _images(x), _labels(y)
+        self._set_training(True)
+        if self.frozen_trunk_reason() is None:
+            if want_features:
+                # Filling the cache: the trunk-only and head-only graphs that the val pass and the cached epochs use
+                # anyway, rather than the fused graph, so that no graph is compiled only for this epoch (measured,
+                # ResNet50: ~1 s of head-graph compilation otherwise). Same updates either way.
+                features = self.fast.extract(x)
+                return float(self.fast.head_step(features, y).asnumpy()), features.asnumpy()
+            loss, _ = self.fast.step(x, y)
+            return float(loss.asnumpy()), None
+        return float(self.step(x, y).asnumpy()), None
+
+    def extract(self, x) -> np.ndarray:
+        return self.fast.extract(_images(x)).asnumpy()
+
+    def head_step(self, features: np.ndarray, labels: np.ndarray) -> float:
+        return float(self.fast.head_step(features, labels).asnumpy())
+
+    # --- inference and data ------------------------------------------------------------------------------
+    def logits(self, x) -> np.ndarray:
+        self._set_training(False)
+        return self.net(_images(x)).asnumpy()
+
+    def head_logits(self, features: np.ndarray) -> np.ndarray:
+        return self.net.fc(_images(features)).asnumpy()
+
+    def labels(self, y) -> np.ndarray:
+        return (y.asnumpy() if isinstance(y, ms.Tensor) else np.asarray(y)).astype(np.int64)
+
+    def images(self, x) -> np.ndarray:
+        return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x, np.float32)
+
+    def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
+        return [(p.name, p.asnumpy()) for p in self.net.get_parameters() if not is_head(p.name)]
+
+    def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
+        cfg = self.cfg
+        dataset, source = build_dataset(split.samples, cfg.image_size, cfg.batch_size, train=train, shuffle=shuffle,
+                                        seed=seed, num_workers=cfg.num_workers, resize_backend=cfg.resize_backend,
+                                        augment=cfg.augment)
+        return dataset.create_tuple_iterator(num_epochs=1), source.load_failures

@@ -1,0 +1,364 @@
+"""ImageFolder-style datasets, framework-neutral: layout, scanning, validation, sample order, eval geometry.
+
+The MindSpore pipeline (:mod:`ms_transfer.data`) and the torch loader (:mod:`torch_reference.data`) are both built
+from what this module scans, once per run, so both frameworks see the same files, labels and batches.
+
+Expected layout (class indices come from the sorted class folder names)::
+
+    DATA_DIR/train/<class>/*.jpg|jpeg|png|bmp|webp   (extension case-insensitive)
+    DATA_DIR/val/<class>/*
+
+``DATA_DIR`` may also be a parent folder that holds the dataset through a chain of single
+subfolders, e.g. the tutorial's zip unpacks to ``datasets-Canidae/data/Canidae/{train,val}``;
+:func:`resolve_data_root` finds the folder that really has ``train/`` and ``val/`` and logs it.
+
+Robustness policy:
+
+* Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX`` ...) are ignored silently.
+* Any other file without an image extension, and any image Pillow cannot open/verify, is
+  *skipped*: returned in ``skipped`` with a reason and reported in one ``warnings.warn`` per split
+  that names the files.
+* Images are decoded with Pillow and converted to RGB exactly like torchvision's ``pil_loader``
+  (so grayscale, CMYK, palette and RGBA files all work; alpha is dropped, not composited).
+* A file that passed the scan but cannot be decoded later (deleted, truncated) does not stop the
+  epoch: a warning is logged and the next readable sample (by index, wrapping around) is used
+  instead; such events are counted in ``DatasetInfo.load_failures``.
+
+Eval resize (``resize_backend``): the deterministic val transform resizes the shorter side to
+``int(S*256/224)`` and center-crops ``S``. ``"mindspore"`` (default, fast) uses MindSpore's C++
+``vision.Resize``/``CenterCrop``: OpenCV-style bilinear *without* antialiasing, and a crop offset of
+``floor((d-S)/2)``. torchvision resizes PIL images with Pillow's antialiased bilinear filter (its
+support widens with the downscale factor) and offsets the crop by ``round((d-S)/2)``, so after a
+downscale the two differ by a few grey levels on average and by tens at sharp edges and fine texture,
+and by a whole pixel of shift when ``d-S = 3 (mod 4)`` (measure with ``python -m parity.pipeline``). ``"pil"`` does the
+resize and crop with Pillow and torchvision's exact size/offset arithmetic, so the tensors agree with
+torchvision's to float32 rounding. Training augmentation (``augment="random"``) is random and uses
+MindSpore's ops either way; ``augment="none"`` trains on the deterministic val transform instead.
+
+Shuffling is an explicit permutation, :func:`shuffle_order` ``(num_samples, seed)``, fed to the dataset as a
+``SubsetSampler``: code that must reproduce an epoch's batch order and composition without decoding a single
+image (the trunk-feature cache of :mod:`ms_transfer.features`) calls the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "val")
+#: how the val/eval transform resizes and crops (see the module docstring)
+RESIZE_BACKENDS = ("mindspore", "pil")
+#: training transforms: the random augmentation, or the deterministic val transform
+AUGMENTS = ("random", "none")
+#: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUT_HELP = (
+    "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
+    "(the same class folder names in both splits), or a parent folder containing exactly one "
+    "such dataset folder (e.g. DATA_DIR/Canidae/train, DATA_DIR/Canidae/val)."
+)
+
+
+class DatasetError(ValueError):
+    """The dataset folder is missing, malformed or inconsistent; the message says how to fix it."""
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`create_dataset` found: classes, sample count, skipped files and the root used."""
+
+    classes: List[str]
+    num_samples: int
+    skipped: List[Tuple[str, str]]
+    root: Path
+    #: Live list of ``(path, reason)`` for files that failed to decode *during iteration*.
+    load_failures: List[Tuple[str, str]] = field(default_factory=list)
+    #: ``(path, label)`` of every sample, in dataset index order (the scan's sorted order)
+    samples: List[Tuple[str, int]] = field(default_factory=list)
+
+
+def _visible_dirs(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _has_splits(folder: Path) -> bool:
+    return all((folder / s).is_dir() for s in SPLITS)
+
+
+def resolve_data_root(data_dir: PathLike, max_depth: int = 3) -> Path:
+    """Return the folder holding ``train/`` and ``val/``: ``data_dir`` itself or the dataset folder
+    reached through a chain of single visible subfolders (at most ``max_depth`` levels down).
+
+    Raises :class:`DatasetError` naming the path and the expected layout when none is found.
+    """
+    start = Path(data_dir).expanduser()
+    if not start.is_dir():
+        raise DatasetError(f"Data directory {start} does not exist. {LAYOUT_HELP}")
+    folder = start
+    for _ in range(max_depth + 1):
+        if _has_splits(folder):
+            if folder != start:
+                log.info("Using dataset root %s (found inside %s)", folder, start)
+            return folder
+        subdirs = _visible_dirs(folder)
+        if len(subdirs) != 1 or any((folder / s).is_dir() for s in SPLITS):
+            break
+        folder = subdirs[0]
+    found = [s for s in SPLITS if (folder / s).is_dir()]
+    detail = f"{folder} has {found} but needs both {list(SPLITS)}" if found else (
+        f"no train/ and val/ folders found in {start}"
+        + (f" (looked down to {folder})" if folder != start else ""))
+    raise DatasetError(f"Invalid data directory: {detail}. {LAYOUT_HELP}")
+
+
+def list_classes(root: PathLike, split: str) -> List[str]:
+    """Sorted class folder names of ``root/split`` (``root`` may be any folder accepted by
+    :func:`resolve_data_root`)."""
+    split_dir = resolve_data_root(root) / split
+    if not split_dir.is_dir():
+        raise DatasetError(f"Split folder {split_dir} does not exist. {LAYOUT_HELP}")
+    classes = [p.name for p in _visible_dirs(split_dir)]
+    if not classes:
+        raise DatasetError(f"{split_dir} contains no class folders. {LAYOUT_HELP}")
+    return classes
+
+
+def check_classes_match(root: PathLike, split: str, classes: Sequence[str], source: object) -> None:
+    """Raise :class:`DatasetError` unless ``root/split`` has exactly ``classes`` (those ``source`` was trained on)."""
+    root = resolve_data_root(root)
+    found = list_classes(root, split)
+    if found != list(classes):
+        raise DatasetError(f"class mismatch: {root / split} has classes {found}, but {source} was trained on "
+                           f"{list(classes)}; evaluate on a dataset with exactly these class folders (same names)")
+
+
+def check_same_classes(root: PathLike) -> List[str]:
+    """Return the class list after checking that ``train`` and ``val`` have the same class folders;
+    raises :class:`DatasetError` listing the classes missing from each split otherwise."""
+    root = resolve_data_root(root)
+    train, val = list_classes(root, "train"), list_classes(root, "val")
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        parts = []
+        if only_train:
+            parts.append(f"only in train: {only_train} (missing from {root / 'val'})")
+        if only_val:
+            parts.append(f"only in val: {only_val} (missing from {root / 'train'})")
+        raise DatasetError(
+            f"train and val class folders differ in {root}: {'; '.join(parts)}. Class indices come "
+            "from the sorted folder names, so both splits must have exactly the same class folders: "
+            "add the missing folders (with images) or remove the extra ones.")
+    return train
+
+
+def _verify_image(path: Path) -> Optional[str]:
+    """Cheap validity check (header + structure, no full decode); returns a reason or None."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, ...)
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _warn_skipped(split_dir: Path, skipped: Sequence[Tuple[str, str]], limit: int = 20) -> None:
+    lines = [f"  {p}: {r}" for p, r in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    warnings.warn(f"Skipped {len(skipped)} file(s) in {split_dir}:\n" + "\n".join(lines),
+                  stacklevel=3)
+
+
+def scan_split(root: PathLike, split: str
+               ) -> Tuple[List[Tuple[str, int]], List[str], List[Tuple[str, str]]]:
+    """Scan ``root/split/<class>/*`` and return ``(samples, classes, skipped)``.
+
+    ``samples`` is a sorted list of ``(path, label)`` for files that Pillow can open and verify;
+    ``skipped`` lists ``(path, reason)`` for non-image extensions and unreadable images (also
+    reported in one warning). Hidden files are ignored. Raises :class:`DatasetError` when the split
+    folder is missing or contains no usable image.
+    """
+    root = resolve_data_root(root)
+    classes = list_classes(root, split)
+    split_dir = root / split
+    samples: List[Tuple[str, int]] = []
+    skipped: List[Tuple[str, str]] = []
+    for label, cls in enumerate(classes):
+        class_dir = split_dir / cls
+        # hidden anywhere below the class folder (.ipynb_checkpoints/x.jpg, __MACOSX/...) is ignored
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file()
+                       and not any(part.startswith((".", "__")) for part in p.relative_to(class_dir).parts))
+        for path in files:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                reason = f"unsupported extension {path.suffix!r} (expected {', '.join(IMAGE_EXTENSIONS)})"
+            else:
+                reason = _verify_image(path)
+            if reason:
+                skipped.append((str(path), reason))
+            else:
+                samples.append((str(path), label))
+    if skipped:
+        _warn_skipped(split_dir, skipped)
+    if not samples:
+        raise DatasetError(f"No readable images found under {split_dir}. {LAYOUT_HELP}")
+    return samples, classes, skipped
+
+
+def load_rgb(path: PathLike) -> np.ndarray:
+    """Decode an image file with Pillow into an HWC uint8 RGB array (like torchvision's loader)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class ImageSource:
+    """Random-access ``(decoded image, int32 label)`` source over scanned samples: MindSpore's
+    ``GeneratorDataset`` and torch's ``Dataset`` both read through it (``decode``: :func:`load_rgb` gives HWC
+    uint8 RGB arrays, torchvision's ``pil_loader`` PIL images).
+
+    A sample that fails to decode is replaced by the next readable one (wrapping around) after a
+    logged warning; the failure is appended to :attr:`load_failures`.
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], decode=None):
+        self.samples = list(samples)
+        self.decode = decode or load_rgb
+        self.load_failures: List[Tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        n = len(self.samples)
+        for offset in range(n):
+            path, label = self.samples[(int(index) + offset) % n]
+            try:
+                image = self.decode(path)
+            except Exception as exc:
+                self.load_failures.append((path, f"{type(exc).__name__}: {exc}"))
+                log.warning("Could not decode %s (%s); using the next readable image instead.", path, exc)
+                continue
+            return image, np.array(label, dtype=np.int32)
+        raise DatasetError(f"None of the {n} images in this split could be decoded any more; "
+                           "check that the data directory is still intact.")
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Shorter-side length before the center crop: ``int(image_size * 256 / 224)`` (256 for 224)."""
+    return int(image_size * 256 / 224)
+
+
+def check_resize_backend(resize_backend: str) -> str:
+    """Return ``resize_backend`` if it is one of :data:`RESIZE_BACKENDS`, else raise :class:`DatasetError`."""
+    if resize_backend not in RESIZE_BACKENDS:
+        raise DatasetError(f"Unknown resize_backend {resize_backend!r}; expected one of "
+                           f"{', '.join(map(repr, RESIZE_BACKENDS))}.")
+    return resize_backend
+
+
+class PilResizeCenterCrop:
+    """HWC uint8 RGB array -> HWC uint8 array, resized and center-cropped by Pillow exactly like
+    ``torchvision.transforms.Resize(resize)`` + ``CenterCrop(crop)`` do on a PIL image.
+
+    Written out rather than using ``vision.ToPIL()`` + ``vision.Resize``/``CenterCrop``: MindSpore's
+    PIL path computes the long side as ``int(size / (w / h))``, which is one pixel short of
+    torchvision's ``int(size * long / short)`` when the exact result is an integer that the division
+    rounds just below (e.g. a 398x146 image at size 73); its C++ ``CenterCrop`` floors the offset.
+    """
+
+    def __init__(self, resize: int, crop: int):
+        if not 0 < crop <= resize:
+            raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+        self.resize, self.crop = int(resize), int(crop)
+
+    def output_size(self, width: int, height: int) -> Tuple[int, int]:
+        """``(width, height)`` after the resize (torchvision's ``_compute_resized_output_size``)."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(np.asarray(image, dtype=np.uint8))  # HxWx3 uint8 -> RGB
+        size = self.output_size(*im.size)
+        if size != im.size:  # torchvision returns the image untouched when it already has the size
+            im = im.resize(size, Image.BILINEAR)  # antialiased in Pillow, as torchvision's PIL path
+        width, height = im.size
+        # torchvision pads only when the crop is larger than the image; here the short side is
+        # ``resize`` >= ``crop``. Python's round() is round-half-to-even, as torchvision's.
+        top = int(round((height - self.crop) / 2.0))
+        left = int(round((width - self.crop) / 2.0))
+        return np.asarray(im.crop((left, top, left + self.crop, top + self.crop)), dtype=np.uint8)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(resize={self.resize}, crop={self.crop})"
+
+
+def check_augment(augment: str) -> str:
+    """Return ``augment`` if it is one of :data:`AUGMENTS`, else raise :class:`DatasetError`."""
+    if augment not in AUGMENTS:
+        raise DatasetError(f"Unknown augment {augment!r}; expected one of {', '.join(map(repr, AUGMENTS))}.")
+    return augment
+
+
+def shuffle_order(num_samples: int, seed: int) -> np.ndarray:
+    """Sample indices in the order a shuffled :func:`create_dataset` with this ``seed`` yields them.
+
+    A private ``RandomState``: independent of (and not disturbing) the global RNGs.
+    """
+    return np.random.RandomState(int(seed)).permutation(int(num_samples))
+
+
+def batch_indices(num_samples: int, batch_size: int, seed: Optional[int], drop_remainder: bool = False
+                  ) -> List[np.ndarray]:
+    """Sample indices of every batch of one epoch of :func:`create_dataset` (``seed=None``: not shuffled)."""
+    order = np.arange(num_samples) if seed is None else shuffle_order(num_samples, seed)
+    stop = num_samples - num_samples % batch_size if drop_remainder else num_samples
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+
+
+@dataclass
+class SplitScan:
+    """One split as scanned: the samples every framework's pipeline reads, and the files skipped."""
+
+    root: Path
+    split: str
+    classes: List[str]
+    samples: List[Tuple[str, int]]
+    skipped: List[Tuple[str, str]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels in sample (dataset index) order, int32."""
+        return np.array([label for _, label in self.samples], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def scan_dataset(data_dir: PathLike, splits: Sequence[str] = SPLITS) -> Tuple[List[str], Dict[str, SplitScan]]:
+    """Check the layout and scan (and verify) every image of ``splits`` once: ``(classes, {split: SplitScan})``.
+
+    A training run calls this once and builds each epoch's pipeline from the result, instead of re-scanning
+    and re-verifying every file every epoch.
+    """
+    root = resolve_data_root(data_dir)
+    classes = check_same_classes(root)
+    scans = {}
+    for split in splits:
+        samples, _, skipped = scan_split(root, split)
+        scans[split] = SplitScan(root, split, classes, samples, skipped)
+    return classes, scans

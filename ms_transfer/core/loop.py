@@ -1,0 +1,256 @@
+"""The training loop, written once: :func:`fit` runs (or resumes) a run with any :class:`~.backend.Backend`.
+
+One run: lock the run directory (one process per run, either framework), check it, prepare and scan the data
+(once), build or resume the model, write ``config.yaml`` (only once everything above succeeded: a command that
+fails changes nothing in the run directory), then per epoch: enter the epoch's stage (freezing, optimizer),
+train (through the frozen-trunk fast path and the feature cache when only the head trains), validate, append
+to ``metrics.jsonl``, write ``best``/``last`` checkpoints atomically; finally ``curves.png`` and
+``predictions.png``. ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
+(data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run.
+
+Frozen trunk (only ``fc`` trains: ``fixed_feature``, the head-only stage, or equivalent patterns): the trunk runs
+as pure inference and only the head takes a train step. With ``feature_cache: auto`` the trunk features are also
+cached (:class:`~.feature_cache.FeatureCache`): always for the val set, and for the train set when its transform
+is deterministic (``augment: none``) or ``cache_views`` > 0; cached epochs train the head on exactly the batches
+an uncached epoch would use (:func:`~.data.batch_indices` of the epoch's seed).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import recipe
+from .backend import Backend
+from .config import TrainConfig, save_config
+from .data import SplitScan, batch_indices, scan_dataset
+from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
+from .metrics import classification_metrics
+from .plots import plot_curves, plot_predictions
+from .recipe import (check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
+                     pretrained_weights, record_epoch, run_summary, sample_per_class, stage_lrs, stage_of)
+from .runlock import RunLock
+from .weights import resolve_padding
+
+__all__ = ["fit", "run_epoch", "validate", "steps_per_epoch"]
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch: every sample once, the last batch smaller when it does not divide."""
+    return math.ceil(num_samples / batch_size)
+
+
+def _after_epoch(epoch: int) -> None:
+    """Hook called after each epoch's checkpoints are written (tests use it to simulate a crash)."""
+
+
+def _result(losses: List[float], images: int, seconds: float) -> Dict:
+    return {"train_loss": float(np.mean(losses)), "images_per_s": images / seconds, "train_seconds": seconds}
+
+
+def run_epoch(backend: Backend, batches: Iterable, total: int, epoch: int, epochs: int,
+              collector: Optional[FeatureCollector] = None) -> Dict:
+    """One pass of train steps over ``batches`` (tqdm bar, NaN/Inf guard); ``collector`` receives every batch's
+    trunk features (fast path)."""
+    losses, images, start = [], 0, time.perf_counter()
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=None)
+    for x, y in bar:
+        loss, features = backend.train_step(x, y, want_features=collector is not None)
+        check_finite(loss, epoch, len(losses))
+        if collector is not None:
+            collector.add(features, backend.labels(y))
+        losses.append(loss)
+        images += len(backend.labels(y))
+        bar.set_postfix(loss=f"{loss:.4f}")
+    return _result(losses, images, time.perf_counter() - start)
+
+
+def _cached_epoch(backend: Backend, features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray],
+                  epoch: int, epochs: int) -> Dict:
+    """One epoch of head steps on cached trunk features, batch ``i`` being ``features[batches[i]]``."""
+    losses, images, start = [], 0, time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{epochs} (cached features)", unit="batch", leave=False, disable=None)
+    for index in bar:
+        loss = backend.head_step(np.ascontiguousarray(features[index]), labels[index])
+        check_finite(loss, epoch, len(losses))
+        losses.append(loss)
+        images += len(index)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    return _result(losses, images, time.perf_counter() - start)
+
+
+def validate(backend: Backend, batches: Iterable, num_classes: int) -> Dict:
+    """Eval-mode pass: loss, accuracy, per-class accuracy, confusion, ``seconds``."""
+    start = time.perf_counter()
+    logits, labels = [], []
+    for x, y in batches:
+        logits.append(backend.logits(x))
+        labels.append(backend.labels(y))
+    result = classification_metrics(logits, labels, num_classes)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _head_metrics(backend: Backend, features: np.ndarray, labels: np.ndarray, num_classes: int,
+                  batch_size: int) -> Dict:
+    """:func:`validate`'s result computed from trunk features (the head per batch)."""
+    start = time.perf_counter()
+    batches = batch_indices(len(labels), batch_size, None)
+    logits = [backend.head_logits(np.ascontiguousarray(features[idx])) for idx in batches]
+    result = classification_metrics(logits, [labels[idx].astype(np.int64) for idx in batches], num_classes)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+class _Run:
+    """State of one :func:`fit` call: the config, the backend, the scanned splits and the epoch's cache."""
+
+    def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan) -> None:
+        self.cfg, self.backend, self.train, self.val = cfg, backend, train, val
+        self.steps = steps_per_epoch(len(train), cfg.batch_size)
+        self.cache: Optional[FeatureCache] = None
+
+    def train_batches(self, epoch: int):
+        return self.backend.loader(self.train, train=True, shuffle=True, seed=self.cfg.seed + epoch)
+
+    def val_batches(self):
+        return self.backend.loader(self.val, train=False, shuffle=False, seed=self.cfg.seed)
+
+    def open_cache(self) -> None:
+        """The stage's feature cache, or ``None`` (trunk not frozen, or ``feature_cache: off``)."""
+        self.cache = None
+        if self.backend.frozen_trunk_reason() is not None:
+            return
+        if self.cfg.feature_cache == "off":
+            print("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
+            return
+        self.cache = FeatureCache.for_config(trunk_fingerprint(self.backend.trunk_arrays()), self.backend.version(),
+                                             self.cfg, self.train.samples, self.val.samples,
+                                             recipe.CACHE_DIR / "features")
+        print(self.cache.describe())
+
+    def epoch(self, epoch: int) -> Dict:
+        """Train one epoch: through the feature cache when the trunk is frozen, else the plain pass."""
+        cfg, backend = self.cfg, self.backend
+        if self.cache is None or backend.frozen_trunk_reason() is not None or not self.cache.train_cached:
+            batches, _ = self.train_batches(epoch)
+            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs)
+        cache = self.cache
+        labels = cache.labels("train")
+        order = batch_indices(len(labels), cfg.batch_size, cfg.seed + epoch)
+        view = cache.view_of(epoch)
+        features = cache.get("train", view)
+        if features is not None:
+            return _cached_epoch(backend, features, labels, order, epoch, cfg.epochs)
+        source = cache.source_epoch(view)
+        if source is None or source == epoch:  # this epoch's own pipeline draws the view: fill while training
+            batches, failures = self.train_batches(epoch)
+            collector, before = FeatureCollector(labels, order), len(failures)
+            result = run_epoch(backend, batches, self.steps, epoch, cfg.epochs, collector)
+            if len(failures) > before:
+                collector.spoil("an image failed to decode and was substituted")
+            cache.put("train", view, collector)
+            return result
+        # The view belongs to an earlier epoch's augmentation (resumed after it with no cache entry): draw it from
+        # that epoch's pipeline without training, then train on it like any cached epoch.
+        start = time.perf_counter()
+        batches, failures = self.train_batches(source)
+        collector = FeatureCollector(labels, batch_indices(len(labels), cfg.batch_size, cfg.seed + source))
+        features = cache.put("train", view, self._extract(batches, failures, collector))
+        if features is None:  # could not build the view: fall back to this epoch's own augmentation
+            batches, _ = self.train_batches(epoch)
+            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs)
+        result = _cached_epoch(backend, features, labels, order, epoch, cfg.epochs)
+        result["train_seconds"] = time.perf_counter() - start
+        result["images_per_s"] = len(labels) / result["train_seconds"]
+        return result
+
+    def _extract(self, batches, failures: List, collector: FeatureCollector) -> FeatureCollector:
+        """One inference pass of the frozen trunk into ``collector`` (no training)."""
+        before = len(failures)
+        for x, y in batches:
+            collector.add(self.backend.extract(x), self.backend.labels(y))
+        if len(failures) > before:  # a substitute's features must not be stored under another image
+            collector.spoil("an image failed to decode and was substituted")
+        return collector
+
+    def validate(self, num_classes: int) -> Dict:
+        """Validation; from cached val features when the trunk is frozen (computed and cached on a miss)."""
+        if self.cache is None or self.backend.frozen_trunk_reason() is not None:
+            return validate(self.backend, self.val_batches()[0], num_classes)
+        labels = self.cache.labels("val")
+        features = self.cache.get("val")
+        if features is None:
+            start = time.perf_counter()
+            batches, failures = self.val_batches()
+            collector = FeatureCollector(labels, batch_indices(len(labels), self.cfg.batch_size, None))
+            features = self.cache.put("val", 0, self._extract(batches, failures, collector))
+            if features is None:
+                return validate(self.backend, self.val_batches()[0], num_classes)
+            result = _head_metrics(self.backend, features, labels, num_classes, self.cfg.batch_size)
+            result["seconds"] = time.perf_counter() - start
+            return result
+        return _head_metrics(self.backend, features, labels, num_classes, self.cfg.batch_size)
+
+
+def fit(cfg: TrainConfig, backend: Backend) -> Dict:
+    """Run (or resume) training with ``backend``; returns the run summary. See the module docstring."""
+    backend.setup(cfg)
+    out = Path(cfg.output_dir)
+    last_ckpt = out / f"last.{backend.ckpt_ext}"
+    with RunLock(out, backend.name):
+        check_run_dir(out, last_ckpt, cfg.resume)
+        classes, scans = scan_dataset(prepare_data(cfg))
+        run = _Run(cfg, backend, scans["train"], scans["val"])
+        history: List[Dict] = []
+        best_acc, start_epoch, resumed = -1.0, 1, None
+        if cfg.resume:
+            resumed = backend.load_run(last_ckpt)
+            start_epoch = check_resume(cfg, resumed, classes, last_ckpt)
+            history, best_acc = list(resumed.get("history", [])), resumed.get("best_acc", -1.0)
+            print(f"Resuming {out} after epoch {start_epoch - 1}"
+                  + (f", extending it to {cfg.epochs} epochs" if resumed["config"]["epochs"] < cfg.epochs else ""))
+        else:
+            path, entry = pretrained_weights(cfg)
+            padding, why = resolve_padding(cfg.padding, entry)
+            backend.build(cfg.arch, len(classes), padding)
+            if path:
+                print(f"{backend.load_pretrained(path)}\n  note: {why}")
+        save_config(cfg, out / "config.yaml")
+
+        stages = plan_stages(cfg)
+        skipped = len(run.train.skipped) + len(run.val.skipped)
+        meta = {"arch": cfg.arch, "classes": classes, "image_size": cfg.image_size, "padding": backend.padding,
+                "config": cfg.to_dict()}
+        current = None
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            stage = stage_of(stages, epoch)
+            if stage is not current:
+                restore = resumed is not None and resumed.get("stage") == stage.name and epoch == start_epoch
+                report = backend.enter_stage(stage, stage_lrs(cfg, stage, run.steps), restore)
+                print(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
+                if backend.frozen_trunk_reason() is None:
+                    print("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
+                          "only fc trains")
+                run.open_cache()
+                current = stage
+            train_result = run.epoch(epoch)
+            val = run.validate(len(classes))
+            row = epoch_row(epoch, stage, train_result, val, skipped)
+            epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
+            if improved:
+                backend.save_run(out / f"best.{backend.ckpt_ext}", epoch_meta, with_optimizer=False)
+            backend.save_run(last_ckpt, epoch_meta, with_optimizer=True)
+            _after_epoch(epoch)
+
+        plot_curves(history, out / "curves.png")
+        val_batches, _ = run.val_batches()
+        images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in val_batches),
+                                          len(classes), per_class=max(1, 8 // len(classes)))
+        preds = backend.logits(images).argmax(axis=1)
+        plot_predictions(images, labels, preds, classes, out / "predictions.png")
+        return run_summary(out, best_acc, cfg, skipped, classes, backend.ckpt_ext)
