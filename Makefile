@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo demo-torch train parity parity-train parity-gpu bench bench-quick clean
+.PHONY: venv test demo demo-torch train parity parity-tutorial parity-train parity-gpu bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ train: venv
 ## parity: the MindSpore ResNet50 vs torchvision, GRAPH and PYNATIVE
 parity: venv
 	$(PY) -m parity --arch resnet50 --mode both
+
+## parity-tutorial: the tutorial's own network ('same' padding at stride 2) vs torchvision with explicit padding
+parity-tutorial: venv
+	$(PY) -m parity --arch resnet50 --padding same --mode both
 
 ## parity-train: 3 training steps of both frameworks' trainers in the three freezing regimes
 parity-train: venv

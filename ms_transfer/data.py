@@ -51,7 +51,8 @@ def build_dataset(samples: Sequence[Tuple[str, int]], image_size: int, batch_siz
                   resize_backend: str = "mindspore", augment: str = "random"):
     """A batched MindSpore dataset over already scanned ``(path, label)`` samples; returns ``(dataset, source)``.
 
-    With ``shuffle`` the samples come in the :func:`shuffle_order` permutation of ``seed``, else in index order. ``train`` with
+    With ``shuffle`` the samples come in the :func:`shuffle_order` permutation of ``seed``, else in index
+    order. ``train`` with
     ``augment="random"`` selects the random augmentation, otherwise the val transform. ``source.load_failures``
     is a live list of the substitutions made while iterating (decoding runs in threads).
 

@@ -25,7 +25,8 @@ class Problem:
     y: np.ndarray
 
 
-def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed: int, padding: str = "torch") -> Problem:
+def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed: int,
+                 padding: str = "torch") -> Problem:
     """Seeded weights whose BN statistics and affine parameters are not their init values.
 
     Running statistics are calibrated on random batches (cumulative average, as torch does with

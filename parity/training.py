@@ -62,7 +62,8 @@ def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int
         raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
     return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, optimizer="momentum",
                        lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY, schedule="cosine",
-                       seed=seed, pretrained=None, padding=padding, **REGIMES[regime]).validate(source=f"regime {regime}")
+                       seed=seed, pretrained=None, padding=padding,
+                       **REGIMES[regime]).validate(source=f"regime {regime}")
 
 
 def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:

@@ -1,9 +1,40 @@
-"""Shared fixtures. MindSpore's execution mode is process-global: tests that care set it explicitly."""
+"""Shared fixtures and helpers. MindSpore's execution mode is process-global: tests that care set it explicitly.
+
+``small_config`` and ``demo_images`` are what the training tests of both frameworks share (``from conftest import
+small_config``: the tests folder is on ``sys.path`` under pytest's default import mode).
+"""
 import numpy as np
 import pytest
 
 from ms_transfer.context import set_context
+from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.demo_data import make_demo_dataset
 
+
+def small_config(data_dir, out, **overrides) -> TrainConfig:
+    """A small, fast training run: ResNet18 at 32 px, batch 4, one epoch, PYNATIVE, no pretrained weights."""
+    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,
+                num_workers=1, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
+    base.update(overrides)
+    return TrainConfig(**base).validate()
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory):
+    """``make(n_train, n_val, corrupt=False)``: a generated two-class ImageFolder (48 px images, seed 0), made once
+    per arguments; ``corrupt`` adds an unreadable ``train/synthetic_circles/corrupt.jpg`` that must be skipped."""
+    made = {}
+
+    def make(n_train: int = 6, n_val: int = 3, corrupt: bool = False):
+        key = (n_train, n_val, corrupt)
+        if key not in made:
+            root = tmp_path_factory.mktemp("data") / "demo"
+            make_demo_dataset(root, n_train_per_class=n_train, n_val_per_class=n_val, image_size=48, seed=0)
+            if corrupt:
+                (root / "train" / "synthetic_circles" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+            made[key] = root
+        return made[key]
+    return make
 
 
 @pytest.fixture(params=["graph", "pynative"])

@@ -149,3 +149,83 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
         convert_main([str(src), str(dst), "--force"])
     assert dst.read_bytes() == b"previous good checkpoint"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+# --- wrapper prefixes (DDP, torch.compile, EMA / framework wrappers) ----------------------------------------
+
+def _wrapped_state(model, prefix):
+    """``model``'s state dict as the wrapper behind ``prefix`` saves it (real torch wrappers where torch has one)."""
+    if prefix == "_orig_mod.":
+        return torch.compile(model).state_dict()  # lazy: nothing is compiled by state_dict()
+    if prefix == "module.":
+        return torch.nn.DataParallel(model).state_dict()
+    if prefix == "_orig_mod.module.":
+        return torch.compile(torch.nn.DataParallel(model)).state_dict()
+    return {prefix + k: v for k, v in model.state_dict().items()}  # e.g. an EMA helper's "ema.model."
+
+
+def _assert_same_weights(a, b):
+    assert list(a.state) == list(b.state) and a.meta == b.meta
+    for k, v in a.state.items():
+        assert v.dtype == b.state[k].dtype and v.shape == b.state[k].shape, k
+        np.testing.assert_array_equal(v, b.state[k], err_msg=k)
+
+
+@pytest.mark.parametrize("arch, prefix", [("resnet18", "_orig_mod."), ("resnet18", "module."),
+                                          ("resnet18", "_orig_mod.module."), ("resnet18", "ema.model."),
+                                          ("resnet50", "_orig_mod.module.")])
+def test_wrapper_prefix_is_stripped_bit_exactly(tmp_path, arch, prefix):
+    from ms_transfer.core.convert import convert_file
+    src, expected = _torch_checkpoint(tmp_path, arch)
+    model = build_model(arch, 1000)
+    model.load_state_dict(expected)
+    wrapped = _wrapped_state(model, prefix)
+    assert all(k.startswith(prefix) for k in wrapped) and len(wrapped) == len(expected)
+    torch.save(wrapped, tmp_path / "wrapped.pth")
+
+    plain = convert_file(str(src), str(tmp_path / "plain.ckpt"))
+    report = convert_file(str(tmp_path / "wrapped.pth"), str(tmp_path / "wrapped.ckpt"))
+    assert plain.stripped_prefix == "" and "wrapper" not in str(plain)
+    assert report.stripped_prefix == prefix and f"wrapper prefix {prefix!r} stripped" in str(report)
+    assert (report.arch, report.src_naming, report.num_tensors) == (arch, "torchvision", plain.num_tensors)
+    _assert_same_weights(read_weights(tmp_path / "plain.ckpt"), read_weights(tmp_path / "wrapped.ckpt"))
+    if prefix == "_orig_mod.module.":  # and back to a plain torchvision file, num_batches_tracked included
+        convert_file(str(tmp_path / "wrapped.ckpt"), str(tmp_path / "back.pth"))
+        _assert_bit_exact(expected, tmp_path / "back.pth")
+
+
+def test_wrapper_prefix_in_the_cli_report(tmp_path, capsys):
+    _, expected = _torch_checkpoint(tmp_path, "resnet18")
+    torch.save({"module." + k: v for k, v in expected.items()}, tmp_path / "ddp.pth")
+    assert convert_main([str(tmp_path / "ddp.pth"), str(tmp_path / "ddp.ckpt")]) == 0
+    assert "wrapper prefix 'module.' stripped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keys", [["model.encoder.weight", "model.decoder.bias"],
+                                  ["module.model.encoder.0.weight", "module.model.encoder.1.weight"],
+                                  ["_orig_mod.layer1.0.weight", "_orig_mod.head.weight"]])
+def test_non_resnet_with_shared_prefix_is_a_clear_error(tmp_path, capsys, keys):
+    from ms_transfer.core.convert import convert_file
+    torch.save({k: torch.zeros(3, 3) for k in keys}, tmp_path / "other.pth")
+    assert convert_main([str(tmp_path / "other.pth"), str(tmp_path / "o.ckpt")]) == 2
+    assert "cannot detect the ResNet depth" in capsys.readouterr().err
+    assert not (tmp_path / "o.ckpt").exists()
+    with pytest.raises(CheckpointError, match="cannot detect the ResNet depth"):
+        convert_file(str(tmp_path / "other.pth"), str(tmp_path / "o.ckpt"))
+
+
+def test_create_model_loads_a_compiled_models_checkpoint(tmp_path):
+    _, expected = _torch_checkpoint(tmp_path, "resnet18")
+    model = build_model("resnet18", 1000)
+    model.load_state_dict(expected)
+    torch.save(_wrapped_state(model, "_orig_mod.module."), tmp_path / "compiled.pth")
+    net = create_model("resnet18", num_classes=2, pretrained=str(tmp_path / "compiled.pth"), verbose=False)
+    params = {p.name: p.asnumpy() for p in net.get_parameters()}
+    to_ms = naming.name_map("resnet18", "torchvision", "ms_transfer")
+    trunk = [k for k in to_ms if not k.startswith("fc.")]
+    assert len(trunk) == len(params) - 2
+    for k in trunk:
+        np.testing.assert_array_equal(params[to_ms[k]], expected[k].numpy(), err_msg=k)
+    assert params["fc.weight"].shape == (2, 512)
+    assert net.load_report.missing == ["fc.weight", "fc.bias"]
+    assert any("wrapper prefix '_orig_mod.module.' stripped" in note for note in net.load_report.notes)

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ms_transfer.core.data import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, DatasetInfo, resolve_data_root,
-                                   scan_split)
-from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.core.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, DatasetInfo, resolve_data_root, scan_split
 from ms_transfer.core.demo_data import CLASSES, make_demo_dataset
+from ms_transfer.data import create_dataset, load_image_for_eval
 
 RNG = np.random.default_rng(0)
 

@@ -3,19 +3,20 @@ import json
 
 import numpy as np
 import pytest
+from mindspore import Tensor, nn
 from PIL import Image
 
-from mindspore import Tensor, nn
-
 from ms_transfer.checkpoint import save_run_checkpoint
-from ms_transfer.core.checkpoint_io import write_weights
 from ms_transfer.context import set_context
-from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.core.checkpoint_io import write_weights
 from ms_transfer.core.demo_data import make_demo_dataset
-from ms_transfer.evaluate import evaluate_checkpoint, evaluate_net, main as evaluate_main
-from ms_transfer.models import create_model
 from ms_transfer.core.plots import plot_curves, plot_predictions
-from ms_transfer.predict import main as predict_main, predict_paths
+from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.evaluate import evaluate_checkpoint, evaluate_net
+from ms_transfer.evaluate import main as evaluate_main
+from ms_transfer.models import create_model
+from ms_transfer.predict import main as predict_main
+from ms_transfer.predict import predict_paths
 
 CLASSES = ["synthetic_circles", "synthetic_stripes"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,6 +6,7 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
+from conftest import small_config
 from mindspore import nn
 
 import ms_transfer.core.feature_cache as features_mod
@@ -13,7 +14,7 @@ import ms_transfer.core.loop as loop
 import ms_transfer.core.recipe as recipe
 from ms_transfer.backend import MindSporeBackend, make_loss
 from ms_transfer.checkpoint import load_state_into
-from ms_transfer.core.config import ConfigError, TrainConfig
+from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import batch_indices, scan_split
 from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.core.feature_cache import CACHE_STATS, FeatureCache, FeatureCollector, FeatureStore, trunk_fingerprint
@@ -26,10 +27,8 @@ from ms_transfer.train import train
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "demo"
-    make_demo_dataset(root, n_train_per_class=6, n_val_per_class=3, image_size=48, seed=0)
-    return root  # 12 train images, 6 val
+def data_dir(demo_images):
+    return demo_images(6, 3)  # 12 train images, 6 val
 
 
 @pytest.fixture(autouse=True)
@@ -38,11 +37,7 @@ def _fresh_stats():
 
 
 def _cfg(data_dir, out, **kw):
-    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=3, lr=0.01,
-                num_workers=1, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None,
-                strategy="fixed_feature", augment="none")
-    base.update(kw)
-    return TrainConfig(**base).validate()
+    return small_config(data_dir, out, **{"epochs": 3, "strategy": "fixed_feature", "augment": "none", **kw})
 
 
 def _params(net):
@@ -368,9 +363,8 @@ def test_shuffled_dataset_follows_batch_indices(data_dir):
 def test_augment_none_trains_on_the_val_transform_in_both_frameworks(data_dir):
     """augment=none is the deterministic val transform in both data pipelines (resize_backend=pil: torchvision's
     exact resize, so the two agree to float32 rounding of the normalisation)."""
-    from torch_reference.data import create_loader
-
     from ms_transfer.core.data import DatasetError
+    from torch_reference.data import create_loader
     ms_ds, _ = create_dataset(data_dir, "train", 32, 12, train=True, shuffle=False, seed=0, augment="none",
                               resize_backend="pil")
     ms_images = next(ms_ds.create_tuple_iterator(num_epochs=1, output_numpy=True))[0]

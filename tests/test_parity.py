@@ -127,3 +127,12 @@ def test_compare_rule():
     assert compare("tiny", ref * (1 + ABS_TERM / 2), ref, exact).passed
     assert not compare("small", ref * (1 + 1e-4), ref, exact).passed
     assert CHECKS[0] == "eval_logits"
+
+
+def test_same_padding_network_passes_in_graph_mode():
+    """padding="same" (the MindSpore tutorial's network) on both sides: MindSpore's pad_mode='same' against
+    torch_reference's asymmetric pre-hook padding, every check (64 px: every strided layer pads asymmetrically)."""
+    report = run_parity(ParityConfig(arch="resnet18", padding="same", mode="graph", batch=4, image_size=64,
+                                     num_classes=10))
+    assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
+    assert report.config.padding == "same"

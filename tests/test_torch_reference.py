@@ -1,38 +1,32 @@
 """One config, two frameworks: torch_reference.train mirrors ms_transfer.train (artifacts, metrics fields,
 freezing, resume), and a run's checkpoint from either side evaluates identically on the other."""
+import functools
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 
 import ms_transfer.core.loop as loop
 from ms_transfer.core import naming
-from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.convert import convert_file
-from ms_transfer.core.demo_data import make_demo_dataset
-from ms_transfer.evaluate import evaluate_checkpoint as ms_evaluate
 from ms_transfer.core.recipe import METRIC_FIELDS, TrainingError, plan_stages
-from torch_reference.models import build_model
+from ms_transfer.evaluate import evaluate_checkpoint as ms_evaluate
+from torch_reference.backend import TorchBackend
 from torch_reference.checkpoint import load_run_checkpoint
 from torch_reference.evaluate import evaluate_checkpoint as torch_evaluate
-from torch_reference.backend import TorchBackend
-from torch_reference.train import main as torch_main, train as torch_train
+from torch_reference.models import build_model
+from torch_reference.train import main as torch_main
+from torch_reference.train import train as torch_train
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "demo"
-    make_demo_dataset(root, n_train_per_class=6, n_val_per_class=4, image_size=48, seed=0)
-    (root / "train" / "synthetic_circles" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    return root
+def data_dir(demo_images):
+    return demo_images(6, 4, corrupt=True)
 
 
-def _cfg(data_dir, out, **kw):
-    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,
-                num_workers=0, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
-    base.update(kw)
-    return TrainConfig(**base).validate()
+_cfg = functools.partial(small_config, num_workers=0)
 
 
 @pytest.fixture(scope="module")

@@ -3,33 +3,25 @@ import json
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 import ms_transfer.core.checkpoint_io as checkpoint_io
-import ms_transfer.core.recipe as recipe
 import ms_transfer.core.loop as loop
+import ms_transfer.core.recipe as recipe
 from ms_transfer.backend import MindSporeBackend
-from ms_transfer.models import load_run_checkpoint
-from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.core.runlock import LOCK_NAME
 from ms_transfer.core.weights import url_cache_path
-from ms_transfer.core.demo_data import make_demo_dataset
-from ms_transfer.models import create_model
+from ms_transfer.models import create_model, load_run_checkpoint
 from ms_transfer.train import TrainingError, main, train
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "demo"
-    make_demo_dataset(root, n_train_per_class=6, n_val_per_class=3, image_size=48, seed=0)
-    (root / "train" / "synthetic_circles" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    return root
+def data_dir(demo_images):
+    return demo_images(6, 3, corrupt=True)
 
 
-def _cfg(data_dir, out, **kw):
-    base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,
-                num_workers=1, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
-    base.update(kw)
-    return TrainConfig(**base).validate()
+_cfg = small_config
 
 
 def _params(net):

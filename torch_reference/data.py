@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
-from ms_transfer.core.data import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike,
-                                   check_augment, check_same_classes, eval_resize_size, resolve_data_root, scan_split,
-                                   shuffle_order)
+from ms_transfer.core.data import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, ImageSource,
+                                   PathLike, check_augment, check_same_classes, eval_resize_size, resolve_data_root,
+                                   scan_split, shuffle_order)
 
 log = logging.getLogger(__name__)
 

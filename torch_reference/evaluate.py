@@ -45,7 +45,7 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
         if meta.get("num_classes") != len(classes):
             raise DatasetError(f"{ckpt} has a {meta.get('num_classes')}-class head but {root / split} has "
                                f"{len(classes)} class folders {classes}")
-    model = build_model(report.arch, len(classes))
+    model = build_model(report.arch, len(classes), weights.meta.get("padding", "torch"))
     load_numpy_state(model, state)
     loader, _ = create_loader(root, split, image_size or meta.get("image_size", 224), batch_size, train=False,
                               shuffle=False, seed=0, num_workers=num_workers)

@@ -1,8 +1,8 @@
 """``python -m torch_reference.train``: the same run in PyTorch - real torchvision ResNets, same config files,
 flags and loop as ``python -m ms_transfer.train``.
 
-The loop is :func:`ms_transfer.core.loop.fit`, driving the torch backend (:class:`torch_reference.backend.TorchBackend`):
-same config schema, data preparation and file scan, freezing patterns (matched on the MindSpore names of
+The loop is :func:`ms_transfer.core.loop.fit`, driving the torch backend
+(:class:`torch_reference.backend.TorchBackend`): same config schema, data preparation and file scan, freezing patterns (matched on the MindSpore names of
 torchvision's parameters, so ``--unfreeze 'fc.*' 'layer4.*'`` selects the same layers), frozen-BN semantics (a
 BatchNorm whose weight and bias are frozen runs in eval mode), per-pattern LR multipliers, per-step LR schedules,
 frozen-trunk fast path and feature cache, and the ``metrics.jsonl`` fields. Artifacts: ``config.yaml``,

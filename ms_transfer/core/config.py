@@ -226,6 +226,9 @@ def resolve_config(argv: Optional[Sequence[str]], prog: str = "python -m ms_tran
     args = vars(build_parser(prog, description).parse_args(argv))
     config_path_ = config_path(args.pop("config", None), bool(args.get("demo")))
     values = load_yaml(config_path_)
+    for key, other in (("pretrained", "pretrained_url"), ("pretrained_url", "pretrained")):
+        if key in args and other not in args:  # alternatives: a flag for one replaces the YAML's other
+            values.pop(other, None)
     if "lr_mult" in args:
         args["lr_mult"] = dict(args["lr_mult"])
     values.update(args)

@@ -248,7 +248,8 @@ class FeatureCache:
         ``cache_views`` with random augmentation); ``trunk`` is :func:`trunk_fingerprint` of the frozen trunk,
         ``framework`` the backend's name and version (features differ across frameworks at float rounding)."""
         views = 1 if cfg.augment == "none" else cfg.cache_views
-        return cls(trunk, framework=framework, arch=cfg.arch, image_size=cfg.image_size, resize_backend=cfg.resize_backend,
+        return cls(trunk, framework=framework, arch=cfg.arch, image_size=cfg.image_size,
+                   resize_backend=cfg.resize_backend,
                    augment=cfg.augment, views=views, seed=cfg.seed, batch_size=cfg.batch_size,
                    num_workers=cfg.num_workers, device=cfg.device, train_samples=train_samples,
                    val_samples=val_samples, root=root, log=log)
