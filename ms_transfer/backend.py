@@ -157,6 +157,7 @@ class MindSporeBackend:
         return self.fast.extract(_images(x)).asnumpy()
 
     def head_step(self, features: np.ndarray, labels: np.ndarray) -> float:
+        self._set_training(True)
         return float(self.fast.head_step(features, labels).asnumpy())
 
     # --- inference and data ------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_compare_rule():
 def test_same_padding_network_passes_in_graph_mode():
     """padding="same" (the MindSpore tutorial's network) on both sides: MindSpore's pad_mode='same' against
     torch_reference's asymmetric pre-hook padding, every check (64 px: every strided layer pads asymmetrically)."""
-    report = run_parity(ParityConfig(arch="resnet18", padding="same", mode="graph", batch=4, image_size=64,
-                                     num_classes=10))
+    report = run_parity(ParityConfig(arch="resnet18", padding="same", mode="graph", image_size=64, num_classes=10))
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
     assert report.config.padding == "same"
+
