@@ -3,6 +3,7 @@ resume refusals, the run-directory lock across processes and frameworks, ``--dem
 and the frozen-trunk fast path + feature cache on the torch backend."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -186,9 +187,11 @@ def test_a_failed_fresh_run_leaves_no_directory(tmp_path):
 def test_demo_runs_offline_from_another_directory_with_a_non_editable_install(tmp_path):
     """Build the wheel, install it (no deps: the venv has them) into a folder of its own, and run --demo from a
     directory that is not the checkout: the shipped demo config is found and nothing is downloaded."""
-    wheels = tmp_path / "wheels"
+    src, wheels = tmp_path / "src", tmp_path / "wheels"  # build from a copy: setuptools writes build/ in-tree
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "runs", "data", "__pycache__", ".pytest_cache"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            str(wheels), str(src)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),

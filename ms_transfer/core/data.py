@@ -37,7 +37,7 @@ MindSpore's ops either way; ``augment="none"`` trains on the deterministic val t
 
 Shuffling is an explicit permutation, :func:`shuffle_order` ``(num_samples, seed)``, fed to the dataset as a
 ``SubsetSampler``: code that must reproduce an epoch's batch order and composition without decoding a single
-image (the trunk-feature cache of :mod:`ms_transfer.features`) calls the same function.
+image (the trunk-feature cache of :mod:`ms_transfer.core.feature_cache`) calls the same function.
 """
 
 from __future__ import annotations
