@@ -15,6 +15,7 @@ from ms_transfer.core.naming import ARCH_SPECS
 
 from .training import TRAIN_BATCH
 from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run_parity
+from .sensitivity import format_sensitivity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject", choices=sorted(BUGS) + sorted(TRAIN_BUGS), default=None, metavar="BUG",
                    help="inject a known bug into the MindSpore side (the run must then fail); porting bugs: "
                         f"{', '.join(sorted(BUGS))}; training bugs (need --train-steps): {', '.join(sorted(TRAIN_BUGS))}")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also print the smallest uniform / single-tensor relative error each check detects on this "
+                        "run (the port's outputs scaled by 1+eps after the fact; see parity/sensitivity.py)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
     return p
 
@@ -51,6 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.batch = TRAIN_BATCH if args.train_steps else ParityConfig().batch
     if args.train_steps < 0:
         print("error: --train-steps must be >= 0", file=sys.stderr)
+        return 2
+    if args.sensitivity and args.train_steps:
+        print("error: --sensitivity measures the forward/gradient/optimizer checks: drop --train-steps", file=sys.stderr)
         return 2
     if args.inject and (args.inject in TRAIN_BUGS) != (args.train_steps > 0):
         kind = "a training bug: add --train-steps N" if args.inject in TRAIN_BUGS else "a porting bug: drop --train-steps"
@@ -68,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
-                           regimes=tuple(args.regimes))
+                           regimes=tuple(args.regimes), sensitivity=args.sensitivity)
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:
             bug = f" | {args.train_steps} training steps" + bug
@@ -76,6 +83,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"seed {cfg.seed}{bug}", flush=True)
         report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
         print(format_table(report.results))
+        if report.sensitivity:
+            print(format_sensitivity(report.sensitivity))
         print(f"{'PASSED' if report.passed else 'FAILED'} in {report.seconds['total']:.1f} s", flush=True)
         reports.append(report)
     if args.json:

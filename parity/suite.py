@@ -11,14 +11,17 @@ from ms_transfer.context import set_context
 from ms_transfer.models import build_model
 
 from .bugs import inject
-from .compare import FLOOR_SAMPLES, JITTER, K, CheckResult, compare
+from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, CheckResult, compare, failed
 from .engines import MindSporeEngine, TorchEngine
+from .sensitivity import Sensitivity, sensitivity
 from .setup import Problem, make_problem
 from .training import REGIMES, TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, \
     torch_training
 
 #: check groups, in the order they run and print
 CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
+#: forward-only groups (their scale statistic is calibrated on rounding samples, see parity/compare.py)
+FORWARD_CHECKS = ("eval_logits", "train_forward")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ParityConfig:
     opt_steps: int = 3       # >1 so that the momentum buffer is exercised
     inject: Optional[str] = None
     train_steps: int = 0     # >0: training-step parity (parity.training) instead of the checks above
+    sensitivity: bool = False  # also measure the smallest error each check detects (parity.sensitivity)
     regimes: Sequence[str] = tuple(REGIMES)
 
 
@@ -50,6 +54,7 @@ class ParityReport:
     config: ParityConfig
     results: List[CheckResult] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
+    sensitivity: List[Sensitivity] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -57,23 +62,24 @@ class ParityReport:
 
     def as_dict(self) -> dict:
         return {"config": asdict(self.config), "passed": self.passed,
-                "results": [r.as_dict() for r in self.results], "seconds": self.seconds}
+                "results": [r.as_dict() for r in self.results], "seconds": self.seconds,
+                "sensitivity": [r.as_dict() for r in self.sensitivity]}
 
 
-def _jitter_fn(seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Scales every float32 array by ``1 + JITTER * U(-1, 1)`` (other dtypes pass through)."""
+def _jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.ndarray]:
+    """Scales every float32 array by ``1 + amount * U(-1, 1)`` (other dtypes pass through)."""
     rng = np.random.RandomState(seed)
 
     def jitter(a: np.ndarray) -> np.ndarray:
         if a.dtype != np.float32:
             return a
-        return (a * (1.0 + JITTER * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+        return (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
     return jitter
 
 
-def _jittered(problem: Problem, seed: int) -> Problem:
-    """The same problem with every float32 weight and input scaled by ``1 + JITTER * U(-1, 1)``."""
-    jitter = _jitter_fn(seed)
+def _jittered(problem: Problem, seed: int, amount: float = JITTER) -> Problem:
+    """The same problem with every float32 weight and input scaled by ``1 + amount * U(-1, 1)``."""
+    jitter = _jitter_fn(seed, amount)
     state = type(problem.torch_state)((k, jitter(v)) for k, v in problem.torch_state.items())
     return Problem(problem.arch, problem.num_classes, state, problem.ms_state, jitter(problem.x), problem.y)
 
@@ -109,10 +115,11 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         report.seconds["total"] = time.perf_counter() - t0
         return report
     reference = TorchEngine(cfg.arch, cfg.num_classes, problem.torch_state, "float64", cfg.padding)
-    floors = []
+    floors, rounding = [], []
     for i in range(FLOOR_SAMPLES):
-        p = _jittered(problem, cfg.seed + 100 + i)
-        floors.append((TorchEngine(cfg.arch, cfg.num_classes, p.torch_state, "float32", cfg.padding), p.x))
+        for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)):
+            p = _jittered(problem, cfg.seed + 100 + i, amount)
+            engines.append((TorchEngine(cfg.arch, cfg.num_classes, p.torch_state, "float32", cfg.padding), p.x))
     net = build_model(cfg.arch, cfg.num_classes, cfg.padding)
     ms_state = dict(problem.ms_state)
     if cfg.inject:
@@ -136,6 +143,8 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         log(f"running {check} ...")
         ref = runners[check](reference, problem.x)
         samples = [runners[check](engine, x) for engine, x in floors]
+        # forward checks: the scale statistic's floor from rounding samples (see parity/compare.py)
+        scale_samples = [runners[check](engine, x) for engine, x in rounding] if check in FORWARD_CHECKS else samples
         t_ms = time.perf_counter()
         try:
             ms = runners[check](ms_engine, problem.x)
@@ -145,9 +154,12 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
         for name in ref:
             if ms is None:
-                report.results.append(CheckResult(name, np.inf, np.inf, np.nan, np.inf, K, False, error))
+                report.results.append(failed(name, error))
             else:
-                report.results.append(compare(name, ms[name], ref[name], [s[name] for s in samples]))
+                args = (ms[name], ref[name], [s[name] for s in samples], [s[name] for s in scale_samples])
+                report.results.append(compare(name, *args))
+                if cfg.sensitivity:
+                    report.sensitivity.append(sensitivity(name, *args))
         report.seconds[check] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
@@ -175,7 +187,7 @@ def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log
         report.seconds[f"train {regime} (mindspore)"] = time.perf_counter() - t_ms
         for key, label in check_names(regime, cfg.train_steps).items():
             if ms is None:
-                report.results.append(CheckResult(label, np.inf, np.inf, np.nan, np.inf, K, False, error))
+                report.results.append(failed(label, error))
             else:
                 report.results.append(compare(label, ms[key], ref[key], [s[key] for s in samples]))
         report.seconds[f"train {regime}"] = time.perf_counter() - t

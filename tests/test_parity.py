@@ -126,6 +126,9 @@ def test_compare_rule():
     # where float32 samples are exact, only the absolute term (a few float32 roundings) is allowed
     assert compare("tiny", ref * (1 + ABS_TERM / 2), ref, exact).passed
     assert not compare("small", ref * (1 + 1e-4), ref, exact).passed
+    # a uniform scale 10x below the L2 floor: the L2 ratio passes, the scale statistic does not
+    scaled = compare("scaled", ref * 1.001 + 1e-4 * rng.standard_normal(1000), ref, noise)
+    assert scaled.ratio <= K and not scaled.passed and scaled.worst == "systematic scale error"
     assert CHECKS[0] == "eval_logits"
 
 
@@ -136,3 +139,37 @@ def test_same_padding_network_passes_in_graph_mode():
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
     assert report.config.padding == "same"
 
+
+
+@pytest.mark.parametrize("factor", [1.001, 1.02])
+def test_a_uniform_gradient_scale_is_caught(monkeypatch, factor):
+    """Every MindSpore gradient times ``factor``, the forward unchanged (a loss scale, or a mean over the wrong
+    count, left in on one side). The L2 rule's floor is a ReLU-mask flip (~1e-3..1e-2), so alone it passes
+    1.001 here (and passed 1.02 at other settings); the scale statistic (median over tensors of the
+    least-squares scale error) catches both by a wide margin."""
+    import parity.engines as engines
+    real = engines.MindSporeEngine.grads
+
+    def scaled(self, x, y, bn_train):
+        return {k: v * np.float32(factor) for k, v in real(self, x, y, bn_train).items()}
+    monkeypatch.setattr(engines.MindSporeEngine, "grads", scaled)
+    report = run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
+                                     checks=("grads_train_bn",)))
+    (result,) = report.results
+    assert not result.passed and result.scale_ratio > 10 * K
+    assert result.scale == pytest.approx(factor - 1, rel=1e-2)
+    if factor == 1.001:  # below the flip floor: the L2 rule alone would have passed it
+        assert result.ratio <= K and result.worst == "systematic scale error"
+
+
+def test_detection_power_is_measured_and_meets_the_targets():
+    """``--sensitivity``: the smallest uniform relative error each check detects (ResNet18, 64 px, batch 4)."""
+    report = run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
+                                     checks=("train_forward", "grads_train_bn"), sensitivity=True))
+    assert report.passed
+    power = {row.check: row for row in report.sensitivity}
+    assert power["grads (train-mode BN)"].uniform <= 1e-3 and power["BN running stats"].uniform <= 1e-3
+    assert power["train loss"].uniform <= 1e-5 and power["train logits"].uniform <= 1e-5
+    # a single-tensor error is bounded by the per-tensor L2 rule (a flip's size), reported, not a target
+    assert 0 < power["grads (train-mode BN)"].single < float("inf")
+    assert report.as_dict()["sensitivity"][0]["check"] == "train logits"

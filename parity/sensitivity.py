@@ -1,0 +1,81 @@
+"""Detection power: the smallest error each check catches, measured on the run at hand.
+
+For every check of a parity run, the port's own arrays are perturbed after the fact and re-compared against the
+same reference and float32 samples: a *uniform* scale ``1 + eps`` of every tensor (a loss scale or a mean over
+the wrong count left in on one side: every gradient off by the same factor) and a *single-tensor* scale of one
+tensor in the middle of the network (a bug confined to one layer). The smallest ``eps`` that makes the check
+fail is found by bisection on a log scale between ``EPS_MIN`` and ``EPS_MAX``. ``python -m parity
+--sensitivity`` prints the table; the README records it for ResNet18.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .compare import compare
+
+EPS_MIN, EPS_MAX = 1e-9, 1.0
+#: bisection steps on log10(eps): 40 steps halve the 9-decade interval to ~1e-11 decades
+STEPS = 40
+
+Arrays = Dict[str, np.ndarray]
+
+
+@dataclass
+class Sensitivity:
+    """Smallest detected relative error of one check (``inf``: not detected up to ``EPS_MAX``)."""
+
+    check: str
+    uniform: float          # every tensor scaled by 1 + eps
+    single: float           # one tensor scaled by 1 + eps
+    single_tensor: str      # which one
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_dict(a) -> Arrays:
+    return {"": a} if isinstance(a, np.ndarray) else dict(a)
+
+
+def smallest_detected(fails: Callable[[float], bool]) -> float:
+    """Smallest ``eps`` in ``[EPS_MIN, EPS_MAX]`` with ``fails(eps)`` (assumed monotone), else ``inf``."""
+    if not fails(EPS_MAX):
+        return float("inf")
+    if fails(EPS_MIN):
+        return EPS_MIN
+    lo, hi = np.log10(EPS_MIN), np.log10(EPS_MAX)
+    for _ in range(STEPS):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fails(10 ** mid) else (mid, hi)
+    return float(10 ** hi)
+
+
+def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[Sequence] = None) -> Sensitivity:
+    """Detection power of ``check`` for this run's port output ``ms`` (see the module docstring); the arguments
+    are :func:`~parity.compare.compare`'s."""
+    ms_d = _as_dict(ms)
+    names = [n for n in _as_dict(ref) if np.any(_as_dict(ref)[n])]
+    middle = names[len(names) // 2]
+
+    def scaled(eps: float, only: str = "") -> Arrays:
+        return {n: (a * (1.0 + eps) if (not only or n == only) else a) for n, a in ms_d.items()}
+
+    uniform = smallest_detected(lambda eps: not compare(check, scaled(eps), ref, samples, scale_samples).passed)
+    single = smallest_detected(lambda eps: not compare(check, scaled(eps, middle), ref, samples,
+                                                       scale_samples).passed)
+    return Sensitivity(check, uniform, single, middle)
+
+
+def format_sensitivity(rows: List[Sensitivity]) -> str:
+    """Fixed-width table of :class:`Sensitivity` rows."""
+    width = max([28] + [len(r.check) for r in rows])
+    header = f"{'check':<{width}} {'uniform eps':>12} {'one-tensor eps':>14}  tensor"
+    lines = ["smallest relative error each check detects (scale 1+eps applied to the port's output):", header,
+             "-" * len(header)]
+    lines += [f"{r.check:<{width}} {r.uniform:>12.2e} {r.single:>14.2e}  {r.single_tensor or '(the only one)'}"
+              for r in rows]
+    return "\n".join(lines)
+
