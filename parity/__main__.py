@@ -15,13 +15,24 @@ from ms_transfer.core.naming import ARCH_SPECS
 
 from .training import TRAIN_BATCH
 from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run_parity
+from .bugs import LAYER_BUGS
+from .localize import format_localization
 from .sensitivity import format_sensitivity
+
+
+def _bug(name: str) -> str:
+    bug, _, layer = name.partition("@")
+    if name in TRAIN_BUGS or (bug in BUGS and (not layer or bug in LAYER_BUGS)):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown bug {name!r}; porting bugs: {', '.join(sorted(BUGS))} (BUG@LAYER for "
+                                     f"{', '.join(LAYER_BUGS)}); training bugs: {', '.join(sorted(TRAIN_BUGS))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ParityConfig()
     p = argparse.ArgumentParser(prog="python -m parity", description=__doc__)
-    p.add_argument("--arch", default=d.arch, choices=list(ARCH_SPECS))
+    p.add_argument("--arch", default=None, choices=list(ARCH_SPECS),
+                   help=f"default: {d.arch}; with --check-reference: refuse a bundle made for another arch")
     p.add_argument("--padding", default=d.padding, choices=["torch", "same"],
                    help="network padding on both sides: torch (torchvision's, default) or same (the MindSpore "
                         "tutorial's network: asymmetric 'same' padding at stride 2; torch reproduces it explicitly)")
@@ -39,12 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training-step parity: N optimizer steps per regime instead of the checks above")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), metavar="REGIME",
                    help=f"with --train-steps: subset of {', '.join(REGIMES)}")
-    p.add_argument("--inject", choices=sorted(BUGS) + sorted(TRAIN_BUGS), default=None, metavar="BUG",
+    p.add_argument("--inject", type=_bug, default=None, metavar="BUG[@LAYER]",
                    help="inject a known bug into the MindSpore side (the run must then fail); porting bugs: "
-                        f"{', '.join(sorted(BUGS))}; training bugs (need --train-steps): {', '.join(sorted(TRAIN_BUGS))}")
+                        f"{', '.join(sorted(BUGS))} ({', '.join(LAYER_BUGS)} also as BUG@LAYER, e.g. "
+                        f"bn_eps@layer3.1); training bugs (need --train-steps): {', '.join(sorted(TRAIN_BUGS))}")
+    p.add_argument("--localize", action="store_true",
+                   help="always report the first diverging layer (accumulated and single-step); by default it is "
+                        "reported when a forward check fails")
     p.add_argument("--sensitivity", action="store_true",
                    help="also print the smallest uniform / single-tensor relative error each check detects on this "
                         "run (the port's outputs scaled by 1+eps after the fact; see parity/sensitivity.py)")
+    p.add_argument("--save-reference", type=Path, default=None, metavar="DIR",
+                   help="write a portable reference bundle (inputs, weights, float64 references, noise floors, "
+                        "manifest) of these checks instead of comparing; needs torch")
+    p.add_argument("--check-reference", type=Path, default=None, metavar="DIR",
+                   help="check the MindSpore port against a bundle written by --save-reference: MindSpore only, "
+                        "no torch (e.g. on a GPU / Ascend machine or another MindSpore version)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
     return p
 
@@ -70,22 +91,75 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --image-size must be >= 32 (ResNet downsamples by 32)", file=sys.stderr)
         return 2
     modes = ["graph", "pynative"] if args.mode == "both" else [args.mode]
+    if args.check_reference:
+        return _check_reference(args, modes)
+    args.arch = args.arch or ParityConfig().arch
+    if args.save_reference:
+        return _save_reference(args)
     reports = []
     for mode in modes:
         cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
-                           regimes=tuple(args.regimes), sensitivity=args.sensitivity)
+                           regimes=tuple(args.regimes), sensitivity=args.sensitivity,
+                           localize=True if args.localize else "on_failure")
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:
             bug = f" | {args.train_steps} training steps" + bug
         print(f"\n== {cfg.arch}{' (same padding)' if cfg.padding == 'same' else ''} | {mode.upper()} | {cfg.device} | batch {cfg.batch} | {cfg.image_size} px | "
               f"seed {cfg.seed}{bug}", flush=True)
-        report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        try:
+            report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        except ValueError as exc:   # e.g. BUG@LAYER at a layer that is not a block
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(format_table(report.results))
         if report.sensitivity:
             print(format_sensitivity(report.sensitivity))
+        if report.localization:
+            print(format_localization(report.localization))
         print(f"{'PASSED' if report.passed else 'FAILED'} in {report.seconds['total']:.1f} s", flush=True)
+        reports.append(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def _save_reference(args) -> int:
+    from .reference import BundleError
+    from .suite import save_suite_reference
+
+    cfg = ParityConfig(arch=args.arch, padding=args.padding, batch=args.batch, image_size=args.image_size,
+                       seed=args.seed, num_classes=args.num_classes, checks=tuple(args.checks))
+    try:
+        out = save_suite_reference(cfg, args.save_reference, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.2f} MB): check it with python -m parity --check-reference {out}")
+    return 0
+
+
+def _check_reference(args, modes) -> int:
+    """MindSpore only: nothing here imports torch."""
+    from .reference import BundleError, check_reference
+
+    reports = []
+    for mode in modes:
+        print(f"\n== reference bundle {args.check_reference} | {mode.upper()} | {args.device}", flush=True)
+        try:
+            report = check_reference(args.check_reference, mode=mode, device=args.device, arch=args.arch,
+                                     log=lambda s: print(s, file=sys.stderr, flush=True))
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        made = report.config["made_with"]
+        print(f"bundle: {report.config['model']}, made with torch {made.get('torch')} / MindSpore "
+              f"{made.get('mindspore')} on {made.get('machine')}")
+        print(format_table(report.results))
+        print("PASSED" if report.passed else "FAILED", flush=True)
         reports.append(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

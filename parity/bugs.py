@@ -29,8 +29,9 @@ def replace_cell(net: nn.Cell, dotted_name: str, new: nn.Cell) -> None:
     new.update_parameters_name(dotted_name + ".")
 
 
-def _replace_batchnorms(net: nn.Cell, **overrides) -> None:
-    bns = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+def _replace_batchnorms(net: nn.Cell, layer: str = "", **overrides) -> None:
+    bns = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)
+           and (not layer or name.startswith(layer + "."))]
     for name, cell in bns:
         # nn.BatchNorm2d stores 1 - momentum in .momentum
         kwargs = dict(num_features=cell.num_features, eps=cell.eps, momentum=1.0 - cell.momentum)
@@ -51,9 +52,17 @@ def strided_conv_same(net: ResNet, state: State) -> None:
                                       has_bias=False))
 
 
-def bn_eps_1e3(net: ResNet, state: State) -> None:
-    """Every BatchNorm with eps 1e-3 (a common TF/Keras default) instead of torch's 1e-5."""
-    _replace_batchnorms(net, eps=1e-3)
+def bn_eps_1e3(net: ResNet, state: State, layer: str = "") -> None:
+    """Every BatchNorm (of ``layer``, default: all) with eps 1e-3 (a common TF/Keras default) instead of 1e-5."""
+    _replace_batchnorms(net, layer, eps=1e-3)
+
+
+def conv_padding_shifted(net: ResNet, state: State, layer: str = "layer3.1") -> None:
+    """The 3x3 conv of block ``layer`` padded bottom/right only, by 2 (same output size, shifted by a pixel)."""
+    name = f"{layer}.conv2" if net.block is ResidualBlock else f"{layer}.conv1"
+    old = dict(net.cells_and_names())[name]
+    replace_cell(net, name, nn.Conv2d(old.in_channels, old.out_channels, 3, stride=old.stride, pad_mode="pad",
+                                      padding=(0, 2, 0, 2), has_bias=False))
 
 
 def bn_momentum_torch_convention(net: ResNet, state: State) -> None:
@@ -88,9 +97,9 @@ class _BasicNoFinalReLU(ResidualBlockBase):
         return out + identity
 
 
-def missing_relu_after_add(net: ResNet, state: State) -> None:
-    """The ReLU after the residual addition forgotten in one block (stage 3, block 0)."""
-    block = net.layer3[0]
+def missing_relu_after_add(net: ResNet, state: State, layer: str = "layer3.0") -> None:
+    """The ReLU after the residual addition forgotten in one block (default: stage 3, block 0)."""
+    block = dict(net.cells_and_names())[layer]
     block.__class__ = _BottleneckNoFinalReLU if isinstance(block, ResidualBlock) else _BasicNoFinalReLU
 
 
@@ -108,12 +117,25 @@ BUGS: Mapping[str, Callable[[ResNet, State], None]] = {
     "bn_momentum": bn_momentum_torch_convention,
     "fc_transposed": fc_weight_transposed,
     "missing_relu": missing_relu_after_add,
+    "conv_padding": conv_padding_shifted,
     "bn_stats_swapped": bn_stats_swapped,
 }
 
 
+#: bugs that take a block: ``BUG@LAYER`` (e.g. ``bn_eps@layer3.1``) puts them there
+LAYER_BUGS = ("bn_eps", "conv_padding", "missing_relu")
+
+
 def inject(name: str, net: ResNet, state: State) -> None:
-    """Apply the bug ``name`` to ``net`` / ``state`` in place."""
-    if name not in BUGS:
-        raise ValueError(f"unknown bug {name!r}; choose one of {', '.join(BUGS)}")
-    BUGS[name](net, state)
+    """Apply the bug ``name`` (``BUG`` or ``BUG@LAYER``, see :data:`LAYER_BUGS`) to ``net`` / ``state`` in place."""
+    bug, _, layer = name.partition("@")
+    if bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; choose one of {', '.join(BUGS)}")
+    if not layer:
+        BUGS[bug](net, state)
+        return
+    blocks = [n for n, c in net.cells_and_names() if isinstance(c, (ResidualBlock, ResidualBlockBase))]
+    if bug not in LAYER_BUGS or layer not in blocks:
+        raise ValueError(f"{name!r}: BUG@LAYER works for {', '.join(LAYER_BUGS)} with LAYER a residual block "
+                         f"({blocks[0]} ... {blocks[-1]})")
+    BUGS[bug](net, state, layer)

@@ -57,8 +57,8 @@ worst tensor and the share of elements within ``allclose(rtol=1e-4, atol=1e-4)``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -97,6 +97,30 @@ class CheckResult:
         return asdict(self)
 
 
+@dataclass
+class ParityReport:
+    """Results of one comparison, JSON-ready with :meth:`as_dict`. ``config`` describes the run (a dataclass or
+    a dict), ``names`` how the two models' tensors were matched, ``localization`` where a failing port diverges."""
+
+    config: Any = None
+    results: List[CheckResult] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    sensitivity: List[Any] = field(default_factory=list)
+    names: Dict[str, Any] = field(default_factory=dict)
+    localization: List[Any] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def as_dict(self) -> dict:
+        config = asdict(self.config) if is_dataclass(self.config) else self.config
+        return {"config": config, "passed": self.passed, "results": [r.as_dict() for r in self.results],
+                "seconds": self.seconds, "names": self.names,
+                "sensitivity": [r.as_dict() for r in self.sensitivity],
+                "localization": [r.as_dict() for r in self.localization]}
+
+
 def failed(check: str, reason: str) -> CheckResult:
     """A row for a check that could not be compared (the port crashed, keys or shapes differ)."""
     return CheckResult(check, np.inf, np.inf, np.nan, np.inf, K, False, reason)
@@ -110,45 +134,79 @@ def _rel(diff_sq: float, ref_sq: float) -> float:
     return float(np.sqrt(diff_sq / ref_sq)) if ref_sq > 0 else float(np.sqrt(diff_sq))
 
 
+@dataclass
+class Floor:
+    """What the tolerance rule needs from the float32 samples of one check: each tensor's worst relative L2
+    error, the pooled one, and the worst scale statistic. Measured live (:meth:`measure`) or read from a
+    reference bundle (``parity.reference``), so that a bundle can be checked without torch."""
+
+    per_tensor: Dict[str, float]
+    pooled: float
+    scale: float
+
+    @classmethod
+    def measure(cls, ref: Arrays, floor_samples: Sequence[Arrays],
+                scale_samples: Optional[Sequence[Arrays]] = None) -> "Floor":
+        """The floor of ``ref`` from float32 samples; the scale statistic's from ``scale_samples`` (default:
+        ``floor_samples``)."""
+        ref_d = _as_dict(ref)
+        samples = [_as_dict(s) for s in floor_samples]
+        rounding = samples if scale_samples is None else [_as_dict(s) for s in scale_samples]
+        ref_sq = _ref_sq(ref_d)
+        total_ref = sum(ref_sq.values())
+        per_tensor = {n: max(_rel(_sq_err(s[n], ref_d[n]), ref_sq[n]) for s in samples) for n in ref_d}
+        pooled = max(_rel(sum(_sq_err(s[n], ref_d[n]) for n in ref_d), total_ref) for s in samples)
+        scale = max(abs(_scale(s, ref_d, ref_sq)) for s in rounding)
+        return cls(per_tensor, pooled, scale)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ref_sq(ref_d: Mapping[str, np.ndarray]) -> Dict[str, float]:
+    return {n: float(np.sum(np.asarray(r, np.float64) ** 2)) for n, r in ref_d.items()}
+
+
+def _sq_err(a: np.ndarray, r: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape != np.shape(r) or not np.all(np.isfinite(a)):
+        return np.inf
+    return float(np.sum((a - r) ** 2))
+
+
 def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays],
             scale_samples: Optional[Sequence[Arrays]] = None, details: bool = True) -> CheckResult:
     """Compare MindSpore's result with the float64 reference against the float32 noise floor; the scale
     statistic's floor comes from ``scale_samples`` (default: ``floor_samples``). ``details=False`` skips the
     reported-only cosine and allclose columns (the verdict is the same; ``parity.sensitivity`` calls it often)."""
+    if set(_as_dict(ms)) != set(_as_dict(ref)):
+        return compare_to_floor(check, ms, ref, Floor({}, 0.0, 0.0))
+    return compare_to_floor(check, ms, ref, Floor.measure(ref, floor_samples, scale_samples), details)
+
+
+def compare_to_floor(check: str, ms: Arrays, ref: Arrays, floor: Floor, details: bool = True) -> CheckResult:
+    """The tolerance rule of the module docstring against a measured (or stored) :class:`Floor`."""
     ms_d, ref_d = _as_dict(ms), _as_dict(ref)
-    samples = [_as_dict(s) for s in floor_samples]
-    rounding = samples if scale_samples is None else [_as_dict(s) for s in scale_samples]
     if set(ms_d) != set(ref_d):
         missing = sorted(set(ref_d) ^ set(ms_d))[:5]
         return failed(check, f"keys differ: {missing}")
     names = list(ref_d)
-    ref_sq = {n: float(np.sum(ref_d[n].astype(np.float64) ** 2)) for n in names}
-
-    def sq_err(d: Mapping[str, np.ndarray], n: str) -> float:
-        a = np.asarray(d[n], dtype=np.float64)
-        if a.shape != ref_d[n].shape or not np.all(np.isfinite(a)):
-            return np.inf
-        return float(np.sum((a - ref_d[n]) ** 2))
-
-    ms_sq = {n: sq_err(ms_d, n) for n in names}
-    floor_t = {n: max(_rel(sq_err(s, n), ref_sq[n]) for s in samples) for n in names}
-    total_ref = sum(ref_sq.values())
-    floor_global = max(_rel(sum(sq_err(s, n) for n in names), total_ref) for s in samples)
-    rel_global = _rel(sum(ms_sq.values()), total_ref)
+    ref_sq = _ref_sq(ref_d)
+    ms_sq = {n: _sq_err(ms_d[n], ref_d[n]) for n in names}
+    rel_global = _rel(sum(ms_sq.values()), sum(ref_sq.values()))
     max_abs = max((float(np.max(np.abs(np.asarray(ms_d[n], np.float64) - ref_d[n])))
                    if np.isfinite(ms_sq[n]) else np.inf) for n in names)
 
     # ratio to the effective floor: passing means ratio <= K (the absolute term is folded in).
     rows = []
     for n in names:
-        scale = max(floor_t[n], floor_global) + ABS_TERM / K
-        rows.append((_rel(ms_sq[n], ref_sq[n]) / scale, n))
+        effective = max(floor.per_tensor[n], floor.pooled) + ABS_TERM / K
+        rows.append((_rel(ms_sq[n], ref_sq[n]) / effective, n))
     worst_ratio, worst = max(rows)
     if not all(np.isfinite(ms_sq[n]) for n in names):
-        return CheckResult(check, max_abs, rel_global, floor_global, float(worst_ratio), K, False, worst)
+        return CheckResult(check, max_abs, rel_global, floor.pooled, float(worst_ratio), K, False, worst)
     scale = _scale(ms_d, ref_d, ref_sq)
-    scale_floor = max(abs(_scale(s, ref_d, ref_sq)) for s in rounding)
-    scale_ratio = abs(scale) / (scale_floor + ABS_TERM / K)
+    scale_ratio = abs(scale) / (floor.scale + ABS_TERM / K)
     passed = bool(worst_ratio <= K and scale_ratio <= K)
     if worst_ratio <= K < scale_ratio:
         worst = "systematic scale error"
@@ -158,8 +216,8 @@ def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays]
         close = sum(int(np.sum(np.isclose(np.asarray(ms_d[n], np.float64), ref_d[n], rtol=ALLCLOSE_TOL,
                                           atol=ALLCLOSE_TOL))) for n in names)
         allclose = close / max(1, sum(int(np.size(ref_d[n])) for n in names))
-    return CheckResult(check, max_abs, rel_global, floor_global, float(worst_ratio), K, passed, worst,
-                       float(scale), float(scale_floor), float(scale_ratio), float(cosine), float(allclose))
+    return CheckResult(check, max_abs, rel_global, floor.pooled, float(worst_ratio), K, passed, worst,
+                       float(scale), float(floor.scale), float(scale_ratio), float(cosine), float(allclose))
 
 
 def _scale(d: Mapping[str, np.ndarray], ref_d: Mapping[str, np.ndarray], ref_sq: Mapping[str, float]) -> float:

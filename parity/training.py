@@ -31,14 +31,15 @@ Hyper-parameters, measured on ResNet18 at 64 px with 3 steps:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
-from .setup import Problem
+if TYPE_CHECKING:
+    from .setup import Problem
 
 #: regime -> TrainConfig overrides
 REGIMES: Mapping[str, Dict] = {

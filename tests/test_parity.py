@@ -26,7 +26,7 @@ def _failures(report):
 def test_every_depth_passes_at_small_size(arch, mode):
     report = run_parity(ParityConfig(arch=arch, mode=mode, image_size=64, num_classes=10))
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
-    assert [r.check for r in report.results][:4] == ["eval logits", "train logits", "train loss", "BN running stats"]
+    assert [r.check for r in report.results][:4] == ["eval outputs", "train outputs", "train loss", "BN running stats"]
 
 
 @pytest.mark.slow
@@ -44,13 +44,14 @@ def test_no_false_alarms_across_seeds(seed):
 
 #: the check that each bug must fail (others may fail too)
 EXPECTED_FAILURE = {
-    "maxpool_same": "eval logits",
-    "strided_conv_same": "eval logits",
-    "bn_eps": "eval logits",
+    "maxpool_same": "eval outputs",
+    "strided_conv_same": "eval outputs",
+    "bn_eps": "eval outputs",
     "bn_momentum": "BN running stats",
-    "fc_transposed": "eval logits",
-    "missing_relu": "eval logits",
-    "bn_stats_swapped": "eval logits",
+    "fc_transposed": "eval outputs",
+    "missing_relu": "eval outputs",
+    "conv_padding": "eval outputs",
+    "bn_stats_swapped": "eval outputs",
 }
 
 
@@ -81,20 +82,20 @@ def test_injected_bug_is_caught(clean_forward, bug):
 def test_injected_bug_is_caught_in_graph_mode():
     report = run_parity(ParityConfig(arch="resnet50", mode="graph", image_size=64, num_classes=10,
                                      checks=("eval_logits",), inject="strided_conv_same"))
-    assert _failures(report) == {"eval logits"}
+    assert _failures(report) == {"eval outputs"}
 
 
 def test_optimizer_check_catches_mindspore_default_weight_decay(monkeypatch):
     """nn.Momentum(weight_decay=float) skips gamma/beta; torch SGD decays them: the check must see it."""
     from mindspore import nn
 
-    import parity.engines as engines
+    import parity.ms_side as ms_side
 
     def naive(params, lr, momentum, weight_decay):
         return nn.Momentum(params, learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     cfg = ParityConfig(arch="resnet18", mode="pynative", image_size=64, num_classes=10, checks=("optimizer_step",))
     assert run_parity(cfg).passed
-    monkeypatch.setattr(engines, "momentum_sgd", naive)
+    monkeypatch.setattr(ms_side, "momentum_sgd", naive)
     report = run_parity(cfg)
     assert not report.passed and ".bn" in report.results[0].worst
 
@@ -108,7 +109,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     for column in ("check", "max abs err", "rel L2 err", "noise floor", "ratio", "PASS"):
         assert column in text
     data = json.loads(out.read_text())
-    assert data[0]["passed"] and data[0]["results"][0]["check"] == "eval logits"
+    assert data[0]["passed"] and data[0]["results"][0]["check"] == "eval outputs"
     assert parity_main(args + ["--inject", "maxpool_same"]) == 1
     assert "FAIL" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -147,12 +148,12 @@ def test_a_uniform_gradient_scale_is_caught(monkeypatch, factor):
     count, left in on one side). The L2 rule's floor is a ReLU-mask flip (~1e-3..1e-2), so alone it passes
     1.001 here (and passed 1.02 at other settings); the scale statistic (median over tensors of the
     least-squares scale error) catches both by a wide margin."""
-    import parity.engines as engines
-    real = engines.MindSporeEngine.grads
+    from parity.ms_side import MindSporeSide
+    real = MindSporeSide.grads
 
-    def scaled(self, x, y, bn_train):
-        return {k: v * np.float32(factor) for k, v in real(self, x, y, bn_train).items()}
-    monkeypatch.setattr(engines.MindSporeEngine, "grads", scaled)
+    def scaled(self, xs, loss_args, bn_train):
+        return {k: v * np.float32(factor) for k, v in real(self, xs, loss_args, bn_train).items()}
+    monkeypatch.setattr(MindSporeSide, "grads", scaled)
     report = run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
                                      checks=("grads_train_bn",)))
     (result,) = report.results
@@ -169,7 +170,7 @@ def test_detection_power_is_measured_and_meets_the_targets():
     assert report.passed
     power = {row.check: row for row in report.sensitivity}
     assert power["grads (train-mode BN)"].uniform <= 1e-3 and power["BN running stats"].uniform <= 1e-3
-    assert power["train loss"].uniform <= 1e-5 and power["train logits"].uniform <= 1e-5
+    assert power["train loss"].uniform <= 1e-5 and power["train outputs"].uniform <= 1e-5
     # a single-tensor error is bounded by the per-tensor L2 rule (a flip's size), reported, not a target
     assert 0 < power["grads (train-mode BN)"].single < float("inf")
-    assert report.as_dict()["sensitivity"][0]["check"] == "train logits"
+    assert report.as_dict()["sensitivity"][0]["check"] == "train outputs"

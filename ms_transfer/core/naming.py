@@ -34,6 +34,11 @@ MODULE_NAMES: Dict[str, Dict[str, str]] = {
     "downsample": {"torchvision": "downsample", "ms_transfer": "down_sample", "mindcv": "down_sample"},
     "head":       {"torchvision": "fc",         "ms_transfer": "fc",          "mindcv": "classifier"},
 }
+#: parameterless modules named differently across schemes (parity's first-divergence localisation pairs layers
+#: with parameters through the tensor names above, and these by this table)
+PARAMETERLESS_NAMES: Dict[str, Dict[str, str]] = {
+    "stem_pool": {"torchvision": "maxpool", "ms_transfer": "max_pool", "mindcv": "max_pool"},
+}
 #: BatchNorm tensors in canonical order: affine weight, affine bias, running mean, running variance.
 BN_PARAMS: Dict[str, Tuple[str, str, str, str]] = {
     "torchvision": ("weight", "bias", "running_mean", "running_var"),
@@ -161,6 +166,12 @@ def detect_scheme(names: Iterable[str], arch: str) -> str:
 def name_map(arch: str, src: str, dst: str) -> Dict[str, str]:
     """``{name in src: name in dst}`` for every tensor of ``arch``."""
     return {render(k, src): render(k, dst) for k in structural_keys(arch)}
+
+
+def parameterless_map(src: str, dst: str) -> Dict[str, str]:
+    """Module-name map of :data:`PARAMETERLESS_NAMES` from scheme ``src`` to ``dst``."""
+    src, dst = resolve_scheme(src), resolve_scheme(dst)
+    return {names[src]: names[dst] for names in PARAMETERLESS_NAMES.values()}
 
 
 def rename(state: Mapping[str, object], arch: str, src: str, dst: str) -> Tuple[Dict[str, object], List[str]]:

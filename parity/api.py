@@ -1,0 +1,239 @@
+"""Parity of any torch / MindSpore model pair: ``parity.compare_models(torch_module, ms_cell, inputs, ...)``.
+
+The port's weights are copied from the torch module through a name map (:mod:`parity.names`), then the same
+computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch float32 copies
+with weights and inputs jittered (the noise floor, see :mod:`parity.compare`) and the MindSpore cell -- and every
+result is compared with the tolerance rule of :mod:`parity.compare`:
+
+``eval_logits``     eval-mode outputs (every output of the model)
+``train_forward``   train-mode outputs, the loss, and every float buffer after the forward (BN running statistics)
+``grads_train_bn``  gradients of every parameter, train-mode BN (batch statistics)
+``grads_eval_bn``   the same with the model in eval mode (running statistics, no dropout)
+``optimizer_step``  ``opt_steps`` updates of momentum SGD with weight decay on shared synthetic gradients
+
+The loss is cross-entropy on the first output when ``targets`` are given, otherwise a fixed random projection of
+every output (:mod:`parity.objective`). Nothing here knows any architecture: the ResNet suite
+(``python -m parity``) is one caller.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, Floor, ParityReport, compare_to_floor, failed
+from .names import NameMap, NameMapError, NameMatch, match_names
+from .objective import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights, synthetic_grads
+
+#: check groups, in the order they run and print
+CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
+#: forward-only groups (their scale statistic is calibrated on rounding samples, see parity/compare.py)
+FORWARD_CHECKS = ("eval_logits", "train_forward")
+#: row labels of each check group (train_forward's buffers row appears only when the model has float buffers)
+LABELS = {"eval_logits": ("eval outputs",), "train_forward": ("train outputs", "train loss", "BN running stats"),
+          "grads_train_bn": ("grads (train-mode BN)",), "grads_eval_bn": ("grads (eval-mode BN)",),
+          "optimizer_step": ("param update",)}
+
+Inputs = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.ndarray]:
+    """Scales every float32 array by ``1 + amount * U(-1, 1)`` (other dtypes pass through)."""
+    rng = np.random.RandomState(seed)
+
+    def jitter(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype != np.float32:
+            return a
+        return (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+    return jitter
+
+
+def port_weights(torch_state: Mapping[str, np.ndarray], ms_params: Mapping[str, Sequence[int]],
+                 name_map: NameMap = None) -> Tuple[Dict[str, np.ndarray], NameMatch]:
+    """The torch weights renamed for the MindSpore cell (``ms_params``: name -> shape). Raises
+    :class:`~parity.names.NameMapError` naming every unmatched or shape-mismatched tensor."""
+    shapes = {k: np.shape(v) for k, v in torch_state.items()}
+    match = match_names(shapes, list(ms_params), name_map)
+    match.raise_if_unmatched()
+    bad = [f"{t} {shapes[t]} -> {m} {tuple(ms_params[m])}" for t, m in match.torch_to_ms.items()
+           if tuple(shapes[t]) != tuple(ms_params[m])]
+    if bad:
+        raise NameMapError(f"shapes differ after the name map ({match.rule} rules): {'; '.join(bad[:4])}"
+                           f"{' ...' if len(bad) > 4 else ''}. Check the name map, or the layer's layout "
+                           "(torch Linear and MindSpore Dense are both (out, in); conv weights are both OIHW)")
+    return {m: np.asarray(torch_state[t], np.float32) for t, m in match.torch_to_ms.items()}, match
+
+
+def _as_inputs(inputs: Inputs) -> List[np.ndarray]:
+    return [np.asarray(inputs)] if isinstance(inputs, np.ndarray) else [np.asarray(x) for x in inputs]
+
+
+def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None, *,
+                   name_map: NameMap = None, loss: Optional[str] = None, checks: Sequence[str] = CHECKS,
+                   ms_state: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0, lr: float = 0.01,
+                   momentum: float = 0.9, weight_decay: float = 1e-4, opt_steps: int = 3,
+                   sensitivity: bool = False, localize: Union[bool, str] = False,
+                   module_map: Optional[Mapping[str, str]] = None, config=None,
+                   log: Callable[[str], None] = lambda s: None) -> ParityReport:
+    """Compare a MindSpore port with its torch original; see the module docstring for the checks.
+
+    Args:
+        torch_module: the original (any ``torch.nn.Module``; its current weights are the ones compared).
+        ms_cell: the port (any ``mindspore.nn.Cell`` with the same parameters); it receives the torch weights.
+        inputs: one array or a sequence of arrays, one per positional input (float or integer).
+        targets: integer class targets for a cross-entropy loss on the first output (default: projection loss).
+        name_map: ``None`` (this project's rules), ``{torch_name: ms_name}`` or a callable (see parity.names).
+        ms_state: the port's weights (MindSpore names) instead of the renamed torch weights (e.g. as a converter
+            wrote them); the map still decides which torch tensor each one is compared with.
+        localize: ``True`` always, ``"on_failure"`` when a forward check fails: find the first layer that diverges
+            (accumulated and single-step; see parity.localize).
+        module_map: torch module -> MindSpore cell names for parameterless layers named differently (layers with
+            parameters pair through ``name_map``; same-named ones pair by name).
+    Returns:
+        a :class:`~parity.compare.ParityReport` (``.passed``, ``.results``, ``format_table(report.results)``).
+    """
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
+    t0 = time.perf_counter()
+    c = prepare(torch_module, ms_cell, inputs, targets, name_map=name_map, loss=loss, ms_state=ms_state, seed=seed,
+                lr=lr, momentum=momentum, weight_decay=weight_decay, opt_steps=opt_steps)
+    report = ParityReport(config, names={"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
+                                         "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms]})
+    report.seconds["setup"] = time.perf_counter() - t0
+    from .sensitivity import sensitivity as measure_sensitivity
+    for check in checks:
+        t = time.perf_counter()
+        log(f"running {check} ...")
+        ref, samples, scale_samples = c.reference_rows(check)
+        t_ms = time.perf_counter()
+        ms, error = run_port(c.runners[check], c.ms_side, c.xs)
+        report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
+        for name in ref:
+            if ms is None:
+                report.results.append(failed(name, error))
+                continue
+            floor = Floor.measure(ref[name], [s[name] for s in samples], [s[name] for s in scale_samples])
+            report.results.append(compare_to_floor(name, ms[name], ref[name], floor))
+            if sensitivity:
+                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], [s[name] for s in samples],
+                                                              [s[name] for s in scale_samples]))
+        report.seconds[check] = time.perf_counter() - t
+    forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
+    if localize is True or (localize == "on_failure" and forward_failed):
+        from .localize import localize as run_localize
+        t = time.perf_counter()
+        log("localising the first divergence ...")
+        # the eval-mode forward unless only train-mode rows failed
+        bn_train = not any(not r.passed for r in report.results if r.check == "eval outputs") and forward_failed
+        report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
+                                           bn_train=bn_train, module_map=module_map, seed=seed)
+        report.seconds["localize"] = time.perf_counter() - t
+    report.seconds["total"] = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class Comparison:
+    """What every check of one comparison runs on: the engines (torch float64 reference, float32 floor and
+    rounding samples with their jittered inputs, the MindSpore side), the inputs, the loss arguments and the
+    optimizer check's gradients. Built by :func:`prepare`; reference bundles store what it computes."""
+
+    match: NameMatch
+    torch_state: Dict[str, np.ndarray]
+    ms_state: Dict[str, np.ndarray]
+    trainable: List[str]              # torch names of the trainable parameters, in the module's order
+    reference: Any
+    floors: List[Tuple[Any, List[np.ndarray]]]
+    rounding: List[Tuple[Any, List[np.ndarray]]]
+    ms_side: Any
+    xs: List[np.ndarray]
+    loss: str
+    loss_args: List[np.ndarray]
+    step_grads: List[Dict[str, np.ndarray]]
+    runners: Dict[str, Callable]
+
+    def reference_rows(self, check: str):
+        """``(reference rows, floor-sample rows, scale-sample rows)`` of one check group."""
+        ref = self.runners[check](self.reference, self.xs)
+        samples = [self.runners[check](engine, x) for engine, x in self.floors]
+        # forward checks: the scale statistic's floor from rounding samples (see parity/compare.py)
+        scale = ([self.runners[check](engine, x) for engine, x in self.rounding] if check in FORWARD_CHECKS
+                 else samples)
+        return ref, samples, scale
+
+
+def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None, *,
+            name_map: NameMap = None, loss: Optional[str] = None, ms_state: Optional[Mapping[str, np.ndarray]] = None,
+            seed: int = 0, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4,
+            opt_steps: int = 3) -> Comparison:
+    """Match names, port the weights and build the engines (arguments as :func:`compare_models`)."""
+    loss = loss or (CROSS_ENTROPY if targets is not None else PROJECTION)
+    if loss not in LOSSES or (loss == CROSS_ENTROPY) != (targets is not None):
+        raise ValueError(f"loss={loss!r} with targets={'given' if targets is not None else 'None'}: "
+                         f"cross_entropy needs integer targets, projection takes none")
+    from .ms_side import MindSporeSide
+    from .torch_side import TorchSide, numpy_state
+
+    xs = _as_inputs(inputs)
+    torch_state = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+                   for k, v in numpy_state(torch_module).items()}
+    ms_params = {p.name: p.shape for p in ms_cell.get_parameters()}
+    ported, match = port_weights(torch_state, ms_params, name_map)
+    trainable = {p.name for p in ms_cell.trainable_params()}
+    torch_trainable = [k for k, _ in torch_module.named_parameters()]
+    wrong = sorted(t for t, m in match.torch_to_ms.items() if (t in torch_trainable) != (m in trainable))
+    if wrong:
+        raise NameMapError(f"a parameter on one side is a buffer / frozen on the other: {wrong[:5]} (compare a "
+                           "trainable torch parameter with a trainable MindSpore one)")
+    reference = TorchSide(torch_module, torch_state, "float64", loss)
+    floors, rounding = [], []
+    for i in range(FLOOR_SAMPLES):
+        for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)):
+            jitter = jitter_fn(seed + 100 + i, amount)
+            state = {k: jitter(v) for k, v in torch_state.items()}
+            engines.append((TorchSide(torch_module, state, "float32", loss), [jitter(x) for x in xs]))
+    ms_state = dict(ms_state if ms_state is not None else ported)
+    ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)
+    if loss == CROSS_ENTROPY:
+        loss_args = [np.asarray(targets)]
+    else:
+        loss_args = projection_weights([o.shape for o in reference.eval_outputs(xs).values()], seed)
+    step_grads = synthetic_grads({k: torch_state[k] for k in torch_trainable}, opt_steps, seed)
+    return Comparison(match, torch_state, ms_state, torch_trainable, reference, floors, rounding, ms_side, xs, loss,
+                      loss_args, step_grads, make_runners(loss_args, step_grads, lr, momentum, weight_decay))
+
+
+#: rows of the forward checks (localisation follows the forward)
+FORWARD_ROWS = LABELS["eval_logits"] + LABELS["train_forward"]
+
+
+def make_runners(loss_args: Sequence[np.ndarray], step_grads: Sequence[Mapping[str, np.ndarray]], lr: float,
+                 momentum: float, weight_decay: float) -> Dict[str, Callable]:
+    """check group -> ``run(side, inputs) -> {row label: arrays}``, the same for every engine (either side)."""
+    def train_forward(side, xs):
+        outs, loss_value, buffers = side.train_forward(xs, loss_args)
+        rows = {"train outputs": outs, "train loss": loss_value}
+        if buffers:
+            rows["BN running stats"] = buffers
+        return rows
+
+    return {
+        "eval_logits": lambda side, xs: {"eval outputs": side.eval_outputs(xs)},
+        "train_forward": train_forward,
+        "grads_train_bn": lambda side, xs: {"grads (train-mode BN)": side.grads(xs, loss_args, bn_train=True)},
+        "grads_eval_bn": lambda side, xs: {"grads (eval-mode BN)": side.grads(xs, loss_args, bn_train=False)},
+        "optimizer_step": lambda side, xs: {f"param update, {len(step_grads)} steps": side.optimizer_steps(
+            step_grads, lr=lr, momentum=momentum, weight_decay=weight_decay)},
+    }
+
+
+def run_port(runner: Callable, side, xs) -> Tuple[Optional[dict], str]:
+    """Run one check on the port; a broken port may not even run: ``(None, reason)`` then."""
+    try:
+        return runner(side, xs), ""
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return None, f"MindSpore failed: {str(exc).splitlines()[0][:200]}"

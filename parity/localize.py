@@ -1,0 +1,147 @@
+"""Where does a port go wrong: the first layer, in execution order, whose output leaves its own noise floor.
+
+Both models run one forward with hooks on every pair of matching layers (a torch module and the MindSpore cell
+holding the same parameters, or a parameterless one of the same name; see :func:`parity.names.module_pairs`).
+Each layer output is compared with the float64 reference under the rule of :mod:`parity.compare`, its floor
+measured on the float32 samples at the same layer (the scale statistic's on the 4-ulp rounding samples, as for
+the forward checks). Two modes, as PaDiff has them:
+
+``accumulated``  each framework runs its own forward: the first failing layer is where the outputs part ways
+                 (error carried in from upstream included).
+``single-step``  every MindSpore layer is called alone on the *reference's* input to that layer (and the float32
+                 samples likewise): a layer fails only for its own error, so a layer computing the wrong thing is
+                 told apart from one that merely receives a wrong input.
+
+Layers are ordered by when their call finishes (a block after its children), so the first failure is the
+innermost layer at fault; a block fails alone when its children are clean but its own code (a residual add,
+a missing activation between children) is wrong. MindSpore runs hooks only in PYNATIVE mode: localisation switches
+to it for its own run and back.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .api import jitter_fn
+from .compare import JITTER, ROUNDING_JITTER, Floor, compare_to_floor
+from .names import NameMatch, module_pairs
+from .objective import output_names
+
+MODES = ("accumulated", "single-step")
+#: clean layers listed before the first failing one (all are counted)
+CLEAN_SHOWN = 3
+
+
+@dataclass
+class Localization:
+    """The first diverging layer of one mode (``first`` is ``None`` when every compared layer is clean)."""
+
+    mode: str
+    bn_train: bool
+    first: Optional[str] = None        # torch module name ("" is the model's own forward), with the call index
+    first_ms: Optional[str] = None     # the MindSpore cell
+    ratio: float = 0.0                 # its error / noise floor (see parity.compare; fails above K)
+    clean_before: int = 0              # layers compared before it, all clean
+    clean_tail: List[str] = field(default_factory=list)  # the last few of them
+    compared: int = 0                  # layers compared in all
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        where = "eval-mode" if not self.bn_train else "train-mode"
+        if self.first is None:
+            return f"{self.mode:<12} ({where} forward): all {self.compared} compared layers within their noise floor"
+        tail = f" (... {', '.join(self.clean_tail)})" if self.clean_tail else ""
+        return (f"{self.mode:<12} ({where} forward): first divergence at {_label(self.first)} "
+                f"[MindSpore: {_label(self.first_ms)}], ratio {self.ratio:.3g}; "
+                f"{self.clean_before} layers before it clean{tail}")
+
+
+def _label(name: Optional[str]) -> str:
+    return "(the model's own forward)" if name in ("", "#0") else str(name)
+
+
+def _key(name: str, call: int) -> str:
+    return f"{name}#{call}" if call else name
+
+
+def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
+             rounding: Sequence[Tuple[object, Sequence[np.ndarray]]], ms_side, xs: Sequence[np.ndarray],
+             match: NameMatch, bn_train: bool = False, module_map: Optional[Mapping[str, str]] = None,
+             modes: Sequence[str] = MODES, seed: int = 0) -> List[Localization]:
+    """First diverging layer in each of ``modes``; ``reference`` / ``floors`` / ``rounding`` / ``ms_side`` are the
+    engines of :func:`parity.api.compare_models` (``(float32 torch side, its jittered inputs)`` pairs: 128-ulp
+    samples for the error floor, 4-ulp rounding samples for the scale statistic, as for its forward checks)."""
+    import mindspore as ms
+
+    pairs = module_pairs(reference.module_params(), ms_side.module_params(), match, module_map)
+    torch_of = {m: t for t, m in pairs.items()}
+    names = list(pairs)
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        ref = reference.trace(xs, bn_train, names)
+        results = []
+        for mode in modes:
+            if mode == "accumulated":
+                ms_out = {(torch_of[n], k): outs for n, k, _, outs in ms_side.trace(xs, bn_train, list(torch_of), False)}
+                samples, scale_samples = ([{(n, k): outs for n, k, _, outs in side.trace(x, bn_train, names, False)}
+                                           for side, x in engines] for engines in (floors, rounding))
+            elif mode == "single-step":
+                ms_run = ms_side.module_runner(bn_train)
+                ms_out = {}
+                for n, k, ins, _ in ref:
+                    try:
+                        ms_out[(n, k)] = ms_run(pairs[n], ins)
+                    except (RuntimeError, ValueError, TypeError):
+                        ms_out[(n, k)] = None   # a cell that cannot even run on the reference input has failed
+                samples, scale_samples = ([_single_steps(side, ref, bn_train, jitter_fn(seed + 200 + i, amount))
+                                           for i, (side, _) in enumerate(engines)]
+                                          for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)))
+            else:
+                raise ValueError(f"unknown localisation mode {mode!r}; choose from {', '.join(MODES)}")
+            results.append(_first_divergence(mode, bn_train, ref, ms_out, samples, scale_samples, pairs))
+        return results
+    finally:
+        ms.set_context(mode=previous)
+        ms_side.reset()
+
+
+def _single_steps(side, ref, bn_train: bool, jitter) -> Dict[Tuple[str, int], List[np.ndarray]]:
+    """Every layer of a float32 sample called alone on the reference's (jittered) input to it."""
+    run = side.module_runner(bn_train)
+    return {(n, k): run(n, [jitter(a.astype(np.float32)) for a in ins]) for n, k, ins, _ in ref}
+
+
+def _first_divergence(mode: str, bn_train: bool, ref, ms_out: Mapping, samples: Sequence[Mapping],
+                      scale_samples: Sequence[Mapping], pairs: Mapping[str, str]) -> Localization:
+    loc = Localization(mode, bn_train)
+    clean: List[str] = []
+    for n, k, _, outs in ref:
+        if (n, k) not in ms_out or any((n, k) not in s for s in list(samples) + list(scale_samples)):
+            continue   # called on one side only (e.g. an activation the port fuses or forgets): its block decides
+        mine = ms_out[(n, k)]
+        ref_d = dict(zip(output_names(len(outs)), outs))
+        if mine is None or len(mine) != len(outs):
+            result = None
+        else:
+            floor = Floor.measure(ref_d, [dict(zip(output_names(len(s[(n, k)])), s[(n, k)])) for s in samples],
+                                  [dict(zip(output_names(len(s[(n, k)])), s[(n, k)])) for s in scale_samples])
+            result = compare_to_floor(_key(n, k), dict(zip(output_names(len(mine)), mine)), ref_d, floor,
+                                      details=False)
+        loc.compared += 1
+        if result is None or not result.passed:
+            loc.first, loc.first_ms = _key(n, k), _key(pairs[n], k)
+            loc.ratio = float("inf") if result is None else max(result.ratio, result.scale_ratio)
+            loc.clean_before, loc.clean_tail = len(clean), clean[-CLEAN_SHOWN:]
+            return loc
+        clean.append(_key(n, k))
+    return loc
+
+
+def format_localization(locs: Sequence[Localization]) -> str:
+    """One line per mode."""
+    return "\n".join(["where the port diverges:"] + ["  " + loc.describe() for loc in locs])

@@ -1,0 +1,156 @@
+"""The MindSpore side of a comparison: any ``mindspore.nn.Cell`` in the current mode / device (no torch here, so
+that a reference bundle can be checked on a machine without it).
+
+Every computation first reloads the port's weights. Results are numpy arrays keyed by **torch** names (through
+the resolved name map) or by output position, so they compare name by name with the torch side.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from ms_transfer.backend import make_loss
+from ms_transfer.checkpoint import load_state_into
+from ms_transfer.optim import momentum_sgd
+
+from .objective import CROSS_ENTROPY, output_names
+
+Arrays = Dict[str, np.ndarray]
+
+
+def flatten_outputs(out) -> List[ms.Tensor]:
+    """A cell's output as a flat list of tensors."""
+    if isinstance(out, ms.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten_outputs(o)]
+    raise TypeError(f"parity compares tensor outputs (or tuples / lists of them), got {type(out).__name__}")
+
+
+class Objective(nn.Cell):
+    """The network's outputs and the loss of :mod:`parity.objective`, from ``(*inputs, *loss_args)``."""
+
+    def __init__(self, net: nn.Cell, n_inputs: int, loss: str) -> None:
+        super().__init__(auto_prefix=False)
+        self.net, self.n_inputs, self.cross_entropy = net, n_inputs, loss == CROSS_ENTROPY
+        self.ce = make_loss()
+
+    def construct(self, *args):
+        out = self.net(*args[:self.n_inputs])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if self.cross_entropy:
+            return outs, self.ce(outs[0], args[self.n_inputs])
+        loss = (outs[0] * args[self.n_inputs]).mean()
+        for i in range(1, len(outs)):
+            loss = loss + (outs[i] * args[self.n_inputs + i]).mean()
+        return outs, loss
+
+
+class LossOnly(nn.Cell):
+    """The objective's loss alone (what the gradient is taken of)."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__(auto_prefix=False)
+        self.objective = objective
+
+    def construct(self, *args):
+        return self.objective(*args)[1]
+
+
+class MindSporeSide:
+    """``net`` with weights ``state`` (MindSpore names); ``ms_to_torch`` renames results."""
+
+    def __init__(self, net: nn.Cell, state: Mapping[str, np.ndarray], ms_to_torch: Mapping[str, str],
+                 n_inputs: int, loss: str) -> None:
+        self.net, self.state, self.ms_to_torch, self.loss = net, state, dict(ms_to_torch), loss
+        self.objective = Objective(net, n_inputs, loss)
+        self.grad_net = nn.ForwardValueAndGrad(LossOnly(self.objective), weights=net.trainable_params(),
+                                               get_by_list=True)
+
+    def reset(self) -> None:
+        load_state_into(self.net, self.state, strict=True)
+
+    def _torch_names(self, arrays: Mapping[str, np.ndarray]) -> Arrays:
+        return {self.ms_to_torch[k]: v for k, v in arrays.items()}
+
+    @staticmethod
+    def tensor(a: np.ndarray) -> ms.Tensor:
+        a = np.asarray(a)
+        return ms.Tensor(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32))
+
+    def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> List[ms.Tensor]:
+        return [self.tensor(x) for x in list(inputs) + list(loss_args)]
+
+    def eval_outputs(self, inputs: Sequence[np.ndarray]) -> Arrays:
+        self.reset()
+        self.net.set_train(False)
+        outs = flatten_outputs(self.net(*[self.tensor(x) for x in inputs]))
+        return dict(zip(output_names(len(outs)), (o.asnumpy() for o in outs)))
+
+    def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
+                      ) -> Tuple[Arrays, np.ndarray, Arrays]:
+        self.reset()
+        self.objective.set_train(True)
+        outs, loss = self.objective(*self._args(inputs, loss_args))
+        outs = flatten_outputs(outs)
+        trainable = {p.name for p in self.net.trainable_params()}
+        buffers = {p.name: p.asnumpy() for p in self.net.get_parameters()
+                   if p.name not in trainable and p.name in self.ms_to_torch}
+        return (dict(zip(output_names(len(outs)), (o.asnumpy() for o in outs))), loss.asnumpy(),
+                self._torch_names(buffers))
+
+    def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool) -> Arrays:
+        self.reset()
+        self.grad_net.set_train(bn_train)
+        _, grads = self.grad_net(*self._args(inputs, loss_args))
+        return self._torch_names({p.name: g.asnumpy() for p, g in zip(self.net.trainable_params(), grads)})
+
+    def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
+                        weight_decay: float) -> Arrays:
+        """The same steps with this project's momentum SGD (torch's weight-decay semantics, see ms_transfer.optim)."""
+        self.reset()
+        params = self.net.trainable_params()
+        before = {p.name: p.asnumpy().copy() for p in params}
+        opt = momentum_sgd(params, lr, momentum, weight_decay)
+        for step_grads in grads:
+            opt(tuple(self.tensor(step_grads[self.ms_to_torch[p.name]]) for p in params))
+        return self._torch_names({p.name: p.asnumpy() - before[p.name] for p in params})
+
+    # --- localisation (parity.localize; PYNATIVE only: hooks do not run in GRAPH mode) -------------------------
+
+    def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
+        """As :meth:`parity.torch_side.TorchSide.trace`, on the cells ``names``."""
+        self.reset()
+        self.net.set_train(train)
+        cells = dict(self.net.cells_and_names())
+        records, calls, handles = [], {}, []
+        for name in names:
+            def hook(cell, args, out, name=name):
+                k = calls.get(name, 0)
+                calls[name] = k + 1
+                records.append((name, k, [a.asnumpy() for a in args if isinstance(a, ms.Tensor)] if keep_inputs else [],
+                                [o.asnumpy() for o in flatten_outputs(out)]))
+            handles.append(cells[name].register_forward_hook(hook))
+        try:
+            self.net(*[self.tensor(x) for x in inputs])
+        finally:
+            for h in handles:
+                h.remove()
+        return records
+
+    def module_runner(self, train: bool):
+        """``run(name, inputs) -> outputs``: one cell called alone on the given inputs (single-step mode)."""
+        self.reset()
+        self.net.set_train(train)
+        cells = dict(self.net.cells_and_names())
+
+        def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:
+            return [o.asnumpy() for o in flatten_outputs(cells[name](*[self.tensor(a) for a in args]))]
+        return run
+
+    def module_params(self) -> Dict[str, List[str]]:
+        """Cell name -> the full names of its parameters (recursive)."""
+        return {name: [p.name for p in cell.get_parameters()] for name, cell in self.net.cells_and_names()}

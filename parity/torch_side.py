@@ -1,0 +1,129 @@
+"""The torch side of a comparison: any ``torch.nn.Module`` in float64 (the reference) or float32 (the floor).
+
+Every computation starts from a fresh copy of the module with the given weights, so the checks are independent
+of each other. Results are numpy arrays keyed by torch names (parameters and buffers) or by output position.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .objective import CROSS_ENTROPY, output_names
+
+Arrays = Dict[str, np.ndarray]
+
+
+def flatten_outputs(out) -> List[torch.Tensor]:
+    """A module's output as a flat list of tensors (a tensor, or nested tuples / lists of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten_outputs(o)]
+    raise TypeError(f"parity compares tensor outputs (or tuples / lists of them), got {type(out).__name__}")
+
+
+def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
+    """The module's state dict as numpy copies (torch names)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+class TorchSide:
+    """``module`` with ``state`` (torch names, numpy) in ``dtype``; ``loss`` is ``"cross_entropy"`` (mean, on the
+    first output, integer targets) or ``"projection"`` (sum over outputs of ``mean(output * weight)``)."""
+
+    def __init__(self, module: torch.nn.Module, state: Mapping[str, np.ndarray], dtype: str, loss: str) -> None:
+        self.module, self.state, self.loss = module, state, loss
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+
+    def model(self, train: bool = False) -> torch.nn.Module:
+        """A fresh copy in this side's dtype with its weights (float tensors cast, integer buffers kept)."""
+        m = copy.deepcopy(self.module)
+        m.to(self.dtype)
+        current = m.state_dict()
+        m.load_state_dict({k: torch.from_numpy(np.array(v)).to(current[k].dtype) for k, v in self.state.items()},
+                          strict=True)
+        return m.train(train)
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(a))
+        return t.to(self.dtype) if t.is_floating_point() else t.long()
+
+    def _loss(self, outs: Sequence[torch.Tensor], loss_args: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.loss == CROSS_ENTROPY:
+            return torch.nn.functional.cross_entropy(outs[0], self.tensor(loss_args[0]))
+        return sum((o * self.tensor(w)).mean() for o, w in zip(outs, loss_args))
+
+    def eval_outputs(self, inputs: Sequence[np.ndarray]) -> Arrays:
+        m = self.model(train=False)
+        with torch.no_grad():
+            outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
+        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs)))
+
+    def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
+                      ) -> Tuple[Arrays, np.ndarray, Arrays]:
+        """Train-mode outputs, the loss, and every float buffer after the forward (BN running statistics)."""
+        m = self.model(train=True)
+        with torch.no_grad():
+            outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
+            loss = self._loss(outs, loss_args)
+        buffers = {k: v.numpy().copy() for k, v in m.named_buffers() if v.is_floating_point()}
+        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs))), loss.numpy(), buffers
+
+    def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool) -> Arrays:
+        m = self.model(train=bn_train)
+        self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
+        return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
+
+    def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
+                        weight_decay: float) -> Arrays:
+        """``len(grads)`` steps of torch SGD (momentum, weight decay) on the given gradients: the updates."""
+        m = self.model()
+        params = {k: p for k, p in m.named_parameters() if k in grads[0]}
+        before = {k: p.detach().clone() for k, p in params.items()}
+        opt = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        for step_grads in grads:
+            for k, p in params.items():
+                p.grad = self.tensor(step_grads[k])
+            opt.step()
+        return {k: (p.detach() - before[k]).numpy() for k, p in params.items()}
+
+    # --- localisation (parity.localize) ---------------------------------------------------------------------
+
+    def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
+        """One forward with hooks on the modules ``names``: ``[(name, call index, inputs, outputs)]`` in the order
+        the calls finished (a module used twice, like torchvision's ``relu``, appears twice)."""
+        m = self.model(train=train)
+        modules = dict(m.named_modules())
+        records: List[Tuple[str, int, List[np.ndarray], List[np.ndarray]]] = []
+        calls: Dict[str, int] = {}
+        handles = []
+        for name in names:
+            def hook(mod, args, out, name=name):
+                k = calls.get(name, 0)
+                calls[name] = k + 1
+                records.append((name, k, [a.detach().numpy().copy() for a in args if isinstance(a, torch.Tensor)]
+                                if keep_inputs else [],
+                                [o.detach().numpy().copy() for o in flatten_outputs(out)]))
+            handles.append(modules[name].register_forward_hook(hook))
+        with torch.no_grad():
+            m(*[self.tensor(x) for x in inputs])
+        for h in handles:
+            h.remove()
+        return records
+
+    def module_runner(self, train: bool):
+        """``run(name, inputs) -> outputs``: one module of a fresh copy, called alone (single-step mode)."""
+        modules = dict(self.model(train=train).named_modules())
+
+        def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:
+            with torch.no_grad():
+                return [o.numpy() for o in flatten_outputs(modules[name](*[self.tensor(a) for a in args]))]
+        return run
+
+    def module_params(self) -> Dict[str, List[str]]:
+        """Module name -> the full names of its parameters and buffers (recursive)."""
+        return {name: [f"{name}.{k}" if name else k for k in mod.state_dict()]
+                for name, mod in self.module.named_modules()}
