@@ -216,3 +216,18 @@ def test_localisation_tells_a_layer_error_from_the_models_own_forward():
     clean = parity.compare_models(_torch(TorchResCNN), MsResCNN(), x, y, checks=("eval_logits",),
                                   localize="on_failure")
     assert clean.passed and clean.localization == []
+
+
+def test_the_readme_example_passes_and_catches_its_bug(capsys):
+    """examples/parity_own_model.py (the README's "Porting your own model"): clean -> 0, --bug -> 1 and the BN
+    named; its eps-1e-3 port is within allclose(1e-4) everywhere, which a fixed-tolerance tool would pass."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "parity_own_model.py"), run_name="example")
+    assert example["main"](bug=False) == 0
+    assert example["main"](bug=True) == 1
+    out = capsys.readouterr().out
+    assert "first divergence at bn [MindSpore: bn]" in out
+    eval_row = next(line for line in out.splitlines() if line.startswith("eval outputs") and "FAIL" in line)
+    assert "100.00%" in eval_row
