@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, Floor, ParityReport, compare_to_floor, failed
-from .names import NameMap, NameMapError, NameMatch, match_names
+from .names import NameMap, NameMapError, NameMatch, match_names, module_pairs
 from .objective import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights, synthetic_grads
 
 #: check groups, in the order they run and print
@@ -76,7 +76,7 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
                    ms_state: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0, lr: float = 0.01,
                    momentum: float = 0.9, weight_decay: float = 1e-4, opt_steps: int = 3,
                    sensitivity: bool = False, localize: Union[bool, str] = False,
-                   module_map: Optional[Mapping[str, str]] = None, config=None,
+                   module_map: Optional[Mapping[str, str]] = None, mask_relus: bool = True, config=None,
                    log: Callable[[str], None] = lambda s: None) -> ParityReport:
     """Compare a MindSpore port with its torch original; see the module docstring for the checks.
 
@@ -90,6 +90,8 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
             wrote them); the map still decides which torch tensor each one is compared with.
         localize: ``True`` always, ``"on_failure"`` when a forward check fails: find the first layer that diverges
             (accumulated and single-step; see parity.localize).
+        mask_relus: the gradient checks' scale statistic against a reference keeping the port's ReLU masks
+            (``nn.ReLU`` modules paired by name; see parity/compare.py).
         module_map: torch module -> MindSpore cell names for parameterless layers named differently (layers with
             parameters pair through ``name_map``; same-named ones pair by name).
     Returns:
@@ -108,19 +110,21 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
     for check in checks:
         t = time.perf_counter()
         log(f"running {check} ...")
-        ref, samples, scale_samples = c.reference_rows(check)
         t_ms = time.perf_counter()
         ms, error = run_port(c.runners[check], c.ms_side, c.xs)
+        masks = c.port_masks(check) if ms is not None and mask_relus else None
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
+        ref, samples, scale_samples, scale_ref = c.reference_rows(check, masks)
         for name in ref:
             if ms is None:
                 report.results.append(failed(name, error))
                 continue
-            floor = Floor.measure(ref[name], [s[name] for s in samples], [s[name] for s in scale_samples])
-            report.results.append(compare_to_floor(name, ms[name], ref[name], floor))
+            sref = None if scale_ref is None else scale_ref[name]
+            floor = Floor.measure(ref[name], [s[name] for s in samples], [s[name] for s in scale_samples], sref)
+            report.results.append(compare_to_floor(name, ms[name], ref[name], floor, scale_ref=sref))
             if sensitivity:
                 report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], [s[name] for s in samples],
-                                                              [s[name] for s in scale_samples]))
+                                                              [s[name] for s in scale_samples], sref))
         report.seconds[check] = time.perf_counter() - t
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
     if localize is True or (localize == "on_failure" and forward_failed):
@@ -156,14 +160,31 @@ class Comparison:
     step_grads: List[Dict[str, np.ndarray]]
     runners: Dict[str, Callable]
 
-    def reference_rows(self, check: str):
-        """``(reference rows, floor-sample rows, scale-sample rows)`` of one check group."""
+    def reference_rows(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
+        """``(reference rows, floor-sample rows, scale-sample rows, scale reference rows or None)`` of one check
+        group; with the port's ReLU ``masks`` (gradient checks), the scale statistic is measured on rounding
+        samples against a float64 reference that both keep those masks (see parity/compare.py)."""
         ref = self.runners[check](self.reference, self.xs)
         samples = [self.runners[check](engine, x) for engine, x in self.floors]
+        if masks and check in MASKED_CHECKS:
+            run = masked_runner(check, self.loss_args, masks)
+            return (ref, samples, [run(engine, x) for engine, x in self.rounding], run(self.reference, self.xs))
         # forward checks: the scale statistic's floor from rounding samples (see parity/compare.py)
         scale = ([self.runners[check](engine, x) for engine, x in self.rounding] if check in FORWARD_CHECKS
                  else samples)
-        return ref, samples, scale
+        return ref, samples, scale, None
+
+    def port_masks(self, check: str) -> Optional[Dict[str, List[np.ndarray]]]:
+        """The port's ReLU masks for a gradient check (torch module name -> one mask per call), or None."""
+        if check not in MASKED_CHECKS:
+            return None
+        pairs = module_pairs(self.reference.module_params(), self.ms_side.module_params(), self.match)
+        ms_relus = set(self.ms_side.relu_names())
+        relus = {t: m for t, m in pairs.items() if t in set(self.reference.relu_names()) and m in ms_relus}
+        if not relus:
+            return None
+        ms_masks = self.ms_side.relu_masks(self.xs, check == "grads_train_bn", list(relus.values()))
+        return {t: ms_masks[m] for t, m in relus.items() if m in ms_masks} or None
 
 
 def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None, *,
@@ -205,6 +226,17 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     step_grads = synthetic_grads({k: torch_state[k] for k in torch_trainable}, opt_steps, seed)
     return Comparison(match, torch_state, ms_state, torch_trainable, reference, floors, rounding, ms_side, xs, loss,
                       loss_args, step_grads, make_runners(loss_args, step_grads, lr, momentum, weight_decay))
+
+
+#: gradient checks whose scale statistic uses the port's ReLU masks (see parity/compare.py)
+MASKED_CHECKS = ("grads_train_bn", "grads_eval_bn")
+
+
+def masked_runner(check: str, loss_args: Sequence[np.ndarray], masks: Mapping[str, Sequence[np.ndarray]]
+                  ) -> Callable:
+    """A gradient check's runner for torch sides whose ReLUs keep the port's masks."""
+    label = LABELS[check][0]
+    return lambda side, xs: {label: side.grads(xs, loss_args, bn_train=check == "grads_train_bn", masks=masks)}
 
 
 #: rows of the forward checks (localisation follows the forward)

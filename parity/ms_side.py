@@ -151,6 +151,24 @@ class MindSporeSide:
             return [o.asnumpy() for o in flatten_outputs(cells[name](*[self.tensor(a) for a in args]))]
         return run
 
+    def relu_names(self) -> List[str]:
+        """Names of the ``nn.ReLU`` cells."""
+        return [n for n, cell in self.net.cells_and_names() if isinstance(cell, nn.ReLU)]
+
+    def relu_masks(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str]
+                   ) -> Dict[str, List[np.ndarray]]:
+        """``output > 0`` of each listed ReLU cell, per call, on one forward (run in PYNATIVE: hooks)."""
+        previous = ms.get_context("mode")
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            records = self.trace(inputs, train, names, keep_inputs=False)
+        finally:
+            ms.set_context(mode=previous)
+        masks: Dict[str, List[np.ndarray]] = {}
+        for name, _, _, outs in records:
+            masks.setdefault(name, []).append(outs[0] > 0)
+        return masks
+
     def module_params(self) -> Dict[str, List[str]]:
         """Cell name -> the full names of its parameters (recursive)."""
         return {name: [p.name for p in cell.get_parameters()] for name, cell in self.net.cells_and_names()}

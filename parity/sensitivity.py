@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .compare import compare
+from .compare import Floor, compare_to_floor
 
 EPS_MIN, EPS_MAX = 1e-9, 1.0
 #: bisection steps on log10(eps): 20 steps narrow the 9-decade interval to ~1e-5 decades (0.002% in eps)
@@ -53,9 +53,10 @@ def smallest_detected(fails: Callable[[float], bool]) -> float:
     return float(10 ** hi)
 
 
-def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[Sequence] = None) -> Sensitivity:
+def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[Sequence] = None,
+                scale_ref=None) -> Sensitivity:
     """Detection power of ``check`` for this run's port output ``ms`` (see the module docstring); the arguments
-    are :func:`~parity.compare.compare`'s."""
+    are :meth:`parity.compare.Floor.measure`'s."""
     ms_d = _as_dict(ms)
     names = [n for n in _as_dict(ref) if np.any(_as_dict(ref)[n])]
     middle = names[len(names) // 2]
@@ -63,8 +64,10 @@ def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[
     def scaled(eps: float, only: str = "") -> Arrays:
         return {n: (a * (1.0 + eps) if (not only or n == only) else a) for n, a in ms_d.items()}
 
+    floor = Floor.measure(ref, samples, scale_samples, scale_ref)
+
     def fails(arrays: Arrays) -> bool:
-        return not compare(check, arrays, ref, samples, scale_samples, details=False).passed
+        return not compare_to_floor(check, arrays, ref, floor, details=False, scale_ref=scale_ref).passed
 
     uniform = smallest_detected(lambda eps: fails(scaled(eps)))
     single = smallest_detected(lambda eps: fails(scaled(eps, middle)))

@@ -6,7 +6,7 @@ of each other. Results are numpy arrays keyed by torch names (parameters and buf
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,25 @@ def flatten_outputs(out) -> List[torch.Tensor]:
 def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
     """The module's state dict as numpy copies (torch names)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray]], dtype) -> list:
+    """Hooks making each listed ReLU output ``input * mask`` for its k-th call (calls beyond the list run as is)."""
+    modules = dict(model.named_modules())
+    handles = []
+    for name, per_call in masks.items():
+        module = modules[name]
+        module.inplace = False   # the pre-activation must survive the call
+        calls = [0]
+
+        def hook(mod, args, out, per_call=per_call, calls=calls):
+            k = calls[0]
+            calls[0] += 1
+            if k < len(per_call) and tuple(per_call[k].shape) == tuple(args[0].shape):
+                return args[0] * torch.from_numpy(per_call[k]).to(dtype)
+            return out
+        handles.append(module.register_forward_hook(hook))
+    return handles
 
 
 class TorchSide:
@@ -72,10 +91,20 @@ class TorchSide:
         buffers = {k: v.numpy().copy() for k, v in m.named_buffers() if v.is_floating_point()}
         return dict(zip(output_names(len(outs)), (o.numpy() for o in outs))), loss.numpy(), buffers
 
-    def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool) -> Arrays:
+    def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
+              masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Arrays:
+        """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
+        ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.masks`)."""
         m = self.model(train=bn_train)
+        handles = _force_masks(m, masks, self.dtype) if masks else []
         self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
+        for h in handles:
+            h.remove()
         return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
+
+    def relu_names(self) -> List[str]:
+        """Names of the ``nn.ReLU`` modules (the activations whose masks can be shared)."""
+        return [n for n, mod in self.module.named_modules() if isinstance(mod, torch.nn.ReLU)]
 
     def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
                         weight_decay: float) -> Arrays:
