@@ -36,7 +36,7 @@ import numpy as np
 
 from .compare import ABS_TERM, FLOOR_SAMPLES, JITTER, K, ROUNDING_JITTER, Floor, ParityReport, compare_to_floor, \
     failed
-from .objective import CROSS_ENTROPY, generated_tensor, synthetic_grads
+from .objective import generated_tensor, synthetic_grads
 
 FORMAT = "ms_transfer.parity.reference/1"
 MANIFEST = "manifest.json"
