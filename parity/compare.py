@@ -140,7 +140,8 @@ def failed(check: str, reason: str) -> CheckResult:
     return CheckResult(check, np.inf, np.inf, np.nan, np.inf, K, False, reason)
 
 
-def _as_dict(a: Arrays) -> Dict[str, np.ndarray]:
+def as_named(a: Arrays) -> Dict[str, np.ndarray]:
+    """A check's result as ``{tensor name: array}`` (a bare array is the one tensor ``""``)."""
     return {"": a} if isinstance(a, np.ndarray) else dict(a)
 
 
@@ -164,14 +165,14 @@ class Floor:
         """The floor of ``ref`` from float32 samples; the scale statistic's from ``scale_samples`` (default:
         ``floor_samples``), measured against ``scale_ref`` (default ``ref``; the masked reference of the gradient
         checks, see parity/compare.py)."""
-        ref_d = _as_dict(ref)
-        samples = [_as_dict(s) for s in floor_samples]
-        rounding = samples if scale_samples is None else [_as_dict(s) for s in scale_samples]
+        ref_d = as_named(ref)
+        samples = [as_named(s) for s in floor_samples]
+        rounding = samples if scale_samples is None else [as_named(s) for s in scale_samples]
         ref_sq = _ref_sq(ref_d)
         total_ref = sum(ref_sq.values())
         per_tensor = {n: max(_rel(_sq_err(s[n], ref_d[n]), ref_sq[n]) for s in samples) for n in ref_d}
         pooled = max(_rel(sum(_sq_err(s[n], ref_d[n]) for n in ref_d), total_ref) for s in samples)
-        scale_d = ref_d if scale_ref is None else _as_dict(scale_ref)
+        scale_d = ref_d if scale_ref is None else as_named(scale_ref)
         scale_sq = ref_sq if scale_ref is None else _ref_sq(scale_d)
         scale = max(abs(_scale(s, scale_d, scale_sq)) for s in rounding)
         return cls(per_tensor, pooled, scale)
@@ -196,7 +197,7 @@ def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays]
     """Compare MindSpore's result with the float64 reference against the float32 noise floor; the scale
     statistic's floor comes from ``scale_samples`` (default: ``floor_samples``). ``details=False`` skips the
     reported-only cosine and allclose columns (the verdict is the same; ``parity.sensitivity`` calls it often)."""
-    if set(_as_dict(ms)) != set(_as_dict(ref)):
+    if set(as_named(ms)) != set(as_named(ref)):
         return compare_to_floor(check, ms, ref, Floor({}, 0.0, 0.0))
     return compare_to_floor(check, ms, ref, Floor.measure(ref, floor_samples, scale_samples), details)
 
@@ -205,7 +206,7 @@ def compare_to_floor(check: str, ms: Arrays, ref: Arrays, floor: Floor, details:
                      scale_ref: Optional[Arrays] = None) -> CheckResult:
     """The tolerance rule of the module docstring against a measured (or stored) :class:`Floor`; the scale
     statistic against ``scale_ref`` when given (the floor's must have been measured against it too)."""
-    ms_d, ref_d = _as_dict(ms), _as_dict(ref)
+    ms_d, ref_d = as_named(ms), as_named(ref)
     if set(ms_d) != set(ref_d):
         missing = sorted(set(ref_d) ^ set(ms_d))[:5]
         return failed(check, f"keys differ: {missing}")
@@ -227,7 +228,7 @@ def compare_to_floor(check: str, ms: Arrays, ref: Arrays, floor: Floor, details:
     if scale_ref is None:
         scale = _scale(ms_d, ref_d, ref_sq)
     else:
-        scale_d = _as_dict(scale_ref)
+        scale_d = as_named(scale_ref)
         scale = _scale(ms_d, scale_d, _ref_sq(scale_d))
     scale_ratio = abs(scale) / (floor.scale + ABS_TERM / K)
     passed = bool(worst_ratio <= K and scale_ratio <= K)

@@ -34,8 +34,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import ABS_TERM, FLOOR_SAMPLES, JITTER, K, ROUNDING_JITTER, Floor, ParityReport, compare_to_floor, \
-    failed
+from .compare import ABS_TERM, FLOOR_SAMPLES, JITTER, K, ROUNDING_JITTER, Floor, ParityReport, as_named, \
+    compare_to_floor, failed
 from .objective import generated_tensor, synthetic_grads
 
 FORMAT = "ms_transfer.parity.reference/1"
@@ -65,8 +65,7 @@ def reduce(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def _reduce_rows(row: str, arrays) -> Dict[str, np.ndarray]:
-    d = {"": arrays} if isinstance(arrays, np.ndarray) else arrays
-    return {k: reduce(f"{row}/{k}", v) for k, v in d.items()}
+    return {k: reduce(f"{row}/{k}", v) for k, v in as_named(arrays).items()}
 
 
 def _sha256(path: Path) -> str:

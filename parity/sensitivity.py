@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .compare import Floor, compare_to_floor
+from .compare import Floor, as_named, compare_to_floor
 
 EPS_MIN, EPS_MAX = 1e-9, 1.0
 #: bisection steps on log10(eps): 20 steps narrow the 9-decade interval to ~1e-5 decades (0.002% in eps)
@@ -36,10 +36,6 @@ class Sensitivity:
         return asdict(self)
 
 
-def _as_dict(a) -> Arrays:
-    return {"": a} if isinstance(a, np.ndarray) else dict(a)
-
-
 def smallest_detected(fails: Callable[[float], bool]) -> float:
     """Smallest ``eps`` in ``[EPS_MIN, EPS_MAX]`` with ``fails(eps)`` (assumed monotone), else ``inf``."""
     if not fails(EPS_MAX):
@@ -57,8 +53,8 @@ def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[
                 scale_ref=None) -> Sensitivity:
     """Detection power of ``check`` for this run's port output ``ms`` (see the module docstring); the arguments
     are :meth:`parity.compare.Floor.measure`'s."""
-    ms_d = _as_dict(ms)
-    names = [n for n in _as_dict(ref) if np.any(_as_dict(ref)[n])]
+    ms_d = as_named(ms)
+    names = [n for n in as_named(ref) if np.any(as_named(ref)[n])]
     middle = names[len(names) // 2]
 
     def scaled(eps: float, only: str = "") -> Arrays:

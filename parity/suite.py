@@ -62,11 +62,7 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         _run_training(cfg, problem, report, log)
         report.seconds["total"] = time.perf_counter() - t0
         return report
-    from torch_reference.models import build_model as build_torch_model, load_numpy_state
-
-    torch_model = build_torch_model(cfg.arch, cfg.num_classes, cfg.padding)
-    load_numpy_state(torch_model, problem.torch_state)
-    net = build_model(cfg.arch, cfg.num_classes, cfg.padding)
+    torch_model, net = _model_pair(cfg, problem)
     ms_state = dict(problem.ms_state)
     if cfg.inject:
         inject(cfg.inject, net, ms_state)
@@ -74,6 +70,15 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
                           seed=cfg.seed, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           opt_steps=cfg.opt_steps, sensitivity=cfg.sensitivity, localize=cfg.localize,
                           config=cfg, log=log)
+
+
+def _model_pair(cfg: ParityConfig, problem: "Problem"):
+    """torchvision's model with the problem's weights, and a fresh MindSpore port (weights come from the API)."""
+    from torch_reference.models import build_model as build_torch_model, load_numpy_state
+
+    torch_model = build_torch_model(cfg.arch, cfg.num_classes, cfg.padding)
+    load_numpy_state(torch_model, problem.torch_state)
+    return torch_model, build_model(cfg.arch, cfg.num_classes, cfg.padding)
 
 
 def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:
@@ -107,16 +112,12 @@ def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log
 def save_suite_reference(cfg: ParityConfig, directory, log: Callable[[str], None] = lambda s: None):
     """``python -m parity --save-reference DIR``: a reference bundle of this suite's problem (see parity.reference);
     the conv and linear weights are regenerated from the seed by the checker, not stored."""
-    from torch_reference.models import build_model as build_torch_model, load_numpy_state
-
     from .reference import save_reference
     from .setup import make_problem
 
     set_context("pynative", "CPU")   # nothing MindSpore runs: the cell only names the parameters
     problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
-    torch_model = build_torch_model(cfg.arch, cfg.num_classes, cfg.padding)
-    load_numpy_state(torch_model, problem.torch_state)
-    net = build_model(cfg.arch, cfg.num_classes, cfg.padding)
+    torch_model, net = _model_pair(cfg, problem)
     return save_reference(directory, torch_model, net, problem.x, problem.y,
                           model={"arch": cfg.arch, "num_classes": cfg.num_classes, "padding": cfg.padding},
                           generated=problem.generated, checks=cfg.checks, config=cfg, log=log, seed=cfg.seed,
