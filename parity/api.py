@@ -123,8 +123,7 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
             floor = Floor.measure(ref[name], [s[name] for s in samples], [s[name] for s in scale_samples], sref)
             report.results.append(compare_to_floor(name, ms[name], ref[name], floor, scale_ref=sref))
             if sensitivity:
-                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], [s[name] for s in samples],
-                                                              [s[name] for s in scale_samples], sref))
+                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floor, sref))
         report.seconds[check] = time.perf_counter() - t
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
     if localize is True or (localize == "on_failure" and forward_failed):

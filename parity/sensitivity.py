@@ -10,7 +10,7 @@ fail is found by bisection on a log scale between ``EPS_MIN`` and ``EPS_MAX``. `
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -49,18 +49,15 @@ def smallest_detected(fails: Callable[[float], bool]) -> float:
     return float(10 ** hi)
 
 
-def sensitivity(check: str, ms, ref, samples: Sequence, scale_samples: Optional[Sequence] = None,
-                scale_ref=None) -> Sensitivity:
-    """Detection power of ``check`` for this run's port output ``ms`` (see the module docstring); the arguments
-    are :meth:`parity.compare.Floor.measure`'s."""
+def sensitivity(check: str, ms, ref, floor: Floor, scale_ref=None) -> Sensitivity:
+    """Detection power of ``check`` for this run's port output ``ms`` against ``ref`` and its measured ``floor``
+    (see the module docstring; ``scale_ref`` as for :func:`parity.compare.compare_to_floor`)."""
     ms_d = as_named(ms)
     names = [n for n in as_named(ref) if np.any(as_named(ref)[n])]
     middle = names[len(names) // 2]
 
     def scaled(eps: float, only: str = "") -> Arrays:
         return {n: (a * (1.0 + eps) if (not only or n == only) else a) for n, a in ms_d.items()}
-
-    floor = Floor.measure(ref, samples, scale_samples, scale_ref)
 
     def fails(arrays: Arrays) -> bool:
         return not compare_to_floor(check, arrays, ref, floor, details=False, scale_ref=scale_ref).passed
