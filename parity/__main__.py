@@ -1,7 +1,10 @@
 """``python -m parity``: compare the MindSpore ResNet with torchvision; exit 1 on any failure.
 
-Default: forward/gradient/optimizer checks. ``--train-steps N``: N steps of both frameworks' trainers in the
-finetune, fixed_feature and partial (10x head LR) regimes (see ``parity/training.py``).
+Default: forward/gradient/optimizer checks through the any-model API (``parity.compare_models``), with the
+first diverging layer reported when a forward check fails. ``--train-steps N``: N steps of both frameworks'
+trainers in the finetune, fixed_feature and partial (10x head LR) regimes (see ``parity/training.py``).
+``--save-reference DIR`` writes a portable reference bundle; ``--check-reference DIR`` checks the MindSpore port
+against one without torch (see ``parity/reference.py``). Exit codes: 0 pass, 1 a check failed, 2 bad input.
 """
 from __future__ import annotations
 
