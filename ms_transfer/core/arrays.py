@@ -11,14 +11,19 @@ Sources, by name (:func:`load_source`):
 
 IDX files (gzip-compressed or not, told by their first bytes, not their name) are validated: magic, element
 type, dimensions and exact length; a damaged file is a :class:`ArrayDataError` naming the file and what is wrong.
+:func:`split_train_val` makes a seeded stratified validation split and :func:`export_image_folder` writes the
+splits as the image-folder layout that both frameworks' pipelines already read.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -191,3 +196,75 @@ def write_idx(path: PathLike, array: np.ndarray, compress: bool = False) -> Path
 def split_counts(labels: np.ndarray) -> Tuple[int, ...]:
     """Samples per class (for reports)."""
     return tuple(int(c) for c in np.bincount(labels, minlength=int(labels.max()) + 1 if labels.size else 0))
+
+
+def split_train_val(dataset: ArrayDataset, val_fraction: float, seed: int) -> Tuple[ArrayDataset, ArrayDataset]:
+    """A seeded, stratified split: ``round(val_fraction * n_c)`` samples of every class ``c`` go to val."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ArrayDataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.RandomState(seed)
+    val_idx = []
+    for c in range(len(dataset.classes)):
+        members = np.flatnonzero(dataset.labels == c)
+        val_idx.extend(rng.permutation(members)[: int(round(val_fraction * members.size))])
+    is_val = np.zeros(len(dataset), bool)
+    is_val[np.asarray(val_idx, np.int64)] = True
+
+    def part(mask: np.ndarray, name: str) -> ArrayDataset:
+        return ArrayDataset(dataset.images[mask], dataset.labels[mask], dataset.classes, f"{dataset.source}:{name}")
+    return part(~is_val, "train"), part(is_val, "val")
+
+
+def class_folder_names(classes: Sequence[str]) -> List[str]:
+    """Folder names whose sorted order is the label order (the image-folder scan numbers classes by sorted
+    folder name): the class name when that already holds (``0``..``9``), else ``<zero-padded index>_<name>``
+    with path separators replaced."""
+    if list(classes) == sorted(classes) and all(c.isdigit() and len(c) == len(classes[0]) for c in classes):
+        return list(classes)
+    width = len(str(len(classes) - 1))
+    return [f"{i:0{width}d}_{c.replace('/', '_').replace(chr(92), '_')}" for i, c in enumerate(classes)]
+
+
+def _fingerprint(splits: Mapping[str, ArrayDataset]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        ds = splits[name]
+        h.update(name.encode())
+        h.update(json.dumps(ds.classes).encode())
+        h.update(np.ascontiguousarray(ds.images).tobytes())
+        h.update(np.ascontiguousarray(ds.labels).tobytes())
+    return h.hexdigest()
+
+
+def export_image_folder(splits: Mapping[str, ArrayDataset], directory: PathLike) -> Path:
+    """Write ``{split: dataset}`` as ``directory/<split>/<class folder>/<index>.png`` (8-bit grayscale PNG,
+    lossless), the layout both frameworks' pipelines read, so array datasets go through the same loop as image
+    folders. Built in a sibling temporary folder and renamed into place; reused as is when ``source.json``
+    records the same content fingerprint, rebuilt (never half-written) otherwise."""
+    from PIL import Image
+
+    directory = Path(directory)
+    fingerprint = _fingerprint(splits)
+    marker = directory / "source.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+                return directory
+        except (json.JSONDecodeError, OSError):
+            pass
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)   # a build that was interrupted
+    for split, ds in splits.items():
+        folders = class_folder_names(ds.classes)
+        for folder in folders:
+            (tmp / split / folder).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(ds.images, ds.labels)):
+            Image.fromarray(np.asarray(image, np.uint8)).save(tmp / split / folders[label] / f"{i:06d}.png")
+    info = {"fingerprint": fingerprint, "splits": {s: {"source": d.source, "samples": len(d),
+                                                      "classes": d.classes} for s, d in splits.items()}}
+    (tmp / "source.json").write_text(json.dumps(info, indent=1))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
