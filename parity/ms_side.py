@@ -16,18 +16,14 @@ from ms_transfer.backend import make_loss
 from ms_transfer.checkpoint import load_state_into
 from ms_transfer.optim import momentum_sgd
 
-from .objective import CROSS_ENTROPY, output_names
+from .objective import CROSS_ENTROPY, CallRecorder, flatten, output_names
 
 Arrays = Dict[str, np.ndarray]
 
 
 def flatten_outputs(out) -> List[ms.Tensor]:
     """A cell's output as a flat list of tensors."""
-    if isinstance(out, ms.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flatten_outputs(o)]
-    raise TypeError(f"parity compares tensor outputs (or tuples / lists of them), got {type(out).__name__}")
+    return flatten(out, ms.Tensor)
 
 
 class Objective(nn.Cell):
@@ -126,20 +122,18 @@ class MindSporeSide:
         self.reset()
         self.net.set_train(train)
         cells = dict(self.net.cells_and_names())
-        records, calls, handles = [], {}, []
+        recorder, handles = CallRecorder(), []
         for name in names:
             def hook(cell, args, out, name=name):
-                k = calls.get(name, 0)
-                calls[name] = k + 1
-                records.append((name, k, [a.asnumpy() for a in args if isinstance(a, ms.Tensor)] if keep_inputs else [],
-                                [o.asnumpy() for o in flatten_outputs(out)]))
+                recorder.add(name, [a.asnumpy() for a in args if isinstance(a, ms.Tensor)] if keep_inputs else [],
+                             [o.asnumpy() for o in flatten_outputs(out)])
             handles.append(cells[name].register_forward_hook(hook))
         try:
             self.net(*[self.tensor(x) for x in inputs])
         finally:
             for h in handles:
                 h.remove()
-        return records
+        return recorder.records
 
     def module_runner(self, train: bool):
         """``run(name, inputs) -> outputs``: one cell called alone on the given inputs (single-step mode)."""

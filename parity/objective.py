@@ -6,7 +6,7 @@ model has, whatever its outputs mean, and one whose gradient reaches every outpu
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +18,29 @@ LOSSES = (CROSS_ENTROPY, PROJECTION)
 def output_names(n: int) -> List[str]:
     """``output`` for a single output, ``output[i]`` for several."""
     return ["output"] if n == 1 else [f"output[{i}]" for i in range(n)]
+
+
+def flatten(out, tensor_type: type) -> List[Any]:
+    """A model's output as a flat list of ``tensor_type`` objects (a tensor, or nested tuples / lists of them)."""
+    if isinstance(out, tensor_type):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten(o, tensor_type)]
+    raise TypeError(f"parity compares tensor outputs (or tuples / lists of them), got {type(out).__name__}")
+
+
+class CallRecorder:
+    """What a localisation forward's hooks record: ``(layer name, call index, inputs, outputs)`` in the order the
+    calls finished (a layer used twice, like torchvision's ``relu``, gets call indices 0 and 1)."""
+
+    def __init__(self) -> None:
+        self.records: List[Tuple[str, int, List[np.ndarray], List[np.ndarray]]] = []
+        self._calls: Dict[str, int] = {}
+
+    def add(self, name: str, inputs: List[np.ndarray], outputs: List[np.ndarray]) -> None:
+        k = self._calls.get(name, 0)
+        self._calls[name] = k + 1
+        self.records.append((name, k, inputs, outputs))
 
 
 def projection_weights(shapes: Sequence[Sequence[int]], seed: int) -> List[np.ndarray]:

@@ -11,18 +11,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .objective import CROSS_ENTROPY, output_names
+from .objective import CROSS_ENTROPY, CallRecorder, flatten, output_names
 
 Arrays = Dict[str, np.ndarray]
 
 
 def flatten_outputs(out) -> List[torch.Tensor]:
-    """A module's output as a flat list of tensors (a tensor, or nested tuples / lists of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flatten_outputs(o)]
-    raise TypeError(f"parity compares tensor outputs (or tuples / lists of them), got {type(out).__name__}")
+    """A module's output as a flat list of tensors."""
+    return flatten(out, torch.Tensor)
 
 
 def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
@@ -122,26 +118,21 @@ class TorchSide:
     # --- localisation (parity.localize) ---------------------------------------------------------------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
-        """One forward with hooks on the modules ``names``: ``[(name, call index, inputs, outputs)]`` in the order
-        the calls finished (a module used twice, like torchvision's ``relu``, appears twice)."""
+        """One forward with hooks on the modules ``names``: ``[(name, call index, inputs, outputs)]`` as
+        :class:`~parity.objective.CallRecorder` keeps them (call order; a module used twice appears twice)."""
         m = self.model(train=train)
         modules = dict(m.named_modules())
-        records: List[Tuple[str, int, List[np.ndarray], List[np.ndarray]]] = []
-        calls: Dict[str, int] = {}
-        handles = []
+        recorder, handles = CallRecorder(), []
         for name in names:
             def hook(mod, args, out, name=name):
-                k = calls.get(name, 0)
-                calls[name] = k + 1
-                records.append((name, k, [a.detach().numpy().copy() for a in args if isinstance(a, torch.Tensor)]
-                                if keep_inputs else [],
-                                [o.detach().numpy().copy() for o in flatten_outputs(out)]))
+                recorder.add(name, [a.detach().numpy().copy() for a in args if isinstance(a, torch.Tensor)]
+                             if keep_inputs else [], [o.detach().numpy().copy() for o in flatten_outputs(out)])
             handles.append(modules[name].register_forward_hook(hook))
         with torch.no_grad():
             m(*[self.tensor(x) for x in inputs])
         for h in handles:
             h.remove()
-        return records
+        return recorder.records
 
     def module_runner(self, train: bool):
         """``run(name, inputs) -> outputs``: one module of a fresh copy, called alone (single-step mode)."""
