@@ -42,8 +42,8 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _likely_cause(report: LoadReport, model_names: List[str]) -> str:
-    head = set(naming.head_names("ms_transfer"))
+def _likely_cause(report: LoadReport, model_names: List[str], arch: Optional[str] = None) -> str:
+    head = set(naming.head_names("ms_transfer", arch))
     bad = {n for n, _, _ in report.mismatched} | set(report.missing) | set(report.unexpected)
     if bad and bad <= head:
         return ("the classifier head differs (other class count): build the model with the checkpoint's "
@@ -76,7 +76,7 @@ def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool 
     if strict and not report.ok:
         first = [n for n, _, _ in report.mismatched] + report.missing + report.unexpected
         raise CheckpointError(f"checkpoint does not fit the model ({', '.join(first[:4])} ...): {report}\n"
-                              f"likely cause: {_likely_cause(report, list(params))}")
+                              f"likely cause: {_likely_cause(report, list(params), getattr(net, 'arch', None))}")
     mismatched = {n for n, _, _ in report.mismatched}
     for name, value in state.items():
         if name in params and name not in mismatched:

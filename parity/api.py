@@ -11,6 +11,12 @@ result is compared with the tolerance rule of :mod:`parity.compare`:
 ``grads_eval_bn``   the same with the model in eval mode (running statistics, no dropout)
 ``optimizer_step``  ``opt_steps`` updates of momentum SGD with weight decay on shared synthetic gradients
 
+Dropout (``DROPOUT_NOTE``): the train-mode checks run with every dropout layer as the identity, in all three
+engines. The frameworks draw different random masks, so with dropout active the float32 samples would disagree by
+O(1) as well and the floor would swallow any bug (measured on seed 004's network: train-output floor 0.61, every
+injected bug inside it). The eval-mode checks cover dropout's inference path; ``report.names["dropout_off"]``
+lists the layers.
+
 The loss is cross-entropy on the first output when ``targets`` are given, otherwise a fixed random projection of
 every output (:mod:`parity.objective`). Nothing here knows any architecture: the ResNet suite
 (``python -m parity``) is one caller.
@@ -103,8 +109,10 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
     t0 = time.perf_counter()
     c = prepare(torch_module, ms_cell, inputs, targets, name_map=name_map, loss=loss, ms_state=ms_state, seed=seed,
                 lr=lr, momentum=momentum, weight_decay=weight_decay, opt_steps=opt_steps)
+    from .torch_side import dropout_names  # torch only when comparing live (bundles are checked without it)
     report = ParityReport(config, names={"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
-                                         "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms]})
+                                         "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms],
+                                         "dropout_off": dropout_names(torch_module)})
     report.seconds["setup"] = time.perf_counter() - t0
     from .sensitivity import sensitivity as measure_sensitivity
     for check in checks:

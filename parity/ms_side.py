@@ -80,6 +80,14 @@ class MindSporeSide:
     def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> List[ms.Tensor]:
         return [self.tensor(x) for x in list(inputs) + list(loss_args)]
 
+    def _train_mode(self, cell: nn.Cell, train: bool) -> None:
+        """``cell.set_train(train)`` with every ``nn.Dropout`` of the net left in eval mode (identity): see
+        ``DROPOUT_NOTE`` in :mod:`parity.api`."""
+        cell.set_train(train)
+        for _, child in self.net.cells_and_names():
+            if isinstance(child, nn.Dropout):
+                child.set_train(False)
+
     def eval_outputs(self, inputs: Sequence[np.ndarray]) -> Arrays:
         self.reset()
         self.net.set_train(False)
@@ -89,7 +97,7 @@ class MindSporeSide:
     def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
                       ) -> Tuple[Arrays, np.ndarray, Arrays]:
         self.reset()
-        self.objective.set_train(True)
+        self._train_mode(self.objective, True)
         outs, loss = self.objective(*self._args(inputs, loss_args))
         outs = flatten_outputs(outs)
         trainable = {p.name for p in self.net.trainable_params()}
@@ -100,7 +108,7 @@ class MindSporeSide:
 
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool) -> Arrays:
         self.reset()
-        self.grad_net.set_train(bn_train)
+        self._train_mode(self.grad_net, bn_train)
         _, grads = self.grad_net(*self._args(inputs, loss_args))
         return self._torch_names({p.name: g.asnumpy() for p, g in zip(self.net.trainable_params(), grads)})
 
@@ -120,7 +128,7 @@ class MindSporeSide:
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
         """As :meth:`parity.torch_side.TorchSide.trace`, on the cells ``names``."""
         self.reset()
-        self.net.set_train(train)
+        self._train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())
         recorder, handles = CallRecorder(), []
         for name in names:
@@ -138,7 +146,7 @@ class MindSporeSide:
     def module_runner(self, train: bool):
         """``run(name, inputs) -> outputs``: one cell called alone on the given inputs (single-step mode)."""
         self.reset()
-        self.net.set_train(train)
+        self._train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())
 
         def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:

@@ -45,6 +45,19 @@ def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray
     return handles
 
 
+def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in :mod:`parity.api`."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
+    return module
+
+
+def dropout_names(module: torch.nn.Module) -> List[str]:
+    """Names of the dropout modules."""
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+
+
 class TorchSide:
     """``module`` with ``state`` (torch names, numpy) in ``dtype``; ``loss`` is ``"cross_entropy"`` (mean, on the
     first output, integer targets) or ``"projection"`` (sum over outputs of ``mean(output * weight)``)."""
@@ -60,7 +73,7 @@ class TorchSide:
         current = m.state_dict()
         m.load_state_dict({k: torch.from_numpy(np.array(v)).to(current[k].dtype) for k, v in self.state.items()},
                           strict=True)
-        return m.train(train)
+        return without_dropout(m.train(train))
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(a))

@@ -1,5 +1,5 @@
-"""torchvision ResNets (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding,
-and numpy state-dict exchange."""
+"""torchvision ResNets (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding;
+the seeds' small networks from their shared spec; numpy state-dict exchange."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ms_transfer.core.naming import ARCH_SPECS
+from ms_transfer.core.archs import SeqSpec, seq_spec
+from ms_transfer.core.naming import ALL_ARCHS, ARCH_SPECS
 
 PADDINGS = ("torch", "same")
 
@@ -56,9 +57,13 @@ def use_same_padding(model: torch.nn.Module) -> torch.nn.Module:
 
 def build_model(arch: str, num_classes: int = 1000, padding: str = "torch") -> torch.nn.Module:
     """``torchvision.models.<arch>(weights=None, num_classes=num_classes)``; ``padding="same"``: see
-    :func:`use_same_padding`."""
+    :func:`use_same_padding`. The seeds' small networks (:class:`SeqNet`) come from their spec."""
+    if seq_spec(arch) is not None:
+        if padding != "torch":
+            raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
+        return SeqNet(seq_spec(arch), num_classes)
     if arch not in ARCH_SPECS:
-        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCH_SPECS)}")
+        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ALL_ARCHS)}")
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
@@ -77,3 +82,35 @@ def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], st
         k: torch.from_numpy(np.asarray(v)).to(current[k].dtype) if k in current else torch.from_numpy(np.asarray(v))
         for k, v in state.items()}
     model.load_state_dict(tensors, strict=strict)
+
+
+class SeqNet(torch.nn.Module):
+    """A small network of :data:`ms_transfer.core.archs.SEQ_SPECS` (the seeds' networks, which torchvision does
+    not have), built from the same spec as ``ms_transfer.models.seq``: ``features`` (named layers) and ``fc``."""
+
+    def __init__(self, spec: SeqSpec, num_classes: int = 10) -> None:
+        super().__init__()
+        self.arch, self.num_classes, self.num_features = spec.name, num_classes, spec.feature_dim()
+        layers, channels = OrderedDict(), spec.in_channels
+        for name, kind, args in spec.layers:
+            if kind == "conv":
+                out, kernel, padding = args
+                layers[name] = torch.nn.Conv2d(channels, out, kernel, padding=padding)
+                channels = out
+            elif kind == "bn":
+                layers[name] = torch.nn.BatchNorm2d(channels, eps=args[0], momentum=args[1])
+            elif kind == "relu":
+                layers[name] = torch.nn.ReLU()
+            elif kind == "maxpool":
+                layers[name] = torch.nn.MaxPool2d(args[0])
+            elif kind == "flatten":
+                layers[name] = torch.nn.Flatten()
+            else:
+                raise ValueError(f"{spec.name}: unknown layer kind {kind!r} ({name})")
+        self.features = torch.nn.Sequential(layers)
+        head = {"relu": lambda: torch.nn.ReLU(), "dropout": lambda p: torch.nn.Dropout(p),
+                "dense": lambda i, o: torch.nn.Linear(i, o)}
+        self.fc = torch.nn.Sequential(*[head[kind](*args) for kind, args in spec.head_layers(num_classes)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))

@@ -81,7 +81,7 @@ def convert_weights(weights: WeightFile, dst_naming: Optional[str], *, arch: str
         raise CheckpointError(f"{where}: {exc}") from None
 
     unknown = [k for k in tensors if k not in table]
-    head_w, head_b = naming.head_names(src_naming)
+    head_w, head_b = naming.head_names(src_naming, arch)
     missing = [k for k in table if k not in tensors and k not in (head_w, head_b)]
     if unknown or missing:
         parts = []
@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and between torchvision, ms_transfer (MindSpore tutorial) and mindcv parameter names.")
     p.add_argument("src", help="input weight file (.pth, .pt, .ckpt or .safetensors)")
     p.add_argument("dst", help="output weight file; its extension picks the format")
-    p.add_argument("--arch", default="auto", choices=["auto", *naming.ARCH_SPECS],
-                   help="ResNet depth (default: detected from keys and shapes)")
+    p.add_argument("--arch", default="auto", choices=["auto", *naming.ALL_ARCHS],
+                   help="architecture (default: detected from keys and shapes)")
     p.add_argument("--src-naming", default="auto", help="naming of SRC: auto (default), " + ", ".join(naming.SCHEMES))
     p.add_argument("--naming", default=None,
                    help="naming of DST: torchvision (default for .pth), ms_transfer (default for .ckpt), mindcv; "

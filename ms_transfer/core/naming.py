@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .archs import SEQ_SPECS, seq_spec
 
 #: arch -> (block kind, blocks per stage): the one description of every ResNet depth, as plain data. The
 #: MindSpore models, the torch side, the converter and the checkpoint arch detection all read it.
@@ -20,6 +22,9 @@ ARCH_SPECS: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = {
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
+#: every architecture the project builds: the ResNets above and the seeds' small networks
+#: (:data:`ms_transfer.core.archs.SEQ_SPECS`, whose tensor names follow from their layer lists)
+ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(SEQ_SPECS)
 
 SCHEMES = ("torchvision", "ms_transfer", "mindcv")
 #: Scheme aliases accepted on the command line.
@@ -64,10 +69,31 @@ def resolve_scheme(name: str) -> str:
     return scheme
 
 
+def _seq_keys(arch: str, include_head: bool) -> List[Key]:
+    """Structural keys of a small network: module paths are literal (``("plain", "features.conv1")``), only the
+    BatchNorm tensor names differ between schemes."""
+    spec = seq_spec(arch)
+    keys: List[Key] = []
+    for layer, kind, _ in spec.layers:
+        path = (("plain", f"features.{layer}"),)
+        if kind == "conv":
+            keys += [(path, "weight"), (path, "bias")]
+        elif kind == "bn":
+            keys += [(path, k) for k in _BN_KINDS]
+    last = spec.classifier_index()
+    for i, (kind, _) in enumerate(spec.head_layers(2)):
+        if kind == "dense" and (include_head or i != last):
+            keys += [((("plain", f"fc.{i}"),), "weight"), ((("plain", f"fc.{i}"),), "bias")]
+    return keys
+
+
 def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
-    """Every parameter / buffer of ``arch`` as structural keys, in model order."""
+    """Every parameter / buffer of ``arch`` as structural keys, in model order (``include_head=False``: without
+    the classifier layer)."""
+    if seq_spec(arch) is not None:
+        return _seq_keys(arch, include_head)
     if arch not in ARCH_SPECS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}")
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
     block, layers = ARCH_SPECS[arch]
     n_convs = 3 if block == "bottleneck" else 2
     keys: List[Key] = [((("stem_conv",),), "conv")]
@@ -91,7 +117,9 @@ def render(key: Key, scheme: str) -> str:
     path, kind = key
     parts = []
     for role in path:
-        if role[0] == "layer":
+        if role[0] == "plain":
+            parts.append(role[1])
+        elif role[0] == "layer":
             parts.append(f"layer{role[1]}")
         elif role[0] == "index":
             parts.append(str(role[1]))
@@ -112,8 +140,12 @@ def name_table(arch: str, scheme: str, include_head: bool = True) -> Dict[str, K
     return {render(k, scheme): k for k in structural_keys(arch, include_head)}
 
 
-def head_names(scheme: str) -> Tuple[str, str]:
-    """Names of the classifier weight and bias in ``scheme``."""
+def head_names(scheme: str, arch: Optional[str] = None) -> Tuple[str, str]:
+    """Names of the classifier weight and bias in ``scheme`` (the layer whose rows are the classes: ``fc`` of a
+    ResNet, the last Dense of a small network's ``fc``)."""
+    spec = seq_spec(arch) if arch else None
+    if spec is not None:
+        return f"fc.{spec.classifier_index()}.weight", f"fc.{spec.classifier_index()}.bias"
     head = MODULE_NAMES["head"][scheme]
     return f"{head}.weight", f"{head}.bias"
 
@@ -131,8 +163,14 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
     """Detect the ResNet depth from parameter names and shapes (any supported naming scheme).
 
     Bottleneck vs basic block is read from the presence of ``conv3`` and the width of the stage-4
-    output; the depth from the number of blocks in each stage.
+    output; the depth from the number of blocks in each stage. A small network is recognised by its exact set
+    of tensor names (with or without its classifier layer).
     """
+    found = set(shapes)
+    for arch in SEQ_SPECS:
+        for scheme in SCHEMES:
+            if found in (set(name_table(arch, scheme)), set(name_table(arch, scheme, include_head=False))):
+                return arch
     blocks: Dict[int, set] = defaultdict(set)
     bottleneck = False
     for name in shapes:

@@ -3,7 +3,8 @@ from .factory import build_model, create_model, load_run_checkpoint
 from .registry import list_models, model_builder, register_model
 from .resnet import (BLOCKS, PADDINGS, ResidualBlock, ResidualBlockBase, ResNet, make_layer, resnet18, resnet34,
                      resnet50, resnet101, resnet152)
+from .seq import SeqNet, digit_cnn, fashion_cnn
 
 __all__ = ["build_model", "create_model", "load_run_checkpoint", "list_models", "model_builder", "register_model",
            "BLOCKS", "PADDINGS", "ResidualBlock", "ResidualBlockBase", "ResNet", "make_layer", "resnet18", "resnet34",
-           "resnet50", "resnet101", "resnet152"]
+           "resnet50", "resnet101", "resnet152", "SeqNet", "fashion_cnn", "digit_cnn"]

@@ -1,0 +1,109 @@
+"""The seeds' small networks as plain data: one description that both frameworks build from.
+
+A :class:`SeqSpec` is a trunk (a sequence of named layers) and a dense head ``fc``. MindSpore
+(:mod:`ms_transfer.models.seq`) and torch (:mod:`torch_reference.models`) build their modules from the same
+spec, so the two cannot drift apart, and the parameter names follow from it::
+
+    features.<layer>.weight|bias         conv / dense layers of the trunk (same in both frameworks)
+    features.<bn>.weight|bias|running_*  torch BatchNorm; MindSpore: gamma|beta|moving_mean|moving_variance
+    fc.<i>.weight|bias                   the head: Dense, ReLU, Dropout, ..., Dense(num_classes)
+
+(``nn.Sequential`` / ``nn.SequentialCell`` name their children by key or index, identically.) The head is
+``fc`` as in the ResNets, so the freezing presets (``fixed_feature``, the head-only stage), the frozen-trunk fast
+path and the feature cache work unchanged: ``forward_features`` is the flattened trunk output.
+
+Defaults are torch's (``nn.Conv2d`` / ``nn.Linear`` init, BN eps 1e-5); the Keras seed's BN is written with
+Keras's constants (eps 1e-3, moving average keeping 0.99, i.e. torch ``momentum=0.01``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+#: a trunk layer: (name, kind, arguments); kinds: conv (out, kernel, padding), bn (eps, momentum: torch's
+#: convention, the weight of the new batch), relu, maxpool (kernel = stride), flatten
+Layer = Tuple[str, str, Tuple]
+
+
+@dataclass(frozen=True)
+class SeqSpec:
+    """A small network: ``in_channels`` x ``input_size``^2 input, ``layers`` trunk, dense head ``fc``."""
+
+    name: str
+    in_channels: int
+    input_size: int
+    layers: Tuple[Layer, ...]
+    hidden: Tuple[int, ...]   # widths of the head's hidden Dense layers (each followed by ReLU, Dropout)
+    dropout: float            # drop probability of the head's Dropout layers
+    doc: str
+
+    def feature_dim(self) -> int:
+        """Width of the flattened trunk output (the head's input)."""
+        channels, size = self.in_channels, self.input_size
+        for _, kind, args in self.layers:
+            if kind == "conv":
+                out, kernel, padding = args
+                channels, size = out, size + 2 * padding - kernel + 1
+            elif kind == "maxpool":
+                size //= args[0]
+        return channels * size * size
+
+    def head_layers(self, num_classes: int) -> List[Tuple[str, Tuple]]:
+        """``fc``'s layers in order: ``("dense", (in, out))``, ``("relu", ())``, ``("dropout", (p,))``."""
+        layers, width = [], self.feature_dim()
+        for hidden in self.hidden:
+            layers += [("dense", (width, hidden)), ("relu", ()), ("dropout", (self.dropout,))]
+            width = hidden
+        return layers + [("dense", (width, num_classes))]
+
+    def tensor_names(self, num_classes: int, bn_names: Sequence[str]) -> List[Tuple[str, str]]:
+        """``(name, kind)`` of every tensor in model order; ``bn_names`` are a scheme's four BN tensor names
+        (:data:`ms_transfer.core.naming.BN_PARAMS`). Kinds: ``weight``, ``bias``, ``bn0``..``bn3``."""
+        names = []
+        for layer, kind, _ in self.layers:
+            if kind == "conv":
+                names += [(f"features.{layer}.weight", "weight"), (f"features.{layer}.bias", "bias")]
+            elif kind == "bn":
+                names += [(f"features.{layer}.{n}", f"bn{i}") for i, n in enumerate(bn_names)]
+        for i, (kind, _) in enumerate(self.head_layers(num_classes)):
+            if kind == "dense":
+                names += [(f"fc.{i}.weight", "weight"), (f"fc.{i}.bias", "bias")]
+        return names
+
+    def classifier_index(self, num_classes: int = 2) -> int:
+        """Index of the last Dense inside ``fc`` (its weight's rows are the classes)."""
+        return len(self.head_layers(num_classes)) - 1
+
+
+def _conv_bn_relu(i: int, out: int, eps: float, momentum: float) -> Tuple[Layer, ...]:
+    return ((f"conv{i}", "conv", (out, 3, 1)), (f"bn{i}", "bn", (eps, momentum)), (f"relu{i}", "relu", ()))
+
+
+# Keras BatchNormalization: epsilon=1e-3, momentum=0.99 (weight of the *old* average) -> torch momentum 0.01
+_KERAS_BN = (1e-3, 0.01)
+
+SEQ_SPECS: Dict[str, SeqSpec] = {
+    # Seed 004: the Keras Fashion-MNIST network (Conv16-BN-ReLU-MaxPool, Conv32-BN-ReLU-MaxPool,
+    # Conv120-BN-ReLU, Flatten, Dense256-ReLU, Dropout 0.2, Dense), 3x3 'same' convs at stride 1.
+    "fashion_cnn": SeqSpec(
+        "fashion_cnn", 1, 28,
+        _conv_bn_relu(1, 16, *_KERAS_BN) + (("pool1", "maxpool", (2,)),)
+        + _conv_bn_relu(2, 32, *_KERAS_BN) + (("pool2", "maxpool", (2,)),)
+        + _conv_bn_relu(3, 120, *_KERAS_BN) + (("flatten", "flatten", ()),),
+        hidden=(256,), dropout=0.2,
+        doc="seed 004's Fashion-MNIST CNN (Keras BN constants), 1x28x28 input"),
+    # Seed 000: the digit recogniser (conv(1->4, 5x5) - pool - conv(4->8, 5x5) - pool, Dense 512, dropout 0.5),
+    # whose trunk is each branch of the digit adder.
+    "digit_cnn": SeqSpec(
+        "digit_cnn", 1, 28,
+        (("conv1", "conv", (4, 5, 2)), ("relu1", "relu", ()), ("pool1", "maxpool", (2,)),
+         ("conv2", "conv", (8, 5, 2)), ("relu2", "relu", ()), ("pool2", "maxpool", (2,)),
+         ("flatten", "flatten", ())),
+        hidden=(512,), dropout=0.5,
+        doc="seed 000's MNIST digit recogniser, 1x28x28 input"),
+}
+
+
+def seq_spec(arch: str) -> Optional[SeqSpec]:
+    """The spec of a small network, ``None`` for other architectures (the ResNets)."""
+    return SEQ_SPECS.get(arch)
