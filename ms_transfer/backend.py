@@ -17,7 +17,7 @@ from mindspore import nn  # noqa: E402
 
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint  # noqa: E402
 from .core.config import TrainConfig  # noqa: E402
-from .core.data import SplitScan  # noqa: E402
+from .core.data import Preprocess, SplitScan  # noqa: E402
 from .core.freeze import FreezeReport  # noqa: E402
 from .core.recipe import Stage, TrainingError  # noqa: E402
 from .data import build_dataset  # noqa: E402
@@ -87,7 +87,8 @@ class MindSporeBackend:
         self.adopt(build_model(arch, num_classes, padding))
 
     def load_pretrained(self, path: str) -> str:
-        return f"Loaded {path}\n{load_pretrained(self.net, path, verbose=False)}"
+        exclude = self.cfg.pretrained_exclude if self.cfg is not None else ()
+        return f"Loaded {path}\n{load_pretrained(self.net, path, verbose=False, exclude=exclude)}"
 
     def load_run(self, path) -> Dict:
         net, weights = load_run_checkpoint(path)
@@ -179,7 +180,7 @@ class MindSporeBackend:
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
-        dataset, source = build_dataset(split.samples, cfg.image_size, cfg.batch_size, train=train, shuffle=shuffle,
+        dataset, source = build_dataset(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle,
                                         seed=seed, num_workers=cfg.num_workers, resize_backend=cfg.resize_backend,
                                         augment=cfg.augment)
         return dataset.create_tuple_iterator(num_epochs=1), source.load_failures

@@ -4,7 +4,8 @@ MindSpore run checkpoints (``best.ckpt`` / ``last.ckpt``). Models never import t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Tuple
+from fnmatch import fnmatchcase
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
 import numpy as np  # noqa: E402
@@ -24,6 +25,7 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)     # in the checkpoint, not in the model
     mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, ckpt, model shape)
     notes: List[str] = field(default_factory=list)
+    excluded: List[str] = field(default_factory=list)       # in both, left out on purpose (pretrained_exclude)
 
     @property
     def ok(self) -> bool:
@@ -32,7 +34,11 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}, unexpected "
-                 f"{len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"]
+                 f"{len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"
+                 + (f", excluded {len(self.excluded)}" if self.excluded else "")]
+        if self.excluded:
+            lines.append("  not loaded (pretrained_exclude; left at init): " + ", ".join(self.excluded[:8])
+                         + (" ..." if len(self.excluded) > 8 else ""))
         if self.missing:
             lines.append("  missing (left at init): " + ", ".join(self.missing[:6]))
         if self.unexpected:
@@ -86,12 +92,15 @@ def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool 
     return report
 
 
-def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose: bool = True) -> LoadReport:
+def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose: bool = True,
+                    exclude: Sequence[str] = ()) -> LoadReport:
     """Load a ``.ckpt`` / ``.pth`` / ``.safetensors`` file (any naming scheme) into ``net``.
 
     The trunk must match exactly (a different depth is an error naming both). The head is loaded only if
     its class count matches ``net``'s; otherwise it is left at its fresh initialisation and reported
-    (transfer learning). ``strict=True`` also demands the head.
+    (transfer learning). ``strict=True`` also demands the head. Tensors whose (this project's) name matches an
+    ``exclude`` glob are not loaded and are listed as excluded (Keras ``load_weights(by_name=True)`` with renamed
+    layers: e.g. ``exclude=["fc.*"]`` gives a new head even when the class counts agree).
     """
     arch = getattr(net, "arch", None)
     if arch is None:
@@ -100,7 +109,15 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     if conversion.arch != arch:
         raise CheckpointError(f"{path}: checkpoint is {conversion.arch} but the model is {arch}; build "
                               f"{conversion.arch} (e.g. --arch {conversion.arch}) or use a {arch} checkpoint")
-    report = load_state_into(net, state, strict=strict)
+    excluded = [k for k in state if any(fnmatchcase(k, p) for p in exclude)]
+    unused = [p for p in exclude if not any(fnmatchcase(k, p) for k in state)]
+    if unused:
+        raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {path} (names as in this "
+                              f"project, e.g. {', '.join(list(state)[:3])}); fix the pattern")
+    state = {k: v for k, v in state.items() if k not in excluded}
+    report = load_state_into(net, state, strict=strict and not excluded)
+    report.excluded = excluded
+    report.missing = [k for k in report.missing if k not in excluded]
     report.notes.append(f"{path}: {conversion}")
     if verbose:
         print(f"Loaded {path}\n{report}")

@@ -12,7 +12,7 @@ to the dataset as a ``SubsetSampler``: the trunk-feature cache replays an epoch'
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
 
@@ -21,32 +21,45 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from .core.data import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike,
-                        PilResizeCenterCrop, check_augment, check_resize_backend, eval_resize_size, load_rgb,
-                        resolve_data_root, scan_split, shuffle_order, check_same_classes)
+from .core.data import (SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, PilResizeCenterCrop,
+                        Preprocess, check_augment, check_resize_backend, eval_resize_size, resolve_data_root,
+                        scan_split, shuffle_order, check_same_classes)
 
 __all__ = ["train_transforms", "val_transforms", "build_dataset", "create_dataset", "load_image_for_eval"]
 
 
-def _normalize_ops() -> list:
-    return [vision.Normalize(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD]),
-            vision.HWC2CHW()]
+Size = Union[int, Preprocess]
 
 
-def train_transforms(image_size: int) -> list:
-    """Training augmentation on decoded HWC uint8 RGB arrays (the tutorial's recipe)."""
-    return [vision.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
-            vision.RandomHorizontalFlip(prob=0.5)] + _normalize_ops()
+def _pre(size: Size) -> Preprocess:
+    """An image size means the default preprocessing (RGB, ImageNet normalisation, crop) at that size."""
+    return size if isinstance(size, Preprocess) else Preprocess(int(size))
 
 
-def val_transforms(image_size: int, resize_backend: str = "mindspore") -> list:
-    """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise."""
+def _normalize_ops(pre: Preprocess) -> list:
+    return [vision.Normalize(mean=[m * 255 for m in pre.mean], std=[s * 255 for s in pre.std]), vision.HWC2CHW()]
+
+
+def train_transforms(size: Size) -> list:
+    """Training augmentation on decoded HWC uint8 arrays (the tutorial's recipe); ``size``: an image size or a
+    :class:`~ms_transfer.core.data.Preprocess`."""
+    pre = _pre(size)
+    return [vision.RandomResizedCrop(pre.image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
+            vision.RandomHorizontalFlip(prob=0.5)] + _normalize_ops(pre)
+
+
+def val_transforms(size: Size, resize_backend: str = "mindspore") -> list:
+    """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise (``resize:
+    exact``: Pillow resize to SxS, the same code as the torch side)."""
+    pre = _pre(size)
+    if pre.resize == "exact":
+        return [PilResize(pre.image_size)] + _normalize_ops(pre)
     if check_resize_backend(resize_backend) == "pil":
-        return [PilResizeCenterCrop(eval_resize_size(image_size), image_size)] + _normalize_ops()
-    return [vision.Resize(eval_resize_size(image_size)), vision.CenterCrop(image_size)] + _normalize_ops()
+        return [PilResizeCenterCrop(eval_resize_size(pre.image_size), pre.image_size)] + _normalize_ops(pre)
+    return [vision.Resize(eval_resize_size(pre.image_size)), vision.CenterCrop(pre.image_size)] + _normalize_ops(pre)
 
 
-def build_dataset(samples: Sequence[Tuple[str, int]], image_size: int, batch_size: int, *, train: bool,
+def build_dataset(samples: Sequence[Tuple[str, int]], image_size: Size, batch_size: int, *, train: bool,
                   shuffle: bool, seed: int, num_workers: int = 2, drop_remainder: bool = False,
                   resize_backend: str = "mindspore", augment: str = "random"):
     """A batched MindSpore dataset over already scanned ``(path, label)`` samples; returns ``(dataset, source)``.
@@ -61,7 +74,7 @@ def build_dataset(samples: Sequence[Tuple[str, int]], image_size: int, batch_siz
     """
     check_resize_backend(resize_backend)
     check_augment(augment)
-    source = ImageSource(samples)
+    source = ImageSource(samples, decode=_pre(image_size).decode)
     ds.config.set_seed(int(seed))
     workers = max(1, int(num_workers))
     # An explicit permutation rather than ``shuffle=True``: MindSpore's own shuffle cannot be reproduced
@@ -75,10 +88,10 @@ def build_dataset(samples: Sequence[Tuple[str, int]], image_size: int, batch_siz
     return dataset.batch(batch_size, drop_remainder=drop_remainder), source
 
 
-def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: int, *, train: bool, shuffle: bool,
+def create_dataset(data_dir: PathLike, split: str, image_size: Size, batch_size: int, *, train: bool, shuffle: bool,
                    seed: int, num_workers: int = 2, drop_remainder: bool = False, resize_backend: str = "mindspore",
                    augment: str = "random"):
-    """Scan ``data_dir/split`` and build its dataset (images float32 Bx3xSxS, labels int32); returns
+    """Scan ``data_dir/split`` and build its dataset (images float32 BxCxSxS, labels int32); returns
     ``(dataset, DatasetInfo)``. Training runs scan once and call :func:`build_dataset` per epoch instead."""
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
@@ -95,7 +108,7 @@ def create_dataset(data_dir: PathLike, split: str, image_size: int, batch_size: 
     return dataset, info
 
 
-def load_image_for_eval(path: PathLike, image_size: int, *, resize_backend: str = "mindspore") -> np.ndarray:
-    """Load one image with the val transform; returns a ``(1, 3, S, S)`` float32 array."""
-    image = T.Compose(val_transforms(image_size, resize_backend))(load_rgb(path))
+def load_image_for_eval(path: PathLike, image_size: Size, *, resize_backend: str = "mindspore") -> np.ndarray:
+    """Load one image with the val transform; returns a ``(1, C, S, S)`` float32 array."""
+    image = T.Compose(val_transforms(image_size, resize_backend))(_pre(image_size).decode(path))
     return np.ascontiguousarray(image, dtype=np.float32)[None]

@@ -16,7 +16,7 @@ import torch
 from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError
 from ms_transfer.core.config import ConfigError, TrainConfig
-from ms_transfer.core.data import SplitScan
+from ms_transfer.core.data import Preprocess, SplitScan
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 from ms_transfer.core.recipe import Stage, TrainingError
 
@@ -87,7 +87,8 @@ class TorchBackend:
         self.adopt(build_model(arch, num_classes, padding), arch, padding)
 
     def load_pretrained(self, path: str) -> str:
-        return load_pretrained(self.model, path, self.arch, verbose=False)
+        exclude = self.cfg.pretrained_exclude if self.cfg is not None else ()
+        return load_pretrained(self.model, path, self.arch, verbose=False, exclude=exclude)
 
     def load_run(self, path) -> Dict:
         model, meta, raw = load_run_checkpoint(path)
@@ -219,5 +220,5 @@ class TorchBackend:
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
-        return build_loader(split.samples, cfg.image_size, cfg.batch_size, train=train, shuffle=shuffle, seed=seed,
+        return build_loader(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle, seed=seed,
                             num_workers=cfg.num_workers, augment=cfg.augment)

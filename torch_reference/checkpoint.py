@@ -11,11 +11,13 @@ import json
 import pickle
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from fnmatch import fnmatchcase
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
+from ms_transfer.core import naming
 from ms_transfer.core.convert import convert_weights
 
 from .models import build_model, load_numpy_state
@@ -58,24 +60,36 @@ def load_run_checkpoint(path: PathLike) -> Tuple[torch.nn.Module, Dict[str, Any]
     return model, weights.meta, raw
 
 
-def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: bool = True) -> str:
+def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: bool = True,
+                    exclude: Sequence[str] = ()) -> str:
     """Load any supported weight file (.pth/.ckpt/.safetensors, any naming) into ``model``.
 
     The head is replaced (left at its init) when the checkpoint's class count differs. Raises
-    :class:`CheckpointError` for another architecture or any missing trunk tensor. Returns the report line.
+    :class:`CheckpointError` for another architecture or any missing trunk tensor. ``exclude``: glob patterns of
+    this project's parameter names left at their init (as ``ms_transfer.checkpoint.load_pretrained``). Returns
+    the report line.
     """
-    num_classes = model.fc.out_features
+    num_classes = getattr(model, "num_classes", None) or model.fc.out_features
     state, _, report = convert_weights(read_weights(path), "torchvision", num_classes=num_classes)
     if report.arch != arch:
         raise CheckpointError(f"{path}: checkpoint is {report.arch} but the model is {arch}; build "
                               f"{report.arch} (e.g. --arch {report.arch}) or use a {arch} checkpoint")
+    project = naming.name_map(arch, "torchvision", "ms_transfer")
+    excluded = [k for k in state if any(fnmatchcase(project.get(k, k), p) for p in exclude)]
+    unused = [p for p in exclude if not any(fnmatchcase(project.get(k, k), p) for k in state)]
+    if unused:
+        raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {path} (names as in this "
+                              f"project, e.g. {', '.join(list(project.values())[:3])}); fix the pattern")
+    head = set(naming.head_names("torchvision", arch))
     expected = set(model.state_dict())
-    missing = sorted(k for k in expected - set(state)
-                     if not (k.startswith("fc.") or k.endswith("num_batches_tracked")))
+    missing = sorted(k for k in expected - set(state) if not (k in head or k.endswith("num_batches_tracked")))
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} trunk tensors missing, e.g. {missing[:3]}")
-    load_numpy_state(model, {k: v for k, v in state.items() if k in expected}, strict=False)
+    load_numpy_state(model, {k: v for k, v in state.items() if k in expected and k not in excluded}, strict=False)
     line = f"Loaded {path}: {report}"
+    if excluded:
+        line += (f"\n  not loaded (pretrained_exclude; left at init): "
+                 f"{', '.join(project.get(k, k) for k in excluded[:8])}{' ...' if len(excluded) > 8 else ''}")
     if verbose:
         print(line)
     return line

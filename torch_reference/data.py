@@ -15,38 +15,72 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torchvision.transforms as T
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
-from ms_transfer.core.data import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetError, DatasetInfo, ImageSource,
-                                   PathLike, check_augment, check_same_classes, eval_resize_size, resolve_data_root,
+from ms_transfer.core.data import (SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, Preprocess,
+                                   check_augment, check_same_classes, eval_resize_size, resolve_data_root,
                                    scan_split, shuffle_order)
 
 log = logging.getLogger(__name__)
 
 
-def _normalize() -> List[Callable]:
-    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+Size = Union[int, Preprocess]
 
 
-def train_transforms(image_size: int) -> T.Compose:
-    """Random training augmentation on a PIL RGB image -> normalised float32 3xSxS tensor.
+def _pre(size: Size) -> Preprocess:
+    """An image size means the default preprocessing (RGB, ImageNet normalisation, crop) at that size."""
+    return size if isinstance(size, Preprocess) else Preprocess(int(size))
+
+
+def _normalize(pre: Preprocess) -> List[Callable]:
+    return [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+
+
+def pil_gray_loader(path: PathLike) -> Image.Image:
+    """Open an image file as 8-bit grayscale (mode ``L``; the 1-channel counterpart of ``pil_loader``)."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("L")
+
+
+class _ExactResize:
+    """``resize: exact``: the shared :class:`~ms_transfer.core.data.PilResize` on a PIL image (HWC uint8 out)."""
+
+    def __init__(self, size: int) -> None:
+        self.resize = PilResize(size)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        array = np.array(image, dtype=np.uint8)  # a writable copy (ToTensor warns on Pillow's read-only view)
+        return self.resize(array[:, :, None] if array.ndim == 2 else array)
+
+
+def train_transforms(size: Size) -> T.Compose:
+    """Random training augmentation on a PIL image -> normalised float32 CxSxS tensor.
 
     Draws from torch's RNG (see :func:`create_loader` for how it is seeded)."""
-    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
-                      T.RandomHorizontalFlip()] + _normalize())
+    pre = _pre(size)
+    return T.Compose([T.RandomResizedCrop(pre.image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
+                      T.RandomHorizontalFlip()] + _normalize(pre))
 
 
-def val_transforms(image_size: int) -> T.Compose:
+def val_transforms(size: Size) -> T.Compose:
     """Deterministic eval transform: shorter side to ``int(S*256/224)`` (Pillow, antialiased bilinear),
-    center crop ``S``, normalise -> float32 3xSxS tensor."""
-    return T.Compose([T.Resize(eval_resize_size(image_size)), T.CenterCrop(image_size)] + _normalize())
+    center crop ``S``, normalise -> float32 CxSxS tensor (``resize: exact``: Pillow resize to SxS)."""
+    pre = _pre(size)
+    if pre.resize == "exact":
+        return T.Compose([_ExactResize(pre.image_size)] + _normalize(pre))
+    return T.Compose([T.Resize(eval_resize_size(pre.image_size)), T.CenterCrop(pre.image_size)] + _normalize(pre))
+
+
+def _loader_of(pre: Preprocess) -> Callable:
+    return pil_loader if pre.channels == 3 else pil_gray_loader
 
 
 class ScannedImageFolder(ImageFolder):
@@ -98,8 +132,9 @@ class ScannedImageFolder(ImageFolder):
 class SampleDataset(Dataset):
     """``(transformed image, int label)`` over already scanned ``(path, label)`` samples (no scan of its own)."""
 
-    def __init__(self, samples: Sequence[Tuple[str, int]], transform: Callable) -> None:
-        self.source = ImageSource(samples, decode=pil_loader)
+    def __init__(self, samples: Sequence[Tuple[str, int]], transform: Callable, decode: Callable = pil_loader
+                 ) -> None:
+        self.source = ImageSource(samples, decode=decode)
         self.transform = transform
         self.load_failures = self.source.load_failures
 
@@ -111,7 +146,7 @@ class SampleDataset(Dataset):
         return self.transform(image), int(label)
 
 
-def build_loader(samples: Sequence[Tuple[str, int]], image_size: int, batch_size: int, *, train: bool,
+def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_size: int, *, train: bool,
                  shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
                  ) -> Tuple[DataLoader, List[Tuple[str, str]]]:
     """A ``DataLoader`` over scanned samples, yielding ``(images float32 Bx3xSxS, labels int64 B)``; returns
@@ -124,7 +159,7 @@ def build_loader(samples: Sequence[Tuple[str, int]], image_size: int, batch_size
     """
     check_augment(augment)
     transform = train_transforms(image_size) if train and augment == "random" else val_transforms(image_size)
-    dataset = SampleDataset(samples, transform)
+    dataset = SampleDataset(samples, transform, _loader_of(_pre(image_size)))
     if train:
         torch.manual_seed(int(seed))
     order = shuffle_order(len(dataset), seed).tolist() if shuffle else list(range(len(dataset)))
@@ -133,7 +168,7 @@ def build_loader(samples: Sequence[Tuple[str, int]], image_size: int, batch_size
     return loader, dataset.load_failures
 
 
-def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: int, *, train: bool,
+def create_loader(data_dir: PathLike, split: str, image_size: Size, batch_size: int, *, train: bool,
                   shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
                   ) -> Tuple[DataLoader, DatasetInfo]:
     """Scan ``data_dir/split`` and build its loader (see :func:`build_loader`); returns ``(loader, DatasetInfo)``.
@@ -151,7 +186,7 @@ def create_loader(data_dir: PathLike, split: str, image_size: int, batch_size: i
     return loader, info
 
 
-def load_image_for_eval(path: PathLike, image_size: int) -> np.ndarray:
-    """Load one image with torchvision's val transform; returns a ``(1, 3, S, S)`` float32 array."""
-    image = val_transforms(image_size)(pil_loader(Path(path)))
+def load_image_for_eval(path: PathLike, image_size: Size) -> np.ndarray:
+    """Load one image with torchvision's val transform; returns a ``(1, C, S, S)`` float32 array."""
+    image = val_transforms(image_size)(_loader_of(_pre(image_size))(Path(path)))
     return np.ascontiguousarray(image.numpy(), dtype=np.float32)[None]

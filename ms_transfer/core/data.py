@@ -64,6 +64,11 @@ AUGMENTS = ("random", "none")
 #: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: normalisation presets (0-1 scale): ImageNet's, seed 002's mean = std = 0.5, none (pixels / 255, the MNIST seeds)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3),
+                  "none": ((0.0,) * 3, (1.0,) * 3)}
+#: eval transform: ``crop`` (shorter side to S*256/224, center crop S) or ``exact`` (resize to SxS)
+RESIZES = ("crop", "exact")
 LAYOUT_HELP = (
     "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
     "(the same class folder names in both splits), or a parent folder containing exactly one "
@@ -223,6 +228,79 @@ def load_rgb(path: PathLike) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def load_gray(path: PathLike) -> np.ndarray:
+    """Decode an image file with Pillow into an HW1 uint8 grayscale array (Pillow's ``convert("L")``)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)[:, :, None]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes a network input in both pipelines: ``channels`` (3: RGB, 1: grayscale, from the
+    architecture), ``image_size``, the eval ``resize`` rule (:data:`RESIZES`) and ``normalize``
+    (:data:`NORMALIZATIONS`)."""
+
+    image_size: int
+    channels: int = 3
+    normalize: str = "imagenet"
+    resize: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise DatasetError(f"unknown normalize {self.normalize!r}; expected one of {', '.join(NORMALIZATIONS)}")
+        if self.resize not in RESIZES:
+            raise DatasetError(f"unknown resize {self.resize!r}; expected one of {', '.join(RESIZES)}")
+        if self.channels not in (1, 3):
+            raise DatasetError(f"channels must be 1 or 3, got {self.channels}")
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        return tuple(NORMALIZATIONS[self.normalize][0][: self.channels])
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return tuple(NORMALIZATIONS[self.normalize][1][: self.channels])
+
+    @property
+    def mode(self) -> str:
+        """Pillow mode of the decoded image: ``RGB`` or ``L``."""
+        return "RGB" if self.channels == 3 else "L"
+
+    def decode(self, path: PathLike) -> np.ndarray:
+        """HWC uint8 array in this preprocessing's colour mode."""
+        return load_rgb(path) if self.channels == 3 else load_gray(path)
+
+    @classmethod
+    def from_config(cls, config: Dict, image_size: Optional[int] = None) -> "Preprocess":
+        """From a run's config (a ``TrainConfig`` or its dict, as saved in checkpoints); keys absent from older
+        runs take the ResNet defaults."""
+        from .archs import seq_spec
+
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        spec = seq_spec(get("arch", ""))
+        return cls(int(image_size or get("image_size", 224)), spec.in_channels if spec else 3,
+                   get("normalize", "imagenet"), get("resize", "crop"))
+
+
+class PilResize:
+    """HWC uint8 array -> resized to ``size`` x ``size`` by Pillow's bilinear filter (the ``exact`` eval resize;
+    both pipelines run this same code). An image already of that size is returned untouched."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image, dtype=np.uint8)
+        if image.shape[0] == image.shape[1] == self.size:
+            return image
+        im = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        out = np.asarray(im.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+        return out[:, :, None] if out.ndim == 2 else out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
 class ImageSource:
     """Random-access ``(decoded image, int32 label)`` source over scanned samples: MindSpore's
     ``GeneratorDataset`` and torch's ``Dataset`` both read through it (``decode``: :func:`load_rgb` gives HWC
@@ -347,6 +425,20 @@ class SplitScan:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def subset_split(scan: SplitScan, fraction: float, seed: int) -> SplitScan:
+    """``round(fraction * n_c)`` samples (at least one) of every class ``c``, drawn with ``seed``, in scan order:
+    the data-fraction axis of the transfer-vs-scratch study. ``fraction`` 1 returns ``scan`` itself."""
+    if fraction >= 1.0:
+        return scan
+    rng = np.random.RandomState(int(seed))
+    labels = scan.labels
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep[rng.permutation(members)[: max(1, int(round(fraction * members.size)))]] = True
+    return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
 
 
 def scan_dataset(data_dir: PathLike, splits: Sequence[str] = SPLITS) -> Tuple[List[str], Dict[str, SplitScan]]:

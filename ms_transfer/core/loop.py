@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import recipe
 from .backend import Backend
 from .config import TrainConfig, save_config
-from .data import SplitScan, batch_indices, scan_dataset
+from .data import Preprocess, SplitScan, batch_indices, scan_dataset, subset_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .metrics import classification_metrics
 from .plots import plot_curves, plot_predictions
@@ -205,7 +205,10 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
     with RunLock(out, backend.name):
         check_run_dir(out, last_ckpt, cfg.resume)
         classes, scans = scan_dataset(prepare_data(cfg))
-        run = _Run(cfg, backend, scans["train"], scans["val"])
+        train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
+        if train is not scans["train"]:
+            print(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
+        run = _Run(cfg, backend, train, scans["val"])
         history: List[Dict] = []
         best_acc, start_epoch, resumed = -1.0, 1, None
         if cfg.resume:
@@ -252,5 +255,6 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
         images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in val_batches),
                                           len(classes), per_class=max(1, 8 // len(classes)))
         preds = backend.logits(images).argmax(axis=1)
-        plot_predictions(images, labels, preds, classes, out / "predictions.png")
+        pre = Preprocess.from_config(cfg)
+        plot_predictions(images, labels, preds, classes, out / "predictions.png", mean=pre.mean, std=pre.std)
         return run_summary(out, best_acc, cfg, skipped, classes, backend.ckpt_ext)

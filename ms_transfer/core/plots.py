@@ -43,8 +43,10 @@ def plot_curves(history: List[Dict], path: Path) -> None:
 
 
 def plot_predictions(images: np.ndarray, labels: Sequence[int], preds: Sequence[int], classes: Sequence[str],
-                     path: Path, max_images: int = 8) -> List[str]:
-    """``predictions.png``: de-normalised images titled with the prediction; returns the title colours."""
+                     path: Path, max_images: int = 8, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> List[str]:
+    """``predictions.png``: de-normalised images (``mean``/``std`` of the run's normalisation; 1-channel images in
+    grey) titled with the prediction; returns the title colours."""
     n = min(len(images), max_images)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
@@ -54,10 +56,13 @@ def plot_predictions(images: np.ndarray, labels: Sequence[int], preds: Sequence[
         ax.axis("off")
         if i >= n:
             continue
-        img = np.transpose(images[i], (1, 2, 0)) * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
+        img = np.transpose(images[i], (1, 2, 0)) * np.array(std) + np.array(mean)
         colour = "blue" if preds[i] == labels[i] else "red"
         colours.append(colour)
-        ax.imshow(np.clip(img, 0, 1))
+        if img.shape[2] == 1:
+            ax.imshow(np.clip(img[:, :, 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(np.clip(img, 0, 1))
         ax.set_title(f"predict: {classes[preds[i]]}", color=colour)
     _save(fig, path)
     return colours

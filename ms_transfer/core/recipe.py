@@ -17,6 +17,7 @@ import numpy as np
 
 from .checkpoint_io import CheckpointError
 from .config import ConfigError, TrainConfig, resolve_config
+from .arrays import ArrayDataError, prepare_source
 from .data import DatasetError, resolve_data_root
 from .demo_data import make_demo_dataset
 from .download import DownloadError, download_canidae, download_file
@@ -135,8 +136,15 @@ def check_resume(cfg: TrainConfig, meta: Dict, classes: List[str], last_ckpt: Pa
 
 
 def prepare_data(cfg: TrainConfig) -> Path:
-    """Generate (``demo``) or download (``download``) the dataset if asked; return the dataset root."""
+    """Generate (``demo``), download (``download``) or export (an array ``dataset``) the dataset if asked; return
+    the dataset root."""
     data_dir = Path(cfg.data_dir)
+    if cfg.dataset != "folder":
+        try:
+            return prepare_source(cfg.dataset, cfg.val_fraction, CACHE_DIR / "datasets",
+                                  data_dir if data_dir.is_dir() else None)
+        except ArrayDataError as exc:
+            raise DatasetError(f"dataset {cfg.dataset}: {exc}") from None
     if cfg.demo:
         make_demo_dataset(data_dir, n_train_per_class=64, n_val_per_class=16, image_size=max(cfg.image_size, 64),
                           seed=cfg.seed)
