@@ -15,6 +15,7 @@ from .core.checkpoint_io import CheckpointError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
+from .core.data import Preprocess
 from .data import create_dataset
 from .models import load_run_checkpoint
 
@@ -43,7 +44,8 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     classes = weights.meta["classes"]
     root = resolve_data_root(data_dir)
     check_classes_match(root, split, classes, ckpt)
-    size = image_size or weights.meta.get("image_size", 224)
+    size = Preprocess.from_config({**weights.meta.get("config", {}), "arch": weights.meta["arch"]},
+                                  image_size or weights.meta.get("image_size", 224))
     backend = resize_backend or weights.meta.get("config", {}).get("resize_backend") or "mindspore"
     dataset, _ = create_dataset(root, split, size, batch_size, train=False, shuffle=False, seed=0,
                                 num_workers=num_workers, resize_backend=backend)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -13,6 +13,7 @@ from mindspore import nn
 from .core.checkpoint_io import CheckpointError
 from .models import load_run_checkpoint
 from .context import set_context
+from .core.data import Preprocess
 from .data import load_image_for_eval
 
 
@@ -22,7 +23,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], image_size: int,
+def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], image_size: Union[int, Preprocess],
                   top_k: int = 1, resize_backend: str = "mindspore") -> List[Dict]:
     """Classify each image with the eval transform at ``image_size``; one dict per path, in order.
 
@@ -66,7 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     classes = weights.meta["classes"]
     backend = weights.meta.get("config", {}).get("resize_backend", "mindspore")  # what the run validated with
-    results = predict_paths(net, classes, args.images, weights.meta.get("image_size", 224), args.top_k, backend)
+    pre = Preprocess.from_config({**weights.meta.get("config", {}), "arch": weights.meta["arch"]},
+                                 weights.meta.get("image_size", 224))
+    results = predict_paths(net, classes, args.images, pre, args.top_k, backend)
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ms_transfer.core import arrays
-from ms_transfer.core.arrays import ArrayDataError, load_idx_split, load_source, read_idx, read_mnist_csv, write_idx
+from ms_transfer.core.arrays import IDX_FILES, ArrayDataError, load_idx_split, load_source, read_idx, read_mnist_csv, write_idx
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -160,3 +160,48 @@ def test_export_is_reused_rebuilt_on_change_and_never_half_written(tmp_path):
     arrays.export_image_folder({"train": other[0], "val": other[1]}, root)
     assert not (tmp_path / "d.tmp").exists()
     assert sum(1 for _ in (root / "val").rglob("*.png")) == 20
+
+
+def _fashion_idx(directory, n_train=40, n_test=20, seed=0):
+    rng = np.random.RandomState(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = IDX_FILES[split]
+        write_idx(directory / f"{images}.gz", rng.randint(0, 256, (n, 28, 28)).astype(np.uint8), compress=True)
+        write_idx(directory / f"{labels}.gz", np.arange(n).astype(np.uint8) % 10, compress=True)
+
+
+def test_a_training_config_exports_train_val_test_once(tmp_path, monkeypatch):
+    """dataset: fashion_mnist with IDX files in --data-dir: the official test split stays the test split, val is a
+    stratified share of train; the export is reused by the next run and both frameworks' loops read it."""
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.core.config import TrainConfig
+    from ms_transfer.core.data import scan_dataset, scan_split, subset_split
+
+    (tmp_path / "idx").mkdir()
+    _fashion_idx(tmp_path / "idx")
+    cfg = TrainConfig(arch="fashion_cnn", image_size=28, dataset="fashion_mnist", data_dir=str(tmp_path / "idx"),
+                      val_fraction=0.25).validate()
+    root = recipe.prepare_data(cfg)
+    classes, scans = scan_dataset(root)
+    assert classes[0] == "0_T-shirt_top" and len(classes) == 10
+    assert (len(scans["train"]), len(scans["val"])) == (30, 10)
+    assert len(scan_split(root, "test")[0]) == 20
+    stamp = (root / "source.json").stat().st_mtime_ns
+    assert recipe.prepare_data(cfg) == root and (root / "source.json").stat().st_mtime_ns == stamp
+    # data_fraction: a seeded, stratified subset (at least one image per class)
+    half = subset_split(scans["train"], 0.5, seed=1)
+    assert len(half) == 10 * 2 and sorted(set(half.labels)) == list(range(10))
+    assert half.samples == subset_split(scans["train"], 0.5, seed=1).samples
+    assert half.samples != subset_split(scans["train"], 0.5, seed=2).samples
+
+
+def test_a_missing_array_source_is_a_dataset_error_with_the_fix(tmp_path, monkeypatch):
+    import ms_transfer.core.arrays as arrays
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.core.config import TrainConfig
+    from ms_transfer.core.data import DatasetError
+
+    monkeypatch.setattr(arrays, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    cfg = TrainConfig(arch="fashion_cnn", image_size=28, dataset="fashion_mnist", data_dir=str(tmp_path)).validate()
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        recipe.prepare_data(cfg)

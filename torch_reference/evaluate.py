@@ -13,7 +13,7 @@ import torch
 from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.config import ConfigError
-from ms_transfer.core.data import DatasetError, check_classes_match, list_classes, resolve_data_root
+from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
 
@@ -47,7 +47,9 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
                                f"{len(classes)} class folders {classes}")
     model = build_model(report.arch, len(classes), weights.meta.get("padding", "torch"))
     load_numpy_state(model, state)
-    loader, _ = create_loader(root, split, image_size or meta.get("image_size", 224), batch_size, train=False,
+    pre = Preprocess.from_config({**weights.meta.get("config", {}), "arch": report.arch},
+                                 image_size or meta.get("image_size", 224))
+    loader, _ = create_loader(root, split, pre, batch_size, train=False,
                               shuffle=False, seed=0, num_workers=num_workers)
     result = evaluate_model(model.to(torch_device(device)), loader, len(classes))
     result["classes"] = classes
