@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ms_transfer.core.archs import SeqSpec, seq_spec
+from ms_transfer.core.archs import PairSpec, SeqSpec, pair_spec, seq_spec
 from ms_transfer.core.naming import ALL_ARCHS, ARCH_SPECS
 
 PADDINGS = ("torch", "same")
@@ -58,10 +58,10 @@ def use_same_padding(model: torch.nn.Module) -> torch.nn.Module:
 def build_model(arch: str, num_classes: int = 1000, padding: str = "torch") -> torch.nn.Module:
     """``torchvision.models.<arch>(weights=None, num_classes=num_classes)``; ``padding="same"``: see
     :func:`use_same_padding`. The seeds' small networks (:class:`SeqNet`) come from their spec."""
-    if seq_spec(arch) is not None:
+    if seq_spec(arch) is not None or pair_spec(arch) is not None:
         if padding != "torch":
             raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
-        return SeqNet(seq_spec(arch), num_classes)
+        return SeqNet(seq_spec(arch), num_classes) if seq_spec(arch) else PairNet(pair_spec(arch), num_classes)
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ALL_ARCHS)}")
     if padding not in PADDINGS:
@@ -84,6 +84,33 @@ def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], st
     model.load_state_dict(tensors, strict=strict)
 
 
+def _trunk(spec: SeqSpec) -> torch.nn.Sequential:
+    """The spec's trunk: named layers in order (parameter names ``<attribute>.<layer>.*``)."""
+    layers, channels = OrderedDict(), spec.in_channels
+    for name, kind, args in spec.layers:
+        if kind == "conv":
+            out, kernel, padding = args
+            layers[name] = torch.nn.Conv2d(channels, out, kernel, padding=padding)
+            channels = out
+        elif kind == "bn":
+            layers[name] = torch.nn.BatchNorm2d(channels, eps=args[0], momentum=args[1])
+        elif kind == "relu":
+            layers[name] = torch.nn.ReLU()
+        elif kind == "maxpool":
+            layers[name] = torch.nn.MaxPool2d(args[0])
+        elif kind == "flatten":
+            layers[name] = torch.nn.Flatten()
+        else:
+            raise ValueError(f"{spec.name}: unknown layer kind {kind!r} ({name})")
+    return torch.nn.Sequential(layers)
+
+
+def _head(layers) -> torch.nn.Sequential:
+    make = {"relu": lambda: torch.nn.ReLU(), "dropout": lambda p: torch.nn.Dropout(p),
+            "dense": lambda i, o: torch.nn.Linear(i, o)}
+    return torch.nn.Sequential(*[make[kind](*args) for kind, args in layers])
+
+
 class SeqNet(torch.nn.Module):
     """A small network of :data:`ms_transfer.core.archs.SEQ_SPECS` (the seeds' networks, which torchvision does
     not have), built from the same spec as ``ms_transfer.models.seq``: ``features`` (named layers) and ``fc``."""
@@ -91,26 +118,27 @@ class SeqNet(torch.nn.Module):
     def __init__(self, spec: SeqSpec, num_classes: int = 10) -> None:
         super().__init__()
         self.arch, self.num_classes, self.num_features = spec.name, num_classes, spec.feature_dim()
-        layers, channels = OrderedDict(), spec.in_channels
-        for name, kind, args in spec.layers:
-            if kind == "conv":
-                out, kernel, padding = args
-                layers[name] = torch.nn.Conv2d(channels, out, kernel, padding=padding)
-                channels = out
-            elif kind == "bn":
-                layers[name] = torch.nn.BatchNorm2d(channels, eps=args[0], momentum=args[1])
-            elif kind == "relu":
-                layers[name] = torch.nn.ReLU()
-            elif kind == "maxpool":
-                layers[name] = torch.nn.MaxPool2d(args[0])
-            elif kind == "flatten":
-                layers[name] = torch.nn.Flatten()
-            else:
-                raise ValueError(f"{spec.name}: unknown layer kind {kind!r} ({name})")
-        self.features = torch.nn.Sequential(layers)
-        head = {"relu": lambda: torch.nn.ReLU(), "dropout": lambda p: torch.nn.Dropout(p),
-                "dense": lambda i, o: torch.nn.Linear(i, o)}
-        self.fc = torch.nn.Sequential(*[head[kind](*args) for kind, args in spec.head_layers(num_classes)])
+        self.features = _trunk(spec)
+        self.fc = _head(spec.head_layers(num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+
+class PairNet(torch.nn.Module):
+    """Seed 000's digit adder from its :class:`~ms_transfer.core.archs.PairSpec` (as ``ms_transfer.models.seq``):
+    ``branch_a``, ``branch_b`` (separate parameters), concatenated features, head ``fc`` -> (N, 1)."""
+
+    def __init__(self, spec: PairSpec, num_classes: int = 1) -> None:
+        super().__init__()
+        if num_classes != 1:
+            raise ValueError(f"{spec.name} regresses one number (the sum), got num_classes={num_classes}")
+        self.arch, self.num_classes, self.num_features = spec.name, 1, spec.feature_dim()
+        self.branch_a, self.branch_b = _trunk(spec.branch_spec), _trunk(spec.branch_spec)
+        self.fc = _head(spec.head_layers(1))
+
+    def forward_features(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.branch_a(a), self.branch_b(b)), dim=1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(a, b))

@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .archs import SEQ_SPECS, seq_spec
+from .archs import PAIR_SPECS, SEQ_SPECS, pair_spec, seq_spec
 
 #: arch -> (block kind, blocks per stage): the one description of every ResNet depth, as plain data. The
 #: MindSpore models, the torch side, the converter and the checkpoint arch detection all read it.
@@ -24,7 +24,7 @@ ARCH_SPECS: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = {
 }
 #: every architecture the project builds: the ResNets above and the seeds' small networks
 #: (:data:`ms_transfer.core.archs.SEQ_SPECS`, whose tensor names follow from their layer lists)
-ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(SEQ_SPECS)
+ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
 
 SCHEMES = ("torchvision", "ms_transfer", "mindcv")
 #: Scheme aliases accepted on the command line.
@@ -69,19 +69,29 @@ def resolve_scheme(name: str) -> str:
     return scheme
 
 
-def _seq_keys(arch: str, include_head: bool) -> List[Key]:
-    """Structural keys of a small network: module paths are literal (``("plain", "features.conv1")``), only the
-    BatchNorm tensor names differ between schemes."""
-    spec = seq_spec(arch)
+def _trunk_keys(spec, prefix: str) -> List[Key]:
     keys: List[Key] = []
     for layer, kind, _ in spec.layers:
-        path = (("plain", f"features.{layer}"),)
+        path = (("plain", f"{prefix}.{layer}"),)
         if kind == "conv":
             keys += [(path, "weight"), (path, "bias")]
         elif kind == "bn":
             keys += [(path, k) for k in _BN_KINDS]
+    return keys
+
+
+def _seq_keys(arch: str, include_head: bool) -> List[Key]:
+    """Structural keys of a small network: module paths are literal (``("plain", "features.conv1")``), only the
+    BatchNorm tensor names differ between schemes. The adder has a trunk per branch."""
+    spec = seq_spec(arch)
+    if spec is None:
+        spec = pair_spec(arch)
+        keys = [k for branch in spec.branches for k in _trunk_keys(spec.branch_spec, branch)]
+        layers = spec.head_layers(1)
+    else:
+        keys, layers = _trunk_keys(spec, "features"), spec.head_layers(2)
     last = spec.classifier_index()
-    for i, (kind, _) in enumerate(spec.head_layers(2)):
+    for i, (kind, _) in enumerate(layers):
         if kind == "dense" and (include_head or i != last):
             keys += [((("plain", f"fc.{i}"),), "weight"), ((("plain", f"fc.{i}"),), "bias")]
     return keys
@@ -90,7 +100,7 @@ def _seq_keys(arch: str, include_head: bool) -> List[Key]:
 def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
     """Every parameter / buffer of ``arch`` as structural keys, in model order (``include_head=False``: without
     the classifier layer)."""
-    if seq_spec(arch) is not None:
+    if seq_spec(arch) is not None or pair_spec(arch) is not None:
         return _seq_keys(arch, include_head)
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
@@ -143,7 +153,7 @@ def name_table(arch: str, scheme: str, include_head: bool = True) -> Dict[str, K
 def head_names(scheme: str, arch: Optional[str] = None) -> Tuple[str, str]:
     """Names of the classifier weight and bias in ``scheme`` (the layer whose rows are the classes: ``fc`` of a
     ResNet, the last Dense of a small network's ``fc``)."""
-    spec = seq_spec(arch) if arch else None
+    spec = (seq_spec(arch) or pair_spec(arch)) if arch else None
     if spec is not None:
         return f"fc.{spec.classifier_index()}.weight", f"fc.{spec.classifier_index()}.bias"
     head = MODULE_NAMES["head"][scheme]
@@ -167,7 +177,7 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
     of tensor names (with or without its classifier layer).
     """
     found = set(shapes)
-    for arch in SEQ_SPECS:
+    for arch in (*SEQ_SPECS, *PAIR_SPECS):
         for scheme in SCHEMES:
             if found in (set(name_table(arch, scheme)), set(name_table(arch, scheme, include_head=False))):
                 return arch
@@ -204,6 +214,17 @@ def detect_scheme(names: Iterable[str], arch: str) -> str:
 def name_map(arch: str, src: str, dst: str) -> Dict[str, str]:
     """``{name in src: name in dst}`` for every tensor of ``arch``."""
     return {render(k, src): render(k, dst) for k in structural_keys(arch)}
+
+
+def branch_copies(src_arch: str, dst_arch: str) -> Dict[str, List[str]]:
+    """``{src name: [dst names]}`` (this project's names) when ``dst_arch`` is built from ``src_arch``'s trunk: the
+    digit adder takes the recogniser's trunk into each branch (as independent copies: seed 000 warns that
+    assigning one module to both branches shares its storage). Empty for unrelated architectures."""
+    spec = pair_spec(dst_arch)
+    if spec is None or spec.branch != src_arch:
+        return {}
+    src = [render(k, "ms_transfer") for k in _trunk_keys(spec.branch_spec, "features")]
+    return {name: [name.replace("features.", f"{b}.", 1) for b in spec.branches] for name in src}
 
 
 def parameterless_map(src: str, dst: str) -> Dict[str, str]:

@@ -3,8 +3,9 @@ from .factory import build_model, create_model, load_run_checkpoint
 from .registry import list_models, model_builder, register_model
 from .resnet import (BLOCKS, PADDINGS, ResidualBlock, ResidualBlockBase, ResNet, make_layer, resnet18, resnet34,
                      resnet50, resnet101, resnet152)
-from .seq import SeqNet, digit_cnn, fashion_cnn
+from .seq import PairNet, SeqNet, digit_adder, digit_adder4, digit_cnn, fashion_cnn
 
 __all__ = ["build_model", "create_model", "load_run_checkpoint", "list_models", "model_builder", "register_model",
            "BLOCKS", "PADDINGS", "ResidualBlock", "ResidualBlockBase", "ResNet", "make_layer", "resnet18", "resnet34",
-           "resnet50", "resnet101", "resnet152", "SeqNet", "fashion_cnn", "digit_cnn"]
+           "resnet50", "resnet101", "resnet152", "SeqNet", "PairNet", "fashion_cnn", "digit_cnn", "digit_adder",
+           "digit_adder4"]

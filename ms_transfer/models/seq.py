@@ -12,13 +12,13 @@ from collections import OrderedDict
 from typing import List
 
 from .. import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-from mindspore import Tensor, nn  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
 from mindspore.common.initializer import Uniform  # noqa: E402
 
-from ..core.archs import SEQ_SPECS, SeqSpec  # noqa: E402
+from ..core.archs import PAIR_SPECS, SEQ_SPECS, PairSpec, SeqSpec  # noqa: E402
 from .registry import register_model  # noqa: E402
 
-__all__ = ["SeqNet", "fashion_cnn", "digit_cnn"]
+__all__ = ["SeqNet", "PairNet", "fashion_cnn", "digit_cnn", "digit_adder", "digit_adder4"]
 
 
 def _conv(in_channels: int, out: int, kernel: int, padding: int) -> nn.Conv2d:
@@ -54,8 +54,8 @@ def build_trunk(spec: SeqSpec) -> nn.SequentialCell:
     return nn.SequentialCell(cells)
 
 
-def build_head(spec: SeqSpec, num_classes: int) -> nn.SequentialCell:
-    """The dense head ``fc`` (Dense, ReLU, Dropout, ..., Dense(num_classes)); children named by index."""
+def build_head(spec, num_classes: int) -> nn.SequentialCell:
+    """The dense head ``fc`` (the spec's Dense / ReLU / Dropout layers); children named by index."""
     cells: List[nn.Cell] = []
     for kind, args in spec.head_layers(num_classes):
         cells.append(_dense(*args) if kind == "dense" else nn.ReLU() if kind == "relu" else nn.Dropout(p=args[0]))
@@ -93,6 +93,34 @@ class SeqNet(nn.Cell):
         self.num_classes = num_classes
 
 
+class PairNet(nn.Cell):
+    """Seed 000's digit adder (:class:`~ms_transfer.core.archs.PairSpec`): ``branch_a`` and ``branch_b`` (each the
+    recogniser's trunk, separate parameters), their features concatenated, the head ``fc`` -> (N, 1) sum."""
+
+    def __init__(self, spec: PairSpec, num_classes: int = 1, padding: str = "torch") -> None:
+        super().__init__()
+        if padding != "torch":
+            raise ValueError(f"{spec.name} has only torch-style (explicit) padding, got padding={padding!r}")
+        if num_classes != 1:
+            raise ValueError(f"{spec.name} regresses one number (the sum), got num_classes={num_classes}")
+        self.arch, self.padding, self.spec = spec.name, padding, spec
+        self.num_classes, self.num_features = 1, spec.feature_dim()
+        self.branch_a = build_trunk(spec.branch_spec)
+        self.branch_b = build_trunk(spec.branch_spec)
+        self.fc = build_head(spec, 1)
+        self.concat = ops.Concat(axis=1)
+
+    def forward_features(self, a: Tensor, b: Tensor) -> Tensor:
+        """Both branches -> (N, 2 * branch features), ``a``'s first."""
+        return self.concat((self.branch_a(a), self.branch_b(b)))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+    def construct(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(a, b))
+
+
 @register_model
 def fashion_cnn(num_classes: int = 10, padding: str = "torch") -> SeqNet:
     """Seed 004's Fashion-MNIST CNN (1x28x28 input; Keras BN eps 1e-3, momentum 0.99)."""
@@ -103,3 +131,15 @@ def fashion_cnn(num_classes: int = 10, padding: str = "torch") -> SeqNet:
 def digit_cnn(num_classes: int = 10, padding: str = "torch") -> SeqNet:
     """Seed 000's MNIST digit recogniser (1x28x28 input), the digit adder's branch."""
     return SeqNet(SEQ_SPECS["digit_cnn"], num_classes, padding)
+
+
+@register_model
+def digit_adder(num_classes: int = 1, padding: str = "torch") -> PairNet:
+    """Seed 000's digit adder with the 2-layer head (two 1x28x28 digits -> their sum)."""
+    return PairNet(PAIR_SPECS["digit_adder"], num_classes, padding)
+
+
+@register_model
+def digit_adder4(num_classes: int = 1, padding: str = "torch") -> PairNet:
+    """Seed 000's digit adder with the 4-layer head (1024-256-64-1)."""
+    return PairNet(PAIR_SPECS["digit_adder4"], num_classes, padding)
