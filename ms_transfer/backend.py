@@ -13,9 +13,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from .context import set_context
 import mindspore as ms  # noqa: E402  (after the oneDNN cap, see ms_transfer.context)
 import numpy as np  # noqa: E402
-from mindspore import nn  # noqa: E402
+from mindspore import nn, ops  # noqa: E402
 
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint  # noqa: E402
+from .core.archs import task_of  # noqa: E402
 from .core.config import TrainConfig  # noqa: E402
 from .core.data import Preprocess, SplitScan  # noqa: E402
 from .core.freeze import FreezeReport  # noqa: E402
@@ -25,21 +26,55 @@ from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, is_head  # noqa:
 from .models.factory import build_model, load_run_checkpoint  # noqa: E402
 from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
 
-__all__ = ["MindSporeBackend", "make_loss"]
+__all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
 
 
-def make_loss() -> nn.Cell:
-    """Mean cross-entropy over integer labels, as ``torch.nn.functional.cross_entropy``.
+class SumSquaredError(nn.Cell):
+    """The digit adder's loss: mean squared error of the (N, 1) output against the integer sums, as torch's
+    ``F.mse_loss(out[:, 0], y.float())``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cast = ops.Cast()
+
+    def construct(self, outputs: ms.Tensor, sums: ms.Tensor) -> ms.Tensor:
+        diff = outputs[:, 0] - self.cast(sums, ms.float32)
+        return (diff * diff).mean()
+
+
+class WithLoss(nn.Cell):
+    """``loss(net(*inputs), label)`` for a net of one or more inputs (``nn.WithLossCell`` takes exactly one)."""
+
+    def __init__(self, net: nn.Cell, loss: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.net, self.loss = net, loss
+
+    def construct(self, *args):
+        return self.loss(self.net(*args[:-1]), args[-1])
+
+
+def make_loss(task: str = "classify") -> nn.Cell:
+    """Mean cross-entropy over integer labels, as ``torch.nn.functional.cross_entropy`` (``task="digit_sum"``:
+    :class:`SumSquaredError`).
 
     Not the tutorial's ``nn.SoftmaxCrossEntropyWithLogits(sparse=True)``: on CPU it returns ``inf`` once the
     target's softmax probability underflows (logits ~100 apart; measured: inf where torch gives 2933.5), which
     the NaN/Inf guard would stop on. ``nn.CrossEntropyLoss`` works in log-space like torch and stays finite.
     """
+    if task == "digit_sum":
+        return SumSquaredError()
     return nn.CrossEntropyLoss(reduction="mean")
 
 
-def _images(x) -> ms.Tensor:
+def _images(x):
+    """A batch as tensors (a pair batch: a tuple of two)."""
+    if isinstance(x, (list, tuple)):
+        return tuple(_images(t) for t in x)
     return x if isinstance(x, ms.Tensor) else ms.Tensor(np.ascontiguousarray(x, np.float32))
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
 def _labels(y) -> ms.Tensor:
@@ -59,6 +94,7 @@ class MindSporeBackend:
 
     def __init__(self, cfg: Optional[TrainConfig] = None) -> None:
         self.cfg = cfg
+        self.task = "classify"
         self.net: Optional[nn.Cell] = None
         self.padding = "torch"
         self.optimizer: Optional[nn.Optimizer] = None
@@ -81,6 +117,7 @@ class MindSporeBackend:
     def adopt(self, net: nn.Cell) -> "MindSporeBackend":
         """Use an existing net (parity, evaluation) instead of building one."""
         self.net, self.padding, self._training = net, getattr(net, "padding", "torch"), None
+        self.task = task_of(getattr(net, "arch", None) or "")
         return self
 
     def build(self, arch: str, num_classes: int, padding: str) -> None:
@@ -117,7 +154,7 @@ class MindSporeBackend:
 
     def compile_step(self) -> None:
         """(Re)build the train step(s) around ``self.optimizer``."""
-        self.step = nn.TrainOneStepCell(nn.WithLossCell(self.net, make_loss()), self.optimizer)
+        self.step = nn.TrainOneStepCell(WithLoss(self.net, make_loss(self.task)), self.optimizer)
         self.step.set_train(True)
         self._training = True
         self.fast = FrozenTrunkStep(self.net, self.optimizer, make_loss()) \
@@ -152,7 +189,7 @@ class MindSporeBackend:
                 return float(self.fast.head_step(features, y).asnumpy()), features.asnumpy()
             loss, _ = self.fast.step(x, y)
             return float(loss.asnumpy()), None
-        return float(self.step(x, y).asnumpy()), None
+        return float(self.step(*_as_tuple(x), y).asnumpy()), None
 
     def extract(self, x) -> np.ndarray:
         return self.fast.extract(_images(x)).asnumpy()
@@ -164,7 +201,7 @@ class MindSporeBackend:
     # --- inference and data ------------------------------------------------------------------------------
     def logits(self, x) -> np.ndarray:
         self._set_training(False)
-        return self.net(_images(x)).asnumpy()
+        return self.net(*_as_tuple(_images(x))).asnumpy()
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         return self.net.fc(_images(features)).asnumpy()
@@ -173,6 +210,8 @@ class MindSporeBackend:
         return (y.asnumpy() if isinstance(y, ms.Tensor) else np.asarray(y)).astype(np.int64)
 
     def images(self, x) -> np.ndarray:
+        if isinstance(x, (list, tuple)):  # a pair: side by side
+            return np.concatenate([self.images(t) for t in x], axis=3)
         return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x, np.float32)
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
@@ -183,4 +222,7 @@ class MindSporeBackend:
         dataset, source = build_dataset(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle,
                                         seed=seed, num_workers=cfg.num_workers, resize_backend=cfg.resize_backend,
                                         augment=cfg.augment)
-        return dataset.create_tuple_iterator(num_epochs=1), source.load_failures
+        batches = dataset.create_tuple_iterator(num_epochs=1)
+        if split.samples and isinstance(split.samples[0][0], tuple):  # digit pairs: ((images_a, images_b), sums)
+            batches = (((a, b), y) for a, b, y in batches)
+        return batches, source.load_failures

@@ -13,7 +13,7 @@ from mindspore import Tensor, nn  # noqa: E402
 
 from .core import naming  # noqa: E402
 from .core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
-from .core.convert import convert_weights
+from .core.convert import convert_weights, into_arch
 
 
 @dataclass
@@ -106,9 +106,7 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     if arch is None:
         raise CheckpointError(f"{type(net).__name__} records no arch; build it with ms_transfer.models.create_model")
     state, _, conversion = convert_weights(read_weights(path), "ms_transfer", num_classes=net.num_classes)
-    if conversion.arch != arch:
-        raise CheckpointError(f"{path}: checkpoint is {conversion.arch} but the model is {arch}; build "
-                              f"{conversion.arch} (e.g. --arch {conversion.arch}) or use a {arch} checkpoint")
+    state, adapted = into_arch(state, conversion.arch, arch, path)
     excluded = [k for k in state if any(fnmatchcase(k, p) for p in exclude)]
     unused = [p for p in exclude if not any(fnmatchcase(k, p) for k in state)]
     if unused:
@@ -119,6 +117,8 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
     report.excluded = excluded
     report.missing = [k for k in report.missing if k not in excluded]
     report.notes.append(f"{path}: {conversion}")
+    if adapted:
+        report.notes.append(adapted)
     if verbose:
         print(f"Loaded {path}\n{report}")
     return report

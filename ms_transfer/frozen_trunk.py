@@ -14,6 +14,7 @@ from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
+from .core.archs import task_of  # noqa: E402
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "is_head"]
 
@@ -31,6 +32,8 @@ def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
     :func:`ms_transfer.optim.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes batch
     statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
     """
+    if task_of(getattr(net, "arch", None) or "") != "classify":
+        return "a two-input network (the digit adder): its branches run in the full train step"
     if not (hasattr(net, "forward_features") and isinstance(getattr(net, "fc", None), nn.Cell)):
         return f"{type(net).__name__} has no forward_features/fc (an ms_transfer ResNet is needed)"
     trainable = [p.name for p in net.trainable_params()]

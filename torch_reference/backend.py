@@ -16,6 +16,7 @@ import torch
 from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError
 from ms_transfer.core.config import ConfigError, TrainConfig
+from ms_transfer.core.archs import task_of
 from ms_transfer.core.data import Preprocess, SplitScan
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 from ms_transfer.core.recipe import Stage, TrainingError
@@ -44,6 +45,10 @@ def build_torch_optimizer(name: str, groups: Sequence[Dict], momentum: float,
     if name == "adam":
         return torch.optim.Adam(groups, lr=0.0, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; use momentum, sgd or adam")
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
 def _is_head(name: str) -> bool:
@@ -130,6 +135,8 @@ class TorchBackend:
         return freeze_report(entries, len(self.frozen_bns))
 
     def frozen_trunk_reason(self) -> Optional[str]:
+        if task_of(self.arch or "") != "classify":
+            return "a two-input network (the digit adder): its branches run in the full train step"
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         outside = [n for n in trainable if not _is_head(n)]
         if outside:
@@ -161,10 +168,16 @@ class TorchBackend:
         finally:
             self.model.fc = fc
 
+    def _loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or for the digit adder the squared error of its one output against the sum."""
+        if task_of(self.arch or "") == "digit_sum":
+            return torch.nn.functional.mse_loss(outputs[:, 0], y.to(outputs.dtype))
+        return torch.nn.functional.cross_entropy(outputs, y)
+
     def _step_on(self, logits_of, y: torch.Tensor) -> float:
         self._apply_lr()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(logits_of(), y)
+        loss = self._loss(logits_of(), y)
         loss.backward()
         self.optimizer.step()
         self.step_index += 1
@@ -180,7 +193,7 @@ class TorchBackend:
                 features = self._features(x)
             loss = self._step_on(lambda: self.model.fc(features), y)
             return loss, features.cpu().numpy() if want_features else None
-        return self._step_on(lambda: self.model(x), y), None
+        return self._step_on(lambda: self.model(*_as_tuple(x)), y), None
 
     def extract(self, x) -> np.ndarray:
         self.set_train()  # frozen trunk: every BatchNorm is in eval mode
@@ -192,7 +205,10 @@ class TorchBackend:
         return self._step_on(lambda: self.model.fc(f), self._target(labels))
 
     # --- inference and data ------------------------------------------------------------------------------
-    def _tensor(self, x) -> torch.Tensor:
+    def _tensor(self, x):
+        """A batch as a tensor on the device (a pair batch: a tuple of two)."""
+        if isinstance(x, (list, tuple)):
+            return tuple(self._tensor(t) for t in x)
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
         return t.to(self.device)
 
@@ -203,7 +219,7 @@ class TorchBackend:
     def logits(self, x) -> np.ndarray:
         self.model.eval()
         with torch.no_grad():
-            return self.model(self._tensor(x)).float().cpu().numpy()
+            return self.model(*_as_tuple(self._tensor(x))).float().cpu().numpy()
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -213,6 +229,8 @@ class TorchBackend:
         return (y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)).astype(np.int64)
 
     def images(self, x) -> np.ndarray:
+        if isinstance(x, (list, tuple)):  # a pair: side by side
+            return np.concatenate([self.images(t) for t in x], axis=3)
         return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:

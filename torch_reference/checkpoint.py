@@ -18,7 +18,8 @@ import torch
 
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
 from ms_transfer.core import naming
-from ms_transfer.core.convert import convert_weights
+from ms_transfer.core.tasks import num_outputs
+from ms_transfer.core.convert import convert_weights, into_arch
 
 from .models import build_model, load_numpy_state
 
@@ -48,7 +49,7 @@ def load_run_checkpoint(path: PathLike) -> Tuple[torch.nn.Module, Dict[str, Any]
         raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); use "
                               "load_pretrained for plain weight files")
     state, _, _ = convert_weights(weights, "torchvision")
-    model = build_model(weights.meta["arch"], num_classes=len(weights.meta["classes"]),
+    model = build_model(weights.meta["arch"], num_classes=num_outputs(weights.meta["arch"], len(weights.meta["classes"])),
                         padding=weights.meta.get("padding", "torch"))
     load_numpy_state(model, state)
     raw: Dict[str, Any] = {}
@@ -71,9 +72,12 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
     """
     num_classes = getattr(model, "num_classes", None) or model.fc.out_features
     state, _, report = convert_weights(read_weights(path), "torchvision", num_classes=num_classes)
-    if report.arch != arch:
-        raise CheckpointError(f"{path}: checkpoint is {report.arch} but the model is {arch}; build "
-                              f"{report.arch} (e.g. --arch {report.arch}) or use a {arch} checkpoint")
+    adapted = ""
+    if report.arch != arch:  # e.g. the recogniser's trunk into both branches of the adder (in this project's names)
+        to_ms = naming.name_map(report.arch, "torchvision", "ms_transfer")
+        moved, adapted = into_arch({to_ms[k]: v for k, v in state.items() if k in to_ms}, report.arch, arch, path)
+        to_torch = naming.name_map(arch, "ms_transfer", "torchvision")
+        state = {to_torch[k]: v for k, v in moved.items()}
     project = naming.name_map(arch, "torchvision", "ms_transfer")
     excluded = [k for k in state if any(fnmatchcase(project.get(k, k), p) for p in exclude)]
     unused = [p for p in exclude if not any(fnmatchcase(project.get(k, k), p) for k in state)]
@@ -81,12 +85,14 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
         raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {path} (names as in this "
                               f"project, e.g. {', '.join(list(project.values())[:3])}); fix the pattern")
     head = set(naming.head_names("torchvision", arch))
+    if adapted:  # another architecture's trunk: the whole head of this one starts at its init
+        head |= {k for k in model.state_dict() if k.startswith("fc.")}
     expected = set(model.state_dict())
     missing = sorted(k for k in expected - set(state) if not (k in head or k.endswith("num_batches_tracked")))
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} trunk tensors missing, e.g. {missing[:3]}")
     load_numpy_state(model, {k: v for k, v in state.items() if k in expected and k not in excluded}, strict=False)
-    line = f"Loaded {path}: {report}"
+    line = f"Loaded {path}: {report}" + (f"\n  {adapted}" if adapted else "")
     if excluded:
         line += (f"\n  not loaded (pretrained_exclude; left at init): "
                  f"{', '.join(project.get(k, k) for k in excluded[:8])}{' ...' if len(excluded) > 8 else ''}")

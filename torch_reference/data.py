@@ -142,8 +142,10 @@ class SampleDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
-        image, label = self.source[index]
-        return self.transform(image), int(label)
+        *images, label = self.source[index]
+        if len(images) == 2:  # a digit pair ((path_a, path_b), sum): the batch's x is (images_a, images_b)
+            return (self.transform(images[0]), self.transform(images[1])), int(label)
+        return self.transform(images[0]), int(label)
 
 
 def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_size: int, *, train: bool,

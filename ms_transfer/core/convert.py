@@ -130,6 +130,30 @@ def convert_weights(weights: WeightFile, dst_naming: Optional[str], *, arch: str
     return state, meta, report
 
 
+def into_arch(state: Mapping[str, np.ndarray], src_arch: str, dst_arch: str, where: object = "checkpoint"
+              ) -> Tuple["OrderedDict[str, np.ndarray]", str]:
+    """``state`` (this project's names, of ``src_arch``) made to fit ``dst_arch``; returns ``(state, note)``.
+
+    The same architecture passes through. The digit adder takes its recogniser's trunk into each branch
+    (:func:`~ms_transfer.core.naming.branch_copies`) as *independent copies* (seed 000 warns that assigning one
+    module to both branches shares one set of parameters); the recogniser's head is not used. Anything else is a
+    :class:`CheckpointError` naming both architectures.
+    """
+    if src_arch == dst_arch:
+        return OrderedDict(state), ""
+    copies = naming.branch_copies(src_arch, dst_arch)
+    if not copies:
+        raise CheckpointError(f"{where}: checkpoint is {src_arch} but the model is {dst_arch}; build {src_arch} "
+                              f"(e.g. --arch {src_arch}) or use a {dst_arch} checkpoint")
+    missing = [k for k in copies if k not in state]
+    if missing:
+        raise CheckpointError(f"{where}: the {src_arch} trunk lacks {', '.join(missing[:3])}")
+    out = OrderedDict((dst, np.array(state[src], copy=True)) for src, dsts in copies.items() for dst in dsts)
+    branches = sorted({d.split(".", 1)[0] for dsts in copies.values() for d in dsts})
+    return out, (f"{src_arch} trunk ({len(copies)} tensors) copied into {' and '.join(branches)} as independent "
+                 f"copies; its classifier is not used")
+
+
 #: how many dotted levels of wrapper prefix are stripped at most (e.g. ``_orig_mod.module.``)
 MAX_WRAPPER_DEPTH = 3
 

@@ -274,11 +274,10 @@ class Preprocess:
     def from_config(cls, config: Dict, image_size: Optional[int] = None) -> "Preprocess":
         """From a run's config (a ``TrainConfig`` or its dict, as saved in checkpoints); keys absent from older
         runs take the ResNet defaults."""
-        from .archs import seq_spec
+        from .archs import input_spec
 
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        spec = seq_spec(get("arch", ""))
-        return cls(int(image_size or get("image_size", 224)), spec.in_channels if spec else 3,
+        return cls(int(image_size or get("image_size", 224)), input_spec(get("arch", ""))[0],
                    get("normalize", "imagenet"), get("resize", "crop"))
 
 
@@ -318,17 +317,18 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> Tuple:
+        """``(image, label)``, or ``(image_a, image_b, label)`` for a pair sample (``((path_a, path_b), sum)``)."""
         n = len(self.samples)
         for offset in range(n):
             path, label = self.samples[(int(index) + offset) % n]
             try:
-                image = self.decode(path)
+                images = tuple(self.decode(p) for p in path) if isinstance(path, tuple) else (self.decode(path),)
             except Exception as exc:
-                self.load_failures.append((path, f"{type(exc).__name__}: {exc}"))
+                self.load_failures.append((str(path), f"{type(exc).__name__}: {exc}"))
                 log.warning("Could not decode %s (%s); using the next readable image instead.", path, exc)
                 continue
-            return image, np.array(label, dtype=np.int32)
+            return images + (np.array(label, dtype=np.int32),)
         raise DatasetError(f"None of the {n} images in this split could be decoded any more; "
                            "check that the data directory is still intact.")
 

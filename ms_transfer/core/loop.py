@@ -27,6 +27,7 @@ from tqdm import tqdm
 from . import recipe
 from .backend import Backend
 from .config import TrainConfig, save_config
+from .archs import task_of
 from .data import Preprocess, SplitScan, batch_indices, scan_dataset, subset_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .metrics import classification_metrics
@@ -34,6 +35,7 @@ from .plots import plot_curves, plot_predictions
 from .recipe import (check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
                      pretrained_weights, record_epoch, run_summary, sample_per_class, stage_lrs, stage_of)
 from .runlock import RunLock
+from .tasks import SUM_CLASSES, VAL_PAIR_SEED, num_outputs, pair_split, task_metrics
 from .weights import resolve_padding
 
 __all__ = ["fit", "run_epoch", "validate", "steps_per_epoch"]
@@ -83,14 +85,15 @@ def _cached_epoch(backend: Backend, features: np.ndarray, labels: np.ndarray, ba
     return _result(losses, images, time.perf_counter() - start)
 
 
-def validate(backend: Backend, batches: Iterable, num_classes: int) -> Dict:
-    """Eval-mode pass: loss, accuracy, per-class accuracy, confusion, ``seconds``."""
+def validate(backend: Backend, batches: Iterable, num_classes: int, task: str = "classify") -> Dict:
+    """Eval-mode pass: loss, accuracy, per-class accuracy, confusion (classification), ``seconds``
+    (:func:`~.tasks.task_metrics`)."""
     start = time.perf_counter()
     logits, labels = [], []
     for x, y in batches:
         logits.append(backend.logits(x))
         labels.append(backend.labels(y))
-    result = classification_metrics(logits, labels, num_classes)
+    result = task_metrics(task, logits, labels, num_classes)
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -111,11 +114,15 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan) -> None:
         self.cfg, self.backend, self.train, self.val = cfg, backend, train, val
+        self.task = task_of(cfg.arch)
+        if self.task == "digit_sum":  # fixed val pairs; the train pairs are redrawn every epoch (train_batches)
+            self.val = pair_split(val, VAL_PAIR_SEED)
         self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
 
     def train_batches(self, epoch: int):
-        return self.backend.loader(self.train, train=True, shuffle=True, seed=self.cfg.seed + epoch)
+        train = pair_split(self.train, self.cfg.seed + epoch) if self.task == "digit_sum" else self.train
+        return self.backend.loader(train, train=True, shuffle=True, seed=self.cfg.seed + epoch)
 
     def val_batches(self):
         return self.backend.loader(self.val, train=False, shuffle=False, seed=self.cfg.seed)
@@ -181,7 +188,7 @@ class _Run:
     def validate(self, num_classes: int) -> Dict:
         """Validation; from cached val features when the trunk is frozen (computed and cached on a miss)."""
         if self.cache is None or self.backend.frozen_trunk_reason() is not None:
-            return validate(self.backend, self.val_batches()[0], num_classes)
+            return validate(self.backend, self.val_batches()[0], num_classes, self.task)
         labels = self.cache.labels("val")
         features = self.cache.get("val")
         if features is None:
@@ -195,6 +202,23 @@ class _Run:
             result["seconds"] = time.perf_counter() - start
             return result
         return _head_metrics(self.backend, features, labels, num_classes, self.cfg.batch_size)
+
+
+def _plot_predictions(run: _Run, path: Path) -> None:
+    """``predictions.png``: val images of every class (digit pairs side by side, titled with the rounded sum)."""
+    backend, cfg = run.backend, run.cfg
+    classes = run.val.classes
+    batches, _ = run.val_batches()
+    images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in batches), len(classes),
+                                      per_class=max(1, 8 // len(classes)))
+    if run.task == "digit_sum":
+        width = images.shape[3] // 2
+        outputs = backend.logits((images[..., :width], images[..., width:]))
+        preds = np.clip(np.rint(outputs[:, 0]), 0, len(SUM_CLASSES) - 1).astype(np.int64)
+    else:
+        preds = backend.logits(images).argmax(axis=1)
+    pre = Preprocess.from_config(cfg)
+    plot_predictions(images, labels, preds, classes, path, mean=pre.mean, std=pre.std)
 
 
 def fit(cfg: TrainConfig, backend: Backend) -> Dict:
@@ -220,7 +244,7 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
         else:
             path, entry = pretrained_weights(cfg)
             padding, why = resolve_padding(cfg.padding, entry)
-            backend.build(cfg.arch, len(classes), padding)
+            backend.build(cfg.arch, num_outputs(cfg.arch, len(classes)), padding)
             if path:
                 print(f"{backend.load_pretrained(path)}\n  note: {why}")
         save_config(cfg, out / "config.yaml")
@@ -251,10 +275,5 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
             _after_epoch(epoch)
 
         plot_curves(history, out / "curves.png")
-        val_batches, _ = run.val_batches()
-        images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in val_batches),
-                                          len(classes), per_class=max(1, 8 // len(classes)))
-        preds = backend.logits(images).argmax(axis=1)
-        pre = Preprocess.from_config(cfg)
-        plot_predictions(images, labels, preds, classes, out / "predictions.png", mean=pre.mean, std=pre.std)
+        _plot_predictions(run, out / "predictions.png")
         return run_summary(out, best_acc, cfg, skipped, classes, backend.ckpt_ext)

@@ -14,6 +14,7 @@ from ..checkpoint import LoadReport, load_pretrained, load_state_into
 from ..core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, WeightFile, read_weights
 from ..core.convert import convert_weights
 from ..core import recipe
+from ..core.tasks import num_outputs
 from ..core.weights import resolve_padding, resolve_pretrained
 from .registry import model_builder
 
@@ -54,7 +55,8 @@ def load_run_checkpoint(path: PathLike) -> Tuple[nn.Cell, WeightFile]:
     if "arch" not in weights.meta or "classes" not in weights.meta:
         raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); "
                               "use ms_transfer.models.create_model(..., pretrained=PATH) for plain weight files")
-    net = build_model(weights.meta["arch"], len(weights.meta["classes"]), weights.meta.get("padding", "torch"))
+    arch = weights.meta["arch"]
+    net = build_model(arch, num_outputs(arch, len(weights.meta["classes"])), weights.meta.get("padding", "torch"))
     state = OrderedDict((k, v) for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX))
     if weights.meta.get("naming", "ms_transfer") != "ms_transfer":  # e.g. torch_reference.train's best.pth
         state, _, _ = convert_weights(WeightFile(state, weights.meta, Path(path)), "ms_transfer")
