@@ -16,6 +16,7 @@ an uncached epoch would use (:func:`~.data.batch_indices` of the epoch's seed).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from . import recipe
 from .backend import Backend
 from .config import TrainConfig, save_config
 from .archs import task_of
-from .data import Preprocess, SplitScan, batch_indices, scan_dataset, subset_split
+from .checkpoint_io import atomic_write
+from .data import Preprocess, SplitScan, batch_indices, scan_dataset, scan_split, subset_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .metrics import classification_metrics
 from .plots import plot_curves, plot_predictions
@@ -221,6 +223,26 @@ def _plot_predictions(run: _Run, path: Path) -> None:
     plot_predictions(images, labels, preds, classes, path, mean=pre.mean, std=pre.std)
 
 
+def _test(run: _Run, root: Path, classes: List[str], out: Path, epoch: int) -> None:
+    """When the dataset has a ``test/`` split (the array datasets do): the final model's metrics on it, printed and
+    written to ``test.json`` (what ``python -m ms_transfer.study`` reports)."""
+    if not (root / "test").is_dir():
+        return
+    samples, test_classes, skipped = scan_split(root, "test")
+    if test_classes != classes:
+        print(f"test/ has classes {test_classes}, not the training classes; no test evaluation")
+        return
+    test = SplitScan(root, "test", classes, samples, skipped)
+    if run.task == "digit_sum":
+        test = pair_split(test, VAL_PAIR_SEED)
+    batches, _ = run.backend.loader(test, train=False, shuffle=False, seed=run.cfg.seed)
+    result = validate(run.backend, batches, len(classes), run.task)
+    row = {"epoch": epoch, "model": "last", "test_acc": result["accuracy"], "test_loss": result["loss"],
+           "num_samples": result["num_samples"]}
+    atomic_write(out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
+    print(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (model after epoch {epoch})")
+
+
 def fit(cfg: TrainConfig, backend: Backend) -> Dict:
     """Run (or resume) training with ``backend``; returns the run summary. See the module docstring."""
     backend.setup(cfg)
@@ -228,7 +250,8 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
     last_ckpt = out / f"last.{backend.ckpt_ext}"
     with RunLock(out, backend.name):
         check_run_dir(out, last_ckpt, cfg.resume)
-        classes, scans = scan_dataset(prepare_data(cfg))
+        root = prepare_data(cfg)
+        classes, scans = scan_dataset(root)
         train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
         if train is not scans["train"]:
             print(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
@@ -276,4 +299,5 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
 
         plot_curves(history, out / "curves.png")
         _plot_predictions(run, out / "predictions.png")
+        _test(run, root, classes, out, history[-1]["epoch"] if history else 0)
         return run_summary(out, best_acc, cfg, skipped, classes, backend.ckpt_ext)

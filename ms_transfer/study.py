@@ -1,0 +1,326 @@
+"""``python -m ms_transfer.study --config configs/study_digit_adder.yaml``: transfer vs scratch, both frameworks.
+
+The seeds' headline experiment: for every data fraction, seed and regime (``scratch``, ``transfer_fixed``,
+``transfer_finetune``), train one run per framework and record its per-epoch validation accuracy and its final test
+accuracy; then write ``results.json``, ``results.md`` (mean +- std over seeds, and how far the two frameworks' means
+are apart in units of that spread) and ``study.png`` (test accuracy vs data fraction, one line per regime, MindSpore
+solid and torch dashed).
+
+Every cell is an ordinary training run (``python -m ms_transfer.train`` / ``python -m torch_reference.train`` in a
+subprocess, with a config file written next to it), so anything a run can do a cell can do. Same start in both
+frameworks: every cell starts from a weight file drawn with numpy (:mod:`ms_transfer.core.init`, per seed), whose
+trunk is the pretrained one for the transfer regimes; the data order and the digit pairs follow the seed. The
+pretrained network is trained once per study (``pretrain``), by one framework, and used by both.
+
+Resumable: a cell is done when its run directory holds ``test.json``; a killed study run again skips finished cells,
+and a half-finished cell is started over (its directory is replaced; nothing else is touched).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from .core import naming
+from .core.arrays import MNIST_CLASSES as SOURCE_CLASSES, SOURCES  # every array source has 10 classes
+from .core.checkpoint_io import read_weights
+from .core.config import ConfigError, TrainConfig, config_path, load_yaml
+from .core.convert import convert_weights, into_arch
+from .core.init import save_init
+
+FRAMEWORKS = {"mindspore": "ms_transfer.train", "torch": "torch_reference.train"}
+#: the checkpoint each framework's runs write
+CKPT = {"mindspore": "best.ckpt", "torch": "best.pth"}
+INITS = ("scratch", "transfer")
+
+
+class StudyError(RuntimeError):
+    """A study cannot run (bad study config, a failed cell); the message says which and where its log is."""
+
+
+@dataclass
+class StudyConfig:
+    """A study: the training config every cell starts from and what varies."""
+
+    base: str                                   # training config of every cell (shipped name or path)
+    pretrain: str                               # training config of the pretrained network (trained once)
+    regimes: Dict[str, Dict[str, Any]]          # name -> {"init": scratch|transfer, other training keys}
+    fractions: List[float] = field(default_factory=lambda: [0.01, 0.05, 0.5, 1.0])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    frameworks: List[str] = field(default_factory=lambda: list(FRAMEWORKS))
+    pretrain_framework: str = "torch"
+    epochs: Optional[int] = None                # overrides the base config's epochs
+    output_dir: str = "runs/study"
+
+    @classmethod
+    def load(cls, path: Path) -> "StudyConfig":
+        """Read and check a study YAML; unknown keys and bad values raise :class:`ConfigError`."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:
+            cfg = cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        bad = [f for f in cfg.frameworks if f not in FRAMEWORKS] + (
+            [cfg.pretrain_framework] if cfg.pretrain_framework not in FRAMEWORKS else [])
+        if bad:
+            raise ConfigError(f"{path}: unknown framework(s) {bad}; use {', '.join(FRAMEWORKS)}")
+        for name, regime in cfg.regimes.items():
+            if regime.get("init") not in INITS:
+                raise ConfigError(f"{path}: regime {name!r} needs init: scratch or init: transfer")
+        if not all(0 < f <= 1 for f in cfg.fractions):
+            raise ConfigError(f"{path}: fractions must be in (0, 1], got {cfg.fractions}")
+        return cfg
+
+
+@dataclass(frozen=True)
+class Cell:
+    framework: str
+    regime: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.framework}/{self.regime}/f{self.fraction:g}-s{self.seed}"
+
+
+class Study:
+    """Runs the cells of a :class:`StudyConfig` under ``output_dir`` and tabulates them."""
+
+    def __init__(self, cfg: StudyConfig, out: Optional[Path] = None, python: str = sys.executable) -> None:
+        self.cfg, self.python = cfg, python
+        self.out = Path(out or cfg.output_dir)
+        self.base = load_yaml(config_path(Path(cfg.base)))
+        self.train_cfg = TrainConfig(**self.base).validate(source=cfg.base)
+        if self.train_cfg.dataset not in SOURCES:
+            raise ConfigError(f"{cfg.base}: a study needs an array dataset (dataset: {', '.join(SOURCES)}): its cells "
+                              "are evaluated on the dataset's test split")
+
+    def cells(self) -> List[Cell]:
+        c = self.cfg
+        return [Cell(fw, regime, fraction, seed) for fraction in c.fractions for seed in c.seeds
+                for regime in c.regimes for fw in c.frameworks]
+
+    # --- running -------------------------------------------------------------------------------------------
+    def _run(self, framework: str, config: Dict[str, Any], run_dir: Path, what: str) -> None:
+        """One training run in a subprocess; its output goes to ``run_dir.log``."""
+        if run_dir.exists():  # a half-finished run of an earlier, killed study: start it over
+            shutil.rmtree(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        config_file = run_dir.with_suffix(".yaml")
+        config_file.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}, sort_keys=False))
+        log = run_dir.with_suffix(".log")
+        with open(log, "w") as f:
+            code = subprocess.call([self.python, "-m", FRAMEWORKS[framework], "--config", str(config_file)],
+                                   stdout=f, stderr=subprocess.STDOUT)
+        if code != 0:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-8:])
+            raise StudyError(f"{what} failed (exit {code}); log: {log}\n{tail}")
+
+    def pretrained(self) -> Path:
+        """The pretrained network's checkpoint, trained once by ``pretrain_framework``."""
+        run_dir = self.out / "pretrain"
+        ckpt = run_dir / CKPT[self.cfg.pretrain_framework]
+        if not (run_dir / "test.json").exists():
+            print(f"Pretraining {self.cfg.pretrain} ({self.cfg.pretrain_framework}) into {run_dir}", flush=True)
+            config = load_yaml(config_path(Path(self.cfg.pretrain)))
+            self._run(self.cfg.pretrain_framework, config, run_dir, f"pretraining ({self.cfg.pretrain})")
+        return ckpt
+
+    def init_file(self, init: str, seed: int) -> Path:
+        """The numpy-drawn start of every cell of ``seed`` (``transfer``: with the pretrained trunk)."""
+        path = self.out / "init" / f"{init}-seed{seed}.safetensors"
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arch = self.train_cfg.arch
+        overrides = transfer_trunk(self.pretrained(), arch) if init == "transfer" else None
+        return save_init(path, arch, len(SOURCE_CLASSES), seed, overrides)
+
+    def run_cell(self, cell: Cell) -> Path:
+        run_dir = self.out / "cells" / cell.key
+        if (run_dir / "test.json").exists():
+            return run_dir
+        regime = dict(self.cfg.regimes[cell.regime])
+        init = regime.pop("init")
+        config = {**self.base, **regime, "pretrained": str(self.init_file(init, cell.seed)), "pretrained_url": None,
+                  "pretrained_exclude": [], "data_fraction": cell.fraction, "seed": cell.seed}
+        if self.cfg.epochs:
+            config["epochs"] = self.cfg.epochs
+        self._run(cell.framework, config, run_dir, f"cell {cell.key}")
+        return run_dir
+
+    def run(self) -> Dict:
+        """Run every pending cell (progress bar), then write and return the results."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "study.yaml").write_text(yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+        cells = self.cells()
+        pending = [c for c in cells if not (self.out / "cells" / c.key / "test.json").exists()]
+        print(f"Study {self.out}: {len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run",
+              flush=True)
+        start = time.perf_counter()
+        bar = tqdm(pending, unit="cell", disable=None)
+        for cell in bar:
+            bar.set_postfix_str(cell.key)
+            self.run_cell(cell)
+        results = self.collect()
+        results["wall_seconds_this_invocation"] = time.perf_counter() - start
+        self.write(results)
+        return results
+
+    # --- results -------------------------------------------------------------------------------------------
+    def collect(self) -> Dict:
+        """Per cell: val accuracy per epoch and the test accuracy; per (framework, regime, fraction): mean/std."""
+        cells = {}
+        for cell in self.cells():
+            run_dir = self.out / "cells" / cell.key
+            if not (run_dir / "test.json").exists():
+                continue
+            rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+            test = json.loads((run_dir / "test.json").read_text())
+            cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows], "test_acc": test["test_acc"],
+                               "train_seconds": sum(r["train_seconds"] for r in rows)}
+        groups: Dict[str, Dict] = {}
+        for c in cells.values():
+            key = f"{c['framework']}/{c['regime']}/{c['fraction']:g}"
+            groups.setdefault(key, {"framework": c["framework"], "regime": c["regime"], "fraction": c["fraction"],
+                                    "test_acc": [], "val_curves": []})
+            groups[key]["test_acc"].append(c["test_acc"])
+            groups[key]["val_curves"].append(c["val_acc"])
+        for g in groups.values():
+            acc = np.array(g["test_acc"])
+            g.update(mean=float(acc.mean()), std=float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, n=len(acc))
+            g["val_mean_per_epoch"] = np.mean(np.array(g.pop("val_curves")), axis=0).tolist()
+        return {"study": asdict(self.cfg), "cells": cells, "groups": groups, "agreement": agreement(groups)}
+
+    def write(self, results: Dict) -> None:
+        (self.out / "results.json").write_text(json.dumps(results, indent=1))
+        (self.out / "results.md").write_text(markdown_table(results))
+        plot_study(results, self.out / "study.png")
+        print(markdown_table(results))
+        print(f"Results: {self.out / 'results.md'}, {self.out / 'results.json'}, {self.out / 'study.png'}")
+
+
+def transfer_trunk(ckpt: Path, arch: str) -> Dict[str, np.ndarray]:
+    """The trunk of the pretrained checkpoint ``ckpt`` (any framework) fitted to ``arch``, torchvision names; the
+    head is not taken (it starts from the cell's own init)."""
+    weights = read_weights(ckpt)
+    state, _, report = convert_weights(weights, "ms_transfer")
+    state, _ = into_arch(state, report.arch, arch, ckpt)
+    to_torch = naming.name_map(arch, "ms_transfer", "torchvision")
+    return {to_torch[k]: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def agreement(groups: Dict[str, Dict]) -> List[Dict]:
+    """Per (regime, fraction) seen in both frameworks: the difference of their mean test accuracies and the
+    pooled spread over seeds (``ratio`` = difference / spread; below ~1: the frameworks agree within the seeds)."""
+    rows = []
+    for g in groups.values():
+        if g["framework"] != "mindspore":
+            continue
+        other = groups.get(f"torch/{g['regime']}/{g['fraction']:g}")
+        if other is None:
+            continue
+        spread = float(np.sqrt((g["std"] ** 2 + other["std"] ** 2) / 2))
+        diff = g["mean"] - other["mean"]
+        rows.append({"regime": g["regime"], "fraction": g["fraction"], "mindspore_minus_torch": diff,
+                     "spread": spread, "ratio": abs(diff) / spread if spread > 0 else None})
+    return rows
+
+
+def markdown_table(results: Dict) -> str:
+    """Test accuracy (mean +- std over seeds) per regime and fraction, one column per framework."""
+    groups, study = results["groups"], results["study"]
+    lines = ["| regime | data | " + " | ".join(f"{fw} test acc" for fw in study["frameworks"]) + " |",
+             "|---|---|" + "---|" * len(study["frameworks"])]
+    for regime in study["regimes"]:
+        for fraction in study["fractions"]:
+            cols = []
+            for fw in study["frameworks"]:
+                g = groups.get(f"{fw}/{regime}/{fraction:g}")
+                cols.append(f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g else "—")
+            lines.append(f"| {regime} | {fraction:.0%} | " + " | ".join(cols) + " |")
+    agree = [a for a in results["agreement"] if a["ratio"] is not None]
+    if agree:
+        worst = max(agree, key=lambda a: a["ratio"])
+        lines.append("")
+        lines.append(f"MindSpore vs torch: mean |difference| {np.mean([abs(a['mindspore_minus_torch']) for a in agree]):.3f}"
+                     f"; largest difference / seed spread {worst['ratio']:.2f} ({worst['regime']}, "
+                     f"{worst['fraction']:.0%}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(results: Dict, path: Path) -> None:
+    """Test accuracy vs data fraction (log axis), a line per regime, both frameworks (MindSpore solid)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .core.plots import _save
+
+    study, groups = results["study"], results["groups"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, regime in enumerate(study["regimes"]):
+        for fw, style in (("mindspore", "-o"), ("torch", "--s")):
+            pts = [(f, groups[k]["mean"], groups[k]["std"]) for f in study["fractions"]
+                   if (k := f"{fw}/{regime}/{f:g}") in groups]
+            if pts:
+                f, m, s = map(np.array, zip(*pts))
+                ax.errorbar(f, m, yerr=s, fmt=style, color=colours[i % len(colours)], capsize=3,
+                            label=f"{regime} ({fw})", alpha=0.9 if fw == "mindspore" else 0.6)
+    ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy", ylim=(0, 1.02),
+           title=f"{Path(study['base']).stem}: transfer vs scratch")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 when every cell ran, 2 for a bad study config, 1 when a cell failed."""
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="study YAML (a path, or a shipped config's name)")
+    p.add_argument("--output-dir", type=Path, default=None, help="where the study lives (default: its output_dir)")
+    p.add_argument("--fractions", type=float, nargs="+", help="override the data fractions")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORKS), help="override the frameworks")
+    p.add_argument("--regimes", nargs="+", help="run only these regimes")
+    p.add_argument("--epochs", type=int, help="override the epochs of every cell")
+    args = p.parse_args(argv)
+    try:
+        cfg = StudyConfig.load(config_path(args.config))
+        for key in ("fractions", "seeds", "frameworks", "epochs"):
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
+        if args.regimes:
+            unknown = [r for r in args.regimes if r not in cfg.regimes]
+            if unknown:
+                raise ConfigError(f"unknown regime(s) {unknown}; the study has {list(cfg.regimes)}")
+            cfg.regimes = {r: cfg.regimes[r] for r in args.regimes}
+        Study(cfg, args.output_dir).run()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
