@@ -108,3 +108,62 @@ def test_zip_slip_rejected(server, tmp_path):
         download_and_extract(f"{base}/slip.zip", target)
     assert not (tmp_path / "evil.txt").exists()
     assert list(target.iterdir()) == []  # unsafe archive and extracted leftovers removed
+
+
+HOTDOG_ZIP = _zip({f"hotdog/{split}/{cls}/{i}.jpg": _jpeg_bytes(i + 7 * j)
+                   for j, (split, cls) in enumerate([(s, c) for s in ("train", "test") for c in ("hotdog", "not-hotdog")])
+                   for i in range(2)})
+HYMENOPTERA_ZIP = _zip({f"hymenoptera_data/{split}/{cls}/{i}.jpg": _jpeg_bytes(i + 5 * j)
+                        for j, (split, cls) in enumerate([(s, c) for s in ("train", "val") for c in ("ants", "bees")])
+                        for i in range(2)})
+
+
+@pytest.mark.parametrize("name, zip_bytes, classes", [("hotdog", HOTDOG_ZIP, ["hotdog", "not-hotdog"]),
+                                                      ("hymenoptera", HYMENOPTERA_ZIP, ["ants", "bees"])])
+def test_seed_datasets_download_from_their_config(serve_files, tmp_path, monkeypatch, name, zip_bytes, classes):
+    """configs/hotdog_resnet18.yaml and ants_bees_resnet18.yaml with --download: the archive (served on loopback
+    under the real file name) unpacks into DATA_DIR; hotdog's test/ split becomes val/; a second run is a no-op."""
+    import ms_transfer.core.download as download
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.core.config import resolve_config
+    from ms_transfer.core.data import DatasetError
+
+    url, subdir, val_from, sha = download.FOLDER_DATASETS[name]
+    filename = url.rsplit("/", 1)[1]
+    base, hits = serve_files({f"/{filename}": zip_bytes})
+    monkeypatch.setitem(download.FOLDER_DATASETS, name, (f"{base}/{filename}", subdir, val_from, sha))
+    config = {"hotdog": "hotdog_resnet18", "hymenoptera": "ants_bees_resnet18"}[name]
+    cfg = resolve_config(["--config", config, "--data-dir", str(tmp_path / "data")])
+    with pytest.raises(DatasetError, match=f"pass --download to fetch it .*{filename}"):
+        recipe.prepare_data(cfg)
+    cfg.download = True
+    root = recipe.prepare_data(cfg)
+    assert root == tmp_path / "data" / subdir and sorted(p.name for p in root.iterdir() if p.is_dir()) == ["train", "val"]
+    assert scan_split(root, "val")[1] == classes
+    assert recipe.prepare_data(cfg) == root and len(hits) == 1
+
+
+def test_idx_files_download_for_array_datasets(serve_files, tmp_path, monkeypatch):
+    """dataset: fashion_mnist with --download fetches the four IDX files (loopback) into DATA_DIR once."""
+    import gzip as gz
+
+    import ms_transfer.core.arrays as arrays
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.core.config import TrainConfig
+
+    rng = np.random.RandomState(0)
+    files = {}
+    for split, n in (("train", 30), ("test", 10)):
+        images, labels = arrays.IDX_FILES[split]
+        for stem, array in ((images, rng.randint(0, 256, (n, 28, 28)).astype(np.uint8)),
+                            (labels, (np.arange(n) % 10).astype(np.uint8))):
+            arrays.write_idx(tmp_path / stem, array)
+            files[f"/fm/{stem}.gz"] = gz.compress((tmp_path / stem).read_bytes())
+    base, hits = serve_files(files)
+    monkeypatch.setitem(arrays.IDX_URLS, "fashion_mnist", f"{base}/fm/")
+    cfg = TrainConfig(arch="fashion_cnn", image_size=28, dataset="fashion_mnist", download=True,
+                      data_dir=str(tmp_path / "idx")).validate()
+    root = recipe.prepare_data(cfg)
+    assert len(scan_split(root, "test")[0]) == 10 and len(hits) == 4
+    recipe.prepare_data(cfg)
+    assert len(hits) == 4  # present: not fetched again

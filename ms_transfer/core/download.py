@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 CANIDAE_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/"
                "notebook/datasets/intermediate/Canidae_data.zip")
+#: image-folder datasets ``--download`` fetches (config ``dataset``): URL, folder name, the split that serves as
+#: ``val`` when the archive has none (d2l's hotdog ships ``train/`` and ``test/``), sha256 if published
+FOLDER_DATASETS = {
+    "canidae": (CANIDAE_URL, "Canidae", None, None),                        # the MindSpore tutorial (wolf vs dog)
+    "hymenoptera": ("https://download.pytorch.org/tutorial/hymenoptera_data.zip", "hymenoptera_data", None,
+                    None),                                                  # seed 000: ants vs bees
+    "hotdog": ("https://apache-mxnet.s3-accelerate.amazonaws.com/gluon/dataset/hotdog.zip", "hotdog", "test",
+               None),                                                       # seed 001 (d2l): hotdog vs not
+}
 _CHUNK = 1 << 20
 
 
@@ -133,8 +142,18 @@ def _present(data_dir: Path, expected_subdir: Optional[str]) -> Optional[Path]:
     return None
 
 
+def _val_from(folder: Path, split: str) -> None:
+    """Rename ``<d>/<split>`` to ``<d>/val`` in the folder below ``folder`` that has ``train/`` and ``<split>/``."""
+    for train in sorted(folder.rglob("train")):
+        d = train.parent
+        if (d / split).is_dir() and not (d / "val").exists():
+            os.rename(d / split, d / "val")
+            log.info("Using %s/%s as the val split", d.name, split)
+            return
+
+
 def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optional[str] = None,
-                         sha256: Optional[str] = None) -> Path:
+                         sha256: Optional[str] = None, val_from: Optional[str] = None) -> Path:
     """Make sure the zip dataset at ``url`` is unpacked in ``data_dir``; return the folder that holds
     ``train/`` and ``val/``.
 
@@ -143,7 +162,8 @@ def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optio
     ``data_dir/<zip name>`` (reused if already there and valid, so it can be placed by hand),
     extracted into a temporary folder inside ``data_dir`` and the dataset folder is renamed to
     ``data_dir/<expected_subdir or its own name>``. Raises :class:`DownloadError` on any failure,
-    leaving no partial dataset behind.
+    leaving no partial dataset behind. ``val_from``: the archive's split that becomes ``val/`` (renamed before the
+    dataset folder is moved into place).
     """
     data_dir = Path(data_dir).expanduser()
     found = _present(data_dir, expected_subdir)
@@ -169,6 +189,8 @@ def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optio
         except DownloadError:
             archive.unlink(missing_ok=True)  # unsafe archive: never reuse it
             raise
+        if val_from:
+            _val_from(tmp, val_from)
         try:
             root = resolve_data_root(tmp)
         except DatasetError as exc:
@@ -192,4 +214,13 @@ def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optio
 
 def download_canidae(data_dir: PathLike) -> Path:
     """Download and unpack the tutorial's Canidae (dogs vs. wolves) set; returns ``data_dir/Canidae``."""
-    return download_and_extract(CANIDAE_URL, data_dir, expected_subdir="Canidae")
+    return download_dataset("canidae", data_dir)
+
+
+def download_dataset(name: str, data_dir: PathLike) -> Path:
+    """Download and unpack the image-folder dataset ``name`` of :data:`FOLDER_DATASETS` into ``data_dir`` (a no-op
+    when it is there); returns the folder holding ``train/`` and ``val/``."""
+    if name not in FOLDER_DATASETS:
+        raise DownloadError(f"no download for dataset {name!r}; downloadable: {', '.join(FOLDER_DATASETS)}")
+    url, subdir, val_from, sha256 = FOLDER_DATASETS[name]
+    return download_and_extract(url, data_dir, expected_subdir=subdir, sha256=sha256, val_from=val_from)

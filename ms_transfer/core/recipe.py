@@ -17,10 +17,10 @@ import numpy as np
 
 from .checkpoint_io import CheckpointError
 from .config import ConfigError, TrainConfig, resolve_config
-from .arrays import ArrayDataError, prepare_source
+from .arrays import SOURCES, ArrayDataError, download_idx, prepare_source
 from .data import DatasetError, resolve_data_root
 from .demo_data import make_demo_dataset
-from .download import DownloadError, download_canidae, download_file
+from .download import FOLDER_DATASETS, DownloadError, download_dataset, download_file
 from .freeze import strategy_patterns
 from .runlock import RunDirInUse
 from .weights import WeightsEntry, entry_for_url, resolve_pretrained, url_cache_path
@@ -139,8 +139,10 @@ def prepare_data(cfg: TrainConfig) -> Path:
     """Generate (``demo``), download (``download``) or export (an array ``dataset``) the dataset if asked; return
     the dataset root."""
     data_dir = Path(cfg.data_dir)
-    if cfg.dataset != "folder":
+    if cfg.dataset in SOURCES:
         try:
+            if cfg.download:
+                download_idx(cfg.dataset, data_dir)
             return prepare_source(cfg.dataset, cfg.val_fraction, CACHE_DIR / "datasets",
                                   data_dir if data_dir.is_dir() else None)
         except ArrayDataError as exc:
@@ -149,7 +151,13 @@ def prepare_data(cfg: TrainConfig) -> Path:
         make_demo_dataset(data_dir, n_train_per_class=64, n_val_per_class=16, image_size=max(cfg.image_size, 64),
                           seed=cfg.seed)
     elif cfg.download:
-        download_canidae(data_dir)
+        download_dataset("canidae" if cfg.dataset == "folder" else cfg.dataset, data_dir)
+    elif cfg.dataset in FOLDER_DATASETS:
+        try:
+            return resolve_data_root(data_dir)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc}\nDataset {cfg.dataset}: pass --download to fetch it ({FOLDER_DATASETS[cfg.dataset][0]}) "
+                               f"into {data_dir}") from None
     return resolve_data_root(data_dir)
 
 
