@@ -121,9 +121,9 @@ class Study:
         if run_dir.exists():  # a half-finished run of an earlier, killed study: start it over
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        config_file = run_dir.with_suffix(".yaml")
+        config_file = run_dir.parent / f"{run_dir.name}.yaml"  # (not with_suffix: "f0.01-s0" has a dot)
         config_file.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}, sort_keys=False))
-        log = run_dir.with_suffix(".log")
+        log = run_dir.parent / f"{run_dir.name}.log"
         with open(log, "w") as f:
             code = subprocess.call([self.python, "-m", FRAMEWORKS[framework], "--config", str(config_file)],
                                    stdout=f, stderr=subprocess.STDOUT)
@@ -254,13 +254,16 @@ def markdown_table(results: Dict) -> str:
                 g = groups.get(f"{fw}/{regime}/{fraction:g}")
                 cols.append(f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g else "—")
             lines.append(f"| {regime} | {fraction:.0%} | " + " | ".join(cols) + " |")
-    agree = [a for a in results["agreement"] if a["ratio"] is not None]
+    agree = results["agreement"]
     if agree:
-        worst = max(agree, key=lambda a: a["ratio"])
-        lines.append("")
-        lines.append(f"MindSpore vs torch: mean |difference| {np.mean([abs(a['mindspore_minus_torch']) for a in agree]):.3f}"
-                     f"; largest difference / seed spread {worst['ratio']:.2f} ({worst['regime']}, "
-                     f"{worst['fraction']:.0%}).")
+        line = (f"MindSpore vs torch: mean |difference of the means| "
+                f"{np.mean([abs(a['mindspore_minus_torch']) for a in agree]):.3f}")
+        spread = [a for a in agree if a["ratio"] is not None]
+        if spread:
+            worst = max(spread, key=lambda a: a["ratio"])
+            line += (f"; largest difference / spread over seeds {worst['ratio']:.2f} ({worst['regime']}, "
+                     f"{worst['fraction']:.0%})")
+        lines += ["", line + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from .freeze import strategy_patterns
 from .runlock import RunDirInUse
 from .weights import WeightsEntry, entry_for_url, resolve_pretrained, url_cache_path
 
-CACHE_DIR = Path.home() / ".cache" / "ms_transfer"
+#: downloads, exported array datasets, trunk features (``MS_TRANSFER_CACHE`` moves it, e.g. for tests)
+CACHE_DIR = Path(os.environ.get("MS_TRANSFER_CACHE", Path.home() / ".cache" / "ms_transfer"))
 #: the fields of every ``metrics.jsonl`` row, in both frameworks
 METRIC_FIELDS = ("epoch", "stage", "train_loss", "images_per_s", "train_seconds", "val_loss", "val_acc",
                  "skipped_files", "epoch_seconds")
