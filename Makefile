@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test test-slow demo demo-torch train parity parity-tutorial parity-train parity-gpu parity-reference parity-check-reference bench bench-quick clean
+.PHONY: venv test test-slow demo demo-synthetic demo-torch study-digit-adder study-fashion train parity parity-tutorial parity-train parity-gpu parity-reference parity-check-reference bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,24 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -m slow
 
-## demo: the main job, end to end on a generated two-class image set (about a minute on 2 cores)
+## demo: the main job: transfer vs scratch on real digits, offline (a recogniser trained by this project, then the
+## digit adder from scratch / frozen / fine-tuned branches; a few minutes on 2 cores; see configs/study_demo.yaml)
 demo: venv
-	$(PY) -m ms_transfer.train --config configs/demo.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m ms_transfer.study --config configs/study_demo.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-## demo-torch: the same config trained by torchvision (python -m torch_reference.train)
+## demo-synthetic: every step of the image-folder pipeline on a generated two-class set (about a minute)
+demo-synthetic: venv
+	$(PY) -m ms_transfer.train --config configs/demo.yaml --output-dir runs/demo-synthetic-$$(date +%Y%m%d-%H%M%S)
+
+## demo-torch: the synthetic demo trained by torchvision (python -m torch_reference.train)
 demo-torch: venv
 	$(PY) -m torch_reference.train --config configs/demo.yaml --output-dir runs/demo-torch-$$(date +%Y%m%d-%H%M%S)
+
+## study-digit-adder / study-fashion: the README's two measured studies (both frameworks, 3 seeds; resumable)
+study-digit-adder: venv
+	$(PY) -m ms_transfer.study --config configs/study_digit_adder.yaml
+study-fashion: venv
+	$(PY) -m ms_transfer.study --config configs/study_fashion_to_mnist.yaml
 
 ## train: the tutorial's wolf-vs-dog fine-tuning (downloads the Canidae data and the pretrained ResNet50)
 train: venv
