@@ -21,7 +21,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from .core.data import (SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, PilResizeCenterCrop,
+from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, PilResizeCenterCrop,
                         Preprocess, check_augment, check_resize_backend, eval_resize_size, resolve_data_root,
                         scan_split, shuffle_order, check_same_classes)
 
@@ -100,8 +100,8 @@ def create_dataset(data_dir: PathLike, split: str, image_size: Size, batch_size:
                    augment: str = "random"):
     """Scan ``data_dir/split`` and build its dataset (images float32 BxCxSxS, labels int32); returns
     ``(dataset, DatasetInfo)``. Training runs scan once and call :func:`build_dataset` per epoch instead."""
-    if split not in SPLITS:
-        raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    if split not in EVAL_SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; expected one of {list(EVAL_SPLITS)}.")
     check_resize_backend(resize_backend)
     check_augment(augment)
     root = resolve_data_root(data_dir)

@@ -16,6 +16,7 @@ from .core.data import DatasetError, check_classes_match, resolve_data_root
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
 from .core.data import Preprocess
+from .core.tasks import check_classifier
 from .data import create_dataset
 from .models import load_run_checkpoint
 
@@ -41,6 +42,7 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     non-run checkpoint and :class:`DatasetError` when the split's classes differ from the checkpoint's.
     """
     net, weights = load_run_checkpoint(ckpt)
+    check_classifier(weights.meta["arch"], ckpt)
     classes = weights.meta["classes"]
     root = resolve_data_root(data_dir)
     check_classes_match(root, split, classes, ckpt)
@@ -59,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ms_transfer.evaluate", description=__doc__)
     p.add_argument("--ckpt", required=True, help="training-run checkpoint of either framework (RUN/best.ckpt, RUN/best.pth, ...)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--resize-backend", default=None, choices=["mindspore", "pil"],

@@ -14,6 +14,7 @@ from .core.checkpoint_io import CheckpointError
 from .models import load_run_checkpoint
 from .context import set_context
 from .core.data import Preprocess
+from .core.tasks import check_classifier
 from .data import load_image_for_eval
 
 
@@ -62,6 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_context(args.mode, args.device)
     try:
         net, weights = load_run_checkpoint(args.ckpt)
+        check_classifier(weights.meta["arch"], args.ckpt)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

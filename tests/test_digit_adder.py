@@ -121,3 +121,14 @@ def test_fixed_mode_trains_the_head_only_and_pretrained_mode_moves_both_branches
              for b in ("branch_a", "branch_b")]
     assert all(moved)  # both branches trained ...
     assert not np.array_equal(state["branch_a.conv1.weight"], state["branch_b.conv1.weight"])  # ... independently
+
+
+def test_evaluate_refuses_the_adder_and_says_where_its_results_are(tmp_path, capsys):
+    from ms_transfer.evaluate import main as ms_evaluate
+    from torch_reference.evaluate import main as torch_evaluate
+
+    _adder_run(tmp_path, tmp_path / "run", "torch")
+    for evaluate in (ms_evaluate, torch_evaluate):
+        assert evaluate(["--ckpt", str(tmp_path / "run" / "best.pth"), "--data-dir", str(tmp_path)]) == 2
+        assert "test accuracy is in the run's test.json" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "test.json").read_text())["num_samples"] == 1000

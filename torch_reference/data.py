@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
-from ms_transfer.core.data import (SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, Preprocess,
+from ms_transfer.core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, Preprocess,
                                    check_augment, check_same_classes, eval_resize_size, resolve_data_root,
                                    scan_split, shuffle_order)
 
@@ -96,8 +96,8 @@ class ScannedImageFolder(ImageFolder):
 
     def __init__(self, data_dir: PathLike, split: str, transform: Optional[Callable] = None,
                  target_transform: Optional[Callable] = None):
-        if split not in SPLITS:
-            raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+        if split not in EVAL_SPLITS:
+            raise DatasetError(f"Unknown split {split!r}; expected one of {list(EVAL_SPLITS)}.")
         self.data_root = resolve_data_root(data_dir)
         self.split = split
         # Scan before ImageFolder.__init__, which calls the find_classes/make_dataset overrides below.
@@ -176,8 +176,8 @@ def create_loader(data_dir: PathLike, split: str, image_size: Size, batch_size: 
     """Scan ``data_dir/split`` and build its loader (see :func:`build_loader`); returns ``(loader, DatasetInfo)``.
     The torch counterpart of :func:`ms_transfer.data.create_dataset`. Checks that train and val have the same
     classes. Training runs scan once and call :func:`build_loader` per epoch instead."""
-    if split not in SPLITS:
-        raise DatasetError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    if split not in EVAL_SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; expected one of {list(EVAL_SPLITS)}.")
     root = resolve_data_root(data_dir)
     check_same_classes(root)
     samples, classes, skipped = scan_split(root, split)

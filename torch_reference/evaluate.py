@@ -16,6 +16,7 @@ from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
+from ms_transfer.core.tasks import check_classifier
 
 from .backend import TorchBackend, torch_device
 from .data import create_loader
@@ -34,9 +35,10 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
                         image_size: Optional[int] = None, num_workers: int = 0, device: str = "CPU") -> Dict:
     """Evaluate a checkpoint on ``data_dir/split``: a run checkpoint of either framework (``best.pth``,
     ``best.ckpt``), or a plain weight file of any naming whose head matches the split's class folders."""
-    root = resolve_data_root(data_dir)
     weights = read_weights(ckpt)
     state, meta, report = convert_weights(weights, "torchvision")
+    check_classifier(report.arch, ckpt)
+    root = resolve_data_root(data_dir)
     if "classes" in weights.meta:  # a run checkpoint of either framework
         classes = weights.meta["classes"]
         check_classes_match(root, split, classes, ckpt)
@@ -61,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m torch_reference.evaluate", description=__doc__)
     p.add_argument("--ckpt", required=True, help="run checkpoint of either framework (RUN/best.pth, RUN/best.ckpt)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])

@@ -57,6 +57,8 @@ PathLike = Union[str, Path]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val")
+#: splits evaluation may read: the array datasets (and any image folder) may also have ``test/``
+EVAL_SPLITS = SPLITS + ("test",)
 #: how the val/eval transform resizes and crops (see the module docstring)
 RESIZE_BACKENDS = ("mindspore", "pil")
 #: training transforms: the random augmentation, or the deterministic val transform

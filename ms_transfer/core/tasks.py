@@ -57,6 +57,15 @@ def sum_metrics(outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) ->
         np.abs(pred - true))), "per_class_accuracy": per_sum, "num_samples": int(len(true))}
 
 
+def check_classifier(arch: str, what: object) -> None:
+    """Evaluate / predict take one image per sample: refuse the digit adder with where its results are."""
+    if task_of(arch) != "classify":
+        from .checkpoint_io import CheckpointError
+        raise CheckpointError(f"{what} is a {arch} (a pair of digit images -> their sum); evaluate and predict "
+                              "classify single images. Its test accuracy is in the run's test.json (written when "
+                              "training ends), its per-epoch validation in metrics.jsonl")
+
+
 def task_metrics(task: str, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int) -> Dict:
     """The task's validation metrics (both have ``loss`` and ``accuracy``)."""
     from .metrics import classification_metrics
