@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ms_transfer.core.naming import ARCH_SPECS
+from ms_transfer.core.archs import input_spec
+from ms_transfer.core.naming import ALL_ARCHS
 
 from .training import TRAIN_BATCH
 from . import BUGS, CHECKS, REGIMES, TRAIN_BUGS, ParityConfig, format_table, run_parity
@@ -34,8 +35,9 @@ def _bug(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = ParityConfig()
     p = argparse.ArgumentParser(prog="python -m parity", description=__doc__)
-    p.add_argument("--arch", default=None, choices=list(ARCH_SPECS),
-                   help=f"default: {d.arch}; with --check-reference: refuse a bundle made for another arch")
+    p.add_argument("--arch", default=None, choices=list(ALL_ARCHS),
+                   help=f"default: {d.arch}; the seeds' networks (fashion_cnn, digit_cnn, digit_adder[4]) run at "
+                        "their 28 px; with --check-reference: refuse a bundle made for another arch")
     p.add_argument("--padding", default=d.padding, choices=["torch", "same"],
                    help="network padding on both sides: torch (torchvision's, default) or same (the MindSpore "
                         "tutorial's network: asymmetric 'same' padding at stride 2; torch reproduces it explicitly)")
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
     p.add_argument("--batch", type=int, default=None,
                    help=f"batch size (default: {d.batch}; {TRAIN_BATCH} with --train-steps, see parity/training.py)")
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"default: {d.image_size} (a network with a fixed input size: that size)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-classes", type=int, default=d.num_classes)
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS, metavar="CHECK",
@@ -90,7 +93,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.batch < 2:
         print("error: --batch must be >= 2 (train-mode BatchNorm needs more than one sample)", file=sys.stderr)
         return 2
-    if args.image_size < 32:
+    fixed = input_spec(args.arch or "")[1]
+    if args.image_size is None:
+        args.image_size = fixed or ParityConfig().image_size
+    if fixed is not None and (args.image_size != fixed or args.train_steps or args.padding != "torch"):
+        print(f"error: {args.arch} runs at --image-size {fixed} with torch padding and the checks (--train-steps "
+              "covers the ResNets' freezing regimes)", file=sys.stderr)
+        return 2
+    if fixed is None and args.image_size < 32:
         print("error: --image-size must be >= 32 (ResNet downsamples by 32)", file=sys.stderr)
         return 2
     modes = ["graph", "pynative"] if args.mode == "both" else [args.mode]

@@ -11,7 +11,6 @@ import numpy as np
 from mindspore import nn
 
 from ms_transfer.models import ResidualBlock, ResidualBlockBase, ResNet
-from ms_transfer.models.resnet import TORCH_BN_MOMENTUM
 
 State = Dict[str, np.ndarray]
 
@@ -21,21 +20,27 @@ def replace_cell(net: nn.Cell, dotted_name: str, new: nn.Cell) -> None:
     *parents, last = dotted_name.split(".")
     parent = net
     for part in parents:
-        parent = parent[int(part)] if isinstance(parent, nn.SequentialCell) else getattr(parent, part)
+        parent = parent[_index(parent, part)] if isinstance(parent, nn.SequentialCell) else getattr(parent, part)
     if isinstance(parent, nn.SequentialCell):
-        parent[int(last)] = new
+        parent[_index(parent, last)] = new
     else:
         setattr(parent, last, new)
     new.update_parameters_name(dotted_name + ".")
 
 
+def _index(seq: nn.SequentialCell, part: str) -> int:
+    """Position of child ``part`` in a SequentialCell (children named by index, or by key as the seeds' nets)."""
+    return int(part) if part.isdigit() else list(seq._cells).index(part)
+
+
 def _replace_batchnorms(net: nn.Cell, layer: str = "", **overrides) -> None:
+    """Every BatchNorm (of ``layer``) rebuilt with ``overrides``; a callable override maps the cell's own value."""
     bns = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)
            and (not layer or name.startswith(layer + "."))]
     for name, cell in bns:
         # nn.BatchNorm2d stores 1 - momentum in .momentum
         kwargs = dict(num_features=cell.num_features, eps=cell.eps, momentum=1.0 - cell.momentum)
-        kwargs.update(overrides)
+        kwargs.update({k: v(kwargs[k]) if callable(v) else v for k, v in overrides.items()})
         replace_cell(net, name, nn.BatchNorm2d(**kwargs))
 
 
@@ -53,8 +58,9 @@ def strided_conv_same(net: ResNet, state: State) -> None:
 
 
 def bn_eps_1e3(net: ResNet, state: State, layer: str = "") -> None:
-    """Every BatchNorm (of ``layer``, default: all) with eps 1e-3 (a common TF/Keras default) instead of 1e-5."""
-    _replace_batchnorms(net, layer, eps=1e-3)
+    """Every BatchNorm (of ``layer``, default: all) with the other framework family's eps: 1e-3 (Keras) instead of
+    torch's 1e-5, or 1e-5 where the network has Keras' 1e-3 (seed 004's)."""
+    _replace_batchnorms(net, layer, eps=lambda eps: 1e-5 if abs(eps - 1e-3) < 1e-9 else 1e-3)
 
 
 def conv_padding_shifted(net: ResNet, state: State, layer: str = "layer3.1") -> None:
@@ -66,8 +72,9 @@ def conv_padding_shifted(net: ResNet, state: State, layer: str = "layer3.1") -> 
 
 
 def bn_momentum_torch_convention(net: ResNet, state: State) -> None:
-    """torch's BN momentum (0.1) passed unchanged to MindSpore, where it weighs the *old* statistic."""
-    _replace_batchnorms(net, momentum=TORCH_BN_MOMENTUM)
+    """torch's BN momentum (0.1; 0.01 for seed 004's Keras constants) passed unchanged to MindSpore, where it weighs
+    the *old* statistic."""
+    _replace_batchnorms(net, momentum=lambda m: 1.0 - m)
 
 
 def fc_weight_transposed(net: ResNet, state: State) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
 
+from ms_transfer.core.archs import input_spec, task_of
 from ms_transfer.core.checkpoint_io import WeightFile
 from ms_transfer.core.convert import convert_weights
+from ms_transfer.core.tasks import num_outputs
 from torch_reference.models import build_model, numpy_state
 
 from .objective import generated_tensor
@@ -26,8 +28,8 @@ class Problem:
     num_classes: int
     torch_state: "OrderedDict[str, np.ndarray]"
     ms_state: "OrderedDict[str, np.ndarray]"
-    x: np.ndarray
-    y: np.ndarray
+    x: Union[np.ndarray, List[np.ndarray]]   # a list for a two-input network (the digit adder)
+    y: Optional[np.ndarray]                  # None: the objective is the seeded projection (the adder's regression)
     generated: Dict[str, dict] = field(default_factory=dict)
 
 
@@ -58,24 +60,28 @@ def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed:
     parameters are then perturbed so that a swapped or dropped gamma/beta shows up in the logits.
     """
     torch.manual_seed(seed)
+    num_classes = num_outputs(arch, num_classes)
+    channels, _ = input_spec(arch)
+    inputs = 2 if task_of(arch) == "digit_sum" else 1
     model = build_model(arch, num_classes, padding)
     generated = _generate_weights(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]   # torch's 0.1, or the Keras seed's 0.01
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
     model.train()
     with torch.no_grad():
         for _ in range(2):  # 16 calibration images: stable statistics even where stage 4 is 1x1
-            model(torch.randn(8, 3, image_size, image_size, generator=gen))
-        for bn in bns:
-            bn.momentum = 0.1
+            model(*[torch.randn(8, channels, image_size, image_size, generator=gen) for _ in range(inputs)])
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
             bn.weight.uniform_(0.5, 1.5, generator=gen)
             bn.bias.normal_(0.0, 0.1, generator=gen)
     tv_state = numpy_state(model)
     ms_state, _, _ = convert_weights(WeightFile(tv_state), "ms_transfer", arch=arch, src_naming="torchvision")
     rng = np.random.RandomState(seed + 2)
-    x = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
-    y = rng.randint(0, num_classes, size=batch).astype(np.int64)
-    return Problem(arch, num_classes, tv_state, ms_state, x, y, generated)
+    xs = [rng.standard_normal((batch, channels, image_size, image_size)).astype(np.float32) for _ in range(inputs)]
+    y = rng.randint(0, num_classes, size=batch).astype(np.int64) if inputs == 1 else None
+    return Problem(arch, num_classes, tv_state, ms_state, xs[0] if inputs == 1 else xs, y, generated)

@@ -76,9 +76,9 @@ def _model_pair(cfg: ParityConfig, problem: "Problem"):
     """torchvision's model with the problem's weights, and a fresh MindSpore port (weights come from the API)."""
     from torch_reference.models import build_model as build_torch_model, load_numpy_state
 
-    torch_model = build_torch_model(cfg.arch, cfg.num_classes, cfg.padding)
+    torch_model = build_torch_model(cfg.arch, problem.num_classes, cfg.padding)
     load_numpy_state(torch_model, problem.torch_state)
-    return torch_model, build_model(cfg.arch, cfg.num_classes, cfg.padding)
+    return torch_model, build_model(cfg.arch, problem.num_classes, cfg.padding)
 
 
 def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:

@@ -152,3 +152,15 @@ def test_pretrained_exclude_that_matches_nothing_is_an_error(tmp_path):
         _seed004(tmp_path, tmp_path / "tl", "mindspore", pretrained=str(tmp_path / "pre" / "best.ckpt"),
                  pretrained_exclude=["head.*"])
     assert not (tmp_path / "tl" / "config.yaml").exists()  # nothing written for a failed start
+
+
+@pytest.mark.parametrize("arch, inject, code", [("fashion_cnn", None, 0), ("digit_adder", None, 0),
+                                                ("fashion_cnn", "bn_eps", 1), ("fashion_cnn", "bn_momentum", 1)])
+def test_parity_cli_runs_the_seed_networks(arch, inject, code, capsys):
+    """``python -m parity --arch fashion_cnn`` (28 px, 1 channel; the adder with two inputs): passes clean, fails
+    with seed 004's BN constants swapped for torch's (eps) or handed over in torch's momentum convention."""
+    from parity.__main__ import main as parity_main
+
+    argv = ["--arch", arch, "--num-classes", "10", "--batch", "4", "--mode", "pynative"]
+    assert parity_main(argv + (["--inject", inject] if inject else [])) == code
+    assert "28 px" in capsys.readouterr().out
