@@ -227,6 +227,8 @@ def test_key_changes_with_weights_transform_and_data(tmp_path):
         "augment": _cache(net, tmp_path, data, augment="random", views=2).key("train", 0),
         "view": _cache(net, tmp_path, data, augment="random", views=2).key("train", 1),
         "arch": _cache(net, tmp_path, data, arch="resnet34").key("train"),
+        "normalize": _cache(net, tmp_path, data, normalize="half").key("train"),
+        "eval resize": _cache(net, tmp_path, data, resize="exact").key("train"),
     }
     stat = net.norm.moving_mean
     stat.set_data(stat + 1e-3)  # BatchNorm statistics are part of the trunk

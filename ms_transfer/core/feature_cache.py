@@ -229,8 +229,10 @@ class FeatureCache:
 
     def __init__(self, trunk: str, *, framework: str, arch: str, image_size: int, resize_backend: str, augment: str,
                  views: int, seed: int, batch_size: int, num_workers: int, device: str, train_samples: Samples,
-                 val_samples: Samples, root: Union[str, Path], log: Log = print) -> None:
+                 val_samples: Samples, root: Union[str, Path], log: Log = print, normalize: str = "imagenet",
+                 resize: str = "crop") -> None:
         self.arch, self.image_size, self.resize_backend, self.augment = arch, image_size, resize_backend, augment
+        self.normalize, self.resize = normalize, resize
         self.views, self.seed, self.batch_size, self.num_workers, self.device = (
             int(views), int(seed), int(batch_size), int(num_workers), device)
         self.log = log
@@ -252,7 +254,7 @@ class FeatureCache:
                    resize_backend=cfg.resize_backend,
                    augment=cfg.augment, views=views, seed=cfg.seed, batch_size=cfg.batch_size,
                    num_workers=cfg.num_workers, device=cfg.device, train_samples=train_samples,
-                   val_samples=val_samples, root=root, log=log)
+                   val_samples=val_samples, root=root, log=log, normalize=cfg.normalize, resize=cfg.resize)
 
     @property
     def train_cached(self) -> bool:
@@ -276,6 +278,8 @@ class FeatureCache:
         spec = {"format": FORMAT_VERSION, "framework": self.framework, "device": self.device, "arch": self.arch,
                 "trunk": self.trunk, "split": split, "image_size": self.image_size,
                 "resize_backend": self.resize_backend, "samples": self._records[split]}
+        if (self.normalize, self.resize) != ("imagenet", "crop"):  # (absent from the keys of the defaults: the
+            spec.update(normalize=self.normalize, resize=self.resize)  # features cached before stay valid)
         if split == "train" and self.augment == "random":
             # a random view is whatever that epoch's pipeline drew: pin everything that drives the draws
             spec.update(augment="random", view=int(view), data_seed=self.seed + view + 1,
