@@ -78,9 +78,13 @@ class StudyConfig:
             [cfg.pretrain_framework] if cfg.pretrain_framework not in FRAMEWORKS else [])
         if bad:
             raise ConfigError(f"{path}: unknown framework(s) {bad}; use {', '.join(FRAMEWORKS)}")
+        fields = set(TrainConfig.__dataclass_fields__)
         for name, regime in cfg.regimes.items():
             if regime.get("init") not in INITS:
                 raise ConfigError(f"{path}: regime {name!r} needs init: scratch or init: transfer")
+            unknown = sorted(set(regime) - fields - {"init"})
+            if unknown:
+                raise ConfigError(f"{path}: regime {name!r} sets unknown training key(s) {unknown}")
         if not all(0 < f <= 1 for f in cfg.fractions):
             raise ConfigError(f"{path}: fractions must be in (0, 1], got {cfg.fractions}")
         return cfg

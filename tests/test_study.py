@@ -65,6 +65,10 @@ def test_bad_study_configs_are_clear_errors(tmp_path, capsys):
                                       "regimes": {"scratch": {"init": "nope"}}})
     assert main(["--config", str(bad)]) == 2
     assert "regime 'scratch' needs init: scratch or init: transfer" in capsys.readouterr().err
+    bad = _yaml(tmp_path / "s.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain",
+                                      "regimes": {"fixed": {"init": "transfer", "freze": ["branch_*"]}}})
+    assert main(["--config", str(bad)]) == 2
+    assert "regime 'fixed' sets unknown training key(s) ['freze']" in capsys.readouterr().err
     bad = _yaml(tmp_path / "s.yaml", {"base": "demo", "pretrain": "digits_pretrain",
                                       "regimes": {"scratch": {"init": "scratch"}}})
     assert main(["--config", str(bad)]) == 2
