@@ -272,7 +272,8 @@ def markdown_table(results: Dict) -> str:
 
 
 def plot_study(results: Dict, path: Path) -> None:
-    """Test accuracy vs data fraction (log axis), a line per regime, both frameworks (MindSpore solid)."""
+    """Left: test accuracy vs data fraction (log axis), a line per regime and framework (MindSpore solid, torch
+    dashed; bars: std over seeds). Right: validation accuracy per epoch at the smallest fraction (mean over seeds)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -280,20 +281,31 @@ def plot_study(results: Dict, path: Path) -> None:
     from .core.plots import _save
 
     study, groups = results["study"], results["groups"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_epochs) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    smallest, top = min(study["fractions"]), 0.0
     for i, regime in enumerate(study["regimes"]):
         for fw, style in (("mindspore", "-o"), ("torch", "--s")):
             pts = [(f, groups[k]["mean"], groups[k]["std"]) for f in study["fractions"]
                    if (k := f"{fw}/{regime}/{f:g}") in groups]
+            kw = dict(color=colours[i % len(colours)], label=f"{regime} ({fw})",
+                      alpha=0.9 if fw == "mindspore" else 0.6)
             if pts:
                 f, m, s = map(np.array, zip(*pts))
-                ax.errorbar(f, m, yerr=s, fmt=style, color=colours[i % len(colours)], capsize=3,
-                            label=f"{regime} ({fw})", alpha=0.9 if fw == "mindspore" else 0.6)
-    ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy", ylim=(0, 1.02),
-           title=f"{Path(study['base']).stem}: transfer vs scratch")
+                ax.errorbar(f, m, yerr=s, fmt=style, capsize=3, **kw)
+                top = max(top, float((m + s).max()))
+            curve = groups.get(f"{fw}/{regime}/{smallest:g}", {}).get("val_mean_per_epoch")
+            if curve:
+                ax_epochs.plot(range(1, len(curve) + 1), curve, style, markersize=3, **kw)
+                top = max(top, max(curve))
+    ylim = (0, min(1.02, top * 1.15 + 0.02))
+    ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy (mean ± std over seeds)",
+           ylim=ylim, title=f"{Path(study['base']).stem}: transfer vs scratch")
+    ax_epochs.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", ylim=ylim,
+                  title=f"per epoch, {smallest:.0%} of the data")
+    for a in (ax, ax_epochs):
+        a.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     _save(fig, path)
 
 
