@@ -22,6 +22,7 @@ def _save(fig, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make plots unreadable to anyone else
         os.replace(tmp, path)
     finally:
         plt.close(fig)
