@@ -21,6 +21,7 @@ from .core.config import TrainConfig  # noqa: E402
 from .core.data import Preprocess, SplitScan  # noqa: E402
 from .core.freeze import FreezeReport  # noqa: E402
 from .core.recipe import Stage, TrainingError  # noqa: E402
+from .core.tasks import is_pair_samples  # noqa: E402
 from .data import build_dataset  # noqa: E402
 from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, is_head  # noqa: E402
 from .models.factory import build_model, load_run_checkpoint  # noqa: E402
@@ -223,6 +224,6 @@ class MindSporeBackend:
                                         seed=seed, num_workers=cfg.num_workers, resize_backend=cfg.resize_backend,
                                         augment=cfg.augment)
         batches = dataset.create_tuple_iterator(num_epochs=1)
-        if split.samples and isinstance(split.samples[0][0], tuple):  # digit pairs: ((images_a, images_b), sums)
+        if is_pair_samples(split.samples):  # digit pairs: ((images_a, images_b), sums)
             batches = (((a, b), y) for a, b, y in batches)
         return batches, source.load_failures

@@ -21,6 +21,8 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 import numpy as np
 
+from .core.tasks import is_pair_samples
+
 from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, PilResizeCenterCrop,
                         Preprocess, check_augment, check_resize_backend, eval_resize_size, resolve_data_root,
                         scan_split, shuffle_order, check_same_classes)
@@ -81,7 +83,7 @@ def build_dataset(samples: Sequence[Tuple[str, int]], image_size: Size, batch_si
     # outside the pipeline, and the feature cache must replay the exact batches (see batch_indices).
     sampler = ds.SubsetSampler(shuffle_order(len(source), seed).tolist()) if shuffle else None
     # a pair sample ((path_a, path_b), sum) of the digit adder yields two image columns, each transformed alike
-    images = ["image_a", "image_b"] if samples and isinstance(samples[0][0], tuple) else ["image"]
+    images = ["image_a", "image_b"] if is_pair_samples(samples) else ["image"]
     # One generator thread: decoding is in Python, and with python_multiprocessing=False more threads only contend
     # for the GIL (measured on 2 cores: 3,600 28x28 PNGs 9.1 s with 2 threads vs 0.6 s with 1; 256 256x256 JPEGs
     # 0.87 s vs 0.30 s). The C++ transforms below still use ``num_workers`` threads.

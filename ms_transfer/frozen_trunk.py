@@ -15,6 +15,7 @@ import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 from .core.archs import task_of  # noqa: E402
+from .core.tasks import NO_FAST_PATH  # noqa: E402
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "is_head"]
 
@@ -33,7 +34,7 @@ def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
     statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
     """
     if task_of(getattr(net, "arch", None) or "") != "classify":
-        return "a two-input network (the digit adder): its branches run in the full train step"
+        return NO_FAST_PATH
     if not (hasattr(net, "forward_features") and isinstance(getattr(net, "fc", None), nn.Cell)):
         return f"{type(net).__name__} has no forward_features/fc (an ms_transfer ResNet is needed)"
     trainable = [p.name for p in net.trainable_params()]

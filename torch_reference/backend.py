@@ -17,6 +17,7 @@ from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError
 from ms_transfer.core.config import ConfigError, TrainConfig
 from ms_transfer.core.archs import task_of
+from ms_transfer.core.tasks import NO_FAST_PATH
 from ms_transfer.core.data import Preprocess, SplitScan
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 from ms_transfer.core.recipe import Stage, TrainingError
@@ -136,7 +137,7 @@ class TorchBackend:
 
     def frozen_trunk_reason(self) -> Optional[str]:
         if task_of(self.arch or "") != "classify":
-            return "a two-input network (the digit adder): its branches run in the full train step"
+            return NO_FAST_PATH
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         outside = [n for n in trainable if not _is_head(n)]
         if outside:

@@ -117,10 +117,14 @@ class _Run:
     def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan) -> None:
         self.cfg, self.backend, self.train, self.val = cfg, backend, train, val
         self.task = task_of(cfg.arch)
-        if self.task == "digit_sum":  # fixed val pairs; the train pairs are redrawn every epoch (train_batches)
-            self.val = pair_split(val, VAL_PAIR_SEED)
+        self.val = self.eval_split(val)
         self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
+
+    def eval_split(self, scan: SplitScan) -> SplitScan:
+        """A val/test split as evaluated: for the digit adder its fixed pairs (the train pairs are redrawn every
+        epoch, :meth:`train_batches`)."""
+        return pair_split(scan, VAL_PAIR_SEED) if self.task == "digit_sum" else scan
 
     def train_batches(self, epoch: int):
         train = pair_split(self.train, self.cfg.seed + epoch) if self.task == "digit_sum" else self.train
@@ -232,9 +236,7 @@ def _test(run: _Run, root: Path, classes: List[str], out: Path, epoch: int) -> N
     if test_classes != classes:
         print(f"test/ has classes {test_classes}, not the training classes; no test evaluation")
         return
-    test = SplitScan(root, "test", classes, samples, skipped)
-    if run.task == "digit_sum":
-        test = pair_split(test, VAL_PAIR_SEED)
+    test = run.eval_split(SplitScan(root, "test", classes, samples, skipped))
     batches, _ = run.backend.loader(test, train=False, shuffle=False, seed=run.cfg.seed)
     result = validate(run.backend, batches, len(classes), run.task)
     row = {"epoch": epoch, "model": "last", "test_acc": result["accuracy"], "test_loss": result["loss"],

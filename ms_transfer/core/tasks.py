@@ -22,6 +22,13 @@ __all__ = ["task_of", "num_outputs", "pair_split", "sum_metrics", "task_metrics"
 SUM_CLASSES = [str(s) for s in range(19)]
 #: the val/test pairs are the same in every run and every epoch
 VAL_PAIR_SEED = 12345
+#: why the frozen-trunk fast path (one input -> trunk features -> head) does not apply to the adder
+NO_FAST_PATH = "a two-input network (the digit adder): its branches run in the full train step"
+
+
+def is_pair_samples(samples) -> bool:
+    """Whether ``samples`` are digit pairs ``((path_a, path_b), sum)`` (the pipelines then yield two images)."""
+    return bool(samples) and isinstance(samples[0][0], tuple)
 
 
 def num_outputs(arch: str, num_classes: int) -> int:
