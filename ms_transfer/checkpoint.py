@@ -4,7 +4,6 @@ MindSpore run checkpoints (``best.ckpt`` / ``last.ckpt``). Models never import t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
@@ -13,7 +12,7 @@ from mindspore import Tensor, nn  # noqa: E402
 
 from .core import naming  # noqa: E402
 from .core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
-from .core.convert import convert_weights, into_arch
+from .core.convert import convert_weights, excluded_names, into_arch
 
 
 @dataclass
@@ -107,11 +106,7 @@ def load_pretrained(net: nn.Cell, path: PathLike, strict: bool = False, verbose:
         raise CheckpointError(f"{type(net).__name__} records no arch; build it with ms_transfer.models.create_model")
     state, _, conversion = convert_weights(read_weights(path), "ms_transfer", num_classes=net.num_classes)
     state, adapted = into_arch(state, conversion.arch, arch, path)
-    excluded = [k for k in state if any(fnmatchcase(k, p) for p in exclude)]
-    unused = [p for p in exclude if not any(fnmatchcase(k, p) for k in state)]
-    if unused:
-        raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {path} (names as in this "
-                              f"project, e.g. {', '.join(list(state)[:3])}); fix the pattern")
+    excluded = excluded_names(list(state), exclude, path)
     state = {k: v for k, v in state.items() if k not in excluded}
     report = load_state_into(net, state, strict=strict and not excluded)
     report.excluded = excluded

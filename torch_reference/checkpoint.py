@@ -11,7 +11,6 @@ import json
 import pickle
 from collections import OrderedDict
 from pathlib import Path
-from fnmatch import fnmatchcase
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
 from ms_transfer.core import naming
 from ms_transfer.core.tasks import num_outputs
-from ms_transfer.core.convert import convert_weights, into_arch
+from ms_transfer.core.convert import convert_weights, excluded_names, into_arch
 
 from .models import build_model, load_numpy_state
 
@@ -79,11 +78,8 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
         to_torch = naming.name_map(arch, "ms_transfer", "torchvision")
         state = {to_torch[k]: v for k, v in moved.items()}
     project = naming.name_map(arch, "torchvision", "ms_transfer")
-    excluded = [k for k in state if any(fnmatchcase(project.get(k, k), p) for p in exclude)]
-    unused = [p for p in exclude if not any(fnmatchcase(project.get(k, k), p) for k in state)]
-    if unused:
-        raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {path} (names as in this "
-                              f"project, e.g. {', '.join(list(project.values())[:3])}); fix the pattern")
+    excluded_project = set(excluded_names([project.get(k, k) for k in state], exclude, path))
+    excluded = [k for k in state if project.get(k, k) in excluded_project]
     head = set(naming.head_names("torchvision", arch))
     if adapted:  # another architecture's trunk: the whole head of this one starts at its init
         head |= {k for k in model.state_dict() if k.startswith("fc.")}

@@ -154,6 +154,18 @@ def into_arch(state: Mapping[str, np.ndarray], src_arch: str, dst_arch: str, whe
                  f"copies; its classifier is not used")
 
 
+def excluded_names(names: Sequence[str], exclude: Sequence[str], where: object = "checkpoint") -> List[str]:
+    """The ``names`` (this project's) that match a ``pretrained_exclude`` glob; a pattern matching none of them is a
+    :class:`CheckpointError` (a typo would otherwise load the head it meant to leave out)."""
+    from fnmatch import fnmatchcase
+
+    unused = [p for p in exclude if not any(fnmatchcase(n, p) for n in names)]
+    if unused:
+        raise CheckpointError(f"pretrained_exclude {unused} match(es) no tensor of {where} (names as in this "
+                              f"project, e.g. {', '.join(list(names)[:3])}); fix the pattern")
+    return [n for n in names if any(fnmatchcase(n, p) for p in exclude)]
+
+
 #: how many dotted levels of wrapper prefix are stripped at most (e.g. ``_orig_mod.module.``)
 MAX_WRAPPER_DEPTH = 3
 
