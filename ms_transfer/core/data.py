@@ -263,11 +263,6 @@ class Preprocess:
     def std(self) -> Tuple[float, ...]:
         return tuple(NORMALIZATIONS[self.normalize][1][: self.channels])
 
-    @property
-    def mode(self) -> str:
-        """Pillow mode of the decoded image: ``RGB`` or ``L``."""
-        return "RGB" if self.channels == 3 else "L"
-
     def decode(self, path: PathLike) -> np.ndarray:
         """HWC uint8 array in this preprocessing's colour mode."""
         return load_rgb(path) if self.channels == 3 else load_gray(path)
