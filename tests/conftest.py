@@ -19,6 +19,19 @@ def small_config(data_dir, out, **overrides) -> TrainConfig:
     return TrainConfig(**base).validate()
 
 
+def train_digits(arch, tmp_path, out, framework, **overrides):
+    """A short run of a seeds' network on 5% of the real 5k MNIST digits (Adam, 1 epoch), in ``framework``
+    (``mindspore`` or ``torch``); returns the run summary."""
+    base = dict(arch=arch, dataset="mnist5k", image_size=28, normalize="none", resize="exact", augment="none",
+                optimizer="adam", lr=1e-3, batch_size=64, data_fraction=0.05, epochs=1)
+    cfg = small_config(tmp_path / "unused", out, **{**base, **overrides})
+    if framework == "torch":
+        from torch_reference.train import train as torch_train
+        return torch_train(cfg)
+    from ms_transfer.train import train
+    return train(cfg)
+
+
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory):
     """``make(n_train, n_val, corrupt=False)``: a generated two-class ImageFolder (48 px images, seed 0), made once

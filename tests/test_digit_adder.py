@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import train_digits
 
 from ms_transfer.core.data import SplitScan
 from ms_transfer.core.tasks import pair_split, sum_metrics
@@ -91,15 +91,7 @@ def test_both_branches_are_independent_copies_of_the_recogniser(tmp_path):
 
 
 def _adder_run(tmp_path, out, framework, **overrides):
-    base = dict(arch="digit_adder", dataset="mnist5k", image_size=28, normalize="none", resize="exact",
-                augment="none", optimizer="adam", lr=1e-3, batch_size=64, data_fraction=0.05, epochs=1)
-    base.update(overrides)
-    cfg = small_config(tmp_path / "unused", out, **base)
-    if framework == "torch":
-        from torch_reference.train import train as torch_train
-        return torch_train(cfg)
-    from ms_transfer.train import train
-    return train(cfg)
+    return train_digits("digit_adder", tmp_path, out, framework, **overrides)
 
 
 @pytest.mark.parametrize("framework", ["mindspore", "torch"])

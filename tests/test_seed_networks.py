@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import train_digits
 
 from ms_transfer.core import naming
 from ms_transfer.core.archs import SEQ_SPECS
@@ -104,15 +104,7 @@ def test_config_checks_the_input_size_and_stage_names():
 
 
 def _seed004(tmp_path, out, framework, **overrides):
-    base = dict(arch="fashion_cnn", dataset="mnist5k", image_size=28, normalize="none", resize="exact",
-                augment="none", optimizer="adam", lr=1e-3, batch_size=64, data_fraction=0.05, epochs=1)
-    base.update(overrides)
-    cfg = small_config(tmp_path / "unused", out, **base)
-    if framework == "torch":
-        from torch_reference.train import train as torch_train
-        return torch_train(cfg)
-    from ms_transfer.train import train
-    return train(cfg)
+    return train_digits("fashion_cnn", tmp_path, out, framework, **overrides)
 
 
 @pytest.mark.parametrize("framework", ["mindspore", "torch"])
