@@ -18,7 +18,7 @@ Keras's constants (eps 1e-3, moving average keeping 0.99, i.e. torch ``momentum=
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 #: a trunk layer: (name, kind, arguments); kinds: conv (out, kernel, padding), bn (eps, momentum: torch's
 #: convention, the weight of the new batch), relu, maxpool (kernel = stride), flatten
@@ -55,20 +55,6 @@ class SeqSpec:
             layers += [("dense", (width, hidden)), ("relu", ()), ("dropout", (self.dropout,))]
             width = hidden
         return layers + [("dense", (width, num_classes))]
-
-    def tensor_names(self, num_classes: int, bn_names: Sequence[str]) -> List[Tuple[str, str]]:
-        """``(name, kind)`` of every tensor in model order; ``bn_names`` are a scheme's four BN tensor names
-        (:data:`ms_transfer.core.naming.BN_PARAMS`). Kinds: ``weight``, ``bias``, ``bn0``..``bn3``."""
-        names = []
-        for layer, kind, _ in self.layers:
-            if kind == "conv":
-                names += [(f"features.{layer}.weight", "weight"), (f"features.{layer}.bias", "bias")]
-            elif kind == "bn":
-                names += [(f"features.{layer}.{n}", f"bn{i}") for i, n in enumerate(bn_names)]
-        for i, (kind, _) in enumerate(self.head_layers(num_classes)):
-            if kind == "dense":
-                names += [(f"fc.{i}.weight", "weight"), (f"fc.{i}.bias", "bias")]
-        return names
 
     def classifier_index(self, num_classes: int = 2) -> int:
         """Index of the last Dense inside ``fc`` (its weight's rows are the classes)."""
