@@ -23,7 +23,7 @@ from .core.freeze import FreezeReport  # noqa: E402
 from .core.recipe import Stage, TrainingError  # noqa: E402
 from .core.tasks import is_pair_samples  # noqa: E402
 from .data import build_dataset  # noqa: E402
-from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, is_head  # noqa: E402
+from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head  # noqa: E402
 from .models.factory import build_model, load_run_checkpoint  # noqa: E402
 from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
 
@@ -85,7 +85,7 @@ def _labels(y) -> ms.Tensor:
 class MindSporeBackend:
     """The network, the compiled train step of the current stage and the pipeline (see the module docstring).
 
-    When the stage leaves only ``fc`` trainable, :attr:`fast` is a :class:`FrozenTrunkStep` and
+    When the stage leaves only the head (``fc``; VGG: ``classifier``) trainable, :attr:`fast` is a :class:`FrozenTrunkStep` and
     :meth:`train_step` uses it (trunk inference + head step), falling back to the full-net cell :attr:`step`
     if the freezing changes so that the two would differ (reported once).
     """
@@ -205,7 +205,8 @@ class MindSporeBackend:
         return self.net(*_as_tuple(_images(x))).asnumpy()
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
-        return self.net.fc(_images(features)).asnumpy()
+        self._set_training(False)  # a VGG head holds Dropout layers
+        return getattr(self.net, head_name(self.net))(_images(features)).asnumpy()
 
     def labels(self, y) -> np.ndarray:
         return (y.asnumpy() if isinstance(y, ms.Tensor) else np.asarray(y)).astype(np.int64)
@@ -216,7 +217,8 @@ class MindSporeBackend:
         return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x, np.float32)
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
-        return [(p.name, p.asnumpy()) for p in self.net.get_parameters() if not is_head(p.name)]
+        head = head_name(self.net)
+        return [(p.name, p.asnumpy()) for p in self.net.get_parameters() if not is_head(p.name, head)]
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg

@@ -4,10 +4,12 @@ Workloads (images/s, data already in memory so the input pipeline cannot be the 
 
 * ``inference``      eval-mode forward, no gradients;
 * ``finetune``       full train step (forward, backward, momentum SGD with weight decay), batch-statistics BN;
-* ``fixed_feature``  train step with the trunk frozen the tutorial's way (one train cell over the whole net;
-  frozen BNs in inference mode);
-* ``fixed_fast``     MindSpore only: the frozen trunk run as pure inference + a head-only train step
-  (``ms_transfer.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk.
+* ``fixed_feature``  train step with everything frozen but the class layer (``fc``; VGG: ``classifier.6``, seed
+  002's regime), the tutorial's way: one train cell over the whole net, frozen BNs in inference mode;
+* ``fixed_fast``     MindSpore only: the same freezing, the frozen trunk run as pure inference + a head-only train
+  step (``ms_transfer.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk;
+* ``cached_head``    the head's train step on precomputed trunk features (batches of the feature cache), what
+  every epoch after the first costs with ``feature_cache: auto`` and a deterministic transform; both frameworks.
 
 Every engine runs in its own subprocess (so peak RSS is per engine and one framework's thread pools never
 slow the other), and the engines are interleaved over ``--rounds`` rounds (torch, GRAPH, PYNATIVE, torch, ...)
@@ -34,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
 ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
-WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast")
+WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast", "cached_head")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
 #: above the AVX2 peak); MindSpore is capped at AVX2 (ms_transfer/context.py), so its own ceiling is lower.
@@ -122,6 +124,12 @@ def forward_flops(arch: str, image_size: int) -> float:
 
 # --- workers (one engine per subprocess) -------------------------------------------------------------
 
+def _class_layer(arch: str, scheme: str) -> str:
+    """The class layer's module name (``fc``; VGG: ``classifier.6``), the only layer the frozen workloads train."""
+    from .core.naming import head_names
+    return head_names(scheme, arch)[0].rsplit(".", 1)[0]
+
+
 def _timed(step, steps: int) -> Dict[str, float]:
     t = time.perf_counter()
     step()
@@ -141,12 +149,27 @@ def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
     x = torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
     y = torch.from_numpy(rng.randint(0, 2, cfg.batch))
     out = {}
+    from ms_transfer.core.archs import head_module
+    layer = _class_layer(cfg.arch, "torchvision") + "."
     for workload in cfg.workloads:
         if workload == "fixed_fast":
             continue
         torch.manual_seed(0)
         model = build_model(cfg.arch, 2)
-        if workload == "inference":
+        if workload == "cached_head":
+            head = getattr(model, head_module(cfg.arch))
+            setattr(model, head_module(cfg.arch), torch.nn.Identity())
+            with torch.no_grad():
+                features = model.eval()(x)
+            params = [p for n, p in head.named_parameters() if (head_module(cfg.arch) + "." + n).startswith(layer)]
+            opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+            head.train()
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(head(features), y).backward()
+                opt.step()
+        elif workload == "inference":
             model.eval()
 
             def step():
@@ -156,8 +179,8 @@ def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
             params = list(model.parameters())
             if workload == "fixed_feature":
                 for name, p in model.named_parameters():
-                    p.requires_grad_(name.startswith("fc."))
-                params = list(model.fc.parameters())
+                    p.requires_grad_(name.startswith(layer))
+                params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
             model.train()
             if workload == "fixed_feature":  # frozen BNs in eval mode, as torch_reference.train does
@@ -180,7 +203,6 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
 
     from .backend import make_loss
     from .context import set_context
-    from .core.freeze import strategy_patterns
     from .models import build_model
     from .optim import apply_freeze, momentum_sgd
     set_context(mode, "CPU")
@@ -188,6 +210,7 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
     y = ms.Tensor(rng.randint(0, 2, cfg.batch).astype(np.int32))
     out = {}
+    class_layer = (["*"], [_class_layer(cfg.arch, "ms_transfer") + ".*"])
     for workload in cfg.workloads:
         ms.set_seed(0)
         net = build_model(cfg.arch, num_classes=2)
@@ -196,16 +219,17 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
 
             def step():
                 net(x).asnumpy()
-        elif workload == "fixed_fast":
+        elif workload in ("fixed_fast", "cached_head"):
             from .frozen_trunk import FrozenTrunkStep
-            apply_freeze(net, *strategy_patterns("fixed_feature"))
+            apply_freeze(net, *class_layer)
             fast = FrozenTrunkStep(net, momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4), make_loss())
+            features = fast.extract(x) if workload == "cached_head" else None
 
             def step():
-                fast(x, y).asnumpy()
+                (fast.head_step(features, y) if workload == "cached_head" else fast(x, y)).asnumpy()
         else:
             if workload == "fixed_feature":
-                apply_freeze(net, *strategy_patterns("fixed_feature"))
+                apply_freeze(net, *class_layer)
             train_step = nn.TrainOneStepCell(nn.WithLossCell(net, make_loss()),
                                              momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4))
             train_step.set_train(True)
@@ -312,6 +336,8 @@ def run_bench(cfg: BenchConfig, quick: bool = False, log=print) -> Dict:
         # training costs ~3x the forward (forward + input and weight gradients); a frozen trunk only the forward
         per_image = flops * (3.0 if workload == "finetune" else 1.0)
         limit = machine["peak_gflops_fp32"] * 1e9 / per_image if machine["peak_gflops_fp32"] else float("nan")
+        if workload == "cached_head":   # the head's FLOPs only: the whole net's limit does not apply
+            limit = float("nan")
         report["measurements"].append({
             "engine": engine, "workload": workload, "images_per_s": m.median, "rounds": m.images_per_s,
             "first_step_s": max(m.first_step_s), "vs_torch": m.median / torch_m.median if torch_m else None,

@@ -23,7 +23,8 @@ import numpy as np
 
 from .core.tasks import is_pair_samples
 
-from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, PilResizeCenterCrop,
+from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, CenterCrop, ImageSource, PathLike, PilResize,
+                        PilResizeCenterCrop,
                         Preprocess, check_augment, check_resize_backend, eval_resize_size, resolve_data_root,
                         scan_split, shuffle_order, check_same_classes)
 
@@ -52,10 +53,13 @@ def train_transforms(size: Size) -> list:
 
 def val_transforms(size: Size, resize_backend: str = "mindspore") -> list:
     """Deterministic eval transform: resize shorter side to ``size*256/224``, center crop, normalise (``resize:
-    exact``: Pillow resize to SxS, the same code as the torch side)."""
+    exact``: Pillow resize to SxS, the same code as the torch side; ``center``: torchvision's ``CenterCrop`` of
+    the unresized image)."""
     pre = _pre(size)
     if pre.resize == "exact":
         return [PilResize(pre.image_size)] + _normalize_ops(pre)
+    if pre.resize == "center":
+        return [CenterCrop(pre.image_size)] + _normalize_ops(pre)
     if check_resize_backend(resize_backend) == "pil":
         return [PilResizeCenterCrop(eval_resize_size(pre.image_size), pre.image_size)] + _normalize_ops(pre)
     return [vision.Resize(eval_resize_size(pre.image_size)), vision.CenterCrop(pre.image_size)] + _normalize_ops(pre)

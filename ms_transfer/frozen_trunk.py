@@ -1,7 +1,8 @@
 """MindSpore train steps of a net whose trunk is frozen: the trunk runs forward only (no gradient graph through
 it, inference-mode BatchNorm) and only the head takes a train step on the pooled features.
 
-The head shares ``net.fc``'s Parameters, so checkpoints saved from ``net`` are right. It is exact (measured:
+The head module (``net.fc``; a VGG's ``net.classifier``, see ``head_module``) is the net's own cell, so its
+Parameters are shared and checkpoints saved from ``net`` are right. It is exact (measured:
 bit-identical): the full-net train cell computes the same features (its frozen BatchNorms use their moving
 statistics too) and the same ``fc`` gradient. The loop (:mod:`ms_transfer.core.loop`) uses it through the
 MindSpore backend, and caches the features it extracts (:mod:`ms_transfer.core.feature_cache`).
@@ -17,35 +18,42 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 from .core.archs import task_of  # noqa: E402
 from .core.tasks import NO_FAST_PATH  # noqa: E402
 
-__all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "is_head"]
+__all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
 
 
-def is_head(name: str) -> bool:
-    """Whether a parameter or cell name belongs to the classifier head ``fc``."""
-    return name == "fc" or name.startswith("fc.")
+def head_name(net: nn.Cell) -> str:
+    """The name of ``net``'s head module: its ``head_module`` attribute (VGG: ``classifier``), else ``fc``."""
+    return getattr(net, "head_module", "fc")
+
+
+def is_head(name: str, head: str = "fc") -> bool:
+    """Whether a parameter or cell name belongs to the head module ``head``."""
+    return name == head or name.startswith(head + ".")
 
 
 def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
     """Why ``net`` cannot train as "trunk inference + head step" (``None``: it can).
 
-    Needs a ResNet-like net (``forward_features`` + ``fc``) whose trainable parameters are all under ``fc.``
+    Needs a net with ``forward_features`` and a head module (``fc``, or its ``head_module``) whose trainable
+    parameters are all under the head
     and whose trunk BatchNorms run in inference mode (``use_batch_statistics=False``, what
     :func:`ms_transfer.optim.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes batch
     statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
     """
     if task_of(getattr(net, "arch", None) or "") != "classify":
         return NO_FAST_PATH
-    if not (hasattr(net, "forward_features") and isinstance(getattr(net, "fc", None), nn.Cell)):
-        return f"{type(net).__name__} has no forward_features/fc (an ms_transfer ResNet is needed)"
+    head = head_name(net)
+    if not (hasattr(net, "forward_features") and isinstance(getattr(net, head, None), nn.Cell)):
+        return f"{type(net).__name__} has no forward_features/{head} (an ms_transfer model is needed)"
     trainable = [p.name for p in net.trainable_params()]
-    outside = [n for n in trainable if not is_head(n)]
+    outside = [n for n in trainable if not is_head(n, head)]
     if outside:
         more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
-        return f"parameters outside fc are trainable ({', '.join(outside[:3])}{more})"
+        return f"parameters outside {head} are trainable ({', '.join(outside[:3])}{more})"
     if not trainable:
-        return "no fc parameter is trainable"
+        return f"no {head} parameter is trainable"
     for name, cell in net.cells_and_names():
-        if isinstance(cell, nn.BatchNorm2d) and not is_head(name) and cell.use_batch_statistics is not False:
+        if isinstance(cell, nn.BatchNorm2d) and not is_head(name, head) and cell.use_batch_statistics is not False:
             return (f"BatchNorm {name!r} is not in inference mode (use_batch_statistics="
                     f"{cell.use_batch_statistics!r})")
     return None
@@ -67,7 +75,7 @@ class _Trunk(nn.Cell):
 
 
 class _HeadWithLoss(nn.Cell):
-    """``loss_fn(fc(features), labels)``; holds the net's own ``fc`` cell, so its Parameters are shared."""
+    """``loss_fn(head(features), labels)``; holds the net's own head cell, so its Parameters are shared."""
 
     def __init__(self, fc: nn.Cell, loss_fn: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
@@ -105,8 +113,8 @@ class _FusedStep(nn.Cell):
 class FrozenTrunkStep:
     """Train steps of a net whose trunk is frozen: trunk forward only, then a head-only train step.
 
-    ``net`` is an ms_transfer ResNet frozen so that only ``fc.*`` trains (e.g. after
-    ``apply_freeze(net, *strategy_patterns("fixed_feature"))``), ``optimizer`` updates ``net.fc``'s
+    ``net`` is an ms_transfer model frozen so that only its head (``fc.*``; VGG: ``classifier.*``) trains (e.g.
+    after ``apply_freeze(net, *strategy_patterns("fixed_feature", arch=net.arch))``), ``optimizer`` updates the head's
     parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar (``ms_transfer.backend.make_loss()``).
     Equal (measured: bit-identical) to ``nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer)`` on
     the same net, without a gradient graph through the trunk. Works in GRAPH and PYNATIVE mode. Raises
@@ -119,19 +127,20 @@ class FrozenTrunkStep:
     def __init__(self, net: nn.Cell, optimizer: nn.Optimizer, loss_fn: nn.Cell) -> None:
         reason = frozen_trunk_reason(net)
         if reason:
-            raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are fc.* and whose "
+            raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are its head's and whose "
                              f"frozen BatchNorms run in inference mode, but {reason}. Freeze it with "
                              "ms_transfer.optim.apply_freeze(net, *strategy_patterns('fixed_feature')), or use "
                              "nn.TrainOneStepCell for a trainable trunk.")
-        heads = {id(p) for p in net.fc.get_parameters()}
+        head_cell = getattr(net, head_name(net))
+        heads = {id(p) for p in head_cell.get_parameters()}
         foreign = [p.name for p in optimizer.parameters if id(p) not in heads]
         if foreign:
-            raise ValueError(f"FrozenTrunkStep: the optimizer updates parameters that are not net.fc's "
+            raise ValueError(f"FrozenTrunkStep: the optimizer updates parameters that are not net.{head_name(net)}'s "
                              f"({', '.join(foreign[:3])}); build it over net.trainable_params() after freezing")
         self.net = net
         was_training = net.training
         self.trunk = _Trunk(net).set_train(False)  # 'predict' phase: an inference graph, no grad bookkeeping
-        head = _HeadWithLoss(net.fc, loss_fn)
+        head = _HeadWithLoss(head_cell, loss_fn)
         self.head = nn.TrainOneStepCell(head, optimizer).set_train(True)
         self.fused = _FusedStep(net, head, optimizer).set_train(True)
         # set_train recurses into net; give the caller its flags back (with every trunk BatchNorm in inference
@@ -151,7 +160,7 @@ class FrozenTrunkStep:
         return (self._jit_trunk if _pynative() else self.trunk)(x)
 
     def head_step(self, features: Union[Tensor, np.ndarray], labels: Union[Tensor, np.ndarray]) -> Tensor:
-        """One optimizer step of ``fc`` on trunk features; returns the loss computed before the update."""
+        """One optimizer step of the head on trunk features; returns the loss computed before the update."""
         if not isinstance(features, Tensor):
             features = Tensor(np.ascontiguousarray(features, np.float32))
         if not isinstance(labels, Tensor):

@@ -1,8 +1,10 @@
-"""``python -m parity``: compare the MindSpore ResNet with torchvision; exit 1 on any failure.
+"""``python -m parity``: compare the MindSpore ResNet / VGG (or a seed network) with torchvision's; exit 1 on any
+failure.
 
 Default: forward/gradient/optimizer checks through the any-model API (``parity.compare_models``), with the
 first diverging layer reported when a forward check fails. ``--train-steps N``: N steps of both frameworks'
-trainers in the finetune, fixed_feature and partial (10x head LR) regimes (see ``parity/training.py``).
+trainers in the finetune, fixed_feature and partial (10x head LR) regimes, or last_layer_adam (seed 002's) for a
+VGG (see ``parity/training.py``).
 ``--save-reference DIR`` writes a portable reference bundle; ``--check-reference DIR`` checks the MindSpore port
 against one without torch (see ``parity/reference.py``). Exit codes: 0 pass, 1 a check failed, 2 bad input.
 """
@@ -54,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"subset of checks to run (default: all of {', '.join(CHECKS)})")
     p.add_argument("--train-steps", type=int, default=0, metavar="N",
                    help="training-step parity: N optimizer steps per regime instead of the checks above")
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), metavar="REGIME",
-                   help=f"with --train-steps: subset of {', '.join(REGIMES)}")
+    p.add_argument("--regimes", nargs="+", default=None, choices=list(REGIMES), metavar="REGIME",
+                   help=f"with --train-steps: any of {', '.join(REGIMES)} (default: finetune, fixed_feature and "
+                        "partial for a ResNet; finetune, fixed_feature and last_layer_adam, seed 002's, otherwise)")
+    p.add_argument("--dropout", type=float, default=None, metavar="P",
+                   help="a VGG's classifier dropout on both sides (torchvision's argument; default 0.5, at which "
+                        "the dropout_keep_prob bug is a no-op)")
     p.add_argument("--inject", type=_bug, default=None, metavar="BUG[@LAYER]",
                    help="inject a known bug into the MindSpore side (the run must then fail); porting bugs: "
                         f"{', '.join(sorted(BUGS))} ({', '.join(LAYER_BUGS)} also as BUG@LAYER, e.g. "
@@ -93,6 +99,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.batch < 2:
         print("error: --batch must be >= 2 (train-mode BatchNorm needs more than one sample)", file=sys.stderr)
         return 2
+    if args.dropout is not None and not (args.arch or "").startswith("vgg"):
+        print("error: --dropout sets a VGG's classifier dropout (torchvision's argument); use it with --arch vgg*",
+              file=sys.stderr)
+        return 2
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        print("error: --dropout must be in [0, 1)", file=sys.stderr)
+        return 2
     fixed = input_spec(args.arch or "")[1]
     if args.image_size is None:
         args.image_size = fixed or ParityConfig().image_size
@@ -101,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "covers the ResNets' freezing regimes)", file=sys.stderr)
         return 2
     if fixed is None and args.image_size < 32:
-        print("error: --image-size must be >= 32 (ResNet downsamples by 32)", file=sys.stderr)
+        print(f"error: --image-size must be >= 32 ({args.arch or 'ResNet'} downsamples by 32)", file=sys.stderr)
         return 2
     modes = ["graph", "pynative"] if args.mode == "both" else [args.mode]
     if args.check_reference:
@@ -114,7 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
-                           regimes=tuple(args.regimes), sensitivity=args.sensitivity,
+                           regimes=tuple(args.regimes) if args.regimes else None, dropout=args.dropout,
+                           sensitivity=args.sensitivity,
                            localize=True if args.localize else "on_failure")
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:

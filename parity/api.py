@@ -15,7 +15,8 @@ Dropout (``DROPOUT_NOTE``): the train-mode checks run with every dropout layer a
 engines. The frameworks draw different random masks, so with dropout active the float32 samples would disagree by
 O(1) as well and the floor would swallow any bug (measured on seed 004's network: train-output floor 0.61, every
 injected bug inside it). The eval-mode checks cover dropout's inference path; ``report.names["dropout_off"]``
-lists the layers.
+lists the layers. Dropout's train-mode behaviour (drop probability, ``1 / (1 - p)`` scaling) has its own row,
+``dropout (train mode)``: each port layer run alone against torch's ``p`` (:mod:`parity.dropout`).
 
 The loss is cross-entropy on the first output when ``targets`` are given, otherwise a fixed random projection of
 every output (:mod:`parity.objective`). Nothing here knows any architecture: the ResNet suite
@@ -29,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, Floor, ParityReport, compare_to_floor, failed
+from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, ParityReport, compare_to_floor, failed
 from .names import NameMap, NameMapError, NameMatch, match_names, module_pairs
 from .objective import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights, synthetic_grads
 
@@ -55,6 +56,39 @@ def jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.nd
             return a
         return (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
     return jitter
+
+
+class JitteredState(Mapping):
+    """``state`` with every float32 tensor jittered by ``jitter_fn(seed, amount)``, recomputed on each pass over
+    :meth:`items` rather than stored: a floor sample's weights exist only while its engine builds a model (a VGG
+    holds 133M parameters: eight stored jittered copies took 4.2 GB). Passes draw the same numbers in the same
+    order, so every pass yields the same state; :meth:`jitter_after` continues the same random sequence for the
+    sample's inputs."""
+
+    def __init__(self, state: Mapping[str, np.ndarray], seed: int, amount: float) -> None:
+        self.base, self.seed, self.amount = state, seed, amount
+
+    def items(self):
+        jitter = jitter_fn(self.seed, self.amount)
+        return ((k, jitter(v)) for k, v in self.base.items())
+
+    def jitter_after(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """``arrays`` jittered by the random numbers that follow the state's (as one sequential jitter would)."""
+        rng = np.random.RandomState(self.seed)
+        for v in self.base.values():
+            if np.asarray(v).dtype == np.float32:
+                rng.uniform(-1.0, 1.0, np.shape(v))   # the state's draws, skipped
+        return [(a * (1.0 + self.amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+                if a.dtype == np.float32 else a for a in map(np.asarray, arrays)]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return dict(self.items())[key]
+
+    def __iter__(self):
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
 
 
 def port_weights(torch_state: Mapping[str, np.ndarray], ms_params: Mapping[str, Sequence[int]],
@@ -122,17 +156,17 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         ms, error = run_port(c.runners[check], c.ms_side, c.xs)
         masks = c.port_masks(check) if ms is not None and mask_relus else None
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
-        ref, samples, scale_samples, scale_ref = c.reference_rows(check, masks)
+        ref, floors, scale_ref = c.reference_floors(check, masks)
         for name in ref:
             if ms is None:
                 report.results.append(failed(name, error))
                 continue
             sref = None if scale_ref is None else scale_ref[name]
-            floor = Floor.measure(ref[name], [s[name] for s in samples], [s[name] for s in scale_samples], sref)
-            report.results.append(compare_to_floor(name, ms[name], ref[name], floor, scale_ref=sref))
+            report.results.append(compare_to_floor(name, ms[name], ref[name], floors[name], scale_ref=sref))
             if sensitivity:
-                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floor, sref))
+                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref))
         report.seconds[check] = time.perf_counter() - t
+    _dropout_row(report, torch_module, ms_cell)
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
     if localize is True or (localize == "on_failure" and forward_failed):
         from .localize import localize as run_localize
@@ -145,6 +179,17 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         report.seconds["localize"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
+
+
+def _dropout_row(report: ParityReport, torch_module, ms_cell) -> None:
+    """The dropout check's row (:mod:`parity.dropout`), when either model has dropout layers."""
+    from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
+
+    t = time.perf_counter()
+    torch_ps, ms_stats = torch_dropout_ps(torch_module), ms_dropout_stats(ms_cell)
+    if torch_ps or ms_stats:
+        report.results.append(compare_dropout(torch_ps, ms_stats))
+        report.seconds["dropout"] = time.perf_counter() - t
 
 
 @dataclass
@@ -180,6 +225,27 @@ class Comparison:
         scale = ([self.runners[check](engine, x) for engine, x in self.rounding] if check in FORWARD_CHECKS
                  else samples)
         return ref, samples, scale, None
+
+    def reference_floors(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
+        """``(reference rows, {row: Floor}, scale reference rows or None)``: :meth:`reference_rows` with every
+        sample folded into its row's :class:`~parity.compare.FloorBuilder` as soon as it is computed, so at most
+        one sample is held at a time (what a 133M-parameter VGG needs; the floors are the same)."""
+        ref = self.runners[check](self.reference, self.xs)
+        masked = bool(masks) and check in MASKED_CHECKS
+        scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
+        builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row]) for row in ref}
+        separate = masked or check in FORWARD_CHECKS   # else the floor samples are the scale samples too
+        for engine, x in self.floors:
+            sample = self.runners[check](engine, x)
+            for row, builder in builders.items():
+                builder.add(sample[row], scale=not separate)
+        if separate:
+            run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
+            for engine, x in self.rounding:
+                sample = run(engine, x)
+                for row, builder in builders.items():
+                    builder.add_scale(sample[row])
+        return ref, {row: b.floor() for row, b in builders.items()}, scale_ref
 
     def port_masks(self, check: str) -> Optional[Dict[str, List[np.ndarray]]]:
         """The port's ReLU masks for a gradient check (torch module name -> one mask per call), or None."""
@@ -221,9 +287,8 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     floors, rounding = [], []
     for i in range(FLOOR_SAMPLES):
         for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)):
-            jitter = jitter_fn(seed + 100 + i, amount)
-            state = {k: jitter(v) for k, v in torch_state.items()}
-            engines.append((TorchSide(torch_module, state, "float32", loss), [jitter(x) for x in xs]))
+            state = JitteredState(torch_state, seed + 100 + i, amount)
+            engines.append((TorchSide(torch_module, state, "float32", loss), state.jitter_after(xs)))
     ms_state = dict(ms_state if ms_state is not None else ported)
     ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)
     if loss == CROSS_ENTROPY:

@@ -1,6 +1,7 @@
 """Porting bugs injected into the MindSpore side, to prove the parity suite catches them.
 
-Each bug is a plausible mistake when porting torchvision to MindSpore. ``inject(name, net, state)``
+Each bug is a plausible mistake when porting torchvision to MindSpore (most are ResNet's; ``classifier_transposed``
+and ``pool_bins`` are VGG's, ``dropout_keep_prob`` any network with dropout, ``fc_transposed`` any classifier). ``inject(name, net, state)``
 mutates the freshly built network and/or its converted MindSpore state dict *before* any comparison.
 """
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 from typing import Callable, Dict, Mapping
 
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
-from ms_transfer.models import ResidualBlock, ResidualBlockBase, ResNet
+from ms_transfer.core.naming import head_names
+from ms_transfer.models import VGG, ResidualBlock, ResidualBlockBase, ResNet
 
 State = Dict[str, np.ndarray]
 
@@ -78,9 +80,54 @@ def bn_momentum_torch_convention(net: ResNet, state: State) -> None:
 
 
 def fc_weight_transposed(net: ResNet, state: State) -> None:
-    """fc weight read in the wrong memory order: the (in, out) buffer reinterpreted as (out, in)."""
-    w = state["fc.weight"]
-    state["fc.weight"] = np.ascontiguousarray(w.T).reshape(w.shape)
+    """The class layer's weight (``fc``; VGG: ``classifier.6``) read in the wrong memory order: the (in, out)
+    buffer reinterpreted as (out, in)."""
+    name = head_names("ms_transfer", net.arch)[0]
+    w = state[name]
+    state[name] = np.ascontiguousarray(w.T).reshape(w.shape)
+
+
+def classifier_transposed(net: VGG, state: State) -> None:
+    """VGG's square hidden classifier layer (``classifier.3``, 4096 x 4096) loaded transposed: a Keras-style
+    (in, out) weight taken for torch's (out, in), which a square shape cannot reveal."""
+    state["classifier.3.weight"] = np.ascontiguousarray(state["classifier.3.weight"].T)
+
+
+class _FloorBinPool(nn.Cell):
+    """Adaptive average pooling with the wrong bin rule: bin ``i`` of an ``n``-long axis ends at
+    ``floor((i + 1) n / out)`` (at least one row) instead of torch's ``ceil``. The same at n = 7 (224 px) or any
+    multiple of 7; different wherever bins overlap (n = 2 at 64 px: torch's bin 3 averages rows 0 and 1)."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.out = out
+
+    def construct(self, x):
+        n_h, n_w = x.shape[2], x.shape[3]
+        rows = []
+        for i in range(self.out):
+            h0 = (i * n_h) // self.out
+            h1 = max(((i + 1) * n_h) // self.out, h0 + 1)
+            cols = []
+            for j in range(self.out):
+                w0 = (j * n_w) // self.out
+                w1 = max(((j + 1) * n_w) // self.out, w0 + 1)
+                cols.append(x[:, :, h0:h1, w0:w1].mean(axis=(2, 3)))
+            rows.append(ops.stack(cols, axis=-1))
+        return ops.stack(rows, axis=2)
+
+
+def pool_bins(net: VGG, state: State) -> None:
+    """VGG's ``AdaptiveAvgPool2d((7, 7))`` with a floor-ended bin rule (see :class:`_FloorBinPool`)."""
+    replace_cell(net, "avgpool", _FloorBinPool(net.spec.pool))
+
+
+def dropout_keep_prob(net: nn.Cell, state: State) -> None:
+    """Every dropout built as ``nn.Dropout(p)`` with ``p`` positional: MindSpore's first argument is the
+    deprecated ``keep_prob``, so the layer drops ``1 - p`` (a no-op at p = 0.5; seen by the dropout check at any
+    other rate, e.g. seed 004's 0.2 or ``--dropout 0.2``)."""
+    for name, cell in [(n, c) for n, c in net.cells_and_names() if isinstance(c, nn.Dropout)]:
+        replace_cell(net, name, nn.Dropout(float(cell.p)))
 
 
 class _BottleneckNoFinalReLU(ResidualBlock):
@@ -126,6 +173,9 @@ BUGS: Mapping[str, Callable[[ResNet, State], None]] = {
     "missing_relu": missing_relu_after_add,
     "conv_padding": conv_padding_shifted,
     "bn_stats_swapped": bn_stats_swapped,
+    "classifier_transposed": classifier_transposed,
+    "pool_bins": pool_bins,
+    "dropout_keep_prob": dropout_keep_prob,
 }
 
 

@@ -106,6 +106,7 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
     from safetensors.numpy import save_file
 
     from .api import CHECKS, prepare
+    from .dropout import torch_dropout_ps
 
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).exists():
@@ -149,6 +150,7 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
                       "K": K, "ABS_TERM": ABS_TERM, "FLOOR_SAMPLES": FLOOR_SAMPLES, "JITTER": JITTER,
                       "ROUNDING_JITTER": ROUNDING_JITTER, "SKETCH_MIN": SKETCH_MIN, "SKETCH_SIZE": SKETCH_SIZE},
         "floors": floors, "generated": regen,
+        "dropout": [[name, p] for name, p in torch_dropout_ps(torch_module)],   # torch's p of each layer, in order
     }
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (TENSORS + ".tmp")
@@ -221,6 +223,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     from ms_transfer.context import set_context
 
     from .api import make_runners, run_port
+    from .dropout import compare_dropout, ms_dropout_stats
     from .ms_side import MindSporeSide
 
     manifest, tensors = load_bundle(directory)
@@ -268,4 +271,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
                 continue
             floor = Floor(**manifest["floors"][row])
             report.results.append(compare_to_floor(row, mine, ref, floor, details=False))
+    ms_stats = ms_dropout_stats(ms_cell)
+    if manifest.get("dropout") or ms_stats:
+        report.results.append(compare_dropout([tuple(d) for d in manifest.get("dropout", [])], ms_stats))
     return report

@@ -1,4 +1,4 @@
-"""The ResNet suite (``python -m parity``): torchvision vs this project's MindSpore ResNet, through the
+"""The model suite (``python -m parity``): torchvision vs this project's MindSpore ResNet / VGG, through the
 any-model API :func:`parity.api.compare_models`; ``--train-steps`` runs both trainers (parity.training)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ms_transfer.models import build_model
 from .api import CHECKS, compare_models, jitter_fn
 from .bugs import inject
 from .compare import FLOOR_SAMPLES, ParityReport, compare, failed
-from .training import REGIMES, TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, \
+from .training import TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, regimes_for, \
     torch_training
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ class ParityConfig:
     train_steps: int = 0     # >0: training-step parity (parity.training) instead of the checks above
     sensitivity: bool = False  # also measure the smallest error each check detects (parity.sensitivity)
     localize: Union[bool, str] = False  # True / "on_failure" (the CLI's default): first diverging layer
-    regimes: Sequence[str] = tuple(REGIMES)
+    regimes: Optional[Sequence[str]] = None   # None: every regime that fits the arch (parity.training)
+    dropout: Optional[float] = None  # a VGG's classifier dropout (None: its default 0.5)
 
 
 def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -> ParityReport:
@@ -76,15 +77,16 @@ def _model_pair(cfg: ParityConfig, problem: "Problem"):
     """torchvision's model with the problem's weights, and a fresh MindSpore port (weights come from the API)."""
     from torch_reference.models import build_model as build_torch_model, load_numpy_state
 
-    torch_model = build_torch_model(cfg.arch, problem.num_classes, cfg.padding)
+    extra = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    torch_model = build_torch_model(cfg.arch, problem.num_classes, cfg.padding, **extra)
     load_numpy_state(torch_model, problem.torch_state)
-    return torch_model, build_model(cfg.arch, problem.num_classes, cfg.padding)
+    return torch_model, build_model(cfg.arch, problem.num_classes, cfg.padding, **extra)
 
 
 def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:
     """Training-step parity for each regime (see :mod:`parity.training`)."""
     batches = fixed_batches(problem, cfg.train_steps, cfg.seed)
-    for regime in cfg.regimes:
+    for regime in cfg.regimes or regimes_for(cfg.arch):
         t = time.perf_counter()
         log(f"training {cfg.train_steps} steps: {regime} ...")
         rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)

@@ -71,8 +71,11 @@ class TorchSide:
         m = copy.deepcopy(self.module)
         m.to(self.dtype)
         current = m.state_dict()
-        m.load_state_dict({k: torch.from_numpy(np.array(v)).to(current[k].dtype) for k, v in self.state.items()},
-                          strict=True)
+        with torch.no_grad():   # tensor by tensor: no second copy of the whole state (a VGG's is 0.5-1 GB)
+            for k, v in self.state.items():
+                current[k].copy_(torch.from_numpy(np.asarray(v)))
+        if set(current) != set(self.state):
+            raise KeyError(f"state and module differ: {sorted(set(current) ^ set(self.state))[:4]}")
         return without_dropout(m.train(train))
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:

@@ -14,9 +14,15 @@ Updates rather than values are compared because the jitter of the floor samples 
 :mod:`parity.compare`) would otherwise dominate the floor and hide any update-rule mistake smaller than it.
 
 Regimes: ``finetune`` (all trainable, batch-statistics BN), ``fixed_feature`` (trunk frozen, its BNs in eval
-mode, only ``fc`` trains) and ``partial`` (``layer4`` + ``fc`` trainable, ``fc`` at 10x the LR).
-The optimizer is momentum SGD with weight decay and a cosine per-step schedule, so the momentum convention,
-which tensors are decayed, the LR multipliers and the schedule all reach the compared numbers.
+mode, only the head module trains: ``fc``, a VGG's ``classifier``), ``partial`` (ResNets: ``layer4`` + ``fc``
+trainable, ``fc`` at 10x the LR) and ``last_layer_adam`` (seed 002's regime: only the class layer, ``fc`` or
+``classifier.6``, trains, with Adam at its defaults). The first three use momentum SGD with weight decay and a
+cosine per-step schedule, so the momentum convention, which tensors are decayed, the LR multipliers and the
+schedule all reach the compared numbers. :func:`regimes_for` picks the regimes that exist for an arch.
+
+Dropout is switched off in both trainers (``p = 0``: the layers pass their input through): the frameworks draw
+different masks, so an active dropout would make the two runs differ by O(1). The dropout layers themselves are
+checked by ``python -m parity`` without ``--train-steps`` (:mod:`parity.dropout`).
 
 Hyper-parameters, measured on ResNet18 at 64 px with 3 steps:
 
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.naming import head_names
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
 if TYPE_CHECKING:
@@ -49,6 +56,10 @@ REGIMES: Mapping[str, Dict] = {
     "finetune": dict(strategy="finetune"),
     "fixed_feature": dict(strategy="fixed_feature"),
     "partial": dict(strategy="partial", partial_from="layer4", lr_mult={"fc.*": 10.0}),
+    # seed 002: everything frozen but the (new) class layer, torch.optim.Adam's defaults; the unfreeze pattern is
+    # the arch's class layer (filled in by regime_config)
+    "last_layer_adam": dict(strategy="finetune", freeze=["*"], optimizer="adam", lr=1e-3, weight_decay=0.0,
+                            schedule="constant"),
 }
 TRAIN_LR = 1e-3
 TRAIN_MOMENTUM = 0.9
@@ -64,10 +75,37 @@ def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int
     """The one config both trainers get for ``regime``."""
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
-    return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, optimizer="momentum",
-                       lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY, schedule="cosine",
-                       seed=seed, pretrained=None, padding=padding,
-                       **REGIMES[regime]).validate(source=f"regime {regime}")
+    values = dict(optimizer="momentum", lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY,
+                  schedule="cosine", **REGIMES[regime])
+    if regime == "last_layer_adam":
+        values["unfreeze"] = [head_names("ms_transfer", arch)[0].rsplit(".", 1)[0] + ".*"]
+    return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, seed=seed, pretrained=None,
+                       padding=padding, **values).validate(source=f"regime {regime}")
+
+
+def regimes_for(arch: str) -> List[str]:
+    """The default regimes of ``arch``: ``partial`` needs ResNet stages, ``last_layer_adam`` is seed 002's (VGG)."""
+    if arch.startswith("resnet"):
+        return ["finetune", "fixed_feature", "partial"]
+    return ["finetune", "fixed_feature", "last_layer_adam"]
+
+
+def without_dropout_torch(model):
+    """Every torch dropout layer at ``p = 0`` (identity in train mode too)."""
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+    return model
+
+
+def without_dropout_ms(net):
+    """Every MindSpore ``nn.Dropout`` at ``p = 0`` (its construct then returns the input; read when compiling)."""
+    from mindspore import nn
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Dropout):
+            cell.p = 0.0
+    return net
 
 
 def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:
@@ -89,7 +127,7 @@ def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: B
     from torch_reference.models import build_model, load_numpy_state
 
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    model = build_model(cfg.arch, num_classes, cfg.padding).to(torch_dtype)
+    model = without_dropout_torch(build_model(cfg.arch, num_classes, cfg.padding).to(torch_dtype))
     load_numpy_state(model, state)
     trainer = TorchBackend(cfg).adopt(model, cfg.arch, cfg.padding)
     stage = plan_stages(cfg)[0]
@@ -168,7 +206,7 @@ def mindspore_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batche
     before_build, after_enter = TRAIN_BUGS[inject] if inject else (None, None)
     if before_build:
         cfg = before_build(cfg)
-    net = build_model(cfg.arch, num_classes, cfg.padding)
+    net = without_dropout_ms(build_model(cfg.arch, num_classes, cfg.padding))
     load_state_into(net, state, strict=True)
     trainer = MindSporeBackend(cfg).adopt(net)
     stage = plan_stages(cfg)[0]

@@ -23,6 +23,8 @@ from ms_transfer.core.weights import (TUTORIAL_CKPT_URL, WEIGHTS, get_weights, r
 #: every ResNet weights enum torchvision has, and the versions it offers (checked against torchvision below)
 TV_RESNETS = {"resnet18": ("V1",), "resnet34": ("V1",), "resnet50": ("V1", "V2"), "resnet101": ("V1", "V2"),
               "resnet152": ("V1", "V2")}
+#: every VGG depth's ImageNet weights (VGG16's IMAGENET1K_FEATURES is left out: NaN classifier, 0-255 inputs)
+TV_VGGS = {f"vgg{d}{bn}": ("V1",) for d in (11, 13, 16, 19) for bn in ("", "_bn")}
 _unique = itertools.count()
 
 
@@ -40,6 +42,8 @@ def _loopback_only(monkeypatch):
 
 
 def _tv_enum(arch):
+    if arch.startswith("vgg"):
+        return getattr(torchvision.models, f"VGG{arch[len('vgg'):].upper()}_Weights")
     return getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights")
 
 
@@ -57,11 +61,13 @@ def test_tutorial_entry():
 
 
 def test_torchvision_entries_match_torchvision():
-    """URL, sha256 prefix, eval transform and accuracy of every torchvision ResNet entry, read from torchvision."""
-    for arch, versions in TV_RESNETS.items():
+    """URL, sha256 prefix, eval transform and accuracy of every torchvision ResNet and VGG entry, read from
+    torchvision."""
+    for arch, versions in {**TV_RESNETS, **TV_VGGS}.items():
         enum = _tv_enum(arch)
-        assert [m.name for m in enum] == [f"IMAGENET1K_{v}" for v in versions], arch  # no entry forgotten
-        for tv in enum:
+        listed = [m.name for m in enum if m.name != "IMAGENET1K_FEATURES"]
+        assert listed == [f"IMAGENET1K_{v}" for v in versions], arch  # no entry forgotten
+        for tv in (m for m in enum if m.name != "IMAGENET1K_FEATURES"):
             version = tv.name.rsplit("_", 1)[1]
             e = get_weights(f"{arch}_imagenet1k_{version.lower()}")
             assert get_weights(str(tv)) is e  # "ResNet50_Weights.IMAGENET1K_V2" is an alias
@@ -80,7 +86,7 @@ def test_torchvision_entries_match_torchvision():
             assert e.meta["acc@1"] == tv.meta["_metrics"]["ImageNet-1K"]["acc@1"]
             assert (e.naming, e.padding, e.classes) == ("torchvision", "torch", "imagenet1k")
             assert resolve_padding("auto", e)[0] == "torch"
-    assert len([e for e in WEIGHTS.values() if e.naming == "torchvision"]) == 8
+    assert len([e for e in WEIGHTS.values() if e.naming == "torchvision"]) == 8 + 8
 
 
 def test_aliases_are_case_insensitive():

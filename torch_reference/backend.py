@@ -1,4 +1,4 @@
-"""The torch backend of the training loop (:mod:`ms_transfer.core.loop`): real torchvision ResNets, freezing by
+"""The torch backend of the training loop (:mod:`ms_transfer.core.loop`): real torchvision ResNets and VGGs, freezing by
 the same patterns (matched on the MindSpore names of torchvision's parameters, through the one naming table),
 frozen BatchNorms in eval mode, SGD/Adam with LR-multiplier groups and the shared per-step LRs, the frozen-trunk
 fast path, torchvision transforms over the shared file scan, and ``.pth`` run checkpoints.
@@ -16,7 +16,7 @@ import torch
 from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError
 from ms_transfer.core.config import ConfigError, TrainConfig
-from ms_transfer.core.archs import task_of
+from ms_transfer.core.archs import head_module, task_of
 from ms_transfer.core.tasks import NO_FAST_PATH
 from ms_transfer.core.data import Preprocess, SplitScan
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
@@ -52,8 +52,6 @@ def _as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
-def _is_head(name: str) -> bool:
-    return name.startswith("fc.")
 
 
 class TorchBackend:
@@ -135,15 +133,23 @@ class TorchBackend:
             self.step_index = int(self._resume["step"])
         return freeze_report(entries, len(self.frozen_bns))
 
+    @property
+    def head(self) -> str:
+        """The head module's name: ``fc`` (ResNets, seed networks) or ``classifier`` (VGG)."""
+        return head_module(self.arch)
+
+    def _is_head(self, name: str) -> bool:
+        return name.startswith(self.head + ".")
+
     def frozen_trunk_reason(self) -> Optional[str]:
         if task_of(self.arch or "") != "classify":
             return NO_FAST_PATH
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        outside = [n for n in trainable if not _is_head(n)]
+        outside = [n for n in trainable if not self._is_head(n)]
         if outside:
-            return f"parameters outside fc are trainable ({', '.join(outside[:3])})"
+            return f"parameters outside {self.head} are trainable ({', '.join(outside[:3])})"
         if not trainable:
-            return "no fc parameter is trainable"
+            return f"no {self.head} parameter is trainable"
         frozen = {id(m) for m in self.frozen_bns}
         for name, m in self.model.named_modules():
             if isinstance(m, torch.nn.BatchNorm2d) and id(m) not in frozen:
@@ -161,13 +167,17 @@ class TorchBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr_mult"] * base
 
+    def _head_module(self) -> torch.nn.Module:
+        return getattr(self.model, self.head)
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled trunk features: torchvision's own forward with ``fc`` swapped for an identity."""
-        fc, self.model.fc = self.model.fc, torch.nn.Identity()
+        """The pooled trunk features: torchvision's own forward with the head swapped for an identity."""
+        head = self._head_module()
+        setattr(self.model, self.head, torch.nn.Identity())
         try:
             return self.model(x)
         finally:
-            self.model.fc = fc
+            setattr(self.model, self.head, head)
 
     def _loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, or for the digit adder the squared error of its one output against the sum."""
@@ -192,7 +202,7 @@ class TorchBackend:
         if self.frozen_trunk_reason() is None:
             with torch.no_grad():
                 features = self._features(x)
-            loss = self._step_on(lambda: self.model.fc(features), y)
+            loss = self._step_on(lambda: self._head_module()(features), y)
             return loss, features.cpu().numpy() if want_features else None
         return self._step_on(lambda: self.model(*_as_tuple(x)), y), None
 
@@ -202,8 +212,9 @@ class TorchBackend:
             return self._features(self._tensor(x)).cpu().numpy()
 
     def head_step(self, features: np.ndarray, labels: np.ndarray) -> float:
+        self.set_train()  # after head_logits' eval mode: a VGG head's Dropout trains
         f = self._tensor(features)
-        return self._step_on(lambda: self.model.fc(f), self._target(labels))
+        return self._step_on(lambda: self._head_module()(f), self._target(labels))
 
     # --- inference and data ------------------------------------------------------------------------------
     def _tensor(self, x):
@@ -223,8 +234,9 @@ class TorchBackend:
             return self.model(*_as_tuple(self._tensor(x))).float().cpu().numpy()
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
+        self.model.eval()  # a VGG head holds Dropout layers
         with torch.no_grad():
-            return self.model.fc(self._tensor(features)).float().cpu().numpy()
+            return self._head_module()(self._tensor(features)).float().cpu().numpy()
 
     def labels(self, y) -> np.ndarray:
         return (y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)).astype(np.int64)
@@ -235,7 +247,7 @@ class TorchBackend:
         return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
-        return [(k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items() if not _is_head(k)]
+        return [(k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items() if not self._is_head(k)]
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg

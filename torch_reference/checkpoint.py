@@ -17,6 +17,7 @@ import torch
 
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
 from ms_transfer.core import naming
+from ms_transfer.core.archs import head_module
 from ms_transfer.core.tasks import num_outputs
 from ms_transfer.core.convert import convert_weights, excluded_names, into_arch
 
@@ -69,7 +70,8 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
     this project's parameter names left at their init (as ``ms_transfer.checkpoint.load_pretrained``). Returns
     the report line.
     """
-    num_classes = getattr(model, "num_classes", None) or model.fc.out_features
+    num_classes = (getattr(model, "num_classes", None)
+                   or model.state_dict()[naming.head_names("torchvision", arch)[0]].shape[0])
     state, _, report = convert_weights(read_weights(path), "torchvision", num_classes=num_classes)
     adapted = ""
     if report.arch != arch:  # e.g. the recogniser's trunk into both branches of the adder (in this project's names)
@@ -82,7 +84,7 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
     excluded = [k for k in state if project.get(k, k) in excluded_project]
     head = set(naming.head_names("torchvision", arch))
     if adapted:  # another architecture's trunk: the whole head of this one starts at its init
-        head |= {k for k in model.state_dict() if k.startswith("fc.")}
+        head |= {k for k in model.state_dict() if k.startswith(head_module(arch) + ".")}
     expected = set(model.state_dict())
     missing = sorted(k for k in expected - set(state) if not (k in head or k.endswith("num_batches_tracked")))
     if missing:

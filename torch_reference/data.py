@@ -72,10 +72,13 @@ def train_transforms(size: Size) -> T.Compose:
 
 def val_transforms(size: Size) -> T.Compose:
     """Deterministic eval transform: shorter side to ``int(S*256/224)`` (Pillow, antialiased bilinear),
-    center crop ``S``, normalise -> float32 CxSxS tensor (``resize: exact``: Pillow resize to SxS)."""
+    center crop ``S``, normalise -> float32 CxSxS tensor (``resize: exact``: Pillow resize to SxS; ``center``:
+    ``CenterCrop(S)`` of the unresized image, seed 002's transform)."""
     pre = _pre(size)
     if pre.resize == "exact":
         return T.Compose([_ExactResize(pre.image_size)] + _normalize(pre))
+    if pre.resize == "center":
+        return T.Compose([T.CenterCrop(pre.image_size)] + _normalize(pre))
     return T.Compose([T.Resize(eval_resize_size(pre.image_size)), T.CenterCrop(pre.image_size)] + _normalize(pre))
 
 

@@ -1,4 +1,4 @@
-"""torchvision ResNets (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding;
+"""torchvision ResNets and VGGs (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding;
 the seeds' small networks from their shared spec; numpy state-dict exchange."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ms_transfer.core.archs import PairSpec, SeqSpec, pair_spec, seq_spec
+from ms_transfer.core.archs import PairSpec, SeqSpec, pair_spec, seq_spec, vgg_spec
 from ms_transfer.core.naming import ALL_ARCHS, ARCH_SPECS
 
 PADDINGS = ("torch", "same")
@@ -55,13 +55,20 @@ def use_same_padding(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_model(arch: str, num_classes: int = 1000, padding: str = "torch") -> torch.nn.Module:
-    """``torchvision.models.<arch>(weights=None, num_classes=num_classes)``; ``padding="same"``: see
-    :func:`use_same_padding`. The seeds' small networks (:class:`SeqNet`) come from their spec."""
+def build_model(arch: str, num_classes: int = 1000, padding: str = "torch", **kwargs) -> torch.nn.Module:
+    """``torchvision.models.<arch>(weights=None, num_classes=num_classes)`` (ResNets, VGGs); ``padding="same"``: see
+    :func:`use_same_padding`. The seeds' small networks (:class:`SeqNet`) come from their spec. ``kwargs`` go to a
+    VGG's torchvision builder (``dropout``)."""
     if seq_spec(arch) is not None or pair_spec(arch) is not None:
         if padding != "torch":
             raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
         return SeqNet(seq_spec(arch), num_classes) if seq_spec(arch) else PairNet(pair_spec(arch), num_classes)
+    if vgg_spec(arch) is not None:
+        if padding != "torch":
+            raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kwargs)
+    if kwargs:
+        raise ValueError(f"{arch} takes no {', '.join(kwargs)} argument")
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ALL_ARCHS)}")
     if padding not in PADDINGS:

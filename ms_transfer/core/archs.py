@@ -136,6 +136,82 @@ PAIR_SPECS: Dict[str, PairSpec] = {
 }
 
 
+#: torchvision's VGG configurations (``torchvision/models/vgg.py`` ``cfgs``): conv widths, ``M`` = 2x2 max-pool
+_VGG_CFGS: Dict[str, Tuple] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+
+@dataclass(frozen=True)
+class VggSpec:
+    """torchvision's VGG: ``features`` (3x3 convs at padding 1, [BatchNorm,] ReLU, 2x2 max-pools; children
+    numbered as ``nn.Sequential`` numbers them), ``avgpool`` (adaptive to ``pool`` x ``pool``), flatten, and the
+    head ``classifier`` = Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear (indices 0-6; 6 is the class layer).
+
+    Parameter names are torchvision's module paths in both frameworks (``features.N.*``, ``classifier.N.*``):
+    mindcv's VGG uses the same ones, so only the BatchNorm tensor names differ between the schemes."""
+
+    name: str
+    widths: Tuple                 # the torchvision cfg: conv widths and "M"
+    batch_norm: bool
+    dropout: float = 0.5          # drop probability of the classifier's two Dropout layers
+    hidden: int = 4096
+    pool: int = 7                 # AdaptiveAvgPool2d((7, 7))
+    in_channels: int = 3
+
+    def feature_layers(self) -> List[Tuple[int, str, Tuple]]:
+        """``(index, kind, args)`` of ``features``: conv (in, out), bn (channels,), relu (), maxpool ()."""
+        layers: List[Tuple[int, str, Tuple]] = []
+        channels = self.in_channels
+        for width in self.widths:
+            if width == "M":
+                layers.append((len(layers), "maxpool", ()))
+                continue
+            layers.append((len(layers), "conv", (channels, width)))
+            if self.batch_norm:
+                layers.append((len(layers), "bn", (width,)))
+            layers.append((len(layers), "relu", ()))
+            channels = width
+        return layers
+
+    def feature_dim(self) -> int:
+        """Width of the pooled, flattened features (the classifier's input): 512 * 7 * 7."""
+        return [w for w in self.widths if w != "M"][-1] * self.pool * self.pool
+
+    def head_layers(self, num_classes: int) -> List[Tuple[str, Tuple]]:
+        """``classifier``'s layers in order, as :meth:`SeqSpec.head_layers` describes them."""
+        h = self.hidden
+        return [("dense", (self.feature_dim(), h)), ("relu", ()), ("dropout", (self.dropout,)),
+                ("dense", (h, h)), ("relu", ()), ("dropout", (self.dropout,)), ("dense", (h, num_classes))]
+
+    def classifier_index(self, num_classes: int = 2) -> int:
+        """Index of the class layer inside ``classifier`` (6)."""
+        return len(self.head_layers(num_classes)) - 1
+
+
+VGG_SPECS: Dict[str, VggSpec] = {
+    f"{depth}{'_bn' if bn else ''}": VggSpec(f"{depth}{'_bn' if bn else ''}", cfg, bn)
+    for depth, cfg in _VGG_CFGS.items() for bn in (False, True)
+}
+#: the head module of each family (the module ``forward_head`` applies and the frozen-trunk fast path trains):
+#: ``fc`` for the ResNets and the seed networks, ``classifier`` for VGG (torchvision's and mindcv's name)
+_HEAD_MODULES = {**{arch: "classifier" for arch in VGG_SPECS}}
+
+
+def vgg_spec(arch: str) -> Optional[VggSpec]:
+    """The spec of a VGG, ``None`` for other architectures."""
+    return VGG_SPECS.get(arch)
+
+
+def head_module(arch: Optional[str]) -> str:
+    """Name of ``arch``'s head module: ``classifier`` for VGG, ``fc`` otherwise (also for unknown models)."""
+    return _HEAD_MODULES.get(arch or "", "fc")
+
+
 def seq_spec(arch: str) -> Optional[SeqSpec]:
     """The spec of a small network, ``None`` for other architectures (the ResNets)."""
     return SEQ_SPECS.get(arch)
@@ -147,7 +223,8 @@ def pair_spec(arch: str) -> Optional[PairSpec]:
 
 
 def input_spec(arch: str) -> Tuple[int, Optional[int]]:
-    """``(channels, fixed input size or None)`` of an architecture (ResNets: 3 channels, any size >= 32)."""
+    """``(channels, fixed input size or None)`` of an architecture (ResNets and VGGs: 3 channels, any size >=
+    32)."""
     spec = seq_spec(arch) or (pair_spec(arch).branch_spec if pair_spec(arch) else None)
     return (spec.in_channels, spec.input_size) if spec else (3, None)
 

@@ -43,7 +43,8 @@ def _f(default: Any, help: str, choices: Optional[Sequence[str]] = None, **kw):
 class TrainConfig:
     """Every setting of a training run (the YAML keys are these field names)."""
 
-    arch: str = _f("resnet50", "architecture: a ResNet depth, or a seeds' small network (fashion_cnn, digit_cnn: "
+    arch: str = _f("resnet50", "architecture: a ResNet or VGG (vgg11-19, *_bn) depth, or a seeds' small network "
+                               "(fashion_cnn, digit_cnn: "
                                "1x28x28 input; digit_adder, digit_adder4: two digits -> their sum)", ARCHS)
     dataset: str = _f("folder", "folder: the image folder DATA_DIR; a downloadable image folder (canidae, "
                                 "hymenoptera, hotdog: fetched into DATA_DIR with --download); or an array dataset, "
@@ -58,9 +59,12 @@ class TrainConfig:
     data_fraction: float = _f(1.0, "train on this share of the train split (stratified per class, drawn with "
                                    "`seed`): the data-fraction axis of python -m ms_transfer.study")
     normalize: str = _f("imagenet", "input normalisation: imagenet (ImageNet mean/std), half (mean = std = 0.5), "
-                                    "none (pixels / 255, as the MNIST seeds)", NORMALIZATIONS)
+                                    "none (pixels / 255, as the MNIST seeds); the default is every pretrained weights entry's "
+                                    "eval normalisation (all are ImageNet's)", NORMALIZATIONS)
     resize: str = _f("crop", "eval transform: crop (shorter side to S*256/224, center crop S, torchvision's "
-                             "ImageNet recipe) or exact (resize to SxS; nothing to do for 28x28 digits)", RESIZES)
+                             "ImageNet recipe, every weights entry's eval transform), exact (resize to SxS; nothing to do for "
+                             "28x28 digits) or center (center crop S of the unresized image, zero-padded when "
+                             "smaller: seed 002's CenterCrop(224))", RESIZES)
     pretrained: Optional[str] = _f(None, "weights to start from: a .ckpt, .pth or .safetensors file, or an entry of "
                                          "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
                                          "downloaded once and verified), or 'none'")
@@ -72,13 +76,15 @@ class TrainConfig:
                                             "head layers")
     pretrained_url: Optional[str] = _f(None, "download pretrained weights from this URL (cached in "
                                              "~/.cache/ms_transfer); bare flag = the tutorial's ResNet50")
-    strategy: str = _f("finetune", "finetune: train all; fixed_feature: only fc; partial: from partial_from up",
+    strategy: str = _f("finetune", "finetune: train all; fixed_feature: only the head (fc; VGG: classifier); "
+                                   "partial: from partial_from up",
                        ("finetune", "fixed_feature", "partial"))
     partial_from: str = _f("layer4", "first trainable stage for strategy=partial", ("layer1", "layer2", "layer3", "layer4"))
     freeze: List[str] = _f([], "extra glob patterns of parameter names to freeze (e.g. 'layer1.*')")
     unfreeze: List[str] = _f([], "glob patterns that stay trainable (win over freeze), e.g. 'fc.*'")
     lr_mult: Dict[str, float] = _f({}, "learning-rate multiplier per glob pattern, e.g. {'fc.*': 10}")
-    head_epochs: int = _f(0, "two-stage schedule: first train only fc for this many epochs (0 = off)")
+    head_epochs: int = _f(0, "two-stage schedule: first train only the head (fc; VGG: classifier) for this "
+                                "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
     epochs: int = _f(5, "number of epochs")
     batch_size: int = _f(18, "batch size")
@@ -142,10 +148,11 @@ class TrainConfig:
             raise ConfigError(f"{source}: {self.arch} takes {fixed_size}x{fixed_size} inputs (its dense "
                               f"head is sized for them); set image_size: {fixed_size}")
         if fixed_size is None and self.image_size < 32:
-            raise ConfigError(f"{source}: image_size must be >= 32 (ResNet downsamples by 32)")
-        if fixed_size is not None and self.strategy == "partial":
+            raise ConfigError(f"{source}: image_size must be >= 32 ({self.arch} downsamples by 32)")
+        if not self.arch.startswith("resnet") and self.strategy == "partial":
+            example = "features.0.*" if self.arch.startswith("vgg") else "features.conv1.*"
             raise ConfigError(f"{source}: strategy=partial names ResNet stages (layer1-4); {self.arch} has none: "
-                              "use finetune, fixed_feature or freeze patterns (e.g. 'features.conv1.*')")
+                              f"use finetune, fixed_feature or freeze patterns (e.g. '{example}')")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ConfigError(f"{source}: data_fraction must be in (0, 1], got {self.data_fraction}")
         if not 0.0 < self.val_fraction < 1.0:

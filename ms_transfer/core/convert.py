@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m ms_transfer.core.convert``."""
     p = argparse.ArgumentParser(
         prog="python -m ms_transfer.core.convert",
-        description="Convert ResNet checkpoints between torch (.pth/.pt), MindSpore (.ckpt) and .safetensors, "
+        description="Convert ResNet, VGG and seed-network checkpoints between torch (.pth/.pt), MindSpore (.ckpt) and .safetensors, "
                     "and between torchvision, ms_transfer (MindSpore tutorial) and mindcv parameter names.")
     p.add_argument("src", help="input weight file (.pth, .pt, .ckpt or .safetensors)")
     p.add_argument("dst", help="output weight file; its extension picks the format")
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     head = p.add_mutually_exclusive_group()
     head.add_argument("--num-classes", type=int, default=None,
                       help="target class count: the head is left out when the checkpoint's differs")
-    head.add_argument("--drop-head", action="store_true", help="leave the classifier (fc) out")
+    head.add_argument("--drop-head", action="store_true", help="leave the class layer (fc; VGG: classifier.6) out")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     return p
 

@@ -69,8 +69,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: normalisation presets (0-1 scale): ImageNet's, seed 002's mean = std = 0.5, none (pixels / 255, the MNIST seeds)
 NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3),
                   "none": ((0.0,) * 3, (1.0,) * 3)}
-#: eval transform: ``crop`` (shorter side to S*256/224, center crop S) or ``exact`` (resize to SxS)
-RESIZES = ("crop", "exact")
+#: eval transform: ``crop`` (shorter side to S*256/224, center crop S), ``exact`` (resize to SxS) or ``center``
+#: (center crop S of the unresized image, zero-padded when smaller: seed 002's ``CenterCrop(224)``)
+RESIZES = ("crop", "exact", "center")
 LAYOUT_HELP = (
     "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
     "(the same class folder names in both splits), or a parent folder containing exactly one "
@@ -292,6 +293,28 @@ class PilResize:
         im = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
         out = np.asarray(im.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
         return out[:, :, None] if out.ndim == 2 else out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+class CenterCrop:
+    """HWC uint8 array -> its central ``size`` x ``size`` window, exactly as ``torchvision.transforms.CenterCrop``
+    (the ``center`` eval transform): a side shorter than ``size`` is first zero-padded by ``(size - n) // 2``
+    before and the rest after; the offset is ``round((n - size) / 2)`` (Python's round-half-to-even)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image, dtype=np.uint8)
+        height, width = image.shape[:2]
+        pad_h, pad_w = max(self.size - height, 0), max(self.size - width, 0)
+        if pad_h or pad_w:
+            image = np.pad(image, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+            height, width = image.shape[:2]
+        top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
+        return np.ascontiguousarray(image[top:top + self.size, left:left + self.size])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size})"

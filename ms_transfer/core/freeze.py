@@ -13,21 +13,30 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterable, List, Mapping, Sequence, Tuple
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .archs import head_module
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def strategy_patterns(strategy: str, partial_from: str = "layer4") -> Tuple[List[str], List[str]]:
-    """(freeze, unfreeze) glob patterns of a strategy preset."""
+def head_patterns(arch: Optional[str] = None) -> List[str]:
+    """The pattern that selects ``arch``'s head module: ``fc.*`` (ResNets, seed networks), ``classifier.*`` (VGG)."""
+    return [f"{head_module(arch)}.*"]
+
+
+def strategy_patterns(strategy: str, partial_from: str = "layer4",
+                      arch: Optional[str] = None) -> Tuple[List[str], List[str]]:
+    """(freeze, unfreeze) glob patterns of a strategy preset for ``arch`` (``fixed_feature`` trains the head
+    module: ``fc`` of a ResNet, the whole ``classifier`` MLP of a VGG)."""
     if strategy == "finetune":
         return [], []
     if strategy == "fixed_feature":
-        return ["*"], ["fc.*"]
+        return ["*"], head_patterns(arch)
     if strategy == "partial":
         if partial_from not in STAGES:
             raise ValueError(f"partial_from must be one of {', '.join(STAGES)}, got {partial_from!r}")
-        return ["*"], [f"{s}.*" for s in STAGES[STAGES.index(partial_from):]] + ["fc.*"]
+        return ["*"], [f"{s}.*" for s in STAGES[STAGES.index(partial_from):]] + head_patterns(arch)
     raise ValueError(f"unknown strategy {strategy!r}; use finetune, fixed_feature or partial")
 
 

@@ -8,7 +8,7 @@ to ``metrics.jsonl``, write ``best``/``last`` checkpoints atomically; finally ``
 ``predictions.png``. ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
 (data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run.
 
-Frozen trunk (only ``fc`` trains: ``fixed_feature``, the head-only stage, or equivalent patterns): the trunk runs
+Frozen trunk (only the head trains -- ``fc``, a VGG's ``classifier`` -- : ``fixed_feature``, the head-only stage, or equivalent patterns): the trunk runs
 as pure inference and only the head takes a train step. With ``feature_cache: auto`` the trunk features are also
 cached (:class:`~.feature_cache.FeatureCache`): always for the val set, and for the train set when its transform
 is deterministic (``augment: none``) or ``cache_views`` > 0; cached epochs train the head on exactly the batches
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import recipe
 from .backend import Backend
 from .config import TrainConfig, save_config
-from .archs import task_of
+from .archs import head_module, task_of
 from .checkpoint_io import atomic_write
 from .data import Preprocess, SplitScan, batch_indices, scan_dataset, scan_split, subset_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
@@ -287,7 +287,7 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
                 print(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
                 if backend.frozen_trunk_reason() is None:
                     print("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
-                          "only fc trains")
+                          f"only the head ({head_module(cfg.arch)}) trains")
                 run.open_cache()
                 current = stage
             train_result = run.epoch(epoch)

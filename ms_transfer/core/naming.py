@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .archs import PAIR_SPECS, SEQ_SPECS, pair_spec, seq_spec
+from .archs import PAIR_SPECS, SEQ_SPECS, VGG_SPECS, head_module, pair_spec, seq_spec, vgg_spec
 
 #: arch -> (block kind, blocks per stage): the one description of every ResNet depth, as plain data. The
 #: MindSpore models, the torch side, the converter and the checkpoint arch detection all read it.
@@ -22,9 +22,11 @@ ARCH_SPECS: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = {
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
-#: every architecture the project builds: the ResNets above and the seeds' small networks
-#: (:data:`ms_transfer.core.archs.SEQ_SPECS`, whose tensor names follow from their layer lists)
-ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
+#: every architecture the project builds: the ResNets above, the VGGs and the seeds' small networks
+#: (:mod:`ms_transfer.core.archs`, whose tensor names follow from their layer lists)
+ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(VGG_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
+#: the architectures recognised by their exact set of tensor names (plain module paths)
+_PLAIN_ARCHS: Tuple[str, ...] = tuple(VGG_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
 
 SCHEMES = ("torchvision", "ms_transfer", "mindcv")
 #: Scheme aliases accepted on the command line.
@@ -80,27 +82,43 @@ def _trunk_keys(spec, prefix: str) -> List[Key]:
     return keys
 
 
+def _plain(path: str) -> Tuple:
+    return (("plain", path),)
+
+
+def _vgg_keys(arch: str) -> List[Key]:
+    keys: List[Key] = []
+    for index, kind, _ in vgg_spec(arch).feature_layers():
+        if kind == "conv":
+            keys += [(_plain(f"features.{index}"), "weight"), (_plain(f"features.{index}"), "bias")]
+        elif kind == "bn":
+            keys += [(_plain(f"features.{index}"), k) for k in _BN_KINDS]
+    return keys
+
+
 def _seq_keys(arch: str, include_head: bool) -> List[Key]:
-    """Structural keys of a small network: module paths are literal (``("plain", "features.conv1")``), only the
-    BatchNorm tensor names differ between schemes. The adder has a trunk per branch."""
-    spec = seq_spec(arch)
-    if spec is None:
+    """Structural keys of a network with plain module paths (``("plain", "features.conv1")``): only the BatchNorm
+    tensor names differ between schemes. The adder has a trunk per branch; VGG's head is ``classifier``."""
+    spec = seq_spec(arch) or vgg_spec(arch)
+    if vgg_spec(arch) is not None:
+        keys, layers = _vgg_keys(arch), spec.head_layers(2)
+    elif spec is None:
         spec = pair_spec(arch)
         keys = [k for branch in spec.branches for k in _trunk_keys(spec.branch_spec, branch)]
         layers = spec.head_layers(1)
     else:
         keys, layers = _trunk_keys(spec, "features"), spec.head_layers(2)
-    last = spec.classifier_index()
+    last, head = spec.classifier_index(), head_module(arch)
     for i, (kind, _) in enumerate(layers):
         if kind == "dense" and (include_head or i != last):
-            keys += [((("plain", f"fc.{i}"),), "weight"), ((("plain", f"fc.{i}"),), "bias")]
+            keys += [(_plain(f"{head}.{i}"), "weight"), (_plain(f"{head}.{i}"), "bias")]
     return keys
 
 
 def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
     """Every parameter / buffer of ``arch`` as structural keys, in model order (``include_head=False``: without
     the classifier layer)."""
-    if seq_spec(arch) is not None or pair_spec(arch) is not None:
+    if arch in _PLAIN_ARCHS:
         return _seq_keys(arch, include_head)
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
@@ -152,10 +170,11 @@ def name_table(arch: str, scheme: str, include_head: bool = True) -> Dict[str, K
 
 def head_names(scheme: str, arch: Optional[str] = None) -> Tuple[str, str]:
     """Names of the classifier weight and bias in ``scheme`` (the layer whose rows are the classes: ``fc`` of a
-    ResNet, the last Dense of a small network's ``fc``)."""
-    spec = (seq_spec(arch) or pair_spec(arch)) if arch else None
+    ResNet, the last Dense of a small network's ``fc``, ``classifier.6`` of a VGG)."""
+    spec = (seq_spec(arch) or pair_spec(arch) or vgg_spec(arch)) if arch else None
     if spec is not None:
-        return f"fc.{spec.classifier_index()}.weight", f"fc.{spec.classifier_index()}.bias"
+        layer = f"{head_module(arch)}.{spec.classifier_index()}"
+        return f"{layer}.weight", f"{layer}.bias"
     head = MODULE_NAMES["head"][scheme]
     return f"{head}.weight", f"{head}.bias"
 
@@ -170,14 +189,15 @@ _BLOCK_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
 def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
-    """Detect the ResNet depth from parameter names and shapes (any supported naming scheme).
+    """Detect the architecture from parameter names and shapes (any supported naming scheme).
 
-    Bottleneck vs basic block is read from the presence of ``conv3`` and the width of the stage-4
-    output; the depth from the number of blocks in each stage. A small network is recognised by its exact set
-    of tensor names (with or without its classifier layer).
+    ResNets: bottleneck vs basic block is read from the presence of ``conv3`` and the width of the stage-4
+    output; the depth from the number of blocks in each stage. A VGG or a small network is recognised by its
+    exact set of tensor names (with or without its classifier layer), which differs between the VGG depths and
+    between the plain and ``_bn`` variants.
     """
-    found = set(shapes)
-    for arch in (*SEQ_SPECS, *PAIR_SPECS):
+    found = {name for name in shapes if not name.endswith("." + NUM_BATCHES_TRACKED)}   # torch-only buffers
+    for arch in _PLAIN_ARCHS:
         for scheme in SCHEMES:
             if found in (set(name_table(arch, scheme)), set(name_table(arch, scheme, include_head=False))):
                 return arch
@@ -195,7 +215,8 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
     known = ", ".join(f"{a}={list(l)}" for a, (_, l) in ARCH_SPECS.items())
     raise ValueError(f"cannot detect the ResNet depth: found {list(counts)} blocks per stage "
                      f"({'bottleneck' if bottleneck else 'basic'} blocks); known: {known}. "
-                     "Is this a ResNet checkpoint? Pass --arch explicitly if it is.")
+                     f"Is this a ResNet checkpoint? Pass --arch explicitly if it is (VGGs and the seed networks are "
+                     f"recognised by their exact tensor names: {', '.join(_PLAIN_ARCHS)}).")
 
 
 def detect_scheme(names: Iterable[str], arch: str) -> str:

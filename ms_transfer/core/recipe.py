@@ -22,7 +22,7 @@ from .arrays import SOURCES, ArrayDataError, download_idx, prepare_source
 from .data import DatasetError, resolve_data_root
 from .demo_data import make_demo_dataset
 from .download import FOLDER_DATASETS, DownloadError, download_dataset, download_file
-from .freeze import strategy_patterns
+from .freeze import head_patterns, strategy_patterns
 from .runlock import RunDirInUse
 from .weights import WeightsEntry, entry_for_url, resolve_pretrained, url_cache_path
 
@@ -51,12 +51,12 @@ class Stage:
 
 def plan_stages(cfg: TrainConfig) -> List[Stage]:
     """Head-only stage (``head_epochs``) then the configured freezing, or a single stage."""
-    freeze, unfreeze = strategy_patterns(cfg.strategy, cfg.partial_from)
+    freeze, unfreeze = strategy_patterns(cfg.strategy, cfg.partial_from, cfg.arch)
     main = Stage(cfg.strategy, cfg.head_epochs + 1, cfg.epochs, freeze + cfg.freeze, unfreeze + cfg.unfreeze,
                  cfg.stage2_lr_scale if cfg.head_epochs else 1.0)
     if not cfg.head_epochs:
         return [main]
-    return [Stage("head", 1, cfg.head_epochs, ["*"], ["fc.*"], 1.0), main]
+    return [Stage("head", 1, cfg.head_epochs, ["*"], head_patterns(cfg.arch), 1.0), main]
 
 
 def stage_of(stages: Sequence[Stage], epoch: int) -> Stage:

@@ -101,9 +101,22 @@ def _register_torchvision() -> None:
         ("resnet152", "V1", "https://download.pytorch.org/models/resnet152-394f9c45.pth", 256, 78.312),
         ("resnet152", "V2", "https://download.pytorch.org/models/resnet152-f82ba261.pth", 232, 82.284),
     ]
+    # torchvision/models/vgg.py (0.29): IMAGENET1K_V1 of every depth (eval transform: resize 256, crop 224, ImageNet
+    # mean/std). VGG16_Weights.IMAGENET1K_FEATURES is left out: its classifier is NaN and its inputs are 0-255.
+    table += [
+        ("vgg11", "V1", "https://download.pytorch.org/models/vgg11-8a719046.pth", 256, 69.020),
+        ("vgg11_bn", "V1", "https://download.pytorch.org/models/vgg11_bn-6002323d.pth", 256, 70.370),
+        ("vgg13", "V1", "https://download.pytorch.org/models/vgg13-19584684.pth", 256, 69.928),
+        ("vgg13_bn", "V1", "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth", 256, 71.586),
+        ("vgg16", "V1", "https://download.pytorch.org/models/vgg16-397923af.pth", 256, 71.592),
+        ("vgg16_bn", "V1", "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", 256, 73.360),
+        ("vgg19", "V1", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", 256, 72.376),
+        ("vgg19_bn", "V1", "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth", 256, 74.218),
+    ]
     for arch, version, url, resize, acc in table:
         prefix = Path(url).stem.rsplit("-", 1)[1]  # torchvision's file names end in the sha256's first 8 digits
-        enum = f"ResNet{arch[len('resnet'):]}_Weights.IMAGENET1K_{version}"
+        family = "ResNet" if arch.startswith("resnet") else "VGG"
+        enum = f"{family}{arch[len(family):].upper()}_Weights.IMAGENET1K_{version}"
         register_weights(WeightsEntry(
             name=f"{arch}_imagenet1k_{version.lower()}", arch=arch, url=url, sha256=prefix, naming="torchvision",
             padding="torch", num_classes=1000, classes="imagenet1k", resize_size=resize,

@@ -19,9 +19,10 @@ from ..core.weights import resolve_padding, resolve_pretrained
 from .registry import model_builder
 
 
-def build_model(name: str, num_classes: int = 1000, padding: str = "torch") -> nn.Cell:
-    """A freshly initialised registered model (``padding``: ``torch`` or ``same``, see ``models.resnet``)."""
-    return model_builder(name)(num_classes=num_classes, padding=padding)
+def build_model(name: str, num_classes: int = 1000, padding: str = "torch", **kwargs) -> nn.Cell:
+    """A freshly initialised registered model (``padding``: ``torch`` or ``same``, see ``models.resnet``; ``kwargs``
+    go to the builder, e.g. a VGG's ``dropout``)."""
+    return model_builder(name)(num_classes=num_classes, padding=padding, **kwargs)
 
 
 def create_model(name: str, num_classes: int = 1000, pretrained: Optional[str] = None, padding: str = "auto",

@@ -1,0 +1,292 @@
+"""The VGG family (seed 002's cats vs dogs): torchvision's VGG in MindSpore, the naming table, conversion, parity
+(with the dropout check and the VGG-specific injected bugs), seed 002's regime and config in both frameworks.
+
+Every VGG has a 25088 x 4096 classifier layer (133-144M parameters, 0.5 GB in float32) whatever the input size,
+so the parity engine's float32 floor samples make a full comparison cost ~3.5 min per depth and mode: CI runs
+VGG11-BN's eval-mode comparison once against four ports (correct + three bugs); every depth in both modes and
+VGG16 at 224 px are ``slow`` (``make test-slow``; results recorded in the README).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from ms_transfer.core import naming
+from ms_transfer.core.archs import VGG_SPECS, head_module
+from ms_transfer.core.checkpoint_io import read_weights
+from ms_transfer.core.config import ConfigError, TrainConfig
+from ms_transfer.core.convert import main as convert_main
+from ms_transfer.core.data import CenterCrop
+from ms_transfer.core.freeze import strategy_patterns
+from ms_transfer.core.recipe import plan_stages
+from ms_transfer.models import build_model, list_models
+from torch_reference.models import build_model as build_torch
+
+VGGS = list(VGG_SPECS)
+
+
+def _meta_torch(arch, **kwargs):
+    """torchvision's model without allocating or initialising its 0.5 GB of weights (names and shapes only)."""
+    with torch.device("meta"):
+        return build_torch(arch, 10, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ms_vgg11_bn():
+    return build_model("vgg11_bn", 10)
+
+
+# --- names, detection, presets --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", VGGS)
+def test_naming_table_is_torchvisions_and_detects_every_depth(arch):
+    shapes = {k: tuple(v.shape) for k, v in _meta_torch(arch).state_dict().items()}
+    names = [k for k in shapes if not k.endswith("num_batches_tracked")]
+    assert names == list(naming.name_table(arch, "torchvision"))
+    assert naming.detect_arch(shapes) == arch
+    without_head = {k: v for k, v in shapes.items() if not k.startswith("classifier.6.")}
+    assert naming.detect_arch(without_head) == arch
+    ms_names = naming.name_table(arch, "ms_transfer")
+    assert naming.detect_arch({k: () for k in ms_names}) == arch
+    assert naming.head_names("ms_transfer", arch) == ("classifier.6.weight", "classifier.6.bias")
+    # mindcv's VGG convention: torchvision's module paths with MindSpore's BatchNorm tensor names
+    assert set(ms_names) == set(naming.name_table(arch, "mindcv"))
+    if arch.endswith("_bn"):
+        assert "features.1.gamma" in ms_names and "features.1.moving_variance" in ms_names
+
+
+def test_ms_model_has_torchvisions_structure_init_and_api(ms_vgg11_bn):
+    net = ms_vgg11_bn
+    assert {"vgg11", "vgg11_bn", "vgg16", "vgg19_bn"} <= set(list_models())
+    assert net.head_module == head_module("vgg11_bn") == "classifier"
+    assert sorted(p.name for p in net.get_parameters()) == sorted(naming.name_table("vgg11_bn", "ms_transfer"))
+    p = {q.name: q.asnumpy() for q in net.get_parameters()}
+    # torchvision's init: Kaiming normal (fan_out, ReLU gain) convs, zero biases, N(0, 0.01) linears. The sample
+    # std of n normal draws has relative sd 1/sqrt(2n): 1.7% for the first conv's 1728 weights, so 10% is ~6 sd.
+    for name, fan_out in (("features.0.weight", 64 * 9), ("features.4.weight", 128 * 9)):
+        assert abs(p[name].std() / np.sqrt(2.0 / fan_out) - 1) < 0.10, name
+    assert abs(p["classifier.0.weight"].std() / 0.01 - 1) < 0.01   # 102.8M draws
+    assert not any(p[k].any() for k in p if k.endswith(".bias") or k.endswith(".beta"))
+    assert all((p[k] == 1).all() for k in p if k.endswith(".gamma"))
+    import mindspore as ms
+    for size in (32, 64):
+        x = ms.Tensor(np.zeros((2, 3, size, size), np.float32))
+        assert net.forward_features(x).shape == (2, 25088)
+    with pytest.raises(ValueError, match="only torch-style"):
+        build_model("vgg11", 10, padding="same")
+
+
+def test_reset_classifier_replaces_only_the_class_layer():
+    net = build_model("vgg11", 10)
+    hidden = net.classifier[3].weight.asnumpy().copy()
+    net.reset_classifier(3)
+    names = [q.name for q in net.get_parameters()]
+    assert names[-2:] == ["classifier.6.weight", "classifier.6.bias"] and len(names) == len(set(names))
+    assert net.classifier[6].weight.shape == (3, 4096) and net.num_classes == 3
+    assert np.array_equal(net.classifier[3].weight.asnumpy(), hidden)
+
+
+def test_freezing_presets_and_config_for_vgg():
+    assert strategy_patterns("fixed_feature", arch="vgg16") == (["*"], ["classifier.*"])
+    assert strategy_patterns("fixed_feature") == (["*"], ["fc.*"])
+    head, main = plan_stages(TrainConfig(arch="vgg16", head_epochs=1, epochs=2).validate())
+    assert head.unfreeze == ["classifier.*"] and main.name == "finetune"
+    with pytest.raises(ConfigError, match="features.0"):
+        TrainConfig(arch="vgg16", strategy="partial").validate()
+    with pytest.raises(ConfigError, match="vgg16 downsamples by 32"):
+        TrainConfig(arch="vgg16", image_size=16).validate()
+
+
+# --- the pooling and the transform -----------------------------------------------------------------------------
+
+def test_adaptive_pool_follows_torchs_bin_rule_at_any_size():
+    """MindSpore's AdaptiveAvgPool2d((7, 7)) against torch's at sizes below, at and above 7 (bins overlap wherever
+    7 does not divide n); the injected floor-ended rule differs exactly where bins overlap."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from parity.bugs import _FloorBinPool
+    rng = np.random.RandomState(0)
+    for n in (1, 2, 3, 5, 7, 9, 14, 15):
+        x = rng.standard_normal((2, 4, n, n + 1)).astype(np.float32)
+        ref = torch.nn.AdaptiveAvgPool2d((7, 7))(torch.from_numpy(x).double()).numpy()
+        got = nn.AdaptiveAvgPool2d((7, 7))(ms.Tensor(x)).asnumpy()
+        # a mean of <= 9 float32 values: a few ulps of the inputs' magnitude (|x| < 5)
+        assert np.abs(got - ref).max() < 1e-6 * 8, n
+        square = np.ascontiguousarray(x[..., :n])
+        wrong = _FloorBinPool(7)(ms.Tensor(square)).asnumpy()
+        ref = torch.nn.AdaptiveAvgPool2d((7, 7))(torch.from_numpy(square).double()).numpy()
+        assert (np.abs(wrong - ref).max() > 1e-3) == (n not in (1, 7, 14)), n
+
+
+@pytest.mark.parametrize("size", [(300, 200), (225, 224), (100, 250), (150, 150), (223, 301)])
+def test_center_crop_is_torchvisions(size):
+    """``resize: center`` (seed 002's CenterCrop(224)): the MindSpore pipeline's numpy crop equals torchvision's
+    CenterCrop, including its zero padding of images smaller than the crop and its rounding of odd offsets."""
+    from PIL import Image
+    rng = np.random.RandomState(sum(size))
+    image = rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    expected = np.asarray(torchvision.transforms.CenterCrop(224)(Image.fromarray(image)))
+    assert np.array_equal(CenterCrop(224)(image), expected)
+
+
+# --- conversion --------------------------------------------------------------------------------------------
+
+def _round_trip(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_torch(arch, 1000)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    expected = model.state_dict()
+    torch.save(expected, tmp_path / "a.pth")
+    del model
+    assert convert_main([str(tmp_path / "a.pth"), str(tmp_path / "b.ckpt")]) == 0
+    assert set(read_weights(tmp_path / "b.ckpt").state) == set(naming.name_table(arch, "ms_transfer"))
+    assert convert_main([str(tmp_path / "b.ckpt"), str(tmp_path / "c.safetensors"), "--naming", "mindcv"]) == 0
+    assert convert_main([str(tmp_path / "c.safetensors"), str(tmp_path / "d.pth")]) == 0
+    got = torch.load(tmp_path / "d.pth", weights_only=True)
+    assert list(got) == list(expected)
+    assert all(got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in expected.items())
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    _round_trip(tmp_path, "vgg11_bn")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", VGGS)
+def test_round_trip_is_bit_exact_every_depth(tmp_path, arch):
+    _round_trip(tmp_path, arch)
+
+
+# --- parity ------------------------------------------------------------------------------------------------
+
+def test_parity_catches_the_vgg_bugs(ms_vgg11_bn):
+    """One eval-mode comparison of VGG11-BN at 64 px (2x2 maps before the 7x7 pool: overlapping bins), its
+    reference and floor computed once, against four ports: the correct one passes; a floor-ended pooling bin
+    rule, VGG's square hidden classifier layer loaded transposed, and the class layer's weight read in the wrong
+    memory order each fail."""
+    from ms_transfer.context import set_context
+    from parity.api import prepare, run_port
+    from parity.bugs import inject
+    from parity.compare import compare_to_floor
+    from parity.ms_side import MindSporeSide
+    from parity.setup import make_problem
+
+    set_context("graph", "CPU")
+    problem = make_problem("vgg11_bn", 10, 2, 64, 0)
+    model = build_torch("vgg11_bn", 10)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in problem.torch_state.items()})
+    c = prepare(model, ms_vgg11_bn, problem.x, problem.y, ms_state=problem.ms_state)
+    ref, floors, _ = c.reference_floors("eval_logits")
+    floor = floors["eval outputs"]
+    ratios = {}
+    for bug in (None, "pool_bins", "classifier_transposed", "fc_transposed"):
+        net, state = build_model("vgg11_bn", 10) if bug else ms_vgg11_bn, dict(problem.ms_state)
+        if bug:
+            inject(bug, net, state)
+        side = MindSporeSide(net, state, c.match.ms_to_torch, 1, c.loss)
+        got, error = run_port(c.runners["eval_logits"], side, c.xs)
+        assert not error, error
+        result = compare_to_floor("eval outputs", got["eval outputs"], ref["eval outputs"], floor)
+        ratios[bug] = (result.passed, result.ratio)
+    assert ratios[None][0], ratios
+    assert not any(ratios[b][0] for b in ratios if b), ratios
+    assert min(ratios[b][1] for b in ratios if b) > 100, ratios   # far outside the bound K = 4
+
+
+def test_dropout_check_catches_keep_probability_for_drop_probability():
+    """The train-mode checks run with dropout off; the dropout row runs each port layer alone. VGG11 built with
+    dropout 0.2 (torchvision's argument): correct at 0.2, and ``nn.Dropout(0.2)`` positional (MindSpore's
+    ``keep_prob``: drops 80%) fails by hundreds of standard deviations. At 0.5 the two readings coincide."""
+    from mindspore import nn
+
+    from parity.bugs import dropout_keep_prob
+    from parity.dropout import SIGMAS, compare_dropout, ms_dropout_stats, torch_dropout_ps
+
+    torch_ps = torch_dropout_ps(_meta_torch("vgg11", dropout=0.2))
+    assert torch_ps == [("classifier.2", pytest.approx(0.2)), ("classifier.5", pytest.approx(0.2))]
+    net = build_model("vgg11", 10, dropout=0.2)
+    ok = compare_dropout(torch_ps, ms_dropout_stats(net))
+    assert ok.passed, ok
+    dropout_keep_prob(net, {})
+    bad = compare_dropout(torch_ps, ms_dropout_stats(net))
+    assert not bad.passed and bad.ratio > 100 * SIGMAS and "port drops 0.8" in bad.worst, bad
+    half = nn.SequentialCell([nn.Dropout(p=0.5)])
+    dropout_keep_prob(half, {})
+    assert compare_dropout([("0", 0.5)], ms_dropout_stats(half)).passed
+    assert not compare_dropout([("0", 0.5), ("1", 0.5)], ms_dropout_stats(half)).passed  # layer counts differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", VGGS)
+def test_parity_every_depth_in_both_modes(arch, ms_mode):
+    from parity import ParityConfig, run_parity
+    report = run_parity(ParityConfig(arch=arch, mode=ms_mode, image_size=64, num_classes=10))
+    assert report.passed, report.results
+    assert [r.check for r in report.results][-1] == "dropout (train mode)"
+
+
+@pytest.mark.slow
+def test_parity_vgg16_at_224_px():
+    from parity import ParityConfig, run_parity
+    report = run_parity(ParityConfig(arch="vgg16", mode="graph", image_size=224, num_classes=1000))
+    assert report.passed, report.results
+
+
+def test_training_step_parity_in_seed_002s_regime():
+    """``--train-steps`` for the seed's regime: everything frozen but classifier.6, Adam. Both real trainers,
+    2 steps of VGG11 at 32 px against the float64 reference and its floor."""
+    from parity import ParityConfig, run_parity
+    report = run_parity(ParityConfig(arch="vgg11", mode="graph", batch=4, image_size=32, num_classes=10,
+                                     train_steps=2, regimes=("last_layer_adam",)))
+    assert report.passed, report.results
+    assert [r.check for r in report.results] == ["last_layer_adam: loss, 2 steps", "last_layer_adam: param updates",
+                                                 "last_layer_adam: BN stat updates"]
+
+
+# --- seed 002's config, both frameworks ------------------------------------------------------------------------
+
+def test_cats_dogs_config_trains_only_the_class_layer_in_both_frameworks(tmp_path, demo_images):
+    """configs/cats_dogs_vgg16.yaml (VGG16, classifier.6 only, Adam, center crop, mean = std = 0.5) on a generated
+    two-class folder at 32 px, from the same pretrained file in both frameworks: every tensor but classifier.6 is
+    still the pretrained one, and each run's checkpoint evaluates to the same accuracy in the other framework."""
+    from ms_transfer.core.config import resolve_config
+    from ms_transfer.evaluate import evaluate_checkpoint
+    from ms_transfer.train import train
+    from torch_reference.evaluate import evaluate_checkpoint as torch_evaluate
+    from torch_reference.train import train as torch_train
+
+    torch.manual_seed(0)
+    pretrained = tmp_path / "vgg16.pth"
+    torch.save(build_torch("vgg16", 1000).state_dict(), pretrained)
+    data = demo_images(6, 3)
+    runs = {}
+    for framework, run in (("mindspore", train), ("torch", torch_train)):
+        out = tmp_path / framework
+        cfg = resolve_config(["--config", "cats_dogs_vgg16", "--data-dir", str(data), "--image-size", "32",
+                              "--pretrained", str(pretrained), "--output-dir", str(out), "--num-workers", "1"])
+        assert (cfg.normalize, cfg.resize, cfg.augment, cfg.optimizer) == ("half", "center", "none", "adam")
+        summary = run(cfg)
+        runs[framework] = (out, summary)
+    from ms_transfer.core.convert import convert_weights
+    before = {k: v.numpy() for k, v in torch.load(pretrained, weights_only=True).items()}
+    for framework, (out, _) in runs.items():
+        ckpt = out / ("best.ckpt" if framework == "mindspore" else "best.pth")
+        state, _, _ = convert_weights(read_weights(ckpt), "torchvision")
+        trunk = [k for k in before if not k.startswith("classifier.6.")]   # the class layer: 1000 -> 2 classes
+        assert [k for k in trunk if not np.array_equal(before[k], state[k])] == [], framework
+        assert state["classifier.6.weight"].shape == (2, 4096)
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
+    for framework, (out, _) in runs.items():
+        ckpt = out / ("best.ckpt" if framework == "mindspore" else "best.pth")
+        mine = (evaluate_checkpoint if framework == "mindspore" else torch_evaluate)(str(ckpt), str(data))
+        other = (torch_evaluate if framework == "mindspore" else evaluate_checkpoint)(str(ckpt), str(data))
+        assert mine["accuracy"] == other["accuracy"], framework
+        # eval-mode logits agree to ~1e-6 relative (parity above), so the mean loss does to ~1e-5
+        assert abs(mine["loss"] - other["loss"]) < 1e-4, framework
