@@ -75,8 +75,8 @@ def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int
     """The one config both trainers get for ``regime``."""
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
-    values = dict(optimizer="momentum", lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY,
-                  schedule="cosine", **REGIMES[regime])
+    values = {**dict(optimizer="momentum", lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY,
+                     schedule="cosine"), **REGIMES[regime]}
     if regime == "last_layer_adam":
         values["unfreeze"] = [head_names("ms_transfer", arch)[0].rsplit(".", 1)[0] + ".*"]
     return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, seed=seed, pretrained=None,
@@ -184,12 +184,26 @@ def _frozen_bn_updates(trainer) -> None:
             cell.use_batch_statistics = None
 
 
+def _adam_tf_epsilon(trainer) -> None:
+    """MindSpore's own ``nn.Adam`` in place of torch's rule: eps added to the uncorrected ``sqrt(v)`` (TensorFlow's
+    form; see ms_transfer.optim). Seen in the ``last_layer_adam`` regime."""
+    from mindspore import nn
+
+    from ms_transfer.optim import lr_groups
+    base = trainer.lrs
+    groups = [{"params": ps, "lr": [mult * v for v in base], "weight_decay": trainer.cfg.weight_decay}
+              for mult, ps in lr_groups(trainer.net.trainable_params(), trainer.cfg.lr_mult)]
+    trainer.optimizer = nn.Adam(groups, learning_rate=base)
+    trainer.compile_step()
+
+
 #: name -> (config mutation before the trainer is built, trainer mutation after the stage is entered)
 TRAIN_BUGS: Mapping[str, Tuple[Optional[Callable], Optional[Callable]]] = {
     "momentum_convention": (_momentum_convention, None),
     "bn_weight_decay_skipped": (None, _bn_weight_decay_skipped),
     "frozen_bn_updates": (None, _frozen_bn_updates),
     "head_lr_ignored": (_head_lr_ignored, None),
+    "adam_tf_epsilon": (None, _adam_tf_epsilon),
 }
 
 
