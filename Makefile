@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test test-slow demo demo-synthetic demo-torch study-digit-adder study-fashion train parity parity-tutorial parity-train parity-gpu parity-reference parity-check-reference bench bench-quick clean
+.PHONY: venv test test-slow demo demo-synthetic demo-torch study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,20 @@ parity-tutorial: venv
 ## parity-train: 3 training steps of both frameworks' trainers in the three freezing regimes
 parity-train: venv
 	$(PY) -m parity --arch resnet18 --image-size 64 --num-classes 10 --train-steps 3 --mode both
+
+## parity-vgg: every VGG depth at 64 px in both modes, then VGG16 at 224 px (~1 h; recorded in the README)
+parity-vgg: venv
+	for a in vgg11 vgg11_bn vgg13 vgg13_bn vgg16 vgg16_bn vgg19 vgg19_bn; do \
+	  $(PY) -m parity --arch $$a --image-size 64 --num-classes 10 --mode both || exit 1; done
+	$(PY) -m parity --arch vgg16 --mode graph
+
+## parity-train-vgg: 3 training steps of both trainers in VGG11's regimes, incl. seed 002's (classifier.6, Adam)
+parity-train-vgg: venv
+	$(PY) -m parity --arch vgg11 --image-size 32 --num-classes 10 --train-steps 3 --mode both
+
+## bench-vgg: VGG16 at 224 px, seed 002's batch 4 (see BENCHMARKS.md)
+bench-vgg: venv
+	$(PY) -m ms_transfer.bench --arch vgg16 --batch 4 --steps 4 --engines torch ms_graph ms_pynative --no-extras --json runs/bench-vgg16.json
 
 ## parity-reference: re-create the committed reference bundle (ResNet18, 64 px; needs torch and MindSpore)
 REFERENCE := refs/resnet18-64
