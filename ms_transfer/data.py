@@ -61,8 +61,8 @@ def val_transforms(size: Size, resize_backend: str = "mindspore") -> list:
     if pre.resize == "center":
         return [CenterCrop(pre.image_size)] + _normalize_ops(pre)
     if check_resize_backend(resize_backend) == "pil":
-        return [PilResizeCenterCrop(eval_resize_size(pre.image_size), pre.image_size)] + _normalize_ops(pre)
-    return [vision.Resize(eval_resize_size(pre.image_size)), vision.CenterCrop(pre.image_size)] + _normalize_ops(pre)
+        return [PilResizeCenterCrop(pre.eval_resize_size, pre.image_size)] + _normalize_ops(pre)
+    return [vision.Resize(pre.eval_resize_size), vision.CenterCrop(pre.image_size)] + _normalize_ops(pre)
 
 
 def build_dataset(samples: Sequence[Tuple[str, int]], image_size: Size, batch_size: int, *, train: bool,

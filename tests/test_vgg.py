@@ -132,6 +132,27 @@ def test_center_crop_is_torchvisions(size):
     assert np.array_equal(CenterCrop(224)(image), expected)
 
 
+def test_transform_defaults_to_the_weights_entrys_eval_transform():
+    """``normalize`` / ``resize`` default to ``auto``: the pretrained entry's eval transform (ResNet V2: resize 232;
+    VGG: 256, ImageNet mean/std), else torchvision's ImageNet recipe; explicit keys win; seed 002's config sets its
+    own (center crop, mean = std = 0.5)."""
+    from ms_transfer.core.config import resolve_config
+    from ms_transfer.core.data import Preprocess
+    from torch_reference.data import val_transforms
+
+    def pre(**kw):
+        return Preprocess.from_config(TrainConfig(**kw).validate())
+    assert (pre(pretrained="resnet50_imagenet1k_v2").eval_resize_size, pre().eval_resize_size) == (232, 256)
+    assert pre(pretrained="ResNet50_Weights.IMAGENET1K_V2", image_size=112).eval_resize_size == 116
+    v = pre(arch="vgg16", pretrained="vgg16_imagenet1k_v1")
+    assert (v.normalize, v.resize, v.eval_resize_size) == ("imagenet", "crop", 256)
+    assert pre(pretrained="resnet50_imagenet1k_v2", resize="crop").eval_resize_size == 256
+    resize = val_transforms(pre(pretrained="resnet50_imagenet1k_v2")).transforms[0]
+    assert isinstance(resize, torchvision.transforms.Resize) and resize.size == 232
+    seed = Preprocess.from_config(resolve_config(["--config", "cats_dogs_vgg16"]))
+    assert (seed.normalize, seed.resize, seed.mean) == ("half", "center", (0.5, 0.5, 0.5))
+
+
 # --- conversion --------------------------------------------------------------------------------------------
 
 def _round_trip(tmp_path, arch):

@@ -79,7 +79,7 @@ def val_transforms(size: Size) -> T.Compose:
         return T.Compose([_ExactResize(pre.image_size)] + _normalize(pre))
     if pre.resize == "center":
         return T.Compose([T.CenterCrop(pre.image_size)] + _normalize(pre))
-    return T.Compose([T.Resize(eval_resize_size(pre.image_size)), T.CenterCrop(pre.image_size)] + _normalize(pre))
+    return T.Compose([T.Resize(pre.eval_resize_size), T.CenterCrop(pre.image_size)] + _normalize(pre))
 
 
 def _loader_of(pre: Preprocess) -> Callable:

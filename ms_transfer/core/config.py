@@ -15,7 +15,7 @@ import yaml
 
 from .archs import input_spec
 from .arrays import SOURCES
-from .data import NORMALIZATIONS, RESIZES
+from .data import AUTO, NORMALIZATIONS, RESIZES
 from .download import FOLDER_DATASETS
 from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL
@@ -58,13 +58,14 @@ class TrainConfig:
                                   "fixed seed: the same split in every run)")
     data_fraction: float = _f(1.0, "train on this share of the train split (stratified per class, drawn with "
                                    "`seed`): the data-fraction axis of python -m ms_transfer.study")
-    normalize: str = _f("imagenet", "input normalisation: imagenet (ImageNet mean/std), half (mean = std = 0.5), "
-                                    "none (pixels / 255, as the MNIST seeds); the default is every pretrained weights entry's "
-                                    "eval normalisation (all are ImageNet's)", NORMALIZATIONS)
-    resize: str = _f("crop", "eval transform: crop (shorter side to S*256/224, center crop S, torchvision's "
-                             "ImageNet recipe, every weights entry's eval transform), exact (resize to SxS; nothing to do for "
-                             "28x28 digits) or center (center crop S of the unresized image, zero-padded when "
-                             "smaller: seed 002's CenterCrop(224))", RESIZES)
+    normalize: str = _f(AUTO, "input normalisation: auto (the pretrained weights entry's mean/std, else "
+                              "ImageNet's), imagenet (ImageNet mean/std), half (mean = std = 0.5), none (pixels / "
+                              "255, as the MNIST seeds)", (AUTO,) + tuple(NORMALIZATIONS))
+    resize: str = _f(AUTO, "eval transform: auto (the pretrained weights entry's: crop with its resize, e.g. 232 "
+                           "for torchvision's ResNet V2 weights; else crop), crop (shorter side to S*256/224, center "
+                           "crop S: torchvision's ImageNet recipe), exact (resize to SxS; nothing to do for 28x28 "
+                           "digits) or center (center crop S of the unresized image, zero-padded when smaller: seed "
+                           "002's CenterCrop(224))", (AUTO,) + RESIZES)
     pretrained: Optional[str] = _f(None, "weights to start from: a .ckpt, .pth or .safetensors file, or an entry of "
                                          "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
                                          "downloaded once and verified), or 'none'")

@@ -72,6 +72,11 @@ NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3
 #: eval transform: ``crop`` (shorter side to S*256/224, center crop S), ``exact`` (resize to SxS) or ``center``
 #: (center crop S of the unresized image, zero-padded when smaller: seed 002's ``CenterCrop(224)``)
 RESIZES = ("crop", "exact", "center")
+#: the config's ``normalize`` / ``resize`` default: the pretrained weights entry's eval transform (its mean/std;
+#: ``crop`` with its resize, e.g. 232 for torchvision's ResNet V2 recipes), else ImageNet's and ``crop`` at 256
+AUTO = "auto"
+#: the shorter side before the ``crop`` policy's center crop, for a 224 px crop (torchvision's ImageNet recipe)
+DEFAULT_EVAL_RESIZE = 256
 LAYOUT_HELP = (
     "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
     "(the same class folder names in both splits), or a parent folder containing exactly one "
@@ -247,6 +252,7 @@ class Preprocess:
     channels: int = 3
     normalize: str = "imagenet"
     resize: str = "crop"
+    eval_resize: int = DEFAULT_EVAL_RESIZE   # ``crop``: the shorter side for a 224 px crop (scaled with the size)
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
@@ -268,15 +274,29 @@ class Preprocess:
         """HWC uint8 array in this preprocessing's colour mode."""
         return load_rgb(path) if self.channels == 3 else load_gray(path)
 
+    @property
+    def eval_resize_size(self) -> int:
+        """The shorter side before the ``crop`` policy's center crop: ``int(S * eval_resize / 224)``."""
+        return eval_resize_size(self.image_size, self.eval_resize)
+
     @classmethod
     def from_config(cls, config: Dict, image_size: Optional[int] = None) -> "Preprocess":
-        """From a run's config (a ``TrainConfig`` or its dict, as saved in checkpoints); keys absent from older
-        runs take the ResNet defaults."""
+        """From a run's config (a ``TrainConfig`` or its dict, as saved in checkpoints); ``auto`` (the default, and
+        what keys absent from older runs mean) takes the pretrained weights entry's eval transform."""
         from .archs import input_spec
+        from .weights import entry_eval_transform
 
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        return cls(int(image_size or get("image_size", 224)), input_spec(get("arch", ""))[0],
-                   get("normalize", "imagenet"), get("resize", "crop"))
+        normalize, resize = get("normalize", AUTO) or AUTO, get("resize", AUTO) or AUTO
+        eval_resize = DEFAULT_EVAL_RESIZE
+        if AUTO in (normalize, resize):
+            entry_normalize, entry_resize = entry_eval_transform(get("pretrained", None))
+            if normalize == AUTO:
+                normalize = entry_normalize
+            if resize == AUTO:
+                resize, eval_resize = "crop", entry_resize
+        return cls(int(image_size or get("image_size", 224)), input_spec(get("arch", ""))[0], normalize, resize,
+                   eval_resize)
 
 
 class PilResize:
@@ -353,9 +373,10 @@ class ImageSource:
                            "check that the data directory is still intact.")
 
 
-def eval_resize_size(image_size: int) -> int:
-    """Shorter-side length before the center crop: ``int(image_size * 256 / 224)`` (256 for 224)."""
-    return int(image_size * 256 / 224)
+def eval_resize_size(image_size: int, eval_resize: int = DEFAULT_EVAL_RESIZE) -> int:
+    """Shorter-side length before the center crop: ``int(image_size * eval_resize / 224)`` (256 for 224 with
+    torchvision's ImageNet recipe; 232 for its ResNet V2 weights)."""
+    return int(image_size * eval_resize / 224)
 
 
 def check_resize_backend(resize_backend: str) -> str:

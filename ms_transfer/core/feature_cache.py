@@ -33,6 +33,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from .data import DEFAULT_EVAL_RESIZE, Preprocess
+
 __all__ = ["FORMAT_VERSION", "CACHE_STATS", "trunk_fingerprint", "sample_records", "FeatureStore", "FeatureCollector",
            "FeatureCache"]
 
@@ -230,9 +232,9 @@ class FeatureCache:
     def __init__(self, trunk: str, *, framework: str, arch: str, image_size: int, resize_backend: str, augment: str,
                  views: int, seed: int, batch_size: int, num_workers: int, device: str, train_samples: Samples,
                  val_samples: Samples, root: Union[str, Path], log: Log = print, normalize: str = "imagenet",
-                 resize: str = "crop") -> None:
+                 resize: str = "crop", eval_resize: int = DEFAULT_EVAL_RESIZE) -> None:
         self.arch, self.image_size, self.resize_backend, self.augment = arch, image_size, resize_backend, augment
-        self.normalize, self.resize = normalize, resize
+        self.normalize, self.resize, self.eval_resize = normalize, resize, int(eval_resize)
         self.views, self.seed, self.batch_size, self.num_workers, self.device = (
             int(views), int(seed), int(batch_size), int(num_workers), device)
         self.log = log
@@ -250,11 +252,13 @@ class FeatureCache:
         ``cache_views`` with random augmentation); ``trunk`` is :func:`trunk_fingerprint` of the frozen trunk,
         ``framework`` the backend's name and version (features differ across frameworks at float rounding)."""
         views = 1 if cfg.augment == "none" else cfg.cache_views
+        pre = Preprocess.from_config(cfg)   # the resolved transform (``auto``: the weights entry's)
         return cls(trunk, framework=framework, arch=cfg.arch, image_size=cfg.image_size,
                    resize_backend=cfg.resize_backend,
                    augment=cfg.augment, views=views, seed=cfg.seed, batch_size=cfg.batch_size,
                    num_workers=cfg.num_workers, device=cfg.device, train_samples=train_samples,
-                   val_samples=val_samples, root=root, log=log, normalize=cfg.normalize, resize=cfg.resize)
+                   val_samples=val_samples, root=root, log=log, normalize=pre.normalize, resize=pre.resize,
+                   eval_resize=pre.eval_resize)
 
     @property
     def train_cached(self) -> bool:
@@ -280,6 +284,8 @@ class FeatureCache:
                 "resize_backend": self.resize_backend, "samples": self._records[split]}
         if (self.normalize, self.resize) != ("imagenet", "crop"):  # (absent from the keys of the defaults: the
             spec.update(normalize=self.normalize, resize=self.resize)  # features cached before stay valid)
+        if self.resize == "crop" and self.eval_resize != DEFAULT_EVAL_RESIZE:
+            spec.update(eval_resize=self.eval_resize)
         if split == "train" and self.augment == "random":
             # a random view is whatever that epoch's pipeline drew: pin everything that drives the draws
             spec.update(augment="random", view=int(view), data_seed=self.seed + view + 1,

@@ -131,6 +131,23 @@ register_weights(WeightsEntry(
 _register_torchvision()
 
 
+def entry_eval_transform(pretrained: Optional[str]) -> Tuple[str, int]:
+    """``(normalize preset, eval resize for a 224 px crop)`` of the weights entry named by ``pretrained`` (the
+    config's ``auto`` transform); ImageNet's and 256 for a file, a URL or no pretrained weights."""
+    from .data import DEFAULT_EVAL_RESIZE, NORMALIZATIONS
+
+    key = _ALIASES.get(str(pretrained).lower()) if pretrained else None
+    if key is None:
+        return "imagenet", DEFAULT_EVAL_RESIZE
+    entry = WEIGHTS[key]
+    preset = next((name for name, (mean, std) in NORMALIZATIONS.items()
+                   if tuple(mean) == tuple(entry.mean) and tuple(std) == tuple(entry.std)), None)
+    if preset is None:
+        raise CheckpointError(f"weights entry {entry.name!r} normalises with mean {entry.mean}, std {entry.std}, "
+                              f"which no normalize preset has ({', '.join(NORMALIZATIONS)}); add one")
+    return preset, round(entry.resize_size * 224 / entry.crop_size)
+
+
 def url_cache_path(url: str, cache_dir: Path) -> Path:
     """Where a plain ``--pretrained-url`` download is kept: keyed by the whole URL, not only its basename."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
