@@ -85,7 +85,8 @@ def _labels(y) -> ms.Tensor:
 class MindSporeBackend:
     """The network, the compiled train step of the current stage and the pipeline (see the module docstring).
 
-    When the stage leaves only the head (``fc``; VGG: ``classifier``) trainable, :attr:`fast` is a :class:`FrozenTrunkStep` and
+    When the stage leaves only the head (``fc``; VGG: ``classifier``) trainable, :attr:`fast` is a
+    :class:`FrozenTrunkStep` and
     :meth:`train_step` uses it (trunk inference + head step), falling back to the full-net cell :attr:`step`
     if the freezing changes so that the two would differ (reported once).
     """

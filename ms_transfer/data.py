@@ -25,7 +25,7 @@ from .core.tasks import is_pair_samples
 
 from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, CenterCrop, ImageSource, PathLike, PilResize,
                         PilResizeCenterCrop,
-                        Preprocess, check_augment, check_resize_backend, eval_resize_size, resolve_data_root,
+                        Preprocess, check_augment, check_resize_backend, resolve_data_root,
                         scan_split, shuffle_order, check_same_classes)
 
 __all__ = ["train_transforms", "val_transforms", "build_dataset", "create_dataset", "load_image_for_eval"]

@@ -1,8 +1,9 @@
 """Porting bugs injected into the MindSpore side, to prove the parity suite catches them.
 
 Each bug is a plausible mistake when porting torchvision to MindSpore (most are ResNet's; ``classifier_transposed``
-and ``pool_bins`` are VGG's, ``dropout_keep_prob`` any network with dropout, ``fc_transposed`` any classifier). ``inject(name, net, state)``
-mutates the freshly built network and/or its converted MindSpore state dict *before* any comparison.
+and ``pool_bins`` are VGG's, ``dropout_keep_prob`` any network with dropout, ``fc_transposed`` any classifier).
+``inject(name, net, state)`` mutates the freshly built network and/or its converted MindSpore state dict *before* any
+comparison.
 """
 from __future__ import annotations
 

@@ -77,5 +77,5 @@ def compare_dropout(torch_ps: Sequence[Tuple[str, float]], ms_stats: Sequence[Tu
     ratio, scale_err, abs_err, sd, where = worst
     scale_ratio = scale_err / _ULP
     passed = bool(ratio <= SIGMAS and scale_ratio <= K)
-    return CheckResult(LABEL, abs_err, float("nan"), float(sd), float(ratio), SIGMAS, passed, where if not passed else "",
-                       float(scale_err), _ULP, float(scale_ratio))
+    return CheckResult(LABEL, abs_err, float("nan"), float(sd), float(ratio), SIGMAS, passed,
+                       where if not passed else "", float(scale_err), _ULP, float(scale_ratio))

@@ -26,7 +26,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
 from ms_transfer.core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, ImageSource, PathLike, PilResize, Preprocess,
-                                   check_augment, check_same_classes, eval_resize_size, resolve_data_root,
+                                   check_augment, check_same_classes, resolve_data_root,
                                    scan_split, shuffle_order)
 
 log = logging.getLogger(__name__)

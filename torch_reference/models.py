@@ -1,5 +1,5 @@
-"""torchvision ResNets and VGGs (never a re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding;
-the seeds' small networks from their shared spec; numpy state-dict exchange."""
+"""torchvision ResNets and VGGs (never a re-implementation), optionally with the MindSpore tutorial's ``'same'``
+padding; the seeds' small networks from their shared spec; numpy state-dict exchange."""
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m ms_transfer.core.convert``."""
     p = argparse.ArgumentParser(
         prog="python -m ms_transfer.core.convert",
-        description="Convert ResNet, VGG and seed-network checkpoints between torch (.pth/.pt), MindSpore (.ckpt) and .safetensors, "
-                    "and between torchvision, ms_transfer (MindSpore tutorial) and mindcv parameter names.")
+        description="Convert ResNet, VGG and seed-network checkpoints between torch (.pth/.pt), MindSpore (.ckpt) "
+                    "and .safetensors, and between torchvision, ms_transfer (MindSpore tutorial) and mindcv parameter names.")
     p.add_argument("src", help="input weight file (.pth, .pt, .ckpt or .safetensors)")
     p.add_argument("dst", help="output weight file; its extension picks the format")
     p.add_argument("--arch", default="auto", choices=["auto", *naming.ALL_ARCHS],

@@ -1,6 +1,7 @@
 """The trunk-feature cache of frozen-trunk training, framework-neutral: keys, the on-disk store, the policy.
 
-When only the head trains (``fc``; a VGG's ``classifier``: ``strategy: fixed_feature``, the head-only stage of a two-stage schedule, or freeze
+When only the head trains (``fc``; a VGG's ``classifier``: ``strategy: fixed_feature``, the head-only stage of a
+two-stage schedule, or freeze
 patterns that amount to it) the trunk is a fixed function of the image:
 
 each backend runs it as inference and steps only the head (the loop, :mod:`ms_transfer.core.loop`, asks it to),

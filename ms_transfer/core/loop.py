@@ -8,7 +8,8 @@ to ``metrics.jsonl``, write ``best``/``last`` checkpoints atomically; finally ``
 ``predictions.png``. ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
 (data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run.
 
-Frozen trunk (only the head trains -- ``fc``, a VGG's ``classifier`` -- : ``fixed_feature``, the head-only stage, or equivalent patterns): the trunk runs
+Frozen trunk (only the head trains, ``fc`` or a VGG's ``classifier``: ``fixed_feature``, the head-only stage, or
+equivalent patterns): the trunk runs
 as pure inference and only the head takes a train step. With ``feature_cache: auto`` the trunk features are also
 cached (:class:`~.feature_cache.FeatureCache`): always for the val set, and for the train set when its transform
 is deterministic (``augment: none``) or ``cache_views`` > 0; cached epochs train the head on exactly the batches

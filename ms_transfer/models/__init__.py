@@ -1,4 +1,5 @@
-"""MindSpore models: the ResNet and VGG families, the seed networks, the registry, and the factory that builds them with weights."""
+"""MindSpore models: the ResNet and VGG families, the seed networks,
+the registry, and the factory that builds them with weights."""
 from .factory import build_model, create_model, load_run_checkpoint
 from .registry import list_models, model_builder, register_model
 from .resnet import (BLOCKS, PADDINGS, ResidualBlock, ResidualBlockBase, ResNet, make_layer, resnet18, resnet34,
