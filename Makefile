@@ -15,18 +15,21 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## test: the whole test suite (what CI runs), in two pytest processes: a MindSpore process keeps every graph
-## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed)
-## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity; ~4 min) are left to `make test-slow`, whose
-## results the README's "Tests" section records, to keep CI under 20 minutes
+## test: the whole test suite (what CI runs), in three pytest processes: a MindSpore process keeps every graph
+## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
+## the VGG tests (0.5 GB models, one parity comparison) get their own too.
+## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
+## whose results the README's "Tests" section records, to keep CI near 20 minutes
 PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
+VGG_TESTS := tests/test_vgg.py
 test: venv
-	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS))
+	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
 	$(PY) -m pytest -m "not slow" $(PARITY_TESTS)
+	$(PY) -m pytest -m "not slow" $(VGG_TESTS)
 
-## test-slow: only the slow tests
+## test-slow: only the slow tests, one process per file (every VGG depth's parity needs up to 19 GB; ~1 h 15 min)
 test-slow: venv
-	$(PY) -m pytest -m slow
+	for f in tests/test_*.py; do $(PY) -m pytest -m slow -q $$f; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 
 ## demo: the main job: transfer vs scratch on real digits, offline (a recogniser trained by this project, then the
 ## digit adder from scratch / frozen / fine-tuned branches; a few minutes on 2 cores; see configs/study_demo.yaml)
