@@ -212,39 +212,50 @@ class Comparison:
     step_grads: List[Dict[str, np.ndarray]]
     runners: Dict[str, Callable]
 
+    def samples(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
+        """``(reference rows, scale reference rows or None, samples)``: ``samples`` yields ``(rows, role)``, computed
+        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The gradient checks with the
+        port's ReLU ``masks`` measure the scale statistic on rounding samples against a float64 reference that both
+        keep those masks; the forward checks on unmasked rounding samples; the others on the floor samples
+        (see parity/compare.py)."""
+        masked = bool(masks) and check in MASKED_CHECKS
+        ref = self.runners[check](self.reference, self.xs)
+        scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
+        separate = masked or check in FORWARD_CHECKS
+
+        def stream():
+            for engine, x in self.floors:
+                yield self.runners[check](engine, x), "floor" if separate else "both"
+            if separate:
+                run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
+                for engine, x in self.rounding:
+                    yield run(engine, x), "scale"
+        return ref, scale_ref, stream()
+
     def reference_rows(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
         """``(reference rows, floor-sample rows, scale-sample rows, scale reference rows or None)`` of one check
-        group; with the port's ReLU ``masks`` (gradient checks), the scale statistic is measured on rounding
-        samples against a float64 reference that both keep those masks (see parity/compare.py)."""
-        ref = self.runners[check](self.reference, self.xs)
-        samples = [self.runners[check](engine, x) for engine, x in self.floors]
-        if masks and check in MASKED_CHECKS:
-            run = masked_runner(check, self.loss_args, masks)
-            return (ref, samples, [run(engine, x) for engine, x in self.rounding], run(self.reference, self.xs))
-        # forward checks: the scale statistic's floor from rounding samples (see parity/compare.py)
-        scale = ([self.runners[check](engine, x) for engine, x in self.rounding] if check in FORWARD_CHECKS
-                 else samples)
-        return ref, samples, scale, None
+        group, every sample kept (:meth:`samples`)."""
+        ref, scale_ref, stream = self.samples(check, masks)
+        floor, scale = [], []
+        for rows, role in stream:
+            if role != "scale":
+                floor.append(rows)
+            if role != "floor":
+                scale.append(rows)
+        return ref, floor, scale, scale_ref
 
     def reference_floors(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
-        """``(reference rows, {row: Floor}, scale reference rows or None)``: :meth:`reference_rows` with every
-        sample folded into its row's :class:`~parity.compare.FloorBuilder` as soon as it is computed, so at most
-        one sample is held at a time (what a 133M-parameter VGG needs; the floors are the same)."""
-        ref = self.runners[check](self.reference, self.xs)
-        masked = bool(masks) and check in MASKED_CHECKS
-        scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
+        """``(reference rows, {row: Floor}, scale reference rows or None)``: every sample of :meth:`samples`
+        folded into its row's :class:`~parity.compare.FloorBuilder` as soon as it is computed, so at most one
+        sample is held at a time (what a 133M-parameter VGG needs; the floors are the same numbers)."""
+        ref, scale_ref, stream = self.samples(check, masks)
         builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row]) for row in ref}
-        separate = masked or check in FORWARD_CHECKS   # else the floor samples are the scale samples too
-        for engine, x in self.floors:
-            sample = self.runners[check](engine, x)
+        for rows, role in stream:
             for row, builder in builders.items():
-                builder.add(sample[row], scale=not separate)
-        if separate:
-            run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
-            for engine, x in self.rounding:
-                sample = run(engine, x)
-                for row, builder in builders.items():
-                    builder.add_scale(sample[row])
+                if role == "scale":
+                    builder.add_scale(rows[row])
+                else:
+                    builder.add(rows[row], scale=role == "both")
         return ref, {row: b.floor() for row, b in builders.items()}, scale_ref
 
     def port_masks(self, check: str) -> Optional[Dict[str, List[np.ndarray]]]:
