@@ -15,15 +15,16 @@ from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
-from .core.archs import task_of  # noqa: E402
+from .core.archs import head_module, task_of  # noqa: E402
 from .core.tasks import NO_FAST_PATH  # noqa: E402
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
 
 
 def head_name(net: nn.Cell) -> str:
-    """The name of ``net``'s head module: its ``head_module`` attribute (VGG: ``classifier``), else ``fc``."""
-    return getattr(net, "head_module", "fc")
+    """The name of ``net``'s head module, from its ``arch`` (:func:`~ms_transfer.core.archs.head_module`: VGG's is
+    ``classifier``; ``fc`` otherwise, also for a net without ``arch``)."""
+    return head_module(getattr(net, "arch", None))
 
 
 def is_head(name: str, head: str = "fc") -> bool:
@@ -34,9 +35,8 @@ def is_head(name: str, head: str = "fc") -> bool:
 def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
     """Why ``net`` cannot train as "trunk inference + head step" (``None``: it can).
 
-    Needs a net with ``forward_features`` and a head module (``fc``, or its ``head_module``) whose trainable
-    parameters are all under the head
-    and whose trunk BatchNorms run in inference mode (``use_batch_statistics=False``, what
+    Needs a net with ``forward_features`` and a head module (:func:`head_name`) that holds every trainable
+    parameter, and whose trunk BatchNorms run in inference mode (``use_batch_statistics=False``, what
     :func:`ms_transfer.optim.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes batch
     statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
     """
@@ -114,8 +114,8 @@ class FrozenTrunkStep:
     """Train steps of a net whose trunk is frozen: trunk forward only, then a head-only train step.
 
     ``net`` is an ms_transfer model frozen so that only its head (``fc.*``; VGG: ``classifier.*``) trains (e.g.
-    after ``apply_freeze(net, *strategy_patterns("fixed_feature", arch=net.arch))``), ``optimizer`` updates the head's
-    parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar (``ms_transfer.backend.make_loss()``).
+    after ``apply_freeze(net, *strategy_patterns("fixed_feature", arch=net.arch))``), ``optimizer`` updates the
+    head's parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar (``ms_transfer.backend.make_loss()``).
     Equal (measured: bit-identical) to ``nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer)`` on
     the same net, without a gradient graph through the trunk. Works in GRAPH and PYNATIVE mode. Raises
     ``ValueError`` naming the offending parameters or BatchNorm otherwise.
@@ -127,16 +127,17 @@ class FrozenTrunkStep:
     def __init__(self, net: nn.Cell, optimizer: nn.Optimizer, loss_fn: nn.Cell) -> None:
         reason = frozen_trunk_reason(net)
         if reason:
-            raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are its head's and whose "
-                             f"frozen BatchNorms run in inference mode, but {reason}. Freeze it with "
-                             "ms_transfer.optim.apply_freeze(net, *strategy_patterns('fixed_feature')), or use "
-                             "nn.TrainOneStepCell for a trainable trunk.")
+            raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are its head's and "
+                             f"whose frozen BatchNorms run in inference mode, but {reason}. Freeze it with "
+                             "ms_transfer.optim.apply_freeze(net, *strategy_patterns('fixed_feature', arch=net.arch)), "
+                             "or use nn.TrainOneStepCell for a trainable trunk.")
         head_cell = getattr(net, head_name(net))
         heads = {id(p) for p in head_cell.get_parameters()}
         foreign = [p.name for p in optimizer.parameters if id(p) not in heads]
         if foreign:
-            raise ValueError(f"FrozenTrunkStep: the optimizer updates parameters that are not net.{head_name(net)}'s "
-                             f"({', '.join(foreign[:3])}); build it over net.trainable_params() after freezing")
+            raise ValueError(f"FrozenTrunkStep: the optimizer updates parameters that are not the head's "
+                             f"(net.{head_name(net)}: {', '.join(foreign[:3])}); build it over "
+                             "net.trainable_params() after freezing")
         self.net = net
         was_training = net.training
         self.trunk = _Trunk(net).set_train(False)  # 'predict' phase: an inference graph, no grad bookkeeping

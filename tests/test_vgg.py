@@ -62,7 +62,8 @@ def test_naming_table_is_torchvisions_and_detects_every_depth(arch):
 def test_ms_model_has_torchvisions_structure_init_and_api(ms_vgg11_bn):
     net = ms_vgg11_bn
     assert {"vgg11", "vgg11_bn", "vgg16", "vgg19_bn"} <= set(list_models())
-    assert net.head_module == head_module("vgg11_bn") == "classifier"
+    from ms_transfer.frozen_trunk import head_name
+    assert head_name(net) == head_module("vgg11_bn") == "classifier" and head_name(build_model("resnet18", 2)) == "fc"
     assert sorted(p.name for p in net.get_parameters()) == sorted(naming.name_table("vgg11_bn", "ms_transfer"))
     p = {q.name: q.asnumpy() for q in net.get_parameters()}
     # torchvision's init: Kaiming normal (fan_out, ReLU gain) convs, zero biases, N(0, 0.01) linears. The sample

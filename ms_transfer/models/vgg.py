@@ -14,7 +14,8 @@
 Parameter names are torchvision's (``features.N.*``, ``classifier.N.*``) with MindSpore's BatchNorm tensor names
 (``gamma``/``beta``/``moving_mean``/``moving_variance``): mindcv's VGG convention, so mindcv's checkpoints need no
 renaming and the naming table maps torchvision's by the BatchNorm suffix alone. The head is ``classifier``
-(``head_module``); ``reset_classifier`` replaces its class layer ``classifier.6``, as torchvision users do.
+(``core.archs.head_module``); ``reset_classifier`` replaces its class layer ``classifier.6``, as torchvision users
+do.
 """
 from __future__ import annotations
 
@@ -66,8 +67,6 @@ class VGG(nn.Cell):
     ``forward_features`` returns the pooled, flattened 25088-d features (the frozen-trunk fast path caches them);
     ``forward_head`` applies ``classifier``; ``reset_classifier`` swaps its class layer for transfer.
     """
-
-    head_module = "classifier"
 
     def __init__(self, spec: VggSpec, num_classes: int = 1000, padding: str = "torch") -> None:
         super().__init__()
