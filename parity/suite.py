@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
 from ms_transfer.context import set_context
 from ms_transfer.models import build_model
 
 from .api import CHECKS, compare_models, jitter_fn
 from .bugs import inject
-from .compare import FLOOR_SAMPLES, ParityReport, compare, failed
+from .compare import FLOOR_SAMPLES, CheckResult, ParityReport, compare, failed
 from .training import TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, regimes_for, \
     torch_training
 
@@ -85,32 +85,43 @@ def _model_pair(cfg: ParityConfig, problem: "Problem"):
 
 def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:
     """Training-step parity for each regime (see :mod:`parity.training`)."""
-    batches = fixed_batches(problem, cfg.train_steps, cfg.seed)
     for regime in cfg.regimes or regimes_for(cfg.arch):
         t = time.perf_counter()
         log(f"training {cfg.train_steps} steps: {regime} ...")
-        rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
-        ref = torch_training(rcfg, problem.torch_state, batches, cfg.num_classes, "float64")
-        samples = []
-        for i in range(FLOOR_SAMPLES):
-            jitter = jitter_fn(cfg.seed + 100 + i)
-            state = {k: jitter(v) for k, v in problem.torch_state.items()}
-            samples.append(torch_training(rcfg, state, [(jitter(x), y) for x, y in batches], cfg.num_classes,
-                                          "float32"))
+        reference = training_reference(cfg, problem, regime)
         t_ms = time.perf_counter()
-        try:
-            ms = mindspore_training(rcfg, problem.ms_state, batches, cfg.num_classes, cfg.inject)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            ms, error = None, f"MindSpore failed: {str(exc).splitlines()[0][:200]}"
+        report.results += training_rows(cfg, problem, reference, cfg.inject)
         report.seconds[f"train {regime} (mindspore)"] = time.perf_counter() - t_ms
-        for key, label in check_names(regime, cfg.train_steps).items():
-            if not ref[key]:   # no BatchNorm (a plain VGG): no statistics to compare
-                continue
-            if ms is None:
-                report.results.append(failed(label, error))
-            else:
-                report.results.append(compare(label, ms[key], ref[key], [s[key] for s in samples]))
         report.seconds[f"train {regime}"] = time.perf_counter() - t
+
+
+def training_reference(cfg: ParityConfig, problem: Problem, regime: str):
+    """One regime's torch side: ``(regime, its config, batches, float64 reference, float32 floor samples)``."""
+    batches = fixed_batches(problem, cfg.train_steps, cfg.seed)
+    rcfg = regime_config(regime, cfg.arch, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
+    ref = torch_training(rcfg, problem.torch_state, batches, cfg.num_classes, "float64")
+    samples = []
+    for i in range(FLOOR_SAMPLES):
+        jitter = jitter_fn(cfg.seed + 100 + i)
+        state = {k: jitter(v) for k, v in problem.torch_state.items()}
+        samples.append(torch_training(rcfg, state, [(jitter(x), y) for x, y in batches], cfg.num_classes, "float32"))
+    return regime, rcfg, batches, ref, samples
+
+
+def training_rows(cfg: ParityConfig, problem: Problem, reference, inject: Optional[str] = None) -> List[CheckResult]:
+    """The MindSpore trainer (with the training bug ``inject``) against one regime's :func:`training_reference`
+    (several ports can share one reference)."""
+    regime, rcfg, batches, ref, samples = reference
+    try:
+        ms, error = mindspore_training(rcfg, problem.ms_state, batches, cfg.num_classes, inject), ""
+    except (RuntimeError, ValueError, TypeError) as exc:
+        ms, error = None, f"MindSpore failed: {str(exc).splitlines()[0][:200]}"
+    rows = []
+    for key, label in check_names(regime, cfg.train_steps).items():
+        if not ref[key]:   # no BatchNorm (a plain VGG): no statistics to compare
+            continue
+        rows.append(failed(label, error) if ms is None else compare(label, ms[key], ref[key], [s[key] for s in samples]))
+    return rows
 
 
 def save_suite_reference(cfg: ParityConfig, directory, log: Callable[[str], None] = lambda s: None):

@@ -3,9 +3,10 @@ step in every regime, and each injected training bug is caught by a wide margin.
 import numpy as np
 import pytest
 
-from parity import REGIMES, TRAIN_BUGS, ParityConfig, run_parity
+from parity import TRAIN_BUGS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
 from parity.compare import K
+from parity.training import regimes_for
 
 SMALL = dict(arch="resnet18", image_size=64, num_classes=10, batch=4, train_steps=3)
 
@@ -14,7 +15,7 @@ SMALL = dict(arch="resnet18", image_size=64, num_classes=10, batch=4, train_step
 def test_three_regimes_pass(mode):
     report = run_parity(ParityConfig(mode=mode, **SMALL))
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
-    assert len(report.results) == 3 * len(REGIMES)
+    assert len(report.results) == 3 * len(regimes_for("resnet18"))   # finetune, fixed_feature, partial
     # frozen trunk: BN running statistics must not move at all, in either framework
     stats = next(r for r in report.results if r.check == "fixed_feature: BN stat updates")
     assert stats.max_abs == 0.0
@@ -27,10 +28,12 @@ EXPECTED = {
     "frozen_bn_updates": ("fixed_feature", "fixed_feature: BN stat updates"),
     "head_lr_ignored": ("partial", "partial: param updates"),
 }
+#: caught on VGG11's classifier.6 (tests/test_vgg.py); on ResNet18's fc it stays inside the bound (scale ratio 3.2)
+CAUGHT_ELSEWHERE = {"adam_tf_epsilon"}
 
 
 def test_every_training_bug_has_an_expectation():
-    assert set(EXPECTED) == set(TRAIN_BUGS)
+    assert set(EXPECTED) | CAUGHT_ELSEWHERE == set(TRAIN_BUGS)
 
 
 @pytest.mark.parametrize("bug", sorted(EXPECTED))

@@ -267,21 +267,34 @@ def test_parity_vgg16_at_224_px():
 
 
 def test_training_step_parity_in_seed_002s_regime():
-    """``--train-steps`` for the seed's regime: everything frozen but classifier.6, Adam. Both real trainers,
-    2 steps of VGG11 at 32 px against the float64 reference and its floor."""
-    from parity import ParityConfig, run_parity
-    report = run_parity(ParityConfig(arch="vgg11", mode="graph", batch=4, image_size=32, num_classes=10,
-                                     train_steps=2, regimes=("last_layer_adam",)))
-    assert report.passed, report.results
+    """``--train-steps`` for the seed's regime: everything frozen but classifier.6, Adam. Both real trainers, 2 steps
+    of VGG11 at 32 px against one float64 reference and its floor: the clean trainer passes, and MindSpore's own
+    ``nn.Adam`` (``adam_tf_epsilon``: eps on the uncorrected moment) fails. On ResNet18's fc the same bug stays
+    inside the bound (scale ratio 3.2: larger gradients make eps matter less), so VGG is where it is tested."""
+    from ms_transfer.context import set_context
+    from parity import ParityConfig
+    from parity.compare import K
+    from parity.setup import make_problem
+    from parity.suite import training_reference, training_rows
+
+    cfg = ParityConfig(arch="vgg11", mode="graph", batch=4, image_size=32, num_classes=10, train_steps=2)
+    set_context("graph", "CPU")
+    problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed)
+    reference = training_reference(cfg, problem, "last_layer_adam")
+    clean = training_rows(cfg, problem, reference)
     # VGG11 has no BatchNorm: no statistics row
-    assert [r.check for r in report.results] == ["last_layer_adam: loss, 2 steps", "last_layer_adam: param updates"]
+    assert [r.check for r in clean] == ["last_layer_adam: loss, 2 steps", "last_layer_adam: param updates"]
+    assert all(r.passed for r in clean), clean
+    broken = {r.check: r for r in training_rows(cfg, problem, reference, "adam_tf_epsilon")}
+    updates = broken["last_layer_adam: param updates"]
+    assert not updates.passed and max(updates.ratio, updates.scale_ratio) > 10 * K, updates
 
 
 def test_adam_is_torchs_rule_and_mindsporess_own_is_not():
     """``ms_transfer.optim``'s Adam (two groups at different LRs, a per-step schedule, weight decay) gives
     bit-identical updates to ``torch.optim.Adam`` in both modes, including gradients near eps; MindSpore's
     ``nn.Adam`` (eps on the uncorrected second moment) does not, which the training-step check catches
-    (``--inject adam_tf_epsilon``, a slow test)."""
+    (``--inject adam_tf_epsilon``, above)."""
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn
 
@@ -313,14 +326,6 @@ def test_adam_is_torchs_rule_and_mindsporess_own_is_not():
             same = all(np.array_equal(p.asnumpy(), e) for p, e in zip(ps, expected))
             assert same == ours, (mode, ours)
     ms.set_context(mode=ms.PYNATIVE_MODE)
-
-
-@pytest.mark.slow
-def test_training_step_parity_catches_mindsporess_adam():
-    from parity import ParityConfig, run_parity
-    report = run_parity(ParityConfig(arch="vgg11", mode="graph", batch=4, image_size=32, num_classes=10,
-                                     train_steps=2, regimes=("last_layer_adam",), inject="adam_tf_epsilon"))
-    assert not report.passed
 
 
 # --- seed 002's config, both frameworks ------------------------------------------------------------------------
