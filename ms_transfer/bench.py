@@ -161,7 +161,9 @@ def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
             setattr(model, head_module(cfg.arch), torch.nn.Identity())
             with torch.no_grad():
                 features = model.eval()(x)
-            params = [p for n, p in head.named_parameters() if (head_module(cfg.arch) + "." + n).startswith(layer)]
+            for n, p in head.named_parameters():   # only the class layer trains, as in fixed_feature
+                p.requires_grad_((head_module(cfg.arch) + "." + n).startswith(layer))
+            params = [p for p in head.parameters() if p.requires_grad]
             opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
             head.train()
 
