@@ -78,7 +78,7 @@ parity-train-vgg: venv
 
 ## bench-vgg: VGG16 at 224 px, seed 002's batch 4 (see BENCHMARKS.md)
 bench-vgg: venv
-	$(PY) -m ms_transfer.bench --arch vgg16 --batch 4 --steps 4 --engines torch ms_graph ms_pynative --no-extras --json runs/bench-vgg16.json
+	$(PY) -m ms_transfer.bench --arch vgg16 --batch 4 --steps 4 --no-extras --json runs/bench-vgg16.json
 
 ## parity-reference: re-create the committed reference bundle (ResNet18, 64 px; needs torch and MindSpore)
 REFERENCE := refs/resnet18-64
