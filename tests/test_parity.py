@@ -60,8 +60,13 @@ EXPECTED_FAILURE = {
 }
 
 
+#: VGG's bugs and the dropout bug (the ResNets have no adaptive pool, no square hidden layer, no dropout): caught in
+#: tests/test_vgg.py
+CAUGHT_ELSEWHERE = {"classifier_transposed", "pool_bins", "dropout_keep_prob"}
+
+
 def test_every_bug_has_an_expectation():
-    assert set(EXPECTED_FAILURE) == set(BUGS)
+    assert set(EXPECTED_FAILURE) | CAUGHT_ELSEWHERE == set(BUGS)
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])

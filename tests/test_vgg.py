@@ -189,11 +189,12 @@ def test_round_trip_is_bit_exact_every_depth(tmp_path, arch):
 
 # --- parity ------------------------------------------------------------------------------------------------
 
-def test_parity_catches_the_vgg_bugs(ms_vgg11_bn):
-    """One eval-mode comparison of VGG11-BN at 64 px (2x2 maps before the 7x7 pool: overlapping bins), its
-    reference and floor computed once, against four ports: the correct one passes; a floor-ended pooling bin
-    rule, VGG's square hidden classifier layer loaded transposed, and the class layer's weight read in the wrong
-    memory order each fail."""
+@pytest.mark.parametrize("arch", [a if a == "vgg11_bn" else pytest.param(a, marks=pytest.mark.slow) for a in VGGS])
+def test_parity_catches_the_vgg_bugs(arch):
+    """One eval-mode comparison at 64 px (2x2 maps before the 7x7 pool: overlapping bins), its reference and floor
+    computed once, against four ports: the correct one passes; a floor-ended pooling bin rule, VGG's square hidden
+    classifier layer loaded transposed, and the class layer's weight read in the wrong memory order each fail.
+    VGG11-BN in CI, every other depth in the slow tests."""
     from ms_transfer.context import set_context
     from parity.api import prepare, run_port
     from parity.bugs import inject
@@ -202,15 +203,16 @@ def test_parity_catches_the_vgg_bugs(ms_vgg11_bn):
     from parity.setup import make_problem
 
     set_context("graph", "CPU")
-    problem = make_problem("vgg11_bn", 10, 2, 64, 0)
-    model = build_torch("vgg11_bn", 10)
+    problem = make_problem(arch, 10, 2, 64, 0)
+    model = build_torch(arch, 10)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in problem.torch_state.items()})
-    c = prepare(model, ms_vgg11_bn, problem.x, problem.y, ms_state=problem.ms_state)
+    port = build_model(arch, 10)
+    c = prepare(model, port, problem.x, problem.y, ms_state=problem.ms_state)
     ref, floors, _ = c.reference_floors("eval_logits")
     floor = floors["eval outputs"]
     ratios = {}
     for bug in (None, "pool_bins", "classifier_transposed", "fc_transposed"):
-        net, state = build_model("vgg11_bn", 10) if bug else ms_vgg11_bn, dict(problem.ms_state)
+        net, state = build_model(arch, 10) if bug else port, dict(problem.ms_state)
         if bug:
             inject(bug, net, state)
         side = MindSporeSide(net, state, c.match.ms_to_torch, 1, c.loss)
