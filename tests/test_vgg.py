@@ -189,12 +189,12 @@ def test_round_trip_is_bit_exact_every_depth(tmp_path, arch):
 
 # --- parity ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", [a if a == "vgg11_bn" else pytest.param(a, marks=pytest.mark.slow) for a in VGGS])
-def test_parity_catches_the_vgg_bugs(arch):
-    """One eval-mode comparison at 64 px (2x2 maps before the 7x7 pool: overlapping bins), its reference and floor
-    computed once, against four ports: the correct one passes; a floor-ended pooling bin rule, VGG's square hidden
-    classifier layer loaded transposed, and the class layer's weight read in the wrong memory order each fail.
-    VGG11-BN in CI, every other depth in the slow tests."""
+def test_parity_catches_the_vgg_bugs():
+    """One eval-mode comparison of VGG11-BN at 64 px (2x2 maps before the 7x7 pool: overlapping bins), its reference
+    and floor computed once, against four ports: the correct one passes; a floor-ended pooling bin rule, VGG's
+    square hidden classifier layer loaded transposed, and the class layer's weight read in the wrong memory order
+    each fail. Every other depth: ``test_cli_catches_the_vgg_bugs_every_depth`` (slow)."""
+    arch = "vgg11_bn"
     from ms_transfer.context import set_context
     from parity.api import prepare, run_port
     from parity.bugs import inject
@@ -261,6 +261,15 @@ def _parity_cli(*args):
 def test_parity_every_depth_in_both_modes(arch):
     out = _parity_cli("--arch", arch, "--image-size", "64", "--num-classes", "10", "--mode", "both")
     assert out.count("PASSED in") == 2 and out.count("dropout (train mode)") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", ["pool_bins", "classifier_transposed", "fc_transposed"])
+@pytest.mark.parametrize("arch", [a for a in VGGS if a != "vgg11_bn"])
+def test_cli_catches_the_vgg_bugs_every_depth(arch, bug):
+    proc = subprocess.run([sys.executable, "-m", "parity", "--arch", arch, "--image-size", "64", "--num-classes", "10",
+                           "--mode", "graph", "--checks", "eval_logits", "--inject", bug], capture_output=True, text=True)
+    assert proc.returncode == 1 and "FAIL" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 @pytest.mark.slow
