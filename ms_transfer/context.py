@@ -36,4 +36,12 @@ def set_context(mode: str = "graph", device: str = "CPU") -> None:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     ms.set_context(mode=MODES[mode])
-    ms.set_device(device)
+    try:
+        ms.set_device(device)
+    except RuntimeError as exc:
+        # MindSpore refuses set_device once a kernel has run ("The runtime has been initialized ...") even for the
+        # device already in use, e.g. CPU after a model was built and run without set_context: only the mode
+        # changes then. Another device really cannot be had any more.
+        if "runtime has been initialized" not in str(exc) or ms.get_context("device_target") != device:
+            raise
+
