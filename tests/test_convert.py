@@ -229,3 +229,18 @@ def test_create_model_loads_a_compiled_models_checkpoint(tmp_path):
     assert params["fc.weight"].shape == (2, 512)
     assert net.load_report.missing == ["fc.weight", "fc.bias"]
     assert any("wrapper prefix '_orig_mod.module.' stripped" in note for note in net.load_report.notes)
+
+
+def test_mindspore_checkpoint_reads_with_page_cache_counted_as_available(tmp_path, monkeypatch):
+    """MindSpore 2.10 refuses a .ckpt larger than *free* memory (SC_AVPHYS_PAGES, page cache excluded: 225 MB free
+    of 22 GB available failed a ResNet152 round trip in CI); read_weights asks with MemAvailable instead."""
+    import os
+
+    import mindspore as ms
+    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda key: 1 if key == "SC_AVPHYS_PAGES" else real(key))  # 4 KB "free"
+    with pytest.raises(Exception, match="exceeds current available memory"):
+        ms.load_checkpoint(str(tmp_path / "w.ckpt"))
+    assert set(read_weights(tmp_path / "w.ckpt").state) == set(naming.name_table("resnet18", "ms_transfer"))
