@@ -19,6 +19,7 @@ from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoi
 from .core.archs import task_of  # noqa: E402
 from .core.config import TrainConfig  # noqa: E402
 from .core.data import Preprocess, SplitScan  # noqa: E402
+from .core.distributed import SINGLE, detect  # noqa: E402
 from .core.freeze import FreezeReport  # noqa: E402
 from .core.recipe import Stage, TrainingError  # noqa: E402
 from .core.tasks import is_pair_samples  # noqa: E402
@@ -26,6 +27,7 @@ from .data import build_dataset  # noqa: E402
 from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head  # noqa: E402
 from .models.factory import build_model, load_run_checkpoint  # noqa: E402
 from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
+from . import parallel  # noqa: E402
 
 __all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
 
@@ -106,12 +108,16 @@ class MindSporeBackend:
         self._resume_state: Dict[str, np.ndarray] = {}
         self._training: Optional[bool] = None
         self._fallback_reported = False
+        self.dist = SINGLE
 
     # --- model -------------------------------------------------------------------------------------------
     def setup(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         set_context(cfg.mode, cfg.device)
-        ms.set_seed(cfg.seed)
+        dist = detect()
+        if dist.enabled:  # under msrun: join the cluster, average gradients (see ms_transfer.parallel)
+            self.dist = parallel.init_data_parallel(dist)
+        ms.set_seed(cfg.seed)   # the same on every rank: MindSpore does not broadcast the initial weights
 
     def version(self) -> str:
         return f"mindspore {ms.__version__}"
@@ -216,6 +222,18 @@ class MindSporeBackend:
         if isinstance(x, (list, tuple)):  # a pair: side by side
             return np.concatenate([self.images(t) for t in x], axis=3)
         return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x, np.float32)
+
+    def parameter_arrays(self) -> List[np.ndarray]:
+        # BN moving statistics excluded: with batch-statistics BN each rank averages its own slices
+        return [p.asnumpy() for p in self.net.get_parameters()
+                if not p.name.endswith(("moving_mean", "moving_variance"))]
+
+    def barrier(self) -> None:
+        if self.dist.enabled:
+            parallel.barrier()
+
+    def all_gather(self, array: np.ndarray) -> np.ndarray:
+        return parallel.all_gather(array) if self.dist.enabled else np.asarray(array)[None]
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
         head = head_name(self.net)

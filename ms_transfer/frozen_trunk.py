@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 from .core.archs import head_module, task_of  # noqa: E402
 from .core.tasks import NO_FAST_PATH  # noqa: E402
+from .parallel import grad_reducer, is_data_parallel  # noqa: E402
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
 
@@ -101,11 +102,16 @@ class _FusedStep(nn.Cell):
         self.net, self.head, self.optimizer = net, head, optimizer
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True)
+        # data parallel (msrun): the ranks' head gradients are averaged, as nn.TrainOneStepCell does by itself
+        self.reduce = is_data_parallel()
+        self.reducer = grad_reducer(self.weights)
 
     def construct(self, x: Tensor, labels: Tensor):
         features = self.net.forward_features(x)
         loss = self.head(features, labels)
         grads = self.grad(self.head, self.weights)(features, labels)
+        if self.reduce:
+            grads = self.reducer(grads)
         self.optimizer(grads)
         return loss, features
 

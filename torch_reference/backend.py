@@ -19,6 +19,7 @@ from ms_transfer.core.config import ConfigError, TrainConfig
 from ms_transfer.core.archs import head_module, task_of
 from ms_transfer.core.tasks import NO_FAST_PATH
 from ms_transfer.core.data import Preprocess, SplitScan
+from ms_transfer.core.distributed import SINGLE, detect, threads_per_rank
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 from ms_transfer.core.recipe import Stage, TrainingError
 
@@ -71,12 +72,36 @@ class TorchBackend:
         self.step_index = 0
         self.frozen_bns: List[torch.nn.Module] = []
         self._resume: Dict = {}
+        self.dist = SINGLE
+        #: DistributedDataParallel wrappers of the model and of its head (data parallel only; see enter_stage)
+        self.ddp: Optional[torch.nn.Module] = None
+        self.ddp_head: Optional[torch.nn.Module] = None
 
     # --- model -------------------------------------------------------------------------------------------
     def setup(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.device = torch_device(cfg.device)
-        torch.manual_seed(cfg.seed)
+        dist = detect()
+        if dist.enabled:  # under torchrun: DDP over gloo (CPU) / nccl (GPU)
+            self._init_data_parallel(dist)
+        torch.manual_seed(cfg.seed)   # DDP also broadcasts rank 0's weights when it wraps the model
+
+    def _init_data_parallel(self, dist) -> None:
+        import torch.distributed as tdist
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if (tdist.get_rank(), tdist.get_world_size()) != (dist.rank, dist.world_size):
+            raise RuntimeError(f"torchrun exported rank {dist.rank} of {dist.world_size}, but the process group "
+                               f"says rank {tdist.get_rank()} of {tdist.get_world_size()}")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", 0)))
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        # torchrun exports OMP_NUM_THREADS=1 unless the user set it; the cores divided among this machine's ranks
+        threads = threads_per_rank(dist)
+        torch.set_num_threads(threads)
+        self.dist = dist
+        print(f"Data parallel (torchrun, DDP over {tdist.get_backend()}): rank {dist.rank} of {dist.world_size}, "
+              f"{threads} thread(s) per rank")
 
     def version(self) -> str:
         return f"torch {torch.__version__}"
@@ -121,6 +146,7 @@ class TorchBackend:
         if not groups:
             raise TrainingError("the freeze patterns leave no trainable parameter; check --freeze/--unfreeze")
         self.stage, self.lrs, self.step_index = stage, list(lrs), 0
+        self._wrap_ddp()
         self.optimizer = build_torch_optimizer(
             self.cfg.optimizer, [{"params": ps, "lr_mult": m} for m, ps in groups.items()], self.cfg.momentum,
             self.cfg.weight_decay)
@@ -132,6 +158,25 @@ class TorchBackend:
                                       "settings changed since it was saved - start a new run") from None
             self.step_index = int(self._resume["step"])
         return freeze_report(entries, len(self.frozen_bns))
+
+    def _wrap_ddp(self) -> None:
+        """Data parallel: DDP around the model, and around its head for the frozen-trunk fast path (which
+        differentiates the head alone). Built after the stage's freezing: DDP registers its gradient hooks on the
+        parameters that require grad when it is constructed."""
+        self.ddp = self.ddp_head = None
+        if not self.dist.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if self.frozen_trunk_reason() is None:   # one wrapper per parameter: DDP hooks the gradients it averages
+            self.ddp_head = DDP(self._head_module())
+        else:
+            self.ddp = DDP(self.model)
+
+    def _net(self) -> torch.nn.Module:
+        return self.ddp if self.ddp is not None else self.model
+
+    def _head_net(self) -> torch.nn.Module:
+        return self.ddp_head if self.ddp_head is not None else self._head_module()
 
     @property
     def head(self) -> str:
@@ -202,9 +247,9 @@ class TorchBackend:
         if self.frozen_trunk_reason() is None:
             with torch.no_grad():
                 features = self._features(x)
-            loss = self._step_on(lambda: self._head_module()(features), y)
+            loss = self._step_on(lambda: self._head_net()(features), y)
             return loss, features.cpu().numpy() if want_features else None
-        return self._step_on(lambda: self.model(*_as_tuple(x)), y), None
+        return self._step_on(lambda: self._net()(*_as_tuple(x)), y), None
 
     def extract(self, x) -> np.ndarray:
         self.set_train()  # frozen trunk: every BatchNorm is in eval mode
@@ -214,7 +259,7 @@ class TorchBackend:
     def head_step(self, features: np.ndarray, labels: np.ndarray) -> float:
         self.set_train()  # after head_logits' eval mode: a VGG head's Dropout trains
         f = self._tensor(features)
-        return self._step_on(lambda: self._head_module()(f), self._target(labels))
+        return self._step_on(lambda: self._head_net()(f), self._target(labels))
 
     # --- inference and data ------------------------------------------------------------------------------
     def _tensor(self, x):
@@ -245,6 +290,21 @@ class TorchBackend:
         if isinstance(x, (list, tuple)):  # a pair: side by side
             return np.concatenate([self.images(t) for t in x], axis=3)
         return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+
+    def parameter_arrays(self) -> List[np.ndarray]:
+        return [p.detach().cpu().numpy() for _, p in self.model.named_parameters()]
+
+    def barrier(self) -> None:
+        if self.dist.enabled:
+            torch.distributed.barrier()
+
+    def all_gather(self, array: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(array, np.float32))
+        if not self.dist.enabled:
+            return t.numpy()[None]
+        parts = [torch.empty_like(t) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(parts, t)
+        return torch.stack(parts).numpy()
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
         return [(k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items() if not self._is_head(k)]

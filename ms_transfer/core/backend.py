@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import SplitScan
+from .distributed import Dist
 from .freeze import FreezeReport
 from .recipe import Stage
 
@@ -27,9 +28,21 @@ class Backend(Protocol):
     ckpt_ext: str
     #: padding convention of the built model (``torch`` / ``same``), recorded in run checkpoints
     padding: str
+    #: this process's rank in a data-parallel run (set by :meth:`setup`; ``world_size == 1`` otherwise)
+    dist: Dist
 
     def setup(self, cfg: TrainConfig) -> None:
-        """Device, execution mode, seeds, threads; called first."""
+        """Device, execution mode, seeds, threads; under a launcher (``core.distributed.detect``) also the
+        communication backend and gradient averaging; called first."""
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+
+    def all_gather(self, array: "np.ndarray") -> "np.ndarray":
+        """``(world_size, *shape)``: every rank's float32 ``array`` (a single process: ``array[None]``)."""
+
+    def parameter_arrays(self) -> List["np.ndarray"]:
+        """Every parameter (not BatchNorm running statistics), in a fixed order (ranks compare their digests)."""
 
     def version(self) -> str:
         """``"<framework> <version>"`` (the feature-cache key depends on it)."""

@@ -17,8 +17,12 @@ an uncached epoch would use (:func:`~.data.batch_indices` of the epoch's seed).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -31,11 +35,12 @@ from .backend import Backend
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
 from .checkpoint_io import atomic_write
-from .data import Preprocess, SplitScan, batch_indices, scan_dataset, scan_split, subset_split
+from .data import Preprocess, SplitScan, batch_indices, scan_dataset, scan_split, shuffle_order, subset_split
+from .distributed import Dist, shard_epoch
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .metrics import classification_metrics
 from .plots import plot_curves, plot_predictions
-from .recipe import (check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
+from .recipe import (TrainingError, check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
                      pretrained_weights, record_epoch, run_summary, sample_per_class, stage_lrs, stage_of)
 from .runlock import RunLock
 from .tasks import SUM_CLASSES, VAL_PAIR_SEED, num_outputs, pair_split, task_metrics
@@ -58,11 +63,12 @@ def _result(losses: List[float], images: int, seconds: float) -> Dict:
 
 
 def run_epoch(backend: Backend, batches: Iterable, total: int, epoch: int, epochs: int,
-              collector: Optional[FeatureCollector] = None) -> Dict:
-    """One pass of train steps over ``batches`` (tqdm bar, NaN/Inf guard); ``collector`` receives every batch's
-    trunk features (fast path)."""
+              collector: Optional[FeatureCollector] = None, bar: bool = True) -> Dict:
+    """One pass of train steps over ``batches`` (tqdm bar unless ``bar`` is false, NaN/Inf guard); ``collector``
+    receives every batch's trunk features (fast path)."""
     losses, images, start = [], 0, time.perf_counter()
-    bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=None)
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+               disable=None if bar else True)
     for x, y in bar:
         loss, features = backend.train_step(x, y, want_features=collector is not None)
         check_finite(loss, epoch, len(losses))
@@ -115,11 +121,19 @@ def _head_metrics(backend: Backend, features: np.ndarray, labels: np.ndarray, nu
 class _Run:
     """State of one :func:`fit` call: the config, the backend, the scanned splits and the epoch's cache."""
 
-    def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan) -> None:
-        self.cfg, self.backend, self.train, self.val = cfg, backend, train, val
+    def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan, dist: Dist) -> None:
+        self.cfg, self.backend, self.train, self.val, self.dist = cfg, backend, train, val, dist
         self.task = task_of(cfg.arch)
         self.val = self.eval_split(val)
-        self.steps = steps_per_epoch(len(train), cfg.batch_size)
+        if dist.enabled:  # the same count on every rank: global batches of world_size * batch_size
+            _, self.steps, left_out = shard_epoch(range(len(train)), cfg.batch_size, dist.rank, dist.world_size)
+            print(f"Data parallel: {dist.world_size} ranks x batch {cfg.batch_size} = global batch "
+                  f"{dist.world_size * cfg.batch_size}, {self.steps} steps per epoch; each rank trains on its slice of "
+                  "every global batch" + (f"; {left_out} sample(s) per epoch (train size mod {dist.world_size}, a "
+                                          "different one each epoch) left out so that all ranks hold as many"
+                                          if left_out else ""))
+        else:
+            self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
 
     def eval_split(self, scan: SplitScan) -> SplitScan:
@@ -128,8 +142,15 @@ class _Run:
         return pair_split(scan, VAL_PAIR_SEED) if self.task == "digit_sum" else scan
 
     def train_batches(self, epoch: int):
-        train = pair_split(self.train, self.cfg.seed + epoch) if self.task == "digit_sum" else self.train
-        return self.backend.loader(train, train=True, shuffle=True, seed=self.cfg.seed + epoch)
+        seed = self.cfg.seed + epoch
+        train = pair_split(self.train, seed) if self.task == "digit_sum" else self.train
+        if not self.dist.enabled:
+            return self.backend.loader(train, train=True, shuffle=True, seed=seed)
+        # this rank's slice of every global batch, in the single-process order (see core.distributed)
+        mine, _, _ = shard_epoch(shuffle_order(len(train), seed), self.cfg.batch_size, self.dist.rank,
+                                 self.dist.world_size)
+        shard = SplitScan(train.root, train.split, train.classes, [train.samples[i] for i in mine], train.skipped)
+        return self.backend.loader(shard, train=True, shuffle=False, seed=seed)
 
     def val_batches(self):
         return self.backend.loader(self.val, train=False, shuffle=False, seed=self.cfg.seed)
@@ -138,6 +159,11 @@ class _Run:
         """The stage's feature cache, or ``None`` (trunk not frozen, or ``feature_cache: off``)."""
         self.cache = None
         if self.backend.frozen_trunk_reason() is not None:
+            return
+        if self.dist.enabled and self.cfg.feature_cache != "off":
+            print("Feature cache: off under data parallelism (each rank trains on a different part of the train set "
+                  "every epoch, so no rank could fill a cache of the whole set without an extra trunk pass, and the "
+                  "ranks would write one cache file at once); the frozen trunk runs as inference every epoch")
             return
         if self.cfg.feature_cache == "off":
             print("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
@@ -152,7 +178,7 @@ class _Run:
         cfg, backend = self.cfg, self.backend
         if self.cache is None or backend.frozen_trunk_reason() is not None or not self.cache.train_cached:
             batches, _ = self.train_batches(epoch)
-            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs)
+            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs, bar=self.dist.is_main)
         cache = self.cache
         labels = cache.labels("train")
         order = batch_indices(len(labels), cfg.batch_size, cfg.seed + epoch)
@@ -246,19 +272,62 @@ def _test(run: _Run, root: Path, classes: List[str], out: Path, epoch: int) -> N
     print(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (model after epoch {epoch})")
 
 
+def parameters_digest(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """A SHA-256 of the arrays' bytes, as 16 float32 values (exact small integers, so any collective carries it
+    unchanged): ranks compare it to check that they hold bit-identical parameters."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint16).astype(np.float32)
+
+
+def check_ranks_agree(backend: Backend, when: str) -> None:
+    """Data parallel: every rank must hold bit-identical parameters (checked, not assumed); a clear error if not.
+    BatchNorm running statistics are not compared: with batch-statistics BN each rank averages its own slices."""
+    digests = backend.all_gather(parameters_digest(backend.parameter_arrays()))
+    differ = [r for r in range(1, len(digests)) if not np.array_equal(digests[r], digests[0])]
+    if differ:
+        raise TrainingError(f"data parallel: ranks {differ} hold parameters different from rank 0's {when}; the "
+                            "gradient averaging or the initial weights are not the same on every rank")
+
+
 def fit(cfg: TrainConfig, backend: Backend) -> Dict:
-    """Run (or resume) training with ``backend``; returns the run summary. See the module docstring."""
+    """Run (or resume) training with ``backend``; returns the run summary (``{}`` on ranks other than 0 of a
+    data-parallel run). See the module docstring."""
     backend.setup(cfg)
+    dist = backend.dist
+    if not dist.enabled:
+        return _fit(cfg, backend, dist)
+    quiet = open(os.devnull, "w") if not dist.is_main else None
+    try:
+        # ranks other than 0 keep their stdout quiet (their errors and warnings still reach stderr)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return _fit(cfg, backend, dist)
+    except BaseException as exc:
+        print(f"[{dist.describe()}] the run failed: {type(exc).__name__}: {exc}\n[{dist.describe()}] {dist.launcher} "
+              f"stops the other ranks; {cfg.output_dir}'s best/last checkpoints are those of the last completed "
+              "epoch (written atomically by rank 0)", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if quiet:
+            quiet.close()
+
+
+def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
     out = Path(cfg.output_dir)
     last_ckpt = out / f"last.{backend.ckpt_ext}"
-    with RunLock(out, backend.name):
+    # rank 0 alone locks the run directory, prepares the data (generation, download, export) and writes; every rank
+    # checks the directory before the barrier, i.e. before rank 0 writes anything into it
+    with RunLock(out, backend.name) if dist.is_main else contextlib.nullcontext():
         check_run_dir(out, last_ckpt, cfg.resume)
-        root = prepare_data(cfg)
+        root = prepare_data(cfg) if dist.is_main else None
+        backend.barrier()
+        root = root or prepare_data(cfg)
         classes, scans = scan_dataset(root)
         train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
         if train is not scans["train"]:
             print(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
-        run = _Run(cfg, backend, train, scans["val"])
+        run = _Run(cfg, backend, train, scans["val"], dist)
         history: List[Dict] = []
         best_acc, start_epoch, resumed = -1.0, 1, None
         if cfg.resume:
@@ -273,7 +342,10 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
             backend.build(cfg.arch, num_outputs(cfg.arch, len(classes)), padding)
             if path:
                 print(f"{backend.load_pretrained(path)}\n  note: {why}")
-        save_config(cfg, out / "config.yaml")
+        if dist.enabled:
+            check_ranks_agree(backend, "at the start (seeded initialisation / the loaded weights)")
+        if dist.is_main:
+            save_config(cfg, out / "config.yaml")
 
         stages = plan_stages(cfg)
         skipped = len(run.train.skipped) + len(run.val.skipped)
@@ -292,14 +364,24 @@ def fit(cfg: TrainConfig, backend: Backend) -> Dict:
                 run.open_cache()
                 current = stage
             train_result = run.epoch(epoch)
+            if dist.enabled:
+                check_ranks_agree(backend, f"after epoch {epoch}")
+                # the logged loss is the mean over the ranks' (equal-sized) slices, the speed that of all ranks
+                both = backend.all_gather(np.array([train_result["train_loss"], train_result["images_per_s"]]))
+                train_result.update(train_loss=float(both[:, 0].mean()), images_per_s=float(both[:, 1].sum()))
+            # every rank validates the whole val set (the same weights: rank 0's numbers are a single-process
+            # evaluation of the checkpoint it writes); only rank 0 records and saves
             val = run.validate(len(classes))
-            row = epoch_row(epoch, stage, train_result, val, skipped)
-            epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
-            if improved:
-                backend.save_run(out / f"best.{backend.ckpt_ext}", epoch_meta, with_optimizer=False)
-            backend.save_run(last_ckpt, epoch_meta, with_optimizer=True)
+            if dist.is_main:
+                row = epoch_row(epoch, stage, train_result, val, skipped)
+                epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
+                if improved:
+                    backend.save_run(out / f"best.{backend.ckpt_ext}", epoch_meta, with_optimizer=False)
+                backend.save_run(last_ckpt, epoch_meta, with_optimizer=True)
             _after_epoch(epoch)
 
+        if not dist.is_main:
+            return {}
         plot_curves(history, out / "curves.png")
         _plot_predictions(run, out / "predictions.png")
         _test(run, root, classes, out, history[-1]["epoch"] if history else 0)
