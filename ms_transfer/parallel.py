@@ -20,13 +20,18 @@ from .core.distributed import Dist, threads_per_rank  # noqa: E402
 
 __all__ = ["init_data_parallel", "is_data_parallel", "grad_reducer", "barrier", "all_gather"]
 
+_JOINED = False   # init() once per process (parity's worker runs several trainers in one)
+
 
 def init_data_parallel(dist: Dist) -> Dist:
     """Join the cluster and switch on data parallelism (see the module docstring); returns ``dist`` as the cluster
     sees it. Call after :func:`~ms_transfer.context.set_context` and before building any cell."""
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()   # msrun's scheduler process never returns from here: it serves the cluster until the ranks finish
+    global _JOINED
+    if not _JOINED:
+        init()   # msrun's scheduler process never returns from here: it serves the cluster until the ranks finish
+        _JOINED = True
     rank, world = get_rank(), get_group_size()
     if (rank, world) != (dist.rank, dist.world_size):
         raise RuntimeError(f"msrun exported rank {dist.rank} of {dist.world_size}, but the cluster says rank {rank} "

@@ -27,11 +27,13 @@ from .sensitivity import format_sensitivity
 
 
 def _bug(name: str) -> str:
+    from .data_parallel import DP_BUGS
     bug, _, layer = name.partition("@")
-    if name in TRAIN_BUGS or (bug in BUGS and (not layer or bug in LAYER_BUGS)):
+    if name in DP_BUGS or name in TRAIN_BUGS or (bug in BUGS and (not layer or bug in LAYER_BUGS)):
         return name
     raise argparse.ArgumentTypeError(f"unknown bug {name!r}; porting bugs: {', '.join(sorted(BUGS))} (BUG@LAYER for "
-                                     f"{', '.join(LAYER_BUGS)}); training bugs: {', '.join(sorted(TRAIN_BUGS))}")
+                                     f"{', '.join(LAYER_BUGS)}); training bugs: {', '.join(sorted(TRAIN_BUGS))}; data-parallel bugs (with --world-size): "
+                                     "grad_sum, other_shard, bn_synced")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimes", nargs="+", default=None, choices=list(REGIMES), metavar="REGIME",
                    help=f"with --train-steps: any of {', '.join(REGIMES)} (default: finetune, fixed_feature and "
                         "partial for a ResNet; finetune, fixed_feature and last_layer_adam, seed 002's, otherwise)")
+    p.add_argument("--world-size", type=int, default=1, metavar="W",
+                   help="with --train-steps: W-rank data-parallel runs under msrun and torchrun (per-rank --batch) "
+                        "against one process on the global batch, and every rank's parameters after every step "
+                        "(see parity/data_parallel.py)")
+    p.add_argument("--launchers", nargs="+", default=["msrun", "torchrun"], choices=["msrun", "torchrun"],
+                   help="with --world-size: which launchers to run (default: both)")
     p.add_argument("--dropout", type=float, default=None, metavar="P",
                    help="a VGG's classifier dropout on both sides (torchvision's argument; default 0.5, at which "
                         "the dropout_keep_prob bug is a no-op)")
@@ -92,6 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.sensitivity and args.train_steps:
         print("error: --sensitivity measures the forward/gradient/optimizer checks: drop --train-steps", file=sys.stderr)
         return 2
+    if args.world_size > 1:
+        return _data_parallel(args)
     if args.inject and (args.inject in TRAIN_BUGS) != (args.train_steps > 0):
         kind = "a training bug: add --train-steps N" if args.inject in TRAIN_BUGS else "a porting bug: drop --train-steps"
         print(f"error: --inject {args.inject} is {kind}", file=sys.stderr)
@@ -151,6 +161,42 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
     return 0 if all(r.passed for r in reports) else 1
+
+
+def _data_parallel(args) -> int:
+    """``--world-size W``: the data-parallel comparison (parity/data_parallel.py)."""
+    from .data_parallel import DP_BUGS, run_data_parallel
+    from .training import regimes_for
+
+    if not args.train_steps:
+        print("error: --world-size compares training steps: add --train-steps N", file=sys.stderr)
+        return 2
+    if args.inject and args.inject not in DP_BUGS:
+        print(f"error: with --world-size, --inject is one of {', '.join(DP_BUGS)}", file=sys.stderr)
+        return 2
+    if args.mode == "both":
+        args.mode = "graph"
+    args.arch = args.arch or "resnet18"
+    args.image_size = args.image_size or 32
+    regimes = args.regimes or [r for r in regimes_for(args.arch)]
+    cases = [("finetune", args.inject)] if args.inject else [(r, None) for r in regimes]
+    cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=args.mode, device=args.device, batch=args.batch,
+                       image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
+                       train_steps=args.train_steps)
+    print(f"\n== {cfg.arch} | {args.world_size} ranks x batch {cfg.batch} vs one process x batch "
+          f"{args.world_size * cfg.batch} | {', '.join(args.launchers)} | MindSpore {cfg.mode.upper()} | "
+          f"{cfg.image_size} px | {args.train_steps} steps" + (f" | injected bug: {args.inject}" if args.inject else ""),
+          flush=True)
+    results = run_data_parallel(cfg, cases, args.launchers, args.world_size,
+                                log=lambda s: print(s, file=sys.stderr, flush=True))
+    rows = [row for key in results for row in results[key]]
+    print(format_table(rows))
+    passed = bool(rows) and all(r.passed for r in rows)
+    print("PASSED" if passed else "FAILED", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"passed": passed, "results": [r.as_dict() for r in rows]}, indent=2))
+    return 0 if passed else 1
 
 
 def _save_reference(args) -> int:
