@@ -177,7 +177,7 @@ def _data_parallel(args) -> int:
     if args.mode == "both":
         args.mode = "graph"
     args.arch = args.arch or "resnet18"
-    args.image_size = args.image_size or 32
+    args.image_size = args.image_size or 64   # 32 px: stage 4 is 1x1, train-mode BN over 4 values, floor 31%
     regimes = args.regimes or [r for r in regimes_for(args.arch)]
     cases = [("finetune", args.inject)] if args.inject else [(r, None) for r in regimes]
     cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=args.mode, device=args.device, batch=args.batch,
