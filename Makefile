@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test test-slow demo demo-synthetic demo-torch study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+.PHONY: venv test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,22 @@ demo-synthetic: venv
 ## demo-torch: the synthetic demo trained by torchvision (python -m torch_reference.train)
 demo-torch: venv
 	$(PY) -m torch_reference.train --config configs/demo.yaml --output-dir runs/demo-torch-$$(date +%Y%m%d-%H%M%S)
+
+## train-msrun / train-torchrun: the synthetic demo with data parallelism, NPROC ranks (default 2) on this machine
+## (README "More than one process"); msrun runs the `python` on PATH, hence the venv first on it
+NPROC ?= 2
+MASTER_PORT ?= 8118
+train-msrun: venv
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/msrun --worker_num=$(NPROC) --local_worker_num=$(NPROC) \
+	  --master_port=$(MASTER_PORT) --log_dir=runs/msrun-logs --join=True \
+	  python -m ms_transfer.train --config configs/demo.yaml --output-dir runs/demo-msrun-$$(date +%Y%m%d-%H%M%S)
+train-torchrun: venv
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) \
+	  -m torch_reference.train --config configs/demo.yaml --output-dir runs/demo-torchrun-$$(date +%Y%m%d-%H%M%S)
+
+## parity-dp: 3 training steps of 2-rank runs under msrun and torchrun against one process (ResNet18, 64 px)
+parity-dp: venv
+	$(PY) -m parity --arch resnet18 --train-steps 3 --world-size 2 --num-classes 10
 
 ## study-digit-adder / study-fashion: the README's two measured studies (both frameworks, 3 seeds; resumable)
 study-digit-adder: venv

@@ -391,6 +391,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None)
     p.add_argument("--no-extras", action="store_true", help="skip conversion / parity / data-pipeline timings")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--data-parallel", type=int, default=0, metavar="W",
+                   help="instead: one process vs W ranks under msrun and torchrun, both frameworks, the finetune "
+                        "step on the same global batch (W x --batch), with the all-reduce time per step "
+                        "(ms_transfer/bench_parallel.py)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -403,6 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             values[key] = getattr(args, key)
     values["extras"] = not args.no_extras
     cfg = BenchConfig(**values)
+    if args.data_parallel:
+        return _data_parallel(cfg, args.data_parallel, args, argv)
     report = run_bench(cfg, quick=args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
     report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_report(report))
@@ -410,6 +416,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _data_parallel(cfg: BenchConfig, world: int, args, argv) -> int:
+    from . import bench_parallel
+    if world < 2:
+        print("error: --data-parallel W needs W >= 2 ranks", file=sys.stderr)
+        return 2
+    machine = machine_info()
+    print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; {cfg.arch} at {cfg.image_size} px, "
+          f"MindSpore GRAPH", file=sys.stderr, flush=True)
+    results = bench_parallel.run(cfg.arch, cfg.image_size, cfg.batch, cfg.steps, world,
+                                 log=lambda s: print(s, file=sys.stderr, flush=True))
+    report = {"machine": machine, "config": asdict(cfg), "world": world, "data_parallel": results,
+              "command": "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(f"{report['command']}\nMachine: {machine.get('cpu')}, {machine.get('cores')} cores\n"
+          + bench_parallel.format_results(results, cfg.batch, world))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if all("error" not in r for r in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The benchmark harness runs end to end (``--quick``, the CI smoke run); numbers are reported, never asserted."""
 import json
 
+import pytest
+
 from ms_transfer.bench import QUICK, format_report, machine_info, main
 
 
@@ -26,3 +28,18 @@ def test_machine_info_and_compute_limit():
     assert info["cpu_mhz"] > 0  # read from /proc/cpuinfo (the project runs on Linux x86_64)
     per_cycle = 64 if info["avx512f"] else 32  # 2 FMA units x 16 or 8 fp32 lanes x 2
     assert info["peak_gflops_fp32"] == info["cores"] * info["cpu_mhz"] / 1000 * per_cycle
+
+
+@pytest.mark.slow
+def test_data_parallel_bench_reports_one_process_and_two_ranks_of_both_frameworks(tmp_path, capsys):
+    """``--data-parallel 2``: four launches (~1 min at this size); slow, recorded in BENCHMARKS.md."""
+    out = tmp_path / "dp.json"
+    assert main(["--data-parallel", "2", "--arch", "resnet18", "--image-size", "32", "--batch", "2", "--steps", "2",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["data_parallel"]
+    assert set(results) == {"torch x1", "torch x2 (torchrun)", "mindspore x1", "mindspore x2 (msrun)"}
+    for engine, r in results.items():
+        assert r["images_per_s"] > 0 and r["world"] == (2 if "x2" in engine else 1), (engine, r)
+        assert (r["allreduce_s"] > 0) == (r["world"] == 2) and r["grad_mb"] > 40   # ResNet18: 11.7M parameters
+    assert "all-reduce ms" in capsys.readouterr().out
