@@ -59,7 +59,8 @@ def _after_epoch(epoch: int) -> None:
 
 
 def _result(losses: List[float], images: int, seconds: float) -> Dict:
-    return {"train_loss": float(np.mean(losses)), "images_per_s": images / seconds, "train_seconds": seconds}
+    return {"train_loss": float(np.mean(losses)), "images_per_s": images / seconds, "train_seconds": seconds,
+            "train_images": images}
 
 
 def run_epoch(backend: Backend, batches: Iterable, total: int, epoch: int, epochs: int,
@@ -149,6 +150,7 @@ class _Run:
         # this rank's slice of every global batch, in the single-process order (see core.distributed)
         mine, _, _ = shard_epoch(shuffle_order(len(train), seed), self.cfg.batch_size, self.dist.rank,
                                  self.dist.world_size)
+        self.shard_size = len(mine)
         shard = SplitScan(train.root, train.split, train.classes, [train.samples[i] for i in mine], train.skipped)
         return self.backend.loader(shard, train=True, shuffle=False, seed=seed)
 
@@ -365,6 +367,9 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
                 current = stage
             train_result = run.epoch(epoch)
             if dist.enabled:
+                if train_result["train_images"] != run.shard_size:   # e.g. a pipeline that shards on its own
+                    raise TrainingError(f"data parallel: rank {dist.rank} trained on {train_result['train_images']} "
+                                        f"samples in epoch {epoch}, but its shard holds {run.shard_size}")
                 check_ranks_agree(backend, f"after epoch {epoch}")
                 # the logged loss is the mean over the ranks' (equal-sized) slices, the speed that of all ranks
                 both = backend.all_gather(np.array([train_result["train_loss"], train_result["images_per_s"]]))
