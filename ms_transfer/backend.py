@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .context import set_context
+from .context import prepare_onednn, set_context
 import mindspore as ms  # noqa: E402  (after the oneDNN cap, see ms_transfer.context)
 import numpy as np  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
@@ -113,8 +113,10 @@ class MindSporeBackend:
     # --- model -------------------------------------------------------------------------------------------
     def setup(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        set_context(cfg.mode, cfg.device)
         dist = detect()
+        if cfg.device == "CPU":  # which conv path oneDNN takes (probed once, then cached; not by launched ranks)
+            prepare_onednn(probe=not dist.enabled)
+        set_context(cfg.mode, cfg.device)
         if dist.enabled:  # under msrun: join the cluster, average gradients (see ms_transfer.parallel)
             self.dist = parallel.init_data_parallel(dist)
         ms.set_seed(cfg.seed)   # the same on every rank: MindSpore does not broadcast the initial weights

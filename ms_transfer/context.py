@@ -1,23 +1,47 @@
 """One place to prepare MindSpore: the oneDNN ISA cap, the execution mode and the device.
 
-MindSpore 2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on CPUs that report AVX-512 with a
+MindSpore 2.9/2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on CPUs that report AVX-512 with a
 reference kernel (measured here, any AVX512_* level: ~1 GFLOP/s vs ~60-110 GFLOP/s at AVX2 for a 3x3 conv, i.e.
-~100x slower training, on Intel Xeon and AMD EPYC alike). Capping oneDNN at AVX2 restores full speed and is a
-no-op on AVX2-only machines. oneDNN reads the variable lazily, at its first kernel, so :func:`apply_onednn_cap`
+~100x slower training, on Intel Xeon and AMD EPYC alike); MindSpore 2.7.2's oneDNN v2.2.0 does not. Whether to cap
+is decided by :mod:`ms_transfer.onednn` from the bundled oneDNN version, the CPU and a cached measured probe; a
+value the user exported wins. oneDNN reads the variable lazily, at its first kernel, so :func:`apply_onednn_cap`
 runs when this module is imported (every MindSpore-side module of this package imports it before building a
-cell or a dataset) and again in :func:`set_context`; a value the user exported wins. torch-only processes never
-import this module, so torch keeps its own (fast) AVX-512 kernels and never has to undo anything.
+cell or a dataset) and again in :func:`set_context`. torch-only processes never import this module, so torch
+keeps its own (fast) AVX-512 kernels and never has to undo anything.
 """
 from __future__ import annotations
 
 import os
 
-ONEDNN_ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+from . import onednn
+
+ONEDNN_ISA_VAR = onednn.ISA_VAR
+#: the ISA the user exported before this package touched the variable (theirs always wins)
+USER_ISA = os.environ.get(ONEDNN_ISA_VAR) or None
+#: the decision applied in this process (see :mod:`ms_transfer.onednn`)
+DECISION: "onednn.Decision | None" = None
 
 
-def apply_onednn_cap() -> None:
-    """Cap MindSpore's oneDNN at AVX2 unless the user chose an ISA (see the module docstring)."""
-    os.environ.setdefault(ONEDNN_ISA_VAR, "AVX2")
+def apply_onednn_cap(decision: "onednn.Decision | None" = None) -> "onednn.Decision":
+    """Apply ``decision`` (default: :func:`ms_transfer.onednn.decide`); the user's own ISA is never changed."""
+    global DECISION
+    DECISION = decision or onednn.decide(USER_ISA)
+    if USER_ISA:
+        return DECISION
+    if DECISION.isa:
+        os.environ[ONEDNN_ISA_VAR] = DECISION.isa
+    else:
+        os.environ.pop(ONEDNN_ISA_VAR, None)   # a measured "no cap" replaces the rule's cap set at import
+    return DECISION
+
+
+def prepare_onednn(probe: bool = True, log=print) -> "onednn.Decision":
+    """Before MindSpore's first kernel in a training / bench process: the measured decision (probed once per
+    machine and MindSpore version, then cached; ``probe=False``: the cached one or the rule), applied, and logged
+    with the convolution path it selects."""
+    decision = apply_onednn_cap(onednn.ensure_probed(USER_ISA, log) if probe else onednn.decide(USER_ISA))
+    log(decision.describe())
+    return decision
 
 
 apply_onednn_cap()
@@ -30,7 +54,7 @@ DEVICES = ("CPU", "GPU", "Ascend")
 
 def set_context(mode: str = "graph", device: str = "CPU") -> None:
     """Select GRAPH (static graph, compiled once) or PYNATIVE (eager) execution on ``device``."""
-    apply_onednn_cap()
+    apply_onednn_cap(DECISION)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if device not in DEVICES:

@@ -1,0 +1,196 @@
+"""Which oneDNN ISA MindSpore's CPU convolutions should use, decided from the bundled oneDNN and a measured probe.
+
+MindSpore 2.9/2.10 bundle oneDNN v3.10.1, which serves plain-NCHW convolutions on CPUs reporting AVX-512 with a
+reference kernel (``jit_uni_ncsp:conv+ref:any``, measured ~1 GFLOP/s) unless capped at AVX2 (``x64:gemm:jit``,
+60-125 GFLOP/s); MindSpore 2.7.2 bundles oneDNN v2.2.0, whose AVX-512 path is ``gemm:jit``. So the cap is a
+property of the installed MindSpore *and* the CPU, not a constant:
+
+* :func:`bundled_onednn` reads the version from MindSpore's own ``libdnnl`` (``dnnl_version()``, via ctypes:
+  MindSpore is not imported);
+* :func:`decide` (at import of :mod:`ms_transfer.context`, before any kernel): a user's ``ONEDNN_MAX_CPU_ISA``
+  wins; a CPU without AVX-512 needs no cap (AVX2 is its ceiling anyway); else the cached probe's choice for this
+  (MindSpore, oneDNN, CPU) if there is one; else the rule from the versions measured here: oneDNN >= 3 -> AVX2,
+  older -> uncapped;
+* :func:`probe` measures it: a 3x3 conv (64 channels, 56x56, batch 4: ResNet's first stage) forward + both backwards in a subprocess per
+  ISA (oneDNN reads the cap once per process), with ``ONEDNN_VERBOSE`` naming the implementation oneDNN picked;
+  the faster ISA is cached under ``~/.cache/ms_transfer/onednn`` (``MS_TRANSFER_CACHE`` moves it). The training
+  CLI probes once per machine and MindSpore version (:func:`ensure_probed`, a few seconds) and logs the conv path.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+#: the ISAs the probe compares: the AVX2 cap, and oneDNN's own choice (no cap)
+CANDIDATES = ("AVX2", "ALL")
+
+_PROBE = r"""
+import json, os, time
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+ms.set_context(mode=ms.PYNATIVE_MODE)
+conv = nn.Conv2d(64, 64, 3, pad_mode="pad", padding=1, has_bias=False)
+x = ms.Tensor(np.random.RandomState(0).randn(4, 64, 56, 56).astype(np.float32))
+grad = ms.grad(lambda x: conv(x).sum(), grad_position=0, weights=conv.trainable_params())
+grad(x)[0].asnumpy()
+times = []
+while len(times) < 5 and sum(times) < 2.0:   # a reference kernel (~1 GFLOP/s) stops after one 2.8 s pass
+    t = time.perf_counter(); grad(x)[0].asnumpy(); times.append(time.perf_counter() - t)
+print("PROBE " + json.dumps({"gflops": 3 * 2 * 4 * 64 * 64 * 9 * 56 * 56 / min(times) / 1e9}), flush=True)
+"""
+
+
+@dataclass
+class Decision:
+    """The ISA cap to apply (``None``: none) and why; ``probe``: the measurements it came from, if any."""
+
+    isa: Optional[str]
+    reason: str
+    onednn: Optional[str] = None
+    probe: Dict[str, Dict] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        cap = f"{ISA_VAR}={self.isa}" if self.isa else "no ISA cap"
+        lines = [f"oneDNN {self.onednn or '(not found)'}: {cap} ({self.reason})"]
+        for isa, m in self.probe.items():
+            impls = ", ".join(sorted(set(m.get("impls", {}).values()))) or "?"
+            lines.append(f"  conv probe {isa}: {m.get('gflops', float('nan')):.1f} GFLOP/s via {impls}")
+        return "\n".join(lines)
+
+
+def _mindspore_dir() -> Optional[Path]:
+    spec = importlib.util.find_spec("mindspore")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def bundled_onednn() -> Optional[str]:
+    """``"major.minor.patch"`` of the ``libdnnl`` MindSpore ships, or ``None``."""
+    root = _mindspore_dir()
+    if root is None:
+        return None
+
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                    ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+    for lib in sorted((root / "lib").glob("libdnnl.so*")):
+        try:
+            dll = ctypes.CDLL(str(lib))
+            dll.dnnl_version.restype = ctypes.POINTER(_Version)
+            v = dll.dnnl_version().contents
+            return f"{v.major}.{v.minor}.{v.patch}"
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _mindspore_version() -> Optional[str]:
+    root = _mindspore_dir()
+    if root is None:
+        return None
+    try:
+        text = (root / "version.py").read_text()
+        return text.split("'")[1] if "'" in text else text.split('"')[1]
+    except (OSError, IndexError):
+        return None
+
+
+def cpu() -> Dict[str, str]:
+    """CPU model and whether it reports AVX-512 (``/proc/cpuinfo``)."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value
+    except OSError:
+        pass
+    return {"model": model, "avx512": " avx512f" in flags, "flags": flags}
+
+
+def _cache_file(onednn: Optional[str]) -> Path:
+    info = cpu()
+    key = hashlib.sha256(f"{_mindspore_version()}|{onednn}|{info['model']}|{info['flags']}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("MS_TRANSFER_CACHE", Path.home() / ".cache" / "ms_transfer")).expanduser()
+    return root / "onednn" / f"{key}.json"
+
+
+def decide(user_isa: Optional[str] = None) -> Decision:
+    """The cap for this process (see the module docstring); ``user_isa``: the ``ONEDNN_MAX_CPU_ISA`` the user
+    exported, if any. Nothing is run or written."""
+    onednn = bundled_onednn()
+    if user_isa:
+        return Decision(user_isa, "set by the user", onednn)
+    if not cpu()["avx512"]:
+        return Decision(None, "the CPU has no AVX-512: AVX2 is already its ceiling", onednn)
+    cached = _cache_file(onednn)
+    if cached.exists():
+        try:
+            saved = json.loads(cached.read_text())
+            return Decision(saved["isa"], f"measured on this machine ({cached})", onednn, saved.get("probe", {}))
+        except (OSError, ValueError, KeyError):
+            pass
+    if onednn and int(onednn.split(".")[0]) >= 3:
+        return Decision("AVX2", "oneDNN >= 3 serves plain-NCHW convolutions on AVX-512 with a reference kernel "
+                                "(measured ~1 GFLOP/s); not yet probed on this machine", onednn)
+    return Decision(None, "oneDNN < 3 has a jit AVX-512 path; not yet probed on this machine", onednn)
+
+
+def probe(isa: str, timeout: float = 300) -> Dict:
+    """One subprocess: the conv probe under ``isa`` (``ALL``: no cap); ``{"gflops", "impls": {pass: impl}}``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    env[ISA_VAR] = isa
+    env["ONEDNN_VERBOSE"] = env["DNNL_VERBOSE"] = "1"   # oneDNN 3 / oneDNN 2 spelling
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout)
+    result: Dict = {"impls": {}}
+    for line in out.stdout.splitlines():
+        if line.startswith("PROBE "):
+            result.update(json.loads(line[6:]))
+        elif line.startswith(("onednn_verbose", "dnnl_verbose")) and ",exec,cpu,convolution," in line:
+            # v3: onednn_verbose,v1,primitive,exec,cpu,convolution,IMPL,PASS,...; v2: dnnl_verbose,exec,cpu,convolution,IMPL,PASS
+            parts = line.split(",")
+            i = parts.index("convolution")
+            if len(parts) > i + 2:
+                result["impls"][parts[i + 2]] = parts[i + 1]
+    if "gflops" not in result:
+        raise RuntimeError(f"oneDNN probe under {isa} failed: {(out.stderr or out.stdout)[-500:]}")
+    return result
+
+
+def ensure_probed(user_isa: Optional[str] = None, log=print) -> Decision:
+    """Probe and cache the choice unless the user chose an ISA, the CPU has no AVX-512 or it is cached; returns
+    the decision (the caller applies it before MindSpore's first kernel: :func:`ms_transfer.context.prepare_onednn`)."""
+    current = decide(user_isa)
+    if current.probe or user_isa or not cpu()["avx512"]:
+        return current
+    log("Measuring MindSpore's convolution with and without the oneDNN AVX2 cap (once per machine and version) ...")
+    measured = {isa: probe(isa) for isa in CANDIDATES}
+    best = max(measured, key=lambda isa: measured[isa]["gflops"])
+    decision = Decision(None if best == "ALL" else best, f"measured faster on this machine ({_cache_file(current.onednn)})",
+                        current.onednn, measured)
+    path = _cache_file(current.onednn)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"isa": decision.isa, "probe": measured, "onednn": current.onednn,
+                               "mindspore": _mindspore_version(), "cpu": cpu()["model"]}, indent=1))
+    os.replace(tmp, path)
+    return decision
+
+
+def as_dict(decision: Decision) -> Dict:
+    return asdict(decision)
+
+
+if __name__ == "__main__":   # python -m ms_transfer.onednn: probe (once) and print the decision
+    print(ensure_probed(os.environ.get(ISA_VAR)).describe())
