@@ -239,8 +239,10 @@ def test_mindspore_checkpoint_reads_with_page_cache_counted_as_available(tmp_pat
     import mindspore as ms
     src, _ = _torch_checkpoint(tmp_path, "resnet18")
     assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0
+    from mindspore.train import serialization
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda key: 1 if key == "SC_AVPHYS_PAGES" else real(key))  # 4 KB "free"
-    with pytest.raises(Exception, match="exceeds current available memory"):
-        ms.load_checkpoint(str(tmp_path / "w.ckpt"))
+    if hasattr(serialization, "_get_available_memory"):   # 2.10 has the check; 2.7.2 reads without one
+        with pytest.raises(Exception, match="exceeds current available memory"):
+            ms.load_checkpoint(str(tmp_path / "w.ckpt"))
     assert set(read_weights(tmp_path / "w.ckpt").state) == set(naming.name_table("resnet18", "ms_transfer"))

@@ -68,8 +68,9 @@ def test_torch_side_never_loads_mindspore_and_the_package_has_no_side_effects():
         import torch_reference.train, torch_reference.evaluate
         assert not [m for m in sys.modules if m.split(".")[0] == "mindspore"], "MindSpore was imported"
         assert "ONEDNN_MAX_CPU_ISA" not in os.environ
-        import ms_transfer.models  # the MindSpore side applies its oneDNN cap itself
-        assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+        import ms_transfer.models  # the MindSpore side applies its oneDNN decision itself (ms_transfer.onednn)
+        from ms_transfer import context
+        assert os.environ.get("ONEDNN_MAX_CPU_ISA") == context.DECISION.isa, context.DECISION
         print("ok")
     """, cwd=ROOT, env=env)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
@@ -237,3 +238,22 @@ def test_torch_frozen_trunk_uses_the_feature_cache_and_trains_the_same(data_dir,
             for name in ("cached", "plain")]
     assert [r["val_acc"] for r in rows[0]] == [r["val_acc"] for r in rows[1]]
     np.testing.assert_allclose([r["train_loss"] for r in rows[0]], [r["train_loss"] for r in rows[1]], rtol=0)
+
+
+def test_onednn_cap_follows_the_bundled_version_the_cpu_and_the_user():
+    """The cap is decided, not assumed (ms_transfer.onednn): the user's ISA wins; no AVX-512, no cap; an unprobed
+    machine gets the rule from the measured versions (oneDNN >= 3: AVX2; 2.x: none); a cached probe decides."""
+    from ms_transfer import onednn
+
+    version = onednn.bundled_onednn()
+    assert version and version.count(".") == 2   # read from MindSpore's own libdnnl
+    assert onednn.decide("AVX512_CORE").isa == "AVX512_CORE"
+    decision = onednn.decide(None)
+    if not onednn.cpu()["avx512"]:
+        assert decision.isa is None
+    elif not decision.probe:
+        assert decision.isa == ("AVX2" if int(version.split(".")[0]) >= 3 else None)
+    else:   # measured: the faster ISA of the probe (AVX2 or no cap)
+        best = max(decision.probe, key=lambda isa: decision.probe[isa]["gflops"])
+        assert decision.isa == (None if best == "ALL" else best)
+    assert f"oneDNN {version}" in decision.describe()
