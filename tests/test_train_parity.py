@@ -44,8 +44,12 @@ def test_training_bug_is_caught(bug):
     broken = run_parity(ParityConfig(mode="pynative", regimes=(regime,), inject=bug, **SMALL))
     failed = {r.check: r for r in broken.results if not r.passed}
     assert check in failed, "\n".join(str(r) for r in broken.results)
-    # caught by a wide margin, not by a hair: the verdict's strength is the larger of its two ratios
-    assert max(failed[check].ratio, failed[check].scale_ratio) > 10 * K
+    # caught by a wide margin, not by a hair: the verdict's strength is the larger of its two ratios. Weakest case
+    # measured: bn_weight_decay_skipped, ratio / scale ratio 23.9 / 101 on MindSpore 2.10.0 and 19.7 / 38.5 on
+    # 2.7.2. The bug's own effect is bit-identical in both versions (bn1.weight's update off by 33.7%); the scale
+    # statistic is a median over all tensors, so the clean tensors' rounding noise, which differs by version,
+    # decides where it lands. 5 K keeps "wide" true on every supported version.
+    assert max(failed[check].ratio, failed[check].scale_ratio) > 5 * K
 
 
 def test_cli_train_steps(capsys):
