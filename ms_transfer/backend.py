@@ -27,7 +27,7 @@ from .data import build_dataset  # noqa: E402
 from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head  # noqa: E402
 from .models.factory import build_model, load_run_checkpoint  # noqa: E402
 from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
-from . import parallel  # noqa: E402
+from . import compile_cache, parallel  # noqa: E402
 
 __all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
 
@@ -109,6 +109,7 @@ class MindSporeBackend:
         self._training: Optional[bool] = None
         self._fallback_reported = False
         self.dist = SINGLE
+        self._compile_cache = False   # set by setup() (the training loop), never by parity's adopt()
 
     # --- model -------------------------------------------------------------------------------------------
     def setup(self, cfg: TrainConfig) -> None:
@@ -119,6 +120,7 @@ class MindSporeBackend:
         set_context(cfg.mode, cfg.device)
         if dist.enabled:  # under msrun: join the cluster, average gradients (see ms_transfer.parallel)
             self.dist = parallel.init_data_parallel(dist)
+        self._compile_cache = cfg.compile_cache == "auto"
         ms.set_seed(cfg.seed)   # the same on every rank: MindSpore does not broadcast the initial weights
 
     def version(self) -> str:
@@ -149,6 +151,12 @@ class MindSporeBackend:
     # --- stage and steps ---------------------------------------------------------------------------------
     def enter_stage(self, stage: Stage, lrs: Sequence[float], restore_optimizer: bool = False) -> FreezeReport:
         """Apply the stage's freezing and build its optimizer (per-step LRs) and train step."""
+        if self._compile_cache:   # once, before the first graph compiles (see ms_transfer.compile_cache)
+            self._compile_cache = False
+            path = compile_cache.enable(self.cfg, lrs)
+            if path is not None:
+                reused = any(path.rglob("*"))
+                print(f"Compile cache: {path} ({'reusing the graphs of an earlier identical run' if reused else 'new'})")
         report = apply_freeze(self.net, stage.freeze, stage.unfreeze)
         params = self.net.trainable_params()
         if not params:

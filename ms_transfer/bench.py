@@ -71,6 +71,25 @@ class Measurement:
         return statistics.median(self.images_per_s) if self.images_per_s else float("nan")
 
 
+def _versions() -> Dict:
+    """The installed frameworks and MindSpore's oneDNN with its ISA decision (ms_transfer.onednn; read without
+    importing MindSpore, which applies the decision in each engine's own process)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import onednn
+    found = {}
+    for package in ("mindspore", "torch"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    decision = onednn.decide(os.environ.get(onednn.ISA_VAR))
+    found["onednn"] = decision.onednn
+    found["onednn_isa_cap"] = decision.isa
+    found["onednn_decision"] = decision.reason
+    return found
+
+
 def machine_info() -> Dict:
     """Cores available to this process, clock, ISA and the fp32 compute limit ``cores x GHz x FLOPs/cycle``
     (64 with AVX-512, else 32; ``peak_gflops_fp32_avx2`` is MindSpore's ceiling under the AVX2 cap).
@@ -95,6 +114,7 @@ def machine_info() -> Dict:
     avx512 = " avx512f" in flags
     per_cycle = FLOPS_PER_CYCLE_AVX512 if avx512 else FLOPS_PER_CYCLE_AVX2
     return {"cores": cores, "cpu_mhz": mhz, "cpu": model, "avx2": " avx2" in flags, "avx512f": avx512,
+            **_versions(),
             "peak_gflops_fp32": cores * mhz / 1000.0 * per_cycle,
             "peak_gflops_fp32_avx2": cores * mhz / 1000.0 * FLOPS_PER_CYCLE_AVX2,
             "python": platform.python_version()}
@@ -358,6 +378,8 @@ def format_report(report: Dict) -> str:
              f"{cfg['rounds']} rounds | {machine['cores']} cores @ {machine['cpu_mhz']:.0f} MHz "
              f"(fp32 peak ~{machine['peak_gflops_fp32']:.0f} GFLOP/s, {machine['peak_gflops_fp32_avx2']:.0f} at AVX2) | {report['forward_gflop_per_image']:.2f} "
              "GFLOP/image forward",
+             f"{machine.get('cpu')} | MindSpore {machine.get('mindspore')} (oneDNN {machine.get('onednn')}, ISA cap "
+             f"{machine.get('onednn_isa_cap') or 'none'}: {machine.get('onednn_decision')}) | torch {machine.get('torch')}",
              f"{'workload':<14} {'engine':<12} {'img/s':>8} {'vs torch':>9} {'limit':>7} {'vs limit':>9} "
              f"{'1st step s':>10}  rounds"]
     for m in sorted(report["measurements"], key=lambda m: (WORKLOADS.index(m["workload"]), m["engine"])):

@@ -29,7 +29,7 @@ def _config(arch: str, image_size: int, batch: int, mode: str):
     from .core.config import TrainConfig
     return TrainConfig(arch=arch, image_size=image_size, batch_size=batch, epochs=1, pretrained=None,
                        strategy="finetune", optimizer="momentum", lr=1e-3, schedule="constant",
-                       mode=mode).validate(source="bench")
+                       mode=mode, compile_cache="off").validate(source="bench")   # first step = compile
 
 
 def worker(framework: str, spec: Dict) -> None:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import sys
 from typing import Dict, Optional, Sequence
 
-from .core.config import TrainConfig
-from .core.recipe import TrainingError, cli_main
+# absolute imports: MindSpore's compile cache parses this entry script's imports with no package (2.10:
+# "no package specified for '.core.config.TrainConfig'" for relative ones)
+from ms_transfer.core.config import TrainConfig
+from ms_transfer.core.recipe import TrainingError, cli_main
 
 __all__ = ["TrainingError", "train", "main"]
 
 
 def train(cfg: TrainConfig) -> Dict:
     """Run (or resume) training in MindSpore; returns the run summary (see :func:`ms_transfer.core.loop.fit`)."""
-    from .backend import MindSporeBackend  # here, not at the top: --help and bad flags answer without MindSpore
-    from .core.loop import fit
+    from ms_transfer.backend import MindSporeBackend  # here, not at the top: --help and bad flags answer fast
+    from ms_transfer.core.loop import fit
     return fit(cfg, MindSporeBackend())
 
 
@@ -30,4 +32,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from ms_transfer import compile_cache
+    compile_cache.allow_for_this_process()   # one process, one run: MindSpore's compile cache is safe here
     sys.exit(main())

@@ -80,7 +80,7 @@ def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int
     if regime == "last_layer_adam":
         values["unfreeze"] = [head_names("ms_transfer", arch)[0].rsplit(".", 1)[0] + ".*"]
     return TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=image_size, seed=seed, pretrained=None,
-                       padding=padding, **values).validate(source=f"regime {regime}")
+                       padding=padding, compile_cache="off", **values).validate(source=f"regime {regime}")
 
 
 def regimes_for(arch: str) -> List[str]:

@@ -1,5 +1,6 @@
 """Training end to end on a generated ImageFolder set: freezing, resume, atomic checkpoints, errors."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -201,3 +202,38 @@ def test_graph_and_pynative_train_the_same_model(data_dir, tmp_path):
     for name, graph_value in runs["graph"].items():
         diff = np.linalg.norm(graph_value - runs["pynative"][name])
         assert diff <= 1e-5 * np.linalg.norm(graph_value), name
+
+
+def test_compile_cache_reuses_graphs_across_cli_runs_and_trains_the_same(tmp_path):
+    """``compile_cache: auto`` (GRAPH, the training CLI): a second identical run reuses the first run's graphs
+    (MindSpore's compile cache) and trains bit-identically; the key changes with the config, the code and the LRs."""
+    import subprocess
+    import sys
+
+    from ms_transfer import compile_cache
+    from ms_transfer.core.config import TrainConfig
+
+    env = {**os.environ, "MS_TRANSFER_CACHE": str(tmp_path / "cache")}
+    env.pop("MS_COMPILER_CACHE_ENABLE", None)
+    runs = []
+    for name in ("fill", "hit"):
+        out = subprocess.run([sys.executable, "-m", "ms_transfer.train", "--demo", "--data-dir", str(tmp_path / "demo"),
+                              "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path / name)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(out.stdout)
+    assert "Compile cache:" in runs[0] and "(new)" in runs[0] and "reusing the graphs" in runs[1]
+    rows = [json.loads((tmp_path / name / "metrics.jsonl").read_text()) for name in ("fill", "hit")]
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert rows[0][key] == rows[1][key], key
+    cfg = TrainConfig(arch="resnet18", image_size=32)
+    base = compile_cache.cache_dir(cfg, [0.1, 0.1])
+    assert compile_cache.cache_dir(TrainConfig(arch="resnet18", image_size=32, output_dir="elsewhere"), [0.1, 0.1]) == base
+    assert compile_cache.cache_dir(TrainConfig(arch="resnet18", image_size=32, lr=0.5), [0.1, 0.1]) != base
+    assert compile_cache.cache_dir(cfg, [0.1, 0.1, 0.1]) != base    # another number of steps
+    real = compile_cache._sources_digest
+    compile_cache._sources_digest = lambda: real() + "changed"     # an edited ms_transfer module
+    try:
+        assert compile_cache.cache_dir(cfg, [0.1, 0.1]) != base
+    finally:
+        compile_cache._sources_digest = real

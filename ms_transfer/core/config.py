@@ -114,6 +114,10 @@ class TrainConfig:
                              "views per image and let epoch e train on view (e-1) mod K: K views repeat, they are "
                              "not fresh augmentation every epoch (0 = no train cache, fresh augmentation; ignored "
                              "with augment=none, which has one view)")
+    compile_cache: str = _f("auto", "GRAPH mode: auto reuses MindSpore's compiled graphs across runs with the same "
+                                    "code, MindSpore version and config (a resumed run, a rerun; ResNet50's first "
+                                    "step 11.4 s -> 2.7 s), kept under ~/.cache/ms_transfer/compile/KEY; off = "
+                                    "compile every run (ignored by torch_reference)", ("auto", "off"))
     num_workers: int = _f(2, "data-pipeline workers")
     mode: str = _f("graph", "MindSpore execution mode (ignored by torch_reference)", ("graph", "pynative"))
     device: str = _f("CPU", "device", ("CPU", "GPU"))

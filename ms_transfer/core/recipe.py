@@ -107,7 +107,7 @@ def check_run_dir(out: Path, last_ckpt: Path, resume: bool) -> None:
 #: config keys a ``--resume`` may change: where the data is, how it is read, how and where the run executes, and
 #: ``epochs`` (larger: extend the run). Everything else shapes the model or the optimisation and must match.
 RESUMABLE_KEYS = ("epochs", "resume", "data_dir", "download", "demo", "num_workers", "mode", "device",
-                  "feature_cache", "pretrained", "pretrained_url", "pretrained_exclude", "output_dir")
+                  "feature_cache", "compile_cache", "pretrained", "pretrained_url", "pretrained_exclude", "output_dir")
 
 
 def check_resume(cfg: TrainConfig, meta: Dict, classes: List[str], last_ckpt: Path) -> int:
