@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 
 ## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; README "MindSpore versions" says
 ## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
-MS_VERSION ?= 2.10.0
+MS_VERSION ?= 2.7.2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
