@@ -224,9 +224,11 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     from mindspore import nn
 
     from .backend import make_loss
-    from .context import set_context
+    from .context import prepare_onednn, set_context
     from .models import build_model
     from .optim import apply_freeze, momentum_sgd
+    # the same oneDNN decision as training (probed once per machine and version, then cached), before any kernel
+    prepare_onednn(log=lambda s: print(s, file=sys.stderr, flush=True))
     set_context(mode, "CPU")
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))

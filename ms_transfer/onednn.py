@@ -9,8 +9,9 @@ property of the installed MindSpore *and* the CPU, not a constant:
   MindSpore is not imported);
 * :func:`decide` (at import of :mod:`ms_transfer.context`, before any kernel): a user's ``ONEDNN_MAX_CPU_ISA``
   wins; a CPU without AVX-512 needs no cap (AVX2 is its ceiling anyway); else the cached probe's choice for this
-  (MindSpore, oneDNN, CPU) if there is one; else the rule from the versions measured here: oneDNN >= 3 -> AVX2,
-  older -> uncapped (a probe decides it for the machine: no cap only if :data:`UNCAPPED_MARGIN` faster);
+  (MindSpore, oneDNN, CPU) if there is one; else AVX2, the rule from the versions measured here (oneDNN >= 3: the
+  reference kernel otherwise; 2.x: its AVX-512 path was slower over ResNet50 on the AMD EPYC measured), until a
+  probe finds no cap at least :data:`UNCAPPED_MARGIN` faster on the machine;
 * :func:`probe` measures it: a 3x3 conv (64 channels, 56x56, batch 4: ResNet's first stage) forward + both backwards in a subprocess per
   ISA (oneDNN reads the cap once per process), with ``ONEDNN_VERBOSE`` naming the implementation oneDNN picked;
   the faster ISA is cached under ``~/.cache/ms_transfer/onednn`` (``MS_TRANSFER_CACHE`` moves it). The training
@@ -150,7 +151,8 @@ def decide(user_isa: Optional[str] = None) -> Decision:
     if onednn and int(onednn.split(".")[0]) >= 3:
         return Decision("AVX2", "oneDNN >= 3 serves plain-NCHW convolutions on AVX-512 with a reference kernel "
                                 "(measured ~1 GFLOP/s); not yet probed on this machine", onednn)
-    return Decision(None, "oneDNN < 3 has a jit AVX-512 path; not yet probed on this machine", onednn)
+    return Decision("AVX2", "oneDNN < 3 has a jit AVX-512 path, but it ran ResNet50 slower than AVX2 on the AMD "
+                            "EPYC measured; not yet probed on this machine", onednn)
 
 
 def probe(isa: str, timeout: float = 300) -> Dict:
