@@ -100,7 +100,7 @@ def worker(framework: str, spec: Dict) -> None:
 def run(arch: str, image_size: int, batch: int, steps: int, world: int = 2, mode: str = "graph",
         log=print) -> Dict[str, Dict]:
     """Every engine of :data:`ENGINES` (``world`` ranks) in its own launch; ``{engine: result}``."""
-    from parity.data_parallel import launch_command, launcher_env
+    from .core.distributed import launch_command, launcher_env
 
     results: Dict[str, Dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dp-") as tmp:

@@ -30,9 +30,7 @@ what ``SyncBatchNorm`` would do, on this side only: each rank runs the whole glo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_transfer.core.distributed import detect, shard_epoch
+from ms_transfer.core.distributed import detect, launch_command, launcher_env, shard_epoch
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
 from .compare import FLOOR_SAMPLES, CheckResult, compare, failed
@@ -243,32 +241,6 @@ def worker(job_dir: Path, framework: str) -> None:
 
 
 # --- launching ----------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_command(launcher: str, world: int, module_args: Sequence[str], log_dir: Path) -> List[str]:
-    """The launcher's command line running ``python -m <module_args>`` on ``world`` local ranks."""
-    if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                "-m", *module_args]
-    msrun = Path(sys.executable).parent / "msrun"
-    return [str(msrun if msrun.exists() else shutil.which("msrun") or "msrun"), f"--worker_num={world}",
-            f"--local_worker_num={world}", f"--master_port={free_port()}", f"--log_dir={log_dir}", "--join=True",
-            "--cluster_time_out=300", "python", "-m", *module_args]
-
-
-def launcher_env() -> Dict[str, str]:
-    """msrun runs the ``python`` on PATH: this interpreter's; the project importable from any directory."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
 
 def _launch(launcher: str, world: int, job_dir: Path, log: Callable[[str], None]) -> Optional[str]:
     """Run the job's ranks under ``launcher``; ``None`` on success, else the failure (with the log's tail)."""

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from ms_transfer.core.data import batch_indices, shuffle_order
-from ms_transfer.core.distributed import Dist, detect, shard_epoch, threads_per_rank
-from parity.data_parallel import launch_command, launcher_env
+from ms_transfer.core.distributed import Dist, detect, launch_command, launcher_env, shard_epoch, threads_per_rank
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what a single-process run writes (tests/test_train.py checks the same list for one process)

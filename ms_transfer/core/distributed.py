@@ -18,12 +18,16 @@ the global batch only when every rank holds as many samples.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import sys
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Dist", "detect", "shard_epoch", "threads_per_rank", "SINGLE"]
+__all__ = ["Dist", "detect", "shard_epoch", "threads_per_rank", "launch_command", "launcher_env", "SINGLE"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,31 @@ def shard_epoch(order: Sequence[int], batch_size: int, rank: int, world_size: in
         mine.extend(int(i) for i in block[rank * per_rank:(rank + 1) * per_rank])
         steps += 1
     return mine, steps, len(order) - used
+
+
+# --- launching (parity's and the benchmark's multi-rank runs) -------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(launcher: str, world: int, module_args: Sequence[str], log_dir: Path) -> List[str]:
+    """The launcher's command line running ``python -m <module_args>`` on ``world`` local ranks."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+                "-m", *module_args]
+    msrun = Path(sys.executable).parent / "msrun"
+    return [str(msrun if msrun.exists() else shutil.which("msrun") or "msrun"), f"--worker_num={world}",
+            f"--local_worker_num={world}", f"--master_port={free_port()}", f"--log_dir={log_dir}", "--join=True",
+            "--cluster_time_out=300", "python", "-m", *module_args]
+
+
+def launcher_env() -> Dict[str, str]:
+    """msrun runs the ``python`` on PATH: this interpreter's; the project importable from any directory."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    root = str(Path(__file__).resolve().parents[2])   # the project: ms_transfer, torch_reference, parity
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
