@@ -44,7 +44,8 @@ from ms_transfer.core.distributed import detect, launch_command, launcher_env, s
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
 from .compare import FLOOR_SAMPLES, CheckResult, compare, failed
-from .training import Batches, fixed_batches, regime_config, without_dropout_ms, without_dropout_torch
+from .training import (Batches, fixed_batches, regime_config, torch_training, without_dropout_ms,
+                       without_dropout_torch)
 
 #: injected data-parallel bugs (see the module docstring); each runs in the finetune regime (train-mode BN)
 DP_BUGS = ("grad_sum", "other_shard", "bn_synced")
@@ -64,31 +65,17 @@ def rank_slices(batch_len: int, world: int) -> List[List[int]]:
 
 # --- the one-process reference ------------------------------------------------------------------------------
 
-def torch_reference(cfg, state, batches: Batches, num_classes: int, dtype: str, world: int, per_slice: bool):
-    """``len(batches)`` steps of ``TorchBackend`` in one process on the global batches (``per_slice``: BatchNorm
-    statistics per rank slice, see the module docstring); same result layout as ``parity.training``."""
+def per_slice_step(world: int) -> Callable:
+    """A ``parity.training.torch_training`` step of one process that computes what ``world`` ranks do with
+    train-mode BatchNorm: the model runs on each rank's slice separately (each slice's own batch statistics), one
+    backward through the mean of the slices' losses (the average of the ranks' gradients), and the running
+    statistics are those slice 0 produced (rank 0's)."""
     import torch
 
-    from torch_reference.backend import TorchBackend
-    from torch_reference.models import build_model, load_numpy_state
-
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    model = without_dropout_torch(build_model(cfg.arch, num_classes, cfg.padding).to(torch_dtype))
-    load_numpy_state(model, state)
-    trainer = TorchBackend(cfg).adopt(model, cfg.arch, cfg.padding)
-    stage = plan_stages(cfg)[0]
-    trainer.enter_stage(stage, stage_lrs(cfg, stage, len(batches)))
-    before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    stat_names = [k for k in before if k.endswith(("running_mean", "running_var"))]
-    losses = []
-    for x, y in batches:
-        xt, yt = torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y)
-        if not per_slice:
-            losses.append(trainer.train_step(xt, yt)[0])
-            continue
-        slices = rank_slices(len(y), world)
+    def step(trainer, model, xt, yt) -> float:
+        slices = rank_slices(len(yt), world)
         order = torch.from_numpy(np.concatenate(slices))
-
+        stat_names = [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
         rank0_stats: Dict[str, "torch.Tensor"] = {}
 
         def logits_of():
@@ -100,16 +87,19 @@ def torch_reference(cfg, state, batches: Batches, num_classes: int, dtype: str, 
                                         if k in stat_names})
             return torch.cat(outs)   # cross-entropy's mean over it = the mean of the (equal-sized) slices' means
         trainer.set_train()
-        losses.append(trainer._step_on(logits_of, yt[order]))
+        loss = trainer._step_on(logits_of, yt[order])
         with torch.no_grad():   # after the backward, which needs the statistics the forward saw
             for k, v in model.state_dict().items():
                 if k in rank0_stats:
                     v.copy_(rank0_stats[k])
-    after = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    params = {k for k, _ in model.named_parameters()}
-    return {"losses": {"": np.array(losses)},
-            "params": {k: after[k] - before[k] for k in params},
-            "stats": {k: after[k] - before[k] for k in stat_names}}
+        return loss
+    return step
+
+
+def torch_reference(cfg, state, batches: Batches, num_classes: int, dtype: str, world: int, per_slice: bool):
+    """``len(batches)`` steps of ``TorchBackend`` in one process on the global batches (``per_slice``: BatchNorm
+    statistics per rank slice, :func:`per_slice_step`); ``parity.training``'s result layout."""
+    return torch_training(cfg, state, batches, num_classes, dtype, per_slice_step(world) if per_slice else None)
 
 
 def regime_reference(cfg, problem, batches: Batches, regime: str, world: int):

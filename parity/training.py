@@ -118,9 +118,15 @@ def fixed_batches(problem: Problem, steps: int, seed: int) -> Batches:
     return batches
 
 
+def _train_step(trainer, model, x, y) -> float:
+    return trainer.train_step(x, y)[0]
+
+
 def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: Batches, num_classes: int,
-                   dtype: str) -> Result:
-    """``len(batches)`` steps of ``TorchBackend`` in ``dtype`` (float64: the reference; float32: a floor sample)."""
+                   dtype: str, step: Optional[Callable] = None) -> Result:
+    """``len(batches)`` steps of ``TorchBackend`` in ``dtype`` (float64: the reference; float32: a floor sample).
+    ``step(trainer, model, x, y)`` takes one optimizer step and returns its loss (default: the trainer's own
+    ``train_step``; ``parity.data_parallel`` passes its per-rank-slice step)."""
     import torch
 
     from torch_reference.backend import TorchBackend
@@ -133,7 +139,8 @@ def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: B
     stage = plan_stages(cfg)[0]
     trainer.enter_stage(stage, stage_lrs(cfg, stage, len(batches)))
     before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    losses = [trainer.train_step(torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y))[0] for x, y in batches]
+    step = step or _train_step
+    losses = [step(trainer, model, torch.from_numpy(x).to(torch_dtype), torch.from_numpy(y)) for x, y in batches]
     after = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     params = {k for k, _ in model.named_parameters()}
     return {"losses": {"": np.array(losses)},
