@@ -98,20 +98,9 @@ def machine_info() -> Dict:
     limit is an estimate of peak, good for "how far from the hardware" rather than an exact roofline.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    mhz, model, flags = 0.0, platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "cpu MHz" and not mhz:
-                mhz = float(value)
-            elif key == "model name" and value:
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = value
-    except OSError:
-        pass
-    avx512 = " avx512f" in flags
+    from .onednn import cpu
+    info = cpu()   # the one /proc/cpuinfo reader
+    mhz, model, flags, avx512 = info["mhz"], info["model"] or platform.processor(), info["flags"], info["avx512"]
     per_cycle = FLOPS_PER_CYCLE_AVX512 if avx512 else FLOPS_PER_CYCLE_AVX2
     return {"cores": cores, "cpu_mhz": mhz, "cpu": model, "avx2": " avx2" in flags, "avx512f": avx512,
             **_versions(),

@@ -109,19 +109,23 @@ def _mindspore_version() -> Optional[str]:
         return None
 
 
-def cpu() -> Dict[str, str]:
-    """CPU model and whether it reports AVX-512 (``/proc/cpuinfo``)."""
-    model, flags = "", ""
+def cpu() -> Dict:
+    """The first CPU's model, flags, clock (``mhz``: the nominal rate a VM reports) and whether it reports AVX-512
+    (``/proc/cpuinfo``; empty where there is none)."""
+    model, flags, mhz = "", "", 0.0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
+            key = key.strip()
+            if key == "model name" and not model:
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            elif key == "flags" and not flags:
                 flags = value
+            elif key == "cpu MHz" and not mhz:
+                mhz = float(value)
     except OSError:
         pass
-    return {"model": model, "avx512": " avx512f" in flags, "flags": flags}
+    return {"model": model, "avx512": " avx512f" in flags, "flags": flags, "mhz": mhz}
 
 
 def _cache_file(onednn: Optional[str]) -> Path:
