@@ -3,6 +3,8 @@
 ``small_config`` and ``demo_images`` are what the training tests of both frameworks share (``from conftest import
 small_config``: the tests folder is on ``sys.path`` under pytest's default import mode).
 """
+import shutil
+
 import numpy as np
 import pytest
 
@@ -62,7 +64,10 @@ def ms_mode(request):
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Downloads and trunk-feature caches go to a fresh folder per test, never to ~/.cache/ms_transfer."""
     import ms_transfer.core.recipe as recipe
-    monkeypatch.setattr(recipe, "CACHE_DIR", tmp_path_factory.mktemp("cache"))
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setattr(recipe, "CACHE_DIR", cache)
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)   # feature caches reach 100s of MB; nothing in them explains a failure
 
 
 @pytest.fixture
