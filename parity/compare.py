@@ -303,6 +303,15 @@ def format_table(results: List[CheckResult]) -> str:
     for r in results:
         verdict = "PASS" if r.passed else "FAIL"
         worst = f"  (worst: {r.worst})" if r.worst else ""
-        lines.append(f"{r.check:<{width}} {r.max_abs:>11.3e} {r.rel_l2:>10.3e} {r.floor:>11.3e} {r.ratio:>8.2f} "
-                     f"{r.scale:>10.2e} {r.scale_ratio:>8.2f} {r.cosine:>10.7f} {r.allclose:>8.2%}  {verdict}{worst}")
+        lines.append(f"{r.check:<{width}} {_cell(r.max_abs, '11.3e')} {_cell(r.rel_l2, '10.3e')} "
+                     f"{_cell(r.floor, '11.3e')} {_cell(r.ratio, '8.2f')} {_cell(r.scale, '10.2e')} "
+                     f"{_cell(r.scale_ratio, '8.2f')} {_cell(r.cosine, '10.7f')} {_cell(r.allclose, '8.2%')}  "
+                     f"{verdict}{worst}")
     return "\n".join(lines)
+
+
+def _cell(value: float, spec: str) -> str:
+    """One number of the table; a dash where a row has no such number (NaN: the reported-only columns of bundle
+    checks, the dropout row's relative error), an infinite error stays visible as ``inf``."""
+    width = int(spec.split(".")[0])
+    return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{spec}}"
