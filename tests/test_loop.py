@@ -190,8 +190,8 @@ def test_demo_runs_offline_from_another_directory_with_a_non_editable_install(tm
     directory that is not the checkout: the shipped demo config is found and nothing is downloaded."""
     src, wheels = tmp_path / "src", tmp_path / "wheels"  # build from a copy: setuptools writes build/ in-tree
     # only what the wheel is built from: a copy of the whole checkout took in a second venv (8 GB) when one existed
+    src.mkdir()
     for name in ("pyproject.toml", "README.md"):
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
     for package in ("ms_transfer", "torch_reference", "parity"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
