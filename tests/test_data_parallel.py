@@ -132,6 +132,40 @@ def test_torchrun_frozen_trunk_run_survives_a_killed_rank_and_resumes(tmp_path):
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == RUN_FILES | {"best.pth", "last.pth"}
 
 
+@pytest.mark.slow
+def test_msrun_run_ends_when_a_rank_is_killed_and_resumes(tmp_path):
+    """msrun's side of a dead rank (slow: its scheduler needs ~30 s of missed heartbeats before it ends the job):
+    SIGKILL one worker mid-run; msrun exits non-zero instead of hanging, and rank 0's last.ckpt loads and resumes."""
+    out = tmp_path / "run"
+    cmd, env = _launch("msrun", _demo_args(tmp_path, out, "--epochs", "40", "--strategy", "fixed_feature"), tmp_path)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    # msrun's children: its scheduler and the workers run the same command line; MS_ROLE tells them apart
+    children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "ms_transfer.train"], capture_output=True,
+                              text=True).stdout.split()
+    workers = [pid for pid in children if b"MS_ROLE=MS_WORKER" in Path(f"/proc/{pid}/environ").read_bytes()]
+    assert len(workers) == 2, children
+    killed = time.time()
+    os.kill(int(workers[-1]), signal.SIGKILL)   # one rank dies mid-run
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, output[-3000:]
+    print(f"msrun ended the job {time.time() - killed:.0f} s after the kill")
+    assert time.time() - killed < 120, output[-3000:]   # measured: 40-45 s
+    assert "exited with exception" in output, output[-3000:]   # msrun's words; the rank's own log has the rest
+    from ms_transfer.models import load_run_checkpoint
+    _, weights = load_run_checkpoint(out / "last.ckpt")
+    done = weights.meta["epoch"]
+    assert 1 <= done < 40
+    resumed = _run("msrun", _demo_args(tmp_path, out, "--epochs", str(done + 1), "--strategy", "fixed_feature",
+                                       "--resume"), tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, done + 2))
+
+
 # --- parity: 2 ranks = one process, and the injected bugs ------------------------------------------------------
 
 def test_two_ranks_equal_one_process_and_each_data_parallel_bug_fails_under_both_launchers():
