@@ -102,33 +102,50 @@ def test_msrun_trains_the_demo_config_into_one_run_directory_and_resumes(tmp_pat
     assert json.loads(result.read_text())["accuracy"] == pytest.approx(rows[-1]["val_acc"], abs=1e-9)
 
 
-def test_torchrun_frozen_trunk_run_survives_a_killed_rank_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    cmd, env = _launch("torchrun", _demo_args(tmp_path, out, "--epochs", "40", "--strategy", "fixed_feature"),
-                       tmp_path)
+LAST = {"msrun": "last.ckpt", "torchrun": "last.pth"}
+
+
+def _kill_a_rank_mid_run(launcher, tmp_path, out):
+    """Start 40 frozen-trunk epochs on 2 ranks, SIGKILL one worker once rank 0 has written its last checkpoint;
+    returns the launcher's output and the seconds from the kill to its (non-zero) exit."""
+    cmd, env = _launch(launcher, _demo_args(tmp_path, out, "--epochs", "40", "--strategy", "fixed_feature"), tmp_path)
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not (out / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / LAST[launcher]).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stdout.read()[-3000:]
-    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "torch_reference.train"], capture_output=True,
-                             text=True).stdout.split()
-    assert len(workers) == 2
+    module = "ms_transfer.train" if launcher == "msrun" else "torch_reference.train"
+    children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), module], capture_output=True,
+                              text=True).stdout.split()
+    # msrun's scheduler runs the workers' command line too; MS_ROLE tells them apart
+    workers = [pid for pid in children
+               if launcher != "msrun" or b"MS_ROLE=MS_WORKER" in Path(f"/proc/{pid}/environ").read_bytes()]
+    assert len(workers) == 2, children
+    killed = time.time()
     os.kill(int(workers[-1]), signal.SIGKILL)   # one rank dies mid-run
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode != 0
-    assert "Signal 9 (SIGKILL)" in output or "SIGKILL" in output, output[-3000:]
-    assert "Feature cache: off under data parallelism" in output
-    # best/last are intact (atomic writes by rank 0): they load, and the run resumes from last
-    from torch_reference.checkpoint import load_run_checkpoint
-    _, meta, _ = load_run_checkpoint(out / "last.pth")
-    done = meta["epoch"]
-    assert 1 <= done < 40
-    resumed = _run("torchrun", _demo_args(tmp_path, out, "--epochs", str(done + 1), "--strategy", "fixed_feature",
-                                          "--resume"), tmp_path)
+    assert proc.returncode != 0, output[-3000:]
+    return output, time.time() - killed
+
+
+def _resume_one_more_epoch(launcher, tmp_path, out, done):
+    """best/last are intact (atomic writes by rank 0): the run resumes from last for one more epoch."""
+    resumed = _run(launcher, _demo_args(tmp_path, out, "--epochs", str(done + 1), "--strategy", "fixed_feature",
+                                        "--resume"), tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, done + 2))
+
+
+def test_torchrun_frozen_trunk_run_survives_a_killed_rank_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    output, _ = _kill_a_rank_mid_run("torchrun", tmp_path, out)
+    assert "Signal 9 (SIGKILL)" in output or "SIGKILL" in output, output[-3000:]
+    assert "Feature cache: off under data parallelism" in output
+    from torch_reference.checkpoint import load_run_checkpoint
+    _, meta, _ = load_run_checkpoint(out / "last.pth")
+    assert 1 <= meta["epoch"] < 40
+    _resume_one_more_epoch("torchrun", tmp_path, out, meta["epoch"])
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == RUN_FILES | {"best.pth", "last.pth"}
 
 
@@ -137,33 +154,14 @@ def test_msrun_run_ends_when_a_rank_is_killed_and_resumes(tmp_path):
     """msrun's side of a dead rank (slow: its scheduler needs ~30 s of missed heartbeats before it ends the job):
     SIGKILL one worker mid-run; msrun exits non-zero instead of hanging, and rank 0's last.ckpt loads and resumes."""
     out = tmp_path / "run"
-    cmd, env = _launch("msrun", _demo_args(tmp_path, out, "--epochs", "40", "--strategy", "fixed_feature"), tmp_path)
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    # msrun's children: its scheduler and the workers run the same command line; MS_ROLE tells them apart
-    children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "ms_transfer.train"], capture_output=True,
-                              text=True).stdout.split()
-    workers = [pid for pid in children if b"MS_ROLE=MS_WORKER" in Path(f"/proc/{pid}/environ").read_bytes()]
-    assert len(workers) == 2, children
-    killed = time.time()
-    os.kill(int(workers[-1]), signal.SIGKILL)   # one rank dies mid-run
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode != 0, output[-3000:]
-    print(f"msrun ended the job {time.time() - killed:.0f} s after the kill")
-    assert time.time() - killed < 120, output[-3000:]   # measured: 40-45 s
+    output, seconds = _kill_a_rank_mid_run("msrun", tmp_path, out)
+    print(f"msrun ended the job {seconds:.0f} s after the kill")
+    assert seconds < 120, output[-3000:]   # measured: 34-45 s
     assert "exited with exception" in output, output[-3000:]   # msrun's words; the rank's own log has the rest
     from ms_transfer.models import load_run_checkpoint
     _, weights = load_run_checkpoint(out / "last.ckpt")
-    done = weights.meta["epoch"]
-    assert 1 <= done < 40
-    resumed = _run("msrun", _demo_args(tmp_path, out, "--epochs", str(done + 1), "--strategy", "fixed_feature",
-                                       "--resume"), tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(1, done + 2))
+    assert 1 <= weights.meta["epoch"] < 40
+    _resume_one_more_epoch("msrun", tmp_path, out, weights.meta["epoch"])
 
 
 # --- parity: 2 ranks = one process, and the injected bugs ------------------------------------------------------
