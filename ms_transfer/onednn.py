@@ -128,6 +128,11 @@ def cpu() -> Dict:
     return {"model": model, "avx512": " avx512f" in flags, "flags": flags, "mhz": mhz}
 
 
+def _measured(cache_file: Path) -> str:
+    """The reason of a probed decision (fresh or read back from ``cache_file``)."""
+    return f"measured on this machine, no cap only if >= {UNCAPPED_MARGIN:.2f}x faster ({cache_file})"
+
+
 def _cache_file(onednn: Optional[str]) -> Path:
     info = cpu()
     key = hashlib.sha256(f"{_mindspore_version()}|{onednn}|{info['model']}|{info['flags']}|{UNCAPPED_MARGIN}|"
@@ -148,8 +153,7 @@ def decide(user_isa: Optional[str] = None) -> Decision:
     if cached.exists():
         try:
             saved = json.loads(cached.read_text())
-            return Decision(saved["isa"], f"measured on this machine, no cap only if >= {UNCAPPED_MARGIN:.2f}x faster "
-                                          f"({cached})", onednn, saved.get("probe", {}))
+            return Decision(saved["isa"], _measured(cached), onednn, saved.get("probe", {}))
         except (OSError, ValueError, KeyError):
             pass
     if onednn and int(onednn.split(".")[0]) >= 3:
@@ -189,10 +193,8 @@ def ensure_probed(user_isa: Optional[str] = None, log=print) -> Decision:
     log("Measuring MindSpore's convolution with and without the oneDNN AVX2 cap (once per machine and version) ...")
     measured = {isa: probe(isa) for isa in CANDIDATES}
     uncapped = measured["ALL"]["gflops"] >= UNCAPPED_MARGIN * measured["AVX2"]["gflops"]
-    decision = Decision(None if uncapped else "AVX2",
-                        f"measured on this machine, no cap only if >= {UNCAPPED_MARGIN:.2f}x faster "
-                        f"({_cache_file(current.onednn)})", current.onednn, measured)
     path = _cache_file(current.onednn)
+    decision = Decision(None if uncapped else "AVX2", _measured(path), current.onednn, measured)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"isa": decision.isa, "probe": measured, "onednn": current.onednn,

@@ -64,9 +64,12 @@ def test_launchers_are_detected_from_their_environment():
 
 # --- the demo config under both launchers ---------------------------------------------------------------------
 
+#: the training module each launcher runs
+TRAIN = {"msrun": "ms_transfer.train", "torchrun": "torch_reference.train"}
+
+
 def _launch(launcher, args, tmp_path, **popen):
-    module = "ms_transfer.train" if launcher == "msrun" else "torch_reference.train"
-    cmd = launch_command(launcher, 2, [module, *args], tmp_path / "msrun_logs")
+    cmd = launch_command(launcher, 2, [TRAIN[launcher], *args], tmp_path / "msrun_logs")
     env = {**launcher_env(), "MS_TRANSFER_CACHE": str(tmp_path / "cache")}
     return cmd, env
 
@@ -114,8 +117,7 @@ def _kill_a_rank_mid_run(launcher, tmp_path, out):
     while not (out / LAST[launcher]).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stdout.read()[-3000:]
-    module = "ms_transfer.train" if launcher == "msrun" else "torch_reference.train"
-    children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), module], capture_output=True,
+    children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), TRAIN[launcher]], capture_output=True,
                               text=True).stdout.split()
     # msrun's scheduler runs the workers' command line too; MS_ROLE tells them apart
     workers = [pid for pid in children
