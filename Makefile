@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv venv-ms parity-versions test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+.PHONY: venv venv-ms parity-versions lint test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
 
 ## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; README "MindSpore versions" says
 ## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
@@ -35,6 +35,12 @@ parity-versions:
 	for v in $(MS_VERSIONS); do $(MAKE) venv-ms MS_VERSION=$$v && \
 	  .venv-ms$$v/bin/python -m parity --check-reference refs/resnet18-64 --mode both || exit 1; done
 
+## lint: ruff over every Python folder (rules in pyproject.toml: imports at the top, no unused names, ...); the
+## import contract (no circles, no framework in the core) is tests/test_imports.py, run by `test`
+LINT_PATHS := ms_transfer parity torch_reference tests examples
+lint: venv
+	$(PY) -m ruff check $(LINT_PATHS)
+
 ## test: the whole test suite (what CI runs), in three pytest processes: a MindSpore process keeps every graph
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
@@ -42,7 +48,7 @@ parity-versions:
 ## whose results the README's "Tests" section records, to keep CI near 20 minutes
 PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
 VGG_TESTS := tests/test_vgg.py
-test: venv
+test: venv lint
 	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
 	$(PY) -m pytest -m "not slow" $(PARITY_TESTS)
 	$(PY) -m pytest -m "not slow" $(VGG_TESTS)

@@ -10,24 +10,24 @@ from __future__ import annotations
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .context import prepare_onednn, set_context
-import mindspore as ms  # noqa: E402  (after the oneDNN cap, see ms_transfer.context)
-import numpy as np  # noqa: E402
-from mindspore import nn, ops  # noqa: E402
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
 
-from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint  # noqa: E402
-from .core.archs import task_of  # noqa: E402
-from .core.config import TrainConfig  # noqa: E402
-from .core.data import Preprocess, SplitScan  # noqa: E402
-from .core.distributed import SINGLE, detect  # noqa: E402
-from .core.freeze import FreezeReport  # noqa: E402
-from .core.recipe import Stage, TrainingError  # noqa: E402
-from .core.tasks import is_pair_samples  # noqa: E402
-from .data import build_dataset  # noqa: E402
-from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head  # noqa: E402
-from .models.factory import build_model, load_run_checkpoint  # noqa: E402
-from .optim import apply_freeze, build_optimizer, lr_groups  # noqa: E402
-from . import compile_cache, parallel  # noqa: E402
+from . import compile_cache, parallel
+from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
+from .context import prepare_onednn, set_context
+from .core.archs import task_of
+from .core.config import TrainConfig
+from .core.data import Preprocess, SplitScan
+from .core.distributed import SINGLE, detect
+from .core.freeze import FreezeReport
+from .core.recipe import Stage, TrainingError
+from .core.tasks import is_pair_samples
+from .data import build_dataset
+from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head
+from .models.factory import build_model, load_run_checkpoint
+from .optim import apply_freeze, build_optimizer, lr_groups
 
 __all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
 

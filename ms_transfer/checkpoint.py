@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-import numpy as np  # noqa: E402
-from mindspore import Tensor, nn  # noqa: E402
+import numpy as np
+from mindspore import Tensor, nn
 
-from .core import naming  # noqa: E402
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
+from .core import naming
 from .core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
 from .core.convert import convert_weights, excluded_names, into_arch
 

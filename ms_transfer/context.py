@@ -4,14 +4,21 @@ MindSpore 2.9/2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on 
 reference kernel (measured here, any AVX512_* level: ~1 GFLOP/s vs ~60-110 GFLOP/s at AVX2 for a 3x3 conv, i.e.
 ~100x slower training, on Intel Xeon and AMD EPYC alike); MindSpore 2.7.2's oneDNN v2.2.0 does not. Whether to cap
 is decided by :mod:`ms_transfer.onednn` from the bundled oneDNN version, the CPU and a cached measured probe; a
-value the user exported wins. oneDNN reads the variable lazily, at its first kernel, so :func:`apply_onednn_cap`
-runs when this module is imported (every MindSpore-side module of this package imports it before building a
-cell or a dataset) and again in :func:`set_context`. torch-only processes never import this module, so torch
-keeps its own (fast) AVX-512 kernels and never has to undo anything.
+value the user exported wins.
+
+This is the only module of the project that changes the environment at import. oneDNN reads the variable lazily,
+at its first kernel, not when MindSpore is imported (checked by tests/test_imports.py), so importing this module
+applies the cap (:func:`apply_onednn_cap`, at the bottom) whatever was imported before it, and
+:func:`set_context` applies it again. Who imports it: ``ms_transfer.models`` (its package ``__init__``, hence
+every model module and ``from ms_transfer.models import create_model``) and each MindSpore-side module outside
+that package, so a library user gets the decision before any cell runs. torch-only processes never import this
+module, so torch keeps its own (fast) AVX-512 kernels and never has to undo anything.
 """
 from __future__ import annotations
 
 import os
+
+import mindspore as ms
 
 from . import onednn
 
@@ -44,10 +51,6 @@ def prepare_onednn(probe: bool = True, log=print) -> "onednn.Decision":
     return decision
 
 
-apply_onednn_cap()
-
-import mindspore as ms  # noqa: E402  (after the cap: nothing may run a oneDNN kernel before it)
-
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 DEVICES = ("CPU", "GPU", "Ascend")
 
@@ -71,3 +74,6 @@ def set_context(mode: str = "graph", device: str = "CPU") -> None:
         if not refused or ms.get_context("device_target") != device:
             raise
 
+
+# At import, before any kernel of this process: see the module docstring.
+apply_onednn_cap()

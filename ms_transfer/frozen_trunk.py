@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
-from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-import mindspore as ms  # noqa: E402
-import numpy as np  # noqa: E402
-from mindspore import Tensor, nn, ops  # noqa: E402
-from .core.archs import head_module, task_of  # noqa: E402
-from .core.tasks import NO_FAST_PATH  # noqa: E402
-from .parallel import grad_reducer, is_data_parallel  # noqa: E402
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
+from .core.archs import head_module, task_of
+from .core.tasks import NO_FAST_PATH
+from .parallel import grad_reducer, is_data_parallel
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
 

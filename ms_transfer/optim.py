@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from . import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-import numpy as np  # noqa: E402
-from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
 
-from .core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier  # noqa: E402
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
+from .core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 
 
 def momentum_sgd(params: Iterable[Parameter], lr: float, momentum: float, weight_decay: float = 0.0) -> nn.Momentum:

@@ -10,13 +10,12 @@ every rank builds the model from the same seed (the loop checks that the ranks a
 """
 from __future__ import annotations
 
+import mindspore as ms
 import numpy as np
+from mindspore import nn
 
-from .context import set_context  # noqa: F401  (the oneDNN cap before MindSpore runs anything)
-import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
-
-from .core.distributed import Dist, threads_per_rank  # noqa: E402
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
+from .core.distributed import Dist, threads_per_rank
 
 __all__ = ["init_data_parallel", "is_data_parallel", "grad_reducer", "barrier", "all_gather"]
 

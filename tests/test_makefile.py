@@ -26,3 +26,21 @@ def test_venv_reinstalls_when_the_mindspore_pin_changes(tmp_path):
     assert "mindspore==" not in _dry_run(venv, "MS_VERSION=2.7.2")        # up to date: nothing to do
     os.utime(stamp, (changed - 10, changed - 10))
     assert '"mindspore==2.7.2"' in _dry_run(venv, "MS_VERSION=2.7.2")     # pyproject changed since: reinstall
+
+
+def test_the_test_target_lints_before_it_tests(tmp_path):
+    """CI (`make test`) runs ruff over every Python folder first, so a `noqa`-free import block stays so."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch(mode=0o755)
+    stamp, changed = venv / ".installed-ms2.7.2", (ROOT / "pyproject.toml").stat().st_mtime
+    stamp.touch()
+    os.utime(stamp, (changed + 10, changed + 10))                     # an up-to-date venv: no install steps
+    proc = subprocess.run(["make", "-n", "test", f"VENV={venv}", "MS_VERSION=2.7.2"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    lint = [i for i, line in enumerate(lines) if "-m ruff check" in line]
+    tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
+    assert lint and tests and lint[0] < tests[0], proc.stdout
+    assert all(folder in lines[lint[0]] for folder in ("ms_transfer", "parity", "torch_reference", "tests", "examples"))

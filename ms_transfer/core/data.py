@@ -46,46 +46,32 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from .archs import input_spec
+from .layout import LAYOUT_HELP, SPLITS, DatasetError, PathLike, resolve_data_root, visible_dirs
+from .presets import DEFAULT_EVAL_RESIZE, NORMALIZATIONS
+from .presets import IMAGENET_MEAN as IMAGENET_MEAN, IMAGENET_STD as IMAGENET_STD  # re-exported: the old path
+from .weights import entry_eval_transform
+
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLITS = ("train", "val")
 #: splits evaluation may read: the array datasets (and any image folder) may also have ``test/``
 EVAL_SPLITS = SPLITS + ("test",)
 #: how the val/eval transform resizes and crops (see the module docstring)
 RESIZE_BACKENDS = ("mindspore", "pil")
 #: training transforms: the random augmentation, or the deterministic val transform
 AUGMENTS = ("random", "none")
-#: ImageNet normalisation constants on the 0-1 scale (multiply by 255 for uint8 inputs).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: normalisation presets (0-1 scale): ImageNet's, seed 002's mean = std = 0.5, none (pixels / 255, the MNIST seeds)
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3),
-                  "none": ((0.0,) * 3, (1.0,) * 3)}
 #: eval transform: ``crop`` (shorter side to S*256/224, center crop S), ``exact`` (resize to SxS) or ``center``
 #: (center crop S of the unresized image, zero-padded when smaller: seed 002's ``CenterCrop(224)``)
 RESIZES = ("crop", "exact", "center")
 #: the config's ``normalize`` / ``resize`` default: the pretrained weights entry's eval transform (its mean/std;
 #: ``crop`` with its resize, e.g. 232 for torchvision's ResNet V2 recipes), else ImageNet's and ``crop`` at 256
 AUTO = "auto"
-#: the shorter side before the ``crop`` policy's center crop, for a 224 px crop (torchvision's ImageNet recipe)
-DEFAULT_EVAL_RESIZE = 256
-LAYOUT_HELP = (
-    "Expected layout: DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images> "
-    "(the same class folder names in both splits), or a parent folder containing exactly one "
-    "such dataset folder (e.g. DATA_DIR/Canidae/train, DATA_DIR/Canidae/val)."
-)
-
-
-class DatasetError(ValueError):
-    """The dataset folder is missing, malformed or inconsistent; the message says how to fix it."""
 
 
 @dataclass
@@ -102,47 +88,13 @@ class DatasetInfo:
     samples: List[Tuple[str, int]] = field(default_factory=list)
 
 
-def _visible_dirs(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-
-
-def _has_splits(folder: Path) -> bool:
-    return all((folder / s).is_dir() for s in SPLITS)
-
-
-def resolve_data_root(data_dir: PathLike, max_depth: int = 3) -> Path:
-    """Return the folder holding ``train/`` and ``val/``: ``data_dir`` itself or the dataset folder
-    reached through a chain of single visible subfolders (at most ``max_depth`` levels down).
-
-    Raises :class:`DatasetError` naming the path and the expected layout when none is found.
-    """
-    start = Path(data_dir).expanduser()
-    if not start.is_dir():
-        raise DatasetError(f"Data directory {start} does not exist. {LAYOUT_HELP}")
-    folder = start
-    for _ in range(max_depth + 1):
-        if _has_splits(folder):
-            if folder != start:
-                log.info("Using dataset root %s (found inside %s)", folder, start)
-            return folder
-        subdirs = _visible_dirs(folder)
-        if len(subdirs) != 1 or any((folder / s).is_dir() for s in SPLITS):
-            break
-        folder = subdirs[0]
-    found = [s for s in SPLITS if (folder / s).is_dir()]
-    detail = f"{folder} has {found} but needs both {list(SPLITS)}" if found else (
-        f"no train/ and val/ folders found in {start}"
-        + (f" (looked down to {folder})" if folder != start else ""))
-    raise DatasetError(f"Invalid data directory: {detail}. {LAYOUT_HELP}")
-
-
 def list_classes(root: PathLike, split: str) -> List[str]:
     """Sorted class folder names of ``root/split`` (``root`` may be any folder accepted by
     :func:`resolve_data_root`)."""
     split_dir = resolve_data_root(root) / split
     if not split_dir.is_dir():
         raise DatasetError(f"Split folder {split_dir} does not exist. {LAYOUT_HELP}")
-    classes = [p.name for p in _visible_dirs(split_dir)]
+    classes = [p.name for p in visible_dirs(split_dir)]
     if not classes:
         raise DatasetError(f"{split_dir} contains no class folders. {LAYOUT_HELP}")
     return classes
@@ -283,9 +235,6 @@ class Preprocess:
     def from_config(cls, config: Dict, image_size: Optional[int] = None) -> "Preprocess":
         """From a run's config (a ``TrainConfig`` or its dict, as saved in checkpoints); ``auto`` (the default, and
         what keys absent from older runs mean) takes the pretrained weights entry's eval transform."""
-        from .archs import input_spec
-        from .weights import entry_eval_transform
-
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
         normalize, resize = get("normalize", AUTO) or AUTO, get("resize", AUTO) or AUTO
         eval_resize = DEFAULT_EVAL_RESIZE

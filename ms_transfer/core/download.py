@@ -18,15 +18,14 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from tqdm import tqdm
 
-from .data import DatasetError, resolve_data_root
+from .layout import DatasetError, PathLike, resolve_data_root
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 CANIDAE_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/"
                "notebook/datasets/intermediate/Canidae_data.zip")
 #: image-folder datasets ``--download`` fetches (config ``dataset``): URL, folder name, the split that serves as
@@ -158,7 +157,7 @@ def download_and_extract(url: str, data_dir: PathLike, *, expected_subdir: Optio
     ``train/`` and ``val/``.
 
     A no-op (logged) when such a folder is already found in ``data_dir`` (see
-    :func:`~ms_transfer.core.data.resolve_data_root`). Otherwise the zip is downloaded to
+    :func:`~ms_transfer.core.layout.resolve_data_root`). Otherwise the zip is downloaded to
     ``data_dir/<zip name>`` (reused if already there and valid, so it can be placed by hand),
     extracted into a temporary folder inside ``data_dir`` and the dataset folder is renamed to
     ``data_dir/<expected_subdir or its own name>``. Raises :class:`DownloadError` on any failure,

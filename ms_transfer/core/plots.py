@@ -1,18 +1,20 @@
-"""Run plots: loss/accuracy curves and a grid of validation predictions (blue right, red wrong)."""
+"""Run plots: loss/accuracy curves and a grid of validation predictions (blue right, red wrong).
+
+Figures are plain :class:`matplotlib.figure.Figure` objects saved to files, never pyplot's: a library must not
+choose the process's matplotlib backend (a notebook importing the loop keeps its own) and files need no display.
+"""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from .presets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _save(fig, path: Path) -> None:
@@ -25,7 +27,9 @@ def _save(fig, path: Path) -> None:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would make plots unreadable to anyone else
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)   # a pyplot figure (the study's) leaves pyplot's registry; a plain Figure is in none
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -33,7 +37,8 @@ def _save(fig, path: Path) -> None:
 def plot_curves(history: List[Dict], path: Path) -> None:
     """``curves.png``: train/val loss and val accuracy per epoch."""
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
@@ -51,7 +56,8 @@ def plot_predictions(images: np.ndarray, labels: Sequence[int], preds: Sequence[
     n = min(len(images), max_images)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     colours = []
     for i, ax in enumerate(axes.flat):
         ax.axis("off")

@@ -16,9 +16,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .checkpoint_io import CheckpointError
 from .download import DownloadError, download_file, file_sha256
+from .presets import DEFAULT_EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the MindSpore ResNet50 tutorial's ImageNet-pretrained checkpoint (tutorial parameter names)
 TUTORIAL_CKPT_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/models/application/"
                      "resnet50_224_new.ckpt")
@@ -134,8 +133,6 @@ _register_torchvision()
 def entry_eval_transform(pretrained: Optional[str]) -> Tuple[str, int]:
     """``(normalize preset, eval resize for a 224 px crop)`` of the weights entry named by ``pretrained`` (the
     config's ``auto`` transform); ImageNet's and 256 for a file, a URL or no pretrained weights."""
-    from .data import DEFAULT_EVAL_RESIZE, NORMALIZATIONS
-
     key = _ALIASES.get(str(pretrained).lower()) if pretrained else None
     if key is None:
         return "imagenet", DEFAULT_EVAL_RESIZE

@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Type, Union
 
-from .. import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-from mindspore import Tensor, nn  # noqa: E402
-from mindspore.common.initializer import HeNormal, Uniform  # noqa: E402
+from mindspore import Tensor, nn
+from mindspore.common.initializer import HeNormal, Uniform
 
-from ..core.naming import ARCH_SPECS  # noqa: E402
-from .registry import register_model  # noqa: E402
+from ..core.naming import ARCH_SPECS
+from .registry import register_model
 
 __all__ = [
     "ResidualBlockBase", "ResidualBlock", "ResNet", "make_layer", "conv3x3", "conv1x1", "batch_norm",

@@ -11,12 +11,11 @@ import math
 from collections import OrderedDict
 from typing import List
 
-from .. import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-from mindspore import Tensor, nn, ops  # noqa: E402
-from mindspore.common.initializer import Uniform  # noqa: E402
+from mindspore import Tensor, nn, ops
+from mindspore.common.initializer import Uniform
 
-from ..core.archs import PAIR_SPECS, SEQ_SPECS, PairSpec, SeqSpec  # noqa: E402
-from .registry import register_model  # noqa: E402
+from ..core.archs import PAIR_SPECS, SEQ_SPECS, PairSpec, SeqSpec
+from .registry import register_model
 
 __all__ = ["SeqNet", "PairNet", "fashion_cnn", "digit_cnn", "digit_adder", "digit_adder4"]
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import dataclasses
 from typing import List
 
-from .. import context  # noqa: F401  (oneDNN cap before MindSpore's first kernel)
-from mindspore import Tensor, nn  # noqa: E402
-from mindspore.common.initializer import HeNormal, Normal  # noqa: E402
+from mindspore import Tensor, nn
+from mindspore.common.initializer import HeNormal, Normal
 
-from ..core.archs import VGG_SPECS, VggSpec  # noqa: E402
-from .registry import register_model  # noqa: E402
-from .resnet import batch_norm  # noqa: E402
+from ..core.archs import VGG_SPECS, VggSpec
+from .registry import register_model
+from .resnet import batch_norm
 
 __all__ = ["VGG", "make_features", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
            "vgg19_bn"]
