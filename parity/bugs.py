@@ -57,7 +57,7 @@ def strided_conv_same(net: ResNet, state: State) -> None:
     name = "layer2.0.conv2" if net.block is ResidualBlock else "layer2.0.conv1"
     old = net.layer2[0].conv2 if net.block is ResidualBlock else net.layer2[0].conv1
     replace_cell(net, name, nn.Conv2d(old.in_channels, old.out_channels, 3, stride=2, pad_mode="same",
-                                      has_bias=False))
+                                      has_bias=False, group=old.group))
 
 
 def bn_eps_1e3(net: ResNet, state: State, layer: str = "") -> None:
@@ -71,7 +71,7 @@ def conv_padding_shifted(net: ResNet, state: State, layer: str = "layer3.1") -> 
     name = f"{layer}.conv2" if net.block is ResidualBlock else f"{layer}.conv1"
     old = dict(net.cells_and_names())[name]
     replace_cell(net, name, nn.Conv2d(old.in_channels, old.out_channels, 3, stride=old.stride, pad_mode="pad",
-                                      padding=(0, 2, 0, 2), has_bias=False))
+                                      padding=(0, 2, 0, 2), has_bias=False, group=old.group))
 
 
 def bn_momentum_torch_convention(net: ResNet, state: State) -> None:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ms_transfer.core import naming
+from ms_transfer.core.archs import list_archs
 from parity import BUGS, CHECKS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
 from parity.compare import ABS_TERM, K, compare
@@ -24,8 +24,10 @@ def _failures(report):
 #: ResNet101/152 compile 5 large graphs each in GRAPH mode (~2.5 min together) and take 38-54 s each in PYNATIVE:
 #: `make test-slow`, recorded in the README's "Tests" section (the data-parallel tests took their CI time); CI runs
 #: every other depth in both modes, and ResNet50 shares their bottleneck blocks
-DEPTH_CASES = [pytest.param(arch, mode, marks=pytest.mark.slow) if arch in ("resnet101", "resnet152") else
-               (arch, mode) for arch in naming.ARCH_SPECS for mode in ("graph", "pynative")]
+#: The ResNeXt / Wide ResNet variants: the 50-deep ones in CI, the 101-deep ones (88-127 M parameters) slow
+SLOW_ARCHS = ("resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2")
+DEPTH_CASES = [pytest.param(arch, mode, marks=pytest.mark.slow) if arch in SLOW_ARCHS else
+               (arch, mode) for arch in list_archs("resnet") for mode in ("graph", "pynative")]
 
 
 @pytest.mark.parametrize("arch, mode", DEPTH_CASES)
@@ -71,7 +73,8 @@ def test_every_bug_has_an_expectation():
     assert set(EXPECTED_FAILURE) | CAUGHT_ELSEWHERE == set(BUGS)
 
 
-@pytest.fixture(scope="module", params=["resnet18", "resnet50"])
+#: resnext50_32x4d: every bug that rebuilds a conv must keep its groups, and still be caught
+@pytest.fixture(scope="module", params=["resnet18", "resnet50", "resnext50_32x4d"])
 def clean_forward(request):
     """The clean port passes the forward checks (the baseline each bug run is compared with)."""
     report = run_parity(ParityConfig(arch=request.param, mode="pynative", image_size=64, num_classes=10,

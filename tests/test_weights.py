@@ -14,6 +14,7 @@ import torchvision
 
 import ms_transfer.core.recipe as recipe
 import ms_transfer.core.weights as weights
+from ms_transfer.core.archs import list_archs
 from ms_transfer.core.checkpoint_io import CheckpointError
 from ms_transfer.core.config import TrainConfig, resolve_config
 from ms_transfer.core.download import DownloadError
@@ -22,7 +23,8 @@ from ms_transfer.core.weights import (TUTORIAL_CKPT_URL, WEIGHTS, get_weights, r
 
 #: every ResNet weights enum torchvision has, and the versions it offers (checked against torchvision below)
 TV_RESNETS = {"resnet18": ("V1",), "resnet34": ("V1",), "resnet50": ("V1", "V2"), "resnet101": ("V1", "V2"),
-              "resnet152": ("V1", "V2")}
+              "resnet152": ("V1", "V2"), "resnext50_32x4d": ("V1", "V2"), "resnext101_32x8d": ("V1", "V2"),
+              "resnext101_64x4d": ("V1",), "wide_resnet50_2": ("V1", "V2"), "wide_resnet101_2": ("V1", "V2")}
 #: every VGG depth's ImageNet weights (VGG16's IMAGENET1K_FEATURES is left out: NaN classifier, 0-255 inputs)
 TV_VGGS = {f"vgg{d}{bn}": ("V1",) for d in (11, 13, 16, 19) for bn in ("", "_bn")}
 _unique = itertools.count()
@@ -42,9 +44,7 @@ def _loopback_only(monkeypatch):
 
 
 def _tv_enum(arch):
-    if arch.startswith("vgg"):
-        return getattr(torchvision.models, f"VGG{arch[len('vgg'):].upper()}_Weights")
-    return getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights")
+    return torchvision.models.get_model_weights(arch)
 
 
 # --- (a) the table ------------------------------------------------------------------------------------------
@@ -79,14 +79,16 @@ def test_torchvision_entries_match_torchvision():
             assert e.filename == tv.url.rsplit("/", 1)[1]
             transform = tv.transforms()
             assert [e.resize_size] == list(transform.resize_size)
-            assert e.resize_size == {"V1": 256, "V2": 232}[version]
+            # torchvision's V2 recipes evaluate at 232 (ResNeXt-101 64x4d has only such a V1)
+            assert e.resize_size == (232 if version == "V2" or arch == "resnext101_64x4d" else 256)
             assert [e.crop_size] == list(transform.crop_size) == [224]
             assert list(e.mean) == list(transform.mean) and list(e.std) == list(transform.std)
             assert e.num_classes == len(tv.meta["categories"]) == 1000
             assert e.meta["acc@1"] == tv.meta["_metrics"]["ImageNet-1K"]["acc@1"]
             assert (e.naming, e.padding, e.classes) == ("torchvision", "torch", "imagenet1k")
             assert resolve_padding("auto", e)[0] == "torch"
-    assert len([e for e in WEIGHTS.values() if e.naming == "torchvision"]) == 8 + 8
+    assert len([e for e in WEIGHTS.values() if e.naming == "torchvision"]) == sum(map(len, TV_RESNETS.values())) + 8
+    assert set(TV_RESNETS) | set(TV_VGGS) == set(list_archs("resnet")) | set(list_archs("vgg"))  # every arch listed
 
 
 def test_aliases_are_case_insensitive():
@@ -130,7 +132,8 @@ def temp_entry():
 
     def make(url, sha256, name=None):
         name = name or f"test_tmp_resnet18_{next(_unique)}"
-        entry = dataclasses.replace(get_weights("resnet18_imagenet1k_v1"), name=name, url=url, sha256=sha256)
+        entry = dataclasses.replace(get_weights("resnet18_imagenet1k_v1"), name=name, url=url, sha256=sha256,
+                                    aliases=())
         added.append(name)
         return register_weights(entry, f"Test_Alias.{name}")
 

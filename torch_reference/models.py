@@ -1,17 +1,17 @@
-"""torchvision ResNets and VGGs (never a re-implementation), optionally with the MindSpore tutorial's ``'same'``
-padding; the seeds' small networks from their shared spec; numpy state-dict exchange."""
+"""The torch side of every registered architecture: torchvision's ResNets / ResNeXts / Wide ResNets and VGGs (never a
+re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding; the small networks from their
+shared spec; numpy state-dict exchange. One builder per family (:data:`FAMILY_BUILDERS`)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from ms_transfer.core.archs import PairSpec, SeqSpec, pair_spec, seq_spec, vgg_spec
-from ms_transfer.core.naming import ALL_ARCHS, ARCH_SPECS
+from ms_transfer.core.archs import ArchSpec, PairSpec, SeqSpec, get_arch
 
 PADDINGS = ("torch", "same")
 
@@ -55,26 +55,40 @@ def use_same_padding(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_model(arch: str, num_classes: int = 1000, padding: str = "torch", **kwargs) -> torch.nn.Module:
-    """``torchvision.models.<arch>(weights=None, num_classes=num_classes)`` (ResNets, VGGs); ``padding="same"``: see
-    :func:`use_same_padding`. The seeds' small networks (:class:`SeqNet`) come from their spec. ``kwargs`` go to a
-    VGG's torchvision builder (``dropout``)."""
-    if seq_spec(arch) is not None or pair_spec(arch) is not None:
-        if padding != "torch":
-            raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
-        return SeqNet(seq_spec(arch), num_classes) if seq_spec(arch) else PairNet(pair_spec(arch), num_classes)
-    if vgg_spec(arch) is not None:
-        if padding != "torch":
-            raise ValueError(f"{arch} has only torch-style (explicit) padding, got padding={padding!r}")
-        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kwargs)
-    if kwargs:
-        raise ValueError(f"{arch} takes no {', '.join(kwargs)} argument")
-    if arch not in ARCH_SPECS:
-        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ALL_ARCHS)}")
+def _torchvision(spec: ArchSpec, num_classes: int, padding: str, **kwargs) -> torch.nn.Module:
+    """``torchvision.models.get_model(<arch>, weights=None, num_classes=...)``: the real torchvision network."""
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if padding == "same" and spec.family != "resnet":
+        raise ValueError(f"{spec.name} has only torch-style (explicit) padding, got padding={padding!r}")
+    if kwargs and spec.family == "resnet":
+        raise ValueError(f"{spec.name} takes no {', '.join(kwargs)} argument")
+    model = torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes, **kwargs)
     return use_same_padding(model) if padding == "same" else model
+
+
+def _small(spec: ArchSpec, num_classes: int, padding: str, **kwargs) -> torch.nn.Module:
+    if padding != "torch":
+        raise ValueError(f"{spec.name} has only torch-style (explicit) padding, got padding={padding!r}")
+    if kwargs:
+        raise ValueError(f"{spec.name} takes no {', '.join(kwargs)} argument")
+    net = SeqNet if spec.family == "seq" else PairNet
+    return net(spec.layout, num_classes)
+
+
+#: architecture family -> torch builder (``builder(spec, num_classes, padding, **kwargs)``); the architectures
+#: themselves are the specs of :mod:`ms_transfer.core.archs`
+FAMILY_BUILDERS = {"resnet": _torchvision, "vgg": _torchvision, "seq": _small, "pair": _small}
+
+
+def build_model(arch: str, num_classes: Optional[int] = None, padding: str = "torch", **kwargs) -> torch.nn.Module:
+    """The torch network of a registered architecture: torchvision's own model for the ResNet family (ResNet,
+    ResNeXt, Wide ResNet) and VGG (``padding="same"``: see :func:`use_same_padding`), the small networks from their
+    spec. ``num_classes`` defaults to the architecture's; ``kwargs`` go to a VGG's torchvision builder
+    (``dropout``)."""
+    spec = get_arch(arch)
+    return FAMILY_BUILDERS[spec.family](spec, spec.default_classes if num_classes is None else num_classes,
+                                        padding, **kwargs)
 
 
 def numpy_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":

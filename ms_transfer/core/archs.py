@@ -1,142 +1,96 @@
-"""The seeds' small networks as plain data: one description that both frameworks build from.
+"""Every architecture the project builds, each declared once as an :class:`~ms_transfer.core.spec.ArchSpec`.
 
-A :class:`SeqSpec` is a trunk (a sequence of named layers) and a dense head ``fc``. MindSpore
-(:mod:`ms_transfer.models.seq`) and torch (:mod:`torch_reference.models`) build their modules from the same
-spec, so the two cannot drift apart, and the parameter names follow from it::
+Adding a member of an existing family (another ResNet width or depth, another VGG) is one ``register_arch`` call
+here; a new family is a layout (:mod:`ms_transfer.core.layouts`) plus one builder per framework
+(``ms_transfer.models`` and ``torch_reference.models`` register theirs by family). Naming, conversion, arch
+detection, freezing presets, the loop's task and input checks, the weights table and the parity suite all read the
+specs through this module.
 
-    features.<layer>.weight|bias         conv / dense layers of the trunk (same in both frameworks)
-    features.<bn>.weight|bias|running_*  torch BatchNorm; MindSpore: gamma|beta|moving_mean|moving_variance
-    fc.<i>.weight|bias                   the head: Dense, ReLU, Dropout, ..., Dense(num_classes)
-
-(``nn.Sequential`` / ``nn.SequentialCell`` name their children by key or index, identically.) The head is
-``fc`` as in the ResNets, so the freezing presets (``fixed_feature``, the head-only stage), the frozen-trunk fast
-path and the feature cache work unchanged: ``forward_features`` is the flattened trunk output.
-
-Defaults are torch's (``nn.Conv2d`` / ``nn.Linear`` init, BN eps 1e-5); the Keras seed's BN is written with
-Keras's constants (eps 1e-3, moving average keeping 0.99, i.e. torch ``momentum=0.01``).
+The lookups at the end (``seq_spec``, ``vgg_spec``, ``head_module``, ``task_of``, ...) are views of the registry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
 
-#: a trunk layer: (name, kind, arguments); kinds: conv (out, kernel, padding), bn (eps, momentum: torch's
-#: convention, the weight of the new batch), relu, maxpool (kernel = stride), flatten
-Layer = Tuple[str, str, Tuple]
+from .layouts import Layer, PairSpec, ResNetLayout, SeqSpec, VggSpec
+from .spec import (IMAGENET_MEAN, IMAGENET_STD, ArchSpec, InputSpec, WeightsEntry, find_arch, get_arch, list_archs,
+                   register_arch)
 
+__all__ = ["ArchSpec", "InputSpec", "WeightsEntry", "ResNetLayout", "VggSpec", "SeqSpec", "PairSpec", "get_arch",
+           "find_arch", "list_archs", "register_arch", "seq_spec", "vgg_spec", "pair_spec", "resnet_layout",
+           "head_module", "input_spec", "task_of", "SEQ_SPECS", "PAIR_SPECS", "VGG_SPECS", "TUTORIAL_CKPT_URL",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
-@dataclass(frozen=True)
-class SeqSpec:
-    """A small network: ``in_channels`` x ``input_size``^2 input, ``layers`` trunk, dense head ``fc``."""
-
-    name: str
-    in_channels: int
-    input_size: int
-    layers: Tuple[Layer, ...]
-    hidden: Tuple[int, ...]   # widths of the head's hidden Dense layers (each followed by ReLU, Dropout)
-    dropout: float            # drop probability of the head's Dropout layers
-    doc: str
-
-    def feature_dim(self) -> int:
-        """Width of the flattened trunk output (the head's input)."""
-        channels, size = self.in_channels, self.input_size
-        for _, kind, args in self.layers:
-            if kind == "conv":
-                out, kernel, padding = args
-                channels, size = out, size + 2 * padding - kernel + 1
-            elif kind == "maxpool":
-                size //= args[0]
-        return channels * size * size
-
-    def head_layers(self, num_classes: int) -> List[Tuple[str, Tuple]]:
-        """``fc``'s layers in order: ``("dense", (in, out))``, ``("relu", ())``, ``("dropout", (p,))``."""
-        layers, width = [], self.feature_dim()
-        for hidden in self.hidden:
-            layers += [("dense", (width, hidden)), ("relu", ()), ("dropout", (self.dropout,))]
-            width = hidden
-        return layers + [("dense", (width, num_classes))]
-
-    def classifier_index(self, num_classes: int = 2) -> int:
-        """Index of the last Dense inside ``fc`` (its weight's rows are the classes)."""
-        return len(self.head_layers(num_classes)) - 1
+#: the MindSpore ResNet50 tutorial's ImageNet-pretrained checkpoint (tutorial parameter names)
+TUTORIAL_CKPT_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/models/application/"
+                     "resnet50_224_new.ckpt")
 
 
-def _conv_bn_relu(i: int, out: int, eps: float, momentum: float) -> Tuple[Layer, ...]:
-    return ((f"conv{i}", "conv", (out, 3, 1)), (f"bn{i}", "bn", (eps, momentum)), (f"relu{i}", "relu", ()))
+def torchvision_weights(arch: str, enum: str, table: Sequence[Tuple[str, str, int, float]]) -> Tuple[WeightsEntry, ...]:
+    """The entries of torchvision's ``<enum>`` (e.g. ``ResNet50_Weights``): ``(version, url, eval resize, top-1)``
+    rows, each named ``<arch>_imagenet1k_<version>`` and also accepted as ``<enum>.IMAGENET1K_<version>``. The
+    sha256 is the 8-digit prefix torchvision puts in its file names (tests/test_archs.py checks every row against
+    the installed torchvision)."""
+    return tuple(WeightsEntry(
+        name=f"{arch}_imagenet1k_{version.lower()}", arch=arch, url=url, sha256=Path(url).stem.rsplit("-", 1)[1],
+        naming="torchvision", padding="torch", num_classes=1000, classes="imagenet1k", resize_size=resize,
+        meta={"acc@1": acc, "source": f"torchvision {enum}.IMAGENET1K_{version}"},
+        aliases=(f"{enum}.IMAGENET1K_{version}",)) for version, url, resize, acc in table)
 
 
-# Keras BatchNormalization: epsilon=1e-3, momentum=0.99 (weight of the *old* average) -> torch momentum 0.01
-_KERAS_BN = (1e-3, 0.01)
-
-SEQ_SPECS: Dict[str, SeqSpec] = {
-    # Seed 004: the Keras Fashion-MNIST network (Conv16-BN-ReLU-MaxPool, Conv32-BN-ReLU-MaxPool,
-    # Conv120-BN-ReLU, Flatten, Dense256-ReLU, Dropout 0.2, Dense), 3x3 'same' convs at stride 1.
-    "fashion_cnn": SeqSpec(
-        "fashion_cnn", 1, 28,
-        _conv_bn_relu(1, 16, *_KERAS_BN) + (("pool1", "maxpool", (2,)),)
-        + _conv_bn_relu(2, 32, *_KERAS_BN) + (("pool2", "maxpool", (2,)),)
-        + _conv_bn_relu(3, 120, *_KERAS_BN) + (("flatten", "flatten", ()),),
-        hidden=(256,), dropout=0.2,
-        doc="seed 004's Fashion-MNIST CNN (Keras BN constants), 1x28x28 input"),
-    # Seed 000: the digit recogniser (conv(1->4, 5x5) - pool - conv(4->8, 5x5) - pool, Dense 512, dropout 0.5),
-    # whose trunk is each branch of the digit adder.
-    "digit_cnn": SeqSpec(
-        "digit_cnn", 1, 28,
-        (("conv1", "conv", (4, 5, 2)), ("relu1", "relu", ()), ("pool1", "maxpool", (2,)),
-         ("conv2", "conv", (8, 5, 2)), ("relu2", "relu", ()), ("pool2", "maxpool", (2,)),
-         ("flatten", "flatten", ())),
-        hidden=(512,), dropout=0.5,
-        doc="seed 000's MNIST digit recogniser, 1x28x28 input"),
-}
+_TV = "https://download.pytorch.org/models/"
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """Seed 000's digit adder: two branches, each the trunk of the recogniser ``branch`` (parameters
-    ``branch_a.<layer>.*`` and ``branch_b.<layer>.*``), whose flattened features are concatenated into the dense
-    head ``fc``, which regresses the sum of the two digits (one output, MSE; the accuracy rounds it)."""
-
-    name: str
-    branch: str               # the SEQ_SPECS network whose trunk each branch is
-    hidden: Tuple[int, ...]   # the head's hidden widths (ReLU after each, Dropout after the first)
-    dropout: float
-    doc: str
-    branches: Tuple[str, str] = ("branch_a", "branch_b")
-
-    @property
-    def branch_spec(self) -> SeqSpec:
-        return SEQ_SPECS[self.branch]
-
-    def feature_dim(self) -> int:
-        return 2 * self.branch_spec.feature_dim()
-
-    def head_layers(self, num_outputs: int = 1) -> List[Tuple[str, Tuple]]:
-        """The seed's head: Dense-ReLU-Dropout, then Dense-ReLU per further hidden width, then a linear Dense(1).
-
-        The seed also puts a ReLU on the output. Left out here: whenever the initial output is negative for every
-        input, that ReLU passes no gradient and training never starts (measured: the 2-layer head at seed 0 gave 0
-        for 4 of 4 random pairs, with all gradients exactly 0)."""
-        layers, width = [], self.feature_dim()
-        for i, hidden in enumerate(self.hidden):
-            layers += [("dense", (width, hidden)), ("relu", ())] + ([("dropout", (self.dropout,))] if i == 0 else [])
-            width = hidden
-        return layers + [("dense", (width, num_outputs))]
-
-    def classifier_index(self, num_outputs: int = 1) -> int:
-        """Index of the last Dense inside ``fc``."""
-        return len(self.head_layers(num_outputs)) - 1
+def _resnet(name: str, layout: ResNetLayout, enum: str, table, doc: str, extra=()) -> ArchSpec:
+    return register_arch(ArchSpec(name=name, family="resnet", layout=layout, doc=doc,
+                                  weights=tuple(extra) + torchvision_weights(name, enum, table)))
 
 
-PAIR_SPECS: Dict[str, PairSpec] = {
-    # Seed 000's adder heads: "small" (2 layers) and "large" (4 layers, the seed's 1024-256-64-1)
-    "digit_adder": PairSpec("digit_adder", "digit_cnn", hidden=(128,), dropout=0.5,
-                            doc="seed 000's digit adder, 2-layer head: two 1x28x28 digits -> their sum"),
-    "digit_adder4": PairSpec("digit_adder4", "digit_cnn", hidden=(1024, 256, 64), dropout=0.5,
-                             doc="seed 000's digit adder, 4-layer head (1024-256-64-1)"),
-}
+# -- the ResNet family (torchvision/models/resnet.py 0.29: URLs, eval resize -- 232 for the V2 recipes -- and top-1)
+_resnet("resnet18", ResNetLayout("basic", (2, 2, 2, 2)), "ResNet18_Weights",
+        [("V1", _TV + "resnet18-f37072fd.pth", 256, 69.758)], "ResNet-18 (basic blocks [2, 2, 2, 2])")
+_resnet("resnet34", ResNetLayout("basic", (3, 4, 6, 3)), "ResNet34_Weights",
+        [("V1", _TV + "resnet34-b627a593.pth", 256, 73.314)], "ResNet-34 (basic blocks [3, 4, 6, 3])")
+_resnet("resnet50", ResNetLayout("bottleneck", (3, 4, 6, 3)), "ResNet50_Weights",
+        [("V1", _TV + "resnet50-0676ba61.pth", 256, 76.130), ("V2", _TV + "resnet50-11ad3fa6.pth", 232, 80.858)],
+        "ResNet-50 (bottlenecks [3, 4, 6, 3]); the MindSpore tutorial's resnet50_224_new.ckpt loads into it",
+        extra=[WeightsEntry(
+            name="resnet50_tutorial", arch="resnet50", url=TUTORIAL_CKPT_URL, sha256=None, naming="ms_transfer",
+            padding="same", num_classes=1000, classes="imagenet1k", aliases=("resnet50_224_new", "tutorial"),
+            meta={"source": "MindSpore ResNet50 tutorial (resnet50_224_new.ckpt); its network pads 'same'"})])
+_resnet("resnet101", ResNetLayout("bottleneck", (3, 4, 23, 3)), "ResNet101_Weights",
+        [("V1", _TV + "resnet101-63fe2227.pth", 256, 77.374), ("V2", _TV + "resnet101-cd907fc2.pth", 232, 81.886)],
+        "ResNet-101 (bottlenecks [3, 4, 23, 3])")
+_resnet("resnet152", ResNetLayout("bottleneck", (3, 8, 36, 3)), "ResNet152_Weights",
+        [("V1", _TV + "resnet152-394f9c45.pth", 256, 78.312), ("V2", _TV + "resnet152-f82ba261.pth", 232, 82.284)],
+        "ResNet-152 (bottlenecks [3, 8, 36, 3])")
+_resnet("resnext50_32x4d", ResNetLayout("bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4),
+        "ResNeXt50_32X4D_Weights",
+        [("V1", _TV + "resnext50_32x4d-7cdf4587.pth", 256, 77.618),
+         ("V2", _TV + "resnext50_32x4d-1a0047aa.pth", 232, 81.198)],
+        "ResNeXt-50 32x4d (bottlenecks [3, 4, 6, 3], 3x3 convs in 32 groups of width 4 per 64 planes)")
+_resnet("resnext101_32x8d", ResNetLayout("bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
+        "ResNeXt101_32X8D_Weights",
+        [("V1", _TV + "resnext101_32x8d-8ba56ff5.pth", 256, 79.312),
+         ("V2", _TV + "resnext101_32x8d-110c445d.pth", 232, 82.834)],
+        "ResNeXt-101 32x8d (bottlenecks [3, 4, 23, 3], 32 groups of width 8)")
+_resnet("resnext101_64x4d", ResNetLayout("bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
+        "ResNeXt101_64X4D_Weights", [("V1", _TV + "resnext101_64x4d-173b62eb.pth", 232, 83.246)],
+        "ResNeXt-101 64x4d (bottlenecks [3, 4, 23, 3], 64 groups of width 4)")
+_resnet("wide_resnet50_2", ResNetLayout("bottleneck", (3, 4, 6, 3), width_per_group=128), "Wide_ResNet50_2_Weights",
+        [("V1", _TV + "wide_resnet50_2-95faca4d.pth", 256, 78.468),
+         ("V2", _TV + "wide_resnet50_2-9ba9bcbe.pth", 232, 81.602)],
+        "Wide ResNet-50-2 (bottlenecks [3, 4, 6, 3], inner widths doubled)")
+_resnet("wide_resnet101_2", ResNetLayout("bottleneck", (3, 4, 23, 3), width_per_group=128),
+        "Wide_ResNet101_2_Weights",
+        [("V1", _TV + "wide_resnet101_2-32ee1156.pth", 256, 78.848),
+         ("V2", _TV + "wide_resnet101_2-d733dc28.pth", 232, 82.510)],
+        "Wide ResNet-101-2 (bottlenecks [3, 4, 23, 3], inner widths doubled)")
 
-
-#: torchvision's VGG configurations (``torchvision/models/vgg.py`` ``cfgs``): conv widths, ``M`` = 2x2 max-pool
+# -- VGG (torchvision/models/vgg.py 0.29 ``cfgs``: conv widths, "M" = 2x2 max-pool). IMAGENET1K_V1 of every depth
+# (eval resize 256, crop 224, ImageNet mean/std). VGG16_Weights.IMAGENET1K_FEATURES is left out: its classifier is
+# NaN and its inputs are 0-255.
 _VGG_CFGS: Dict[str, Tuple] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -144,91 +98,109 @@ _VGG_CFGS: Dict[str, Tuple] = {
     "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
               512, 512, 512, 512, "M"),
 }
-
-
-@dataclass(frozen=True)
-class VggSpec:
-    """torchvision's VGG: ``features`` (3x3 convs at padding 1, [BatchNorm,] ReLU, 2x2 max-pools; children
-    numbered as ``nn.Sequential`` numbers them), ``avgpool`` (adaptive to ``pool`` x ``pool``), flatten, and the
-    head ``classifier`` = Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear (indices 0-6; 6 is the class layer).
-
-    Parameter names are torchvision's module paths in both frameworks (``features.N.*``, ``classifier.N.*``):
-    mindcv's VGG uses the same ones, so only the BatchNorm tensor names differ between the schemes."""
-
-    name: str
-    widths: Tuple                 # the torchvision cfg: conv widths and "M"
-    batch_norm: bool
-    dropout: float = 0.5          # drop probability of the classifier's two Dropout layers
-    hidden: int = 4096
-    pool: int = 7                 # AdaptiveAvgPool2d((7, 7))
-    in_channels: int = 3
-
-    def feature_layers(self) -> List[Tuple[int, str, Tuple]]:
-        """``(index, kind, args)`` of ``features``: conv (in, out), bn (channels,), relu (), maxpool ()."""
-        layers: List[Tuple[int, str, Tuple]] = []
-        channels = self.in_channels
-        for width in self.widths:
-            if width == "M":
-                layers.append((len(layers), "maxpool", ()))
-                continue
-            layers.append((len(layers), "conv", (channels, width)))
-            if self.batch_norm:
-                layers.append((len(layers), "bn", (width,)))
-            layers.append((len(layers), "relu", ()))
-            channels = width
-        return layers
-
-    def feature_dim(self) -> int:
-        """Width of the pooled, flattened features (the classifier's input): 512 * 7 * 7."""
-        return [w for w in self.widths if w != "M"][-1] * self.pool * self.pool
-
-    def head_layers(self, num_classes: int) -> List[Tuple[str, Tuple]]:
-        """``classifier``'s layers in order, as :meth:`SeqSpec.head_layers` describes them."""
-        h = self.hidden
-        return [("dense", (self.feature_dim(), h)), ("relu", ()), ("dropout", (self.dropout,)),
-                ("dense", (h, h)), ("relu", ()), ("dropout", (self.dropout,)), ("dense", (h, num_classes))]
-
-    def classifier_index(self, num_classes: int = 2) -> int:
-        """Index of the class layer inside ``classifier`` (6)."""
-        return len(self.head_layers(num_classes)) - 1
-
-
-VGG_SPECS: Dict[str, VggSpec] = {
-    f"{depth}{'_bn' if bn else ''}": VggSpec(f"{depth}{'_bn' if bn else ''}", cfg, bn)
-    for depth, cfg in _VGG_CFGS.items() for bn in (False, True)
+_VGG_WEIGHTS = {
+    "vgg11": ("8a719046", 69.020), "vgg11_bn": ("6002323d", 70.370), "vgg13": ("19584684", 69.928),
+    "vgg13_bn": ("abd245e5", 71.586), "vgg16": ("397923af", 71.592), "vgg16_bn": ("6c64b313", 73.360),
+    "vgg19": ("dcbb9e9d", 72.376), "vgg19_bn": ("c79401a0", 74.218),
 }
-#: the head module of each family (the module ``forward_head`` applies and the frozen-trunk fast path trains):
-#: ``fc`` for the ResNets and the seed networks, ``classifier`` for VGG (torchvision's and mindcv's name)
-_HEAD_MODULES = {**{arch: "classifier" for arch in VGG_SPECS}}
+for _depth, _cfg in _VGG_CFGS.items():
+    for _bn in (False, True):
+        _name = f"{_depth}{'_bn' if _bn else ''}"
+        _hash, _acc = _VGG_WEIGHTS[_name]
+        register_arch(ArchSpec(
+            name=_name, family="vgg", layout=VggSpec(_name, _cfg, _bn), head="classifier", naming="plain",
+            doc=f"VGG-{_depth[3:]} (configuration {'ABDE'['vgg11 vgg13 vgg16 vgg19'.split().index(_depth)]})"
+                f"{' with BatchNorm' if _bn else ''}",
+            weights=torchvision_weights(_name, f"VGG{_name[3:].upper()}_Weights",
+                                        [("V1", f"{_TV}{_name}-{_hash}.pth", 256, _acc)])))
+
+
+# -- the small networks of the source articles (1x28x28 digits)
+def _conv_bn_relu(i: int, out: int, eps: float, momentum: float) -> Tuple[Layer, ...]:
+    return ((f"conv{i}", "conv", (out, 3, 1)), (f"bn{i}", "bn", (eps, momentum)), (f"relu{i}", "relu", ()))
+
+
+# Keras BatchNormalization: epsilon=1e-3, momentum=0.99 (weight of the *old* average) -> torch momentum 0.01
+_KERAS_BN = (1e-3, 0.01)
+_DIGITS = InputSpec(channels=1, size=28)
+# The Keras Fashion-MNIST network (Conv16-BN-ReLU-MaxPool, Conv32-BN-ReLU-MaxPool, Conv120-BN-ReLU, Flatten,
+# Dense256-ReLU, Dropout 0.2, Dense), 3x3 'same' convs at stride 1.
+_FASHION = SeqSpec(
+    "fashion_cnn", 1, 28,
+    _conv_bn_relu(1, 16, *_KERAS_BN) + (("pool1", "maxpool", (2,)),)
+    + _conv_bn_relu(2, 32, *_KERAS_BN) + (("pool2", "maxpool", (2,)),)
+    + _conv_bn_relu(3, 120, *_KERAS_BN) + (("flatten", "flatten", ()),),
+    hidden=(256,), dropout=0.2, doc="the Keras Fashion-MNIST CNN (Keras BN constants), 1x28x28 input")
+# The digit recogniser (conv(1->4, 5x5) - pool - conv(4->8, 5x5) - pool, Dense 512, dropout 0.5), whose trunk is
+# each branch of the digit adder.
+_DIGIT = SeqSpec(
+    "digit_cnn", 1, 28,
+    (("conv1", "conv", (4, 5, 2)), ("relu1", "relu", ()), ("pool1", "maxpool", (2,)),
+     ("conv2", "conv", (8, 5, 2)), ("relu2", "relu", ()), ("pool2", "maxpool", (2,)),
+     ("flatten", "flatten", ())),
+    hidden=(512,), dropout=0.5, doc="the MNIST digit recogniser, 1x28x28 input")
+for _seq in (_FASHION, _DIGIT):
+    register_arch(ArchSpec(name=_seq.name, family="seq", layout=_seq, naming="plain", input=_DIGITS,
+                           default_classes=10, doc=_seq.doc))
+# The digit adder's heads: "small" (2 layers) and "large" (4 layers, the article's 1024-256-64-1)
+for _pair in (PairSpec("digit_adder", _DIGIT, hidden=(128,), dropout=0.5,
+                       doc="the digit adder, 2-layer head: two 1x28x28 digits -> their sum"),
+              PairSpec("digit_adder4", _DIGIT, hidden=(1024, 256, 64), dropout=0.5,
+                       doc="the digit adder, 4-layer head (1024-256-64-1)")):
+    register_arch(ArchSpec(name=_pair.name, family="pair", layout=_pair, naming="plain", task="digit_sum",
+                           input=InputSpec(channels=1, size=28, count=2), default_classes=1, doc=_pair.doc))
+
+
+# -- views of the registry
+def _layouts(family: str) -> Dict:
+    return {name: get_arch(name).layout for name in list_archs(family)}
+
+
+#: name -> layout of each small network / digit adder / VGG (read-only views, kept for existing callers)
+SEQ_SPECS: Dict[str, SeqSpec] = _layouts("seq")
+PAIR_SPECS: Dict[str, PairSpec] = _layouts("pair")
+VGG_SPECS: Dict[str, VggSpec] = _layouts("vgg")
+
+
+def _layout_of(arch: Optional[str], family: str):
+    spec = find_arch(arch)
+    return spec.layout if spec is not None and spec.family == family else None
+
+
+def resnet_layout(arch: str) -> Optional[ResNetLayout]:
+    """The layout of a ResNet-family architecture, ``None`` for other architectures."""
+    return _layout_of(arch, "resnet")
 
 
 def vgg_spec(arch: str) -> Optional[VggSpec]:
     """The spec of a VGG, ``None`` for other architectures."""
-    return VGG_SPECS.get(arch)
-
-
-def head_module(arch: Optional[str]) -> str:
-    """Name of ``arch``'s head module: ``classifier`` for VGG, ``fc`` otherwise (also for unknown models)."""
-    return _HEAD_MODULES.get(arch or "", "fc")
+    return _layout_of(arch, "vgg")
 
 
 def seq_spec(arch: str) -> Optional[SeqSpec]:
     """The spec of a small network, ``None`` for other architectures (the ResNets)."""
-    return SEQ_SPECS.get(arch)
+    return _layout_of(arch, "seq")
 
 
 def pair_spec(arch: str) -> Optional[PairSpec]:
     """The spec of a two-input network (the digit adder), ``None`` for other architectures."""
-    return PAIR_SPECS.get(arch)
+    return _layout_of(arch, "pair")
+
+
+def head_module(arch: Optional[str]) -> str:
+    """Name of ``arch``'s head module: ``classifier`` for VGG, ``fc`` otherwise (also for unknown models)."""
+    spec = find_arch(arch)
+    return spec.head if spec is not None else "fc"
 
 
 def input_spec(arch: str) -> Tuple[int, Optional[int]]:
     """``(channels, fixed input size or None)`` of an architecture (ResNets and VGGs: 3 channels, any size >=
     32)."""
-    spec = seq_spec(arch) or (pair_spec(arch).branch_spec if pair_spec(arch) else None)
-    return (spec.in_channels, spec.input_size) if spec else (3, None)
+    spec = find_arch(arch)
+    return (spec.input.channels, spec.input.size) if spec is not None else (3, None)
 
 
 def task_of(arch: str) -> str:
     """``classify`` (cross-entropy, one image in) or ``digit_sum`` (MSE on the sum of a pair of digits)."""
-    return "digit_sum" if arch in PAIR_SPECS else "classify"
+    spec = find_arch(arch)
+    return spec.task if spec is not None else "classify"

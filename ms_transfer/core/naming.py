@@ -11,22 +11,17 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .archs import PAIR_SPECS, SEQ_SPECS, VGG_SPECS, head_module, pair_spec, seq_spec, vgg_spec
+from .archs import get_arch, head_module, list_archs, pair_spec, resnet_layout, seq_spec, vgg_spec
 
-#: arch -> (block kind, blocks per stage): the one description of every ResNet depth, as plain data. The
-#: MindSpore models, the torch side, the converter and the checkpoint arch detection all read it.
+#: every architecture the project builds (:mod:`ms_transfer.core.archs`), in registration order
+ALL_ARCHS: Tuple[str, ...] = tuple(list_archs())
+#: the plain ResNets (torchvision's ``resnet18`` .. ``resnet152``) as ``arch -> (block kind, blocks per stage)``;
+#: ResNeXt and Wide ResNet are the same family with grouped / widened bottlenecks (:func:`resnet_layout`)
 ARCH_SPECS: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
-#: every architecture the project builds: the ResNets above, the VGGs and the seeds' small networks
-#: (:mod:`ms_transfer.core.archs`, whose tensor names follow from their layer lists)
-ALL_ARCHS: Tuple[str, ...] = tuple(ARCH_SPECS) + tuple(VGG_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
+    name: (layout.block, layout.depths) for name in list_archs("resnet")
+    for layout in [get_arch(name).layout] if (layout.groups, layout.width_per_group) == (1, 64)}
 #: the architectures recognised by their exact set of tensor names (plain module paths)
-_PLAIN_ARCHS: Tuple[str, ...] = tuple(VGG_SPECS) + tuple(SEQ_SPECS) + tuple(PAIR_SPECS)
+_PLAIN_ARCHS: Tuple[str, ...] = tuple(a for a in ALL_ARCHS if get_arch(a).naming == "plain")
 
 SCHEMES = ("torchvision", "ms_transfer", "mindcv")
 #: Scheme aliases accepted on the command line.
@@ -118,11 +113,10 @@ def _seq_keys(arch: str, include_head: bool) -> List[Key]:
 def structural_keys(arch: str, include_head: bool = True) -> List[Key]:
     """Every parameter / buffer of ``arch`` as structural keys, in model order (``include_head=False``: without
     the classifier layer)."""
-    if arch in _PLAIN_ARCHS:
+    if get_arch(arch).naming == "plain":
         return _seq_keys(arch, include_head)
-    if arch not in ARCH_SPECS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
-    block, layers = ARCH_SPECS[arch]
+    layout = resnet_layout(arch)
+    block, layers = layout.block, layout.depths
     n_convs = 3 if block == "bottleneck" else 2
     keys: List[Key] = [((("stem_conv",),), "conv")]
     keys += [((("stem_bn",),), kind) for kind in _BN_KINDS]
@@ -191,8 +185,9 @@ _BLOCK_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
 def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
     """Detect the architecture from parameter names and shapes (any supported naming scheme).
 
-    ResNets: bottleneck vs basic block is read from the presence of ``conv3`` and the width of the stage-4
-    output; the depth from the number of blocks in each stage. A VGG or a small network is recognised by its
+    ResNets: bottleneck vs basic block is read from the presence of ``conv3``, the depth from the number of blocks
+    in each stage, and the variant of a depth (ResNet, ResNeXt, Wide ResNet) from the shape of the first block's
+    3x3 conv. A VGG or a small network is recognised by its
     exact set of tensor names (with or without its classifier layer), which differs between the VGG depths and
     between the plain and ``_bn`` variants.
     """
@@ -209,12 +204,22 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
             blocks[int(m.group(1))].add(int(m.group(2)))
             bottleneck |= name.split(".")[2] == "conv3"
     counts = tuple(len(blocks[s]) for s in range(1, 5))
-    for arch, (block, layers) in ARCH_SPECS.items():
-        if tuple(layers) == counts and (block == "bottleneck") == bottleneck:
-            return arch
-    known = ", ".join(f"{a}={list(l)}" for a, (_, l) in ARCH_SPECS.items())
-    raise ValueError(f"cannot detect the ResNet depth: found {list(counts)} blocks per stage "
-                     f"({'bottleneck' if bottleneck else 'basic'} blocks); known: {known}. "
+    candidates = [a for a in list_archs("resnet") if resnet_layout(a).depths == counts
+                  and (resnet_layout(a).block == "bottleneck") == bottleneck]
+    # ResNet-50, ResNeXt-50 32x4d and Wide ResNet-50-2 share every name: the first block's 3x3 conv tells them apart
+    # by its shape (inner width, width per group). Without shapes (names only), the plain ResNet of that depth.
+    conv2 = tuple(next((shape for name, shape in shapes.items() if name.endswith("layer1.0.conv2.weight")), ()))
+    if len(conv2) == 4:
+        candidates = [a for a in candidates if resnet_layout(a).first_conv2_shape() == conv2]
+    elif len(candidates) > 1:
+        candidates = [a for a in candidates if a in ARCH_SPECS]
+    if len(candidates) == 1:
+        return candidates[0]
+    known = ", ".join(f"{a}={list(resnet_layout(a).depths)} layer1.0.conv2 {list(resnet_layout(a).first_conv2_shape())}"
+                      for a in list_archs("resnet"))
+    found_conv2 = f", layer1.0.conv2 {list(conv2)}" if conv2 else ""
+    raise ValueError(f"cannot detect the ResNet depth (and variant): found {list(counts)} blocks per stage "
+                     f"({'bottleneck' if bottleneck else 'basic'} blocks{found_conv2}); known: {known}. "
                      f"Is this a ResNet checkpoint? Pass --arch explicitly if it is (VGGs and the seed networks are "
                      f"recognised by their exact tensor names: {', '.join(_PLAIN_ARCHS)}).")
 

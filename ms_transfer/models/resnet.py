@@ -27,12 +27,12 @@ from typing import Optional, Sequence, Type, Union
 from mindspore import Tensor, nn
 from mindspore.common.initializer import HeNormal, Uniform
 
-from ..core.naming import ARCH_SPECS
-from .registry import register_model
+from ..core.archs import ArchSpec
+from .registry import register_family
 
 __all__ = [
     "ResidualBlockBase", "ResidualBlock", "ResNet", "make_layer", "conv3x3", "conv1x1", "batch_norm",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "BLOCKS", "PADDINGS", "TORCH_BN_MOMENTUM",
+    "build_resnet", "BLOCKS", "PADDINGS", "TORCH_BN_MOMENTUM",
 ]
 
 #: torch's BatchNorm default momentum. MindSpore's ``momentum`` is the weight of the *old* statistic.
@@ -56,9 +56,11 @@ def _pad_args(kernel_size: int, stride: int, padding: str) -> dict:
     return {"pad_mode": "pad", "padding": pad} if pad else {"pad_mode": "valid"}
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, padding: str = "torch") -> nn.Conv2d:
-    """3x3 convolution without bias, padded 1 on every side (or ``'same'`` at stride 2, see the module doc)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, has_bias=False,
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, padding: str = "torch",
+            groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution without bias, padded 1 on every side (or ``'same'`` at stride 2, see the module doc), in
+    ``groups`` groups (ResNeXt)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, has_bias=False, group=groups,
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **_pad_args(3, stride, padding))
 
 
@@ -79,8 +81,11 @@ class ResidualBlockBase(nn.Cell):
     expansion: int = 1
 
     def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
-                 down_sample: Optional[nn.Cell] = None, padding: str = "torch") -> None:
+                 down_sample: Optional[nn.Cell] = None, padding: str = "torch", groups: int = 1,
+                 base_width: int = 64) -> None:
         super().__init__()
+        if (groups, base_width) != (1, 64):  # torchvision's BasicBlock refuses them too
+            raise ValueError(f"the basic block has no groups or width: got groups={groups}, base_width={base_width}")
         self.conv1 = conv3x3(in_channel, out_channel, stride, padding)
         self.norm1 = batch_norm(out_channel)
         self.conv2 = conv3x3(out_channel, out_channel)
@@ -98,18 +103,23 @@ class ResidualBlockBase(nn.Cell):
 
 
 class ResidualBlock(nn.Cell):
-    """Bottleneck block (ResNet50/101/152): 1x1 -> 3x3 (strided, v1.5) -> 1x1, expansion 4."""
+    """Bottleneck block (ResNet50/101/152): 1x1 -> 3x3 (strided, v1.5) -> 1x1, expansion 4.
+
+    ``groups`` / ``base_width`` make it ResNeXt's or Wide ResNet's, as torchvision's ``Bottleneck``: the inner width
+    is ``int(out_channel * base_width / 64) * groups`` and the 3x3 conv runs in ``groups`` groups."""
 
     expansion: int = 4
 
     def __init__(self, in_channel: int, out_channel: int, stride: int = 1,
-                 down_sample: Optional[nn.Cell] = None, padding: str = "torch") -> None:
+                 down_sample: Optional[nn.Cell] = None, padding: str = "torch", groups: int = 1,
+                 base_width: int = 64) -> None:
         super().__init__()
-        self.conv1 = conv1x1(in_channel, out_channel)
-        self.norm1 = batch_norm(out_channel)
-        self.conv2 = conv3x3(out_channel, out_channel, stride, padding)
-        self.norm2 = batch_norm(out_channel)
-        self.conv3 = conv1x1(out_channel, out_channel * self.expansion)
+        width = int(out_channel * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(in_channel, width)
+        self.norm1 = batch_norm(width)
+        self.conv2 = conv3x3(width, width, stride, padding, groups)
+        self.norm2 = batch_norm(width)
+        self.conv3 = conv1x1(width, out_channel * self.expansion)
         self.norm3 = batch_norm(out_channel * self.expansion)
         self.relu = nn.ReLU()
         self.down_sample = down_sample
@@ -128,15 +138,17 @@ Block = Type[Union[ResidualBlockBase, ResidualBlock]]
 
 
 def make_layer(last_out_channel: int, block: Block, channel: int, block_nums: int,
-               stride: int = 1, padding: str = "torch") -> nn.SequentialCell:
-    """Stack ``block_nums`` blocks; the first one downsamples (1x1 conv + BN) when shape changes."""
+               stride: int = 1, padding: str = "torch", groups: int = 1, base_width: int = 64) -> nn.SequentialCell:
+    """Stack ``block_nums`` blocks; the first one downsamples (1x1 conv + BN) when shape changes. ``groups`` /
+    ``base_width`` go to every block (ResNeXt, Wide ResNet)."""
     down_sample = None
     if stride != 1 or last_out_channel != channel * block.expansion:
         down_sample = nn.SequentialCell([conv1x1(last_out_channel, channel * block.expansion, stride, padding),
                                          batch_norm(channel * block.expansion)])
-    layers = [block(last_out_channel, channel, stride=stride, down_sample=down_sample, padding=padding)]
+    width = {"groups": groups, "base_width": base_width}
+    layers = [block(last_out_channel, channel, stride=stride, down_sample=down_sample, padding=padding, **width)]
     for _ in range(1, block_nums):
-        layers.append(block(channel * block.expansion, channel))
+        layers.append(block(channel * block.expansion, channel, **width))
     return nn.SequentialCell(layers)
 
 
@@ -148,7 +160,7 @@ class ResNet(nn.Cell):
     """
 
     def __init__(self, block: Block, layer_nums: Sequence[int], num_classes: int = 1000, padding: str = "torch",
-                 arch: Optional[str] = None) -> None:
+                 arch: Optional[str] = None, groups: int = 1, width_per_group: int = 64) -> None:
         super().__init__()
         self.arch = arch  # the registered name (set by the builders), read by checkpoint loading and backends
         self.padding = _check_padding(padding)
@@ -161,10 +173,11 @@ class ResNet(nn.Cell):
         self.norm = batch_norm(64)
         self.relu = nn.ReLU()
         self.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, **_pad_args(3, 2, padding))
-        self.layer1 = make_layer(64, block, 64, layer_nums[0], padding=padding)
-        self.layer2 = make_layer(64 * block.expansion, block, 128, layer_nums[1], stride=2, padding=padding)
-        self.layer3 = make_layer(128 * block.expansion, block, 256, layer_nums[2], stride=2, padding=padding)
-        self.layer4 = make_layer(256 * block.expansion, block, 512, layer_nums[3], stride=2, padding=padding)
+        width = {"padding": padding, "groups": groups, "base_width": width_per_group}
+        self.layer1 = make_layer(64, block, 64, layer_nums[0], **width)
+        self.layer2 = make_layer(64 * block.expansion, block, 128, layer_nums[1], stride=2, **width)
+        self.layer3 = make_layer(128 * block.expansion, block, 256, layer_nums[2], stride=2, **width)
+        self.layer4 = make_layer(256 * block.expansion, block, 512, layer_nums[3], stride=2, **width)
         self.fc = _linear(self.num_features, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -194,41 +207,13 @@ def _linear(in_features: int, out_features: int) -> nn.Dense:
     return nn.Dense(in_features, out_features, weight_init=Uniform(bound), bias_init=Uniform(bound))
 
 
-#: block kind of :data:`ms_transfer.core.naming.ARCH_SPECS` -> block cell
+#: block kind of :class:`ms_transfer.core.layouts.ResNetLayout` -> block cell
 BLOCKS = {"basic": ResidualBlockBase, "bottleneck": ResidualBlock}
 
 
-def _resnet(arch: str, num_classes: int, padding: str) -> ResNet:
-    kind, layers = ARCH_SPECS[arch]
-    return ResNet(BLOCKS[kind], layers, num_classes, padding=padding, arch=arch)
-
-
-@register_model
-def resnet18(num_classes: int = 1000, padding: str = "torch") -> ResNet:
-    """ResNet-18 (basic blocks [2, 2, 2, 2])."""
-    return _resnet("resnet18", num_classes, padding)
-
-
-@register_model
-def resnet34(num_classes: int = 1000, padding: str = "torch") -> ResNet:
-    """ResNet-34 (basic blocks [3, 4, 6, 3])."""
-    return _resnet("resnet34", num_classes, padding)
-
-
-@register_model
-def resnet50(num_classes: int = 1000, padding: str = "torch") -> ResNet:
-    """ResNet-50 (bottlenecks [3, 4, 6, 3]); the tutorial's ``resnet50_224_new.ckpt`` loads into it
-    (build it with ``padding="same"``, or through the factory's weights entry, for the tutorial's network)."""
-    return _resnet("resnet50", num_classes, padding)
-
-
-@register_model
-def resnet101(num_classes: int = 1000, padding: str = "torch") -> ResNet:
-    """ResNet-101 (bottlenecks [3, 4, 23, 3])."""
-    return _resnet("resnet101", num_classes, padding)
-
-
-@register_model
-def resnet152(num_classes: int = 1000, padding: str = "torch") -> ResNet:
-    """ResNet-152 (bottlenecks [3, 8, 36, 3])."""
-    return _resnet("resnet152", num_classes, padding)
+@register_family("resnet")
+def build_resnet(spec: ArchSpec, num_classes: int = 1000, padding: str = "torch") -> ResNet:
+    """The ResNet-family network of ``spec`` (ResNet, ResNeXt, Wide ResNet: :mod:`ms_transfer.core.archs`)."""
+    layout = spec.layout
+    return ResNet(BLOCKS[layout.block], layout.depths, num_classes, padding=padding, arch=spec.name,
+                  groups=layout.groups, width_per_group=layout.width_per_group)

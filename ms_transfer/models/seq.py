@@ -14,10 +14,10 @@ from typing import List
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Uniform
 
-from ..core.archs import PAIR_SPECS, SEQ_SPECS, PairSpec, SeqSpec
-from .registry import register_model
+from ..core.archs import ArchSpec, PairSpec, SeqSpec
+from .registry import register_family
 
-__all__ = ["SeqNet", "PairNet", "fashion_cnn", "digit_cnn", "digit_adder", "digit_adder4"]
+__all__ = ["SeqNet", "PairNet", "build_trunk", "build_head", "build_seq", "build_pair"]
 
 
 def _conv(in_channels: int, out: int, kernel: int, padding: int) -> nn.Conv2d:
@@ -120,25 +120,13 @@ class PairNet(nn.Cell):
         return self.forward_head(self.forward_features(a, b))
 
 
-@register_model
-def fashion_cnn(num_classes: int = 10, padding: str = "torch") -> SeqNet:
-    """Seed 004's Fashion-MNIST CNN (1x28x28 input; Keras BN eps 1e-3, momentum 0.99)."""
-    return SeqNet(SEQ_SPECS["fashion_cnn"], num_classes, padding)
+@register_family("seq")
+def build_seq(spec: ArchSpec, num_classes: int = 10, padding: str = "torch") -> SeqNet:
+    """The small network of ``spec`` (the Keras Fashion-MNIST CNN, the digit recogniser)."""
+    return SeqNet(spec.layout, num_classes, padding)
 
 
-@register_model
-def digit_cnn(num_classes: int = 10, padding: str = "torch") -> SeqNet:
-    """Seed 000's MNIST digit recogniser (1x28x28 input), the digit adder's branch."""
-    return SeqNet(SEQ_SPECS["digit_cnn"], num_classes, padding)
-
-
-@register_model
-def digit_adder(num_classes: int = 1, padding: str = "torch") -> PairNet:
-    """Seed 000's digit adder with the 2-layer head (two 1x28x28 digits -> their sum)."""
-    return PairNet(PAIR_SPECS["digit_adder"], num_classes, padding)
-
-
-@register_model
-def digit_adder4(num_classes: int = 1, padding: str = "torch") -> PairNet:
-    """Seed 000's digit adder with the 4-layer head (1024-256-64-1)."""
-    return PairNet(PAIR_SPECS["digit_adder4"], num_classes, padding)
+@register_family("pair")
+def build_pair(spec: ArchSpec, num_classes: int = 1, padding: str = "torch") -> PairNet:
+    """The digit adder of ``spec`` (two digits -> their sum)."""
+    return PairNet(spec.layout, num_classes, padding)

@@ -25,12 +25,11 @@ from typing import List
 from mindspore import Tensor, nn
 from mindspore.common.initializer import HeNormal, Normal
 
-from ..core.archs import VGG_SPECS, VggSpec
-from .registry import register_model
+from ..core.archs import ArchSpec, VggSpec
+from .registry import register_family
 from .resnet import batch_norm
 
-__all__ = ["VGG", "make_features", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-           "vgg19_bn"]
+__all__ = ["VGG", "make_features", "make_classifier", "build_vgg"]
 
 
 def _dense(in_features: int, out_features: int) -> nn.Dense:
@@ -100,53 +99,7 @@ class VGG(nn.Cell):
         self.num_classes = num_classes
 
 
-def _vgg(arch: str, num_classes: int, padding: str, dropout: float) -> VGG:
-    return VGG(dataclasses.replace(VGG_SPECS[arch], dropout=float(dropout)), num_classes, padding)
-
-
-@register_model
-def vgg11(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-11 (configuration A); ``dropout``: the classifier's drop probability (torchvision's argument)."""
-    return _vgg("vgg11", num_classes, padding, dropout)
-
-
-@register_model
-def vgg11_bn(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-11 with BatchNorm."""
-    return _vgg("vgg11_bn", num_classes, padding, dropout)
-
-
-@register_model
-def vgg13(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-13 (configuration B)."""
-    return _vgg("vgg13", num_classes, padding, dropout)
-
-
-@register_model
-def vgg13_bn(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-13 with BatchNorm."""
-    return _vgg("vgg13_bn", num_classes, padding, dropout)
-
-
-@register_model
-def vgg16(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-16 (configuration D): seed 002's cats-vs-dogs network."""
-    return _vgg("vgg16", num_classes, padding, dropout)
-
-
-@register_model
-def vgg16_bn(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-16 with BatchNorm."""
-    return _vgg("vgg16_bn", num_classes, padding, dropout)
-
-
-@register_model
-def vgg19(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-19 (configuration E)."""
-    return _vgg("vgg19", num_classes, padding, dropout)
-
-
-@register_model
-def vgg19_bn(num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
-    """VGG-19 with BatchNorm."""
-    return _vgg("vgg19_bn", num_classes, padding, dropout)
+@register_family("vgg")
+def build_vgg(spec: ArchSpec, num_classes: int = 1000, padding: str = "torch", dropout: float = 0.5) -> VGG:
+    """The VGG of ``spec``; ``dropout``: the classifier's drop probability (torchvision's argument)."""
+    return VGG(dataclasses.replace(spec.layout, dropout=float(dropout)), num_classes, padding)
