@@ -88,8 +88,8 @@ def weight_format(path: PathLike) -> WeightFormat:
     name = file_format(path)
     if name not in _REGISTERED:
         raise CheckpointError(f"{path}: no reader/writer for {name} files is registered in this process; "
-                              f"import {PROVIDERS[name]} first (python -m ms_transfer.convert and the other command-line "
-                              "tools do)")
+                              f"import {PROVIDERS[name]} first (python -m ms_transfer.convert and the other "
+                              "command-line tools do)")
     return _REGISTERED[name]
 
 
