@@ -3,7 +3,7 @@ compiled train step (GRAPH, or PYNATIVE to debug), the frozen-trunk fast path, t
 checkpoints, behind the :class:`~ms_transfer.core.backend.Backend` protocol.
 
 ``python -m parity --train-steps`` drives this same class on fixed batches (:meth:`MindSporeBackend.adopt` a net,
-:meth:`~MindSporeBackend.enter_stage`, :meth:`~MindSporeBackend.train_step`).
+:meth:`~MindSporeBackend.enter_stage`, :meth:`~MindSporeBackend.train_step`), through the protocol's members only.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class MindSporeBackend:
     def __init__(self, cfg: Optional[TrainConfig] = None) -> None:
         self.cfg = cfg
         self.task = "classify"
-        self.net: Optional[nn.Cell] = None
+        self.model: Optional[nn.Cell] = None   # the network
         self.padding = "torch"
         self.optimizer: Optional[nn.Optimizer] = None
         self.stage: Optional[Stage] = None
@@ -126,10 +126,11 @@ class MindSporeBackend:
     def version(self) -> str:
         return f"mindspore {ms.__version__}"
 
-    def adopt(self, net: nn.Cell) -> "MindSporeBackend":
-        """Use an existing net (parity, evaluation) instead of building one."""
-        self.net, self.padding, self._training = net, getattr(net, "padding", "torch"), None
-        self.task = task_of(getattr(net, "arch", None) or "")
+    def adopt(self, model: nn.Cell, arch: Optional[str] = None, padding: Optional[str] = None) -> "MindSporeBackend":
+        """Use an existing net (parity, evaluation) instead of building one; ``arch`` / ``padding`` default to the
+        net's own (every registered model records them)."""
+        self.model, self.padding, self._training = model, padding or getattr(model, "padding", "torch"), None
+        self.task = task_of(arch or getattr(model, "arch", None) or "")
         return self
 
     def build(self, arch: str, num_classes: int, padding: str) -> None:
@@ -137,7 +138,7 @@ class MindSporeBackend:
 
     def load_pretrained(self, path: str) -> str:
         exclude = self.cfg.pretrained_exclude if self.cfg is not None else ()
-        return f"Loaded {path}\n{load_pretrained(self.net, path, verbose=False, exclude=exclude)}"
+        return f"Loaded {path}\n{load_pretrained(self.model, path, verbose=False, exclude=exclude)}"
 
     def load_run(self, path) -> Dict:
         net, weights = load_run_checkpoint(path)
@@ -146,7 +147,7 @@ class MindSporeBackend:
         return weights.meta
 
     def save_run(self, path, meta: Dict, with_optimizer: bool) -> None:
-        save_run_checkpoint(path, self.net, meta, optimizer=self.optimizer if with_optimizer else None)
+        save_run_checkpoint(path, self.model, meta, optimizer=self.optimizer if with_optimizer else None)
 
     # --- stage and steps ---------------------------------------------------------------------------------
     def enter_stage(self, stage: Stage, lrs: Sequence[float], restore_optimizer: bool = False) -> FreezeReport:
@@ -157,8 +158,8 @@ class MindSporeBackend:
             if path is not None:
                 reused = any(path.rglob("*"))
                 print(f"Compile cache: {path} ({'reusing the graphs of an earlier identical run' if reused else 'new'})")
-        report = apply_freeze(self.net, stage.freeze, stage.unfreeze)
-        params = self.net.trainable_params()
+        report = apply_freeze(self.model, stage.freeze, stage.unfreeze)
+        params = self.model.trainable_params()
         if not params:
             raise TrainingError("the freeze patterns leave no trainable parameter; check --freeze/--unfreeze")
         cfg = self.cfg
@@ -167,21 +168,33 @@ class MindSporeBackend:
                                          cfg.weight_decay)
         self.compile_step()
         if restore_optimizer:
-            load_optimizer_state(self.optimizer, self.net, self._resume_state)
+            load_optimizer_state(self.optimizer, self.model, self._resume_state)
         return report
+
+    def replace_optimizer(self, optimizer: nn.Optimizer) -> None:
+        """Train the stage with ``optimizer`` instead (parity's injected bugs); the train step is recompiled."""
+        self.optimizer = optimizer
+        self.compile_step()
 
     def compile_step(self) -> None:
         """(Re)build the train step(s) around ``self.optimizer``."""
-        self.step = nn.TrainOneStepCell(WithLoss(self.net, make_loss(self.task)), self.optimizer)
+        self.step = nn.TrainOneStepCell(WithLoss(self.model, make_loss(self.task)), self.optimizer)
         self.step.set_train(True)
         self._training = True
-        self.fast = FrozenTrunkStep(self.net, self.optimizer, make_loss()) \
-            if frozen_trunk_reason(self.net) is None else None
+        self.fast = FrozenTrunkStep(self.model, self.optimizer, make_loss()) \
+            if frozen_trunk_reason(self.model) is None else None
         self._fallback_reported = False
 
+    def fast_path(self) -> Optional["MindSporeBackend"]:
+        """This backend (its :meth:`extract`, :meth:`head_step`, :meth:`head_logits`, :meth:`trunk_arrays`) when
+        the stage trains only the head, else ``None``."""
+        return self if self.frozen_trunk_reason() is None else None
+
     def frozen_trunk_reason(self) -> Optional[str]:
+        """``None`` when only the head trains and the trunk runs as inference, else why not (checked again at
+        every step: a freezing changed after :meth:`compile_step` falls back to the full network, reported once)."""
         if self.fast is None:
-            return frozen_trunk_reason(self.net) or "the train step was built for the whole network"
+            return frozen_trunk_reason(self.model) or "the train step was built for the whole network"
         reason = self.fast.ready()
         if reason and not self._fallback_reported:
             self._fallback_reported = True
@@ -190,7 +203,7 @@ class MindSporeBackend:
 
     def _set_training(self, training: bool) -> None:
         if self._training is not training:
-            self.net.set_train(training)
+            self.model.set_train(training)
             self._training = training
 
     def train_step(self, x, y, want_features: bool = False) -> Tuple[float, Optional[np.ndarray]]:
@@ -219,11 +232,11 @@ class MindSporeBackend:
     # --- inference and data ------------------------------------------------------------------------------
     def logits(self, x) -> np.ndarray:
         self._set_training(False)
-        return self.net(*_as_tuple(_images(x))).asnumpy()
+        return self.model(*_as_tuple(_images(x))).asnumpy()
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         self._set_training(False)  # a VGG head holds Dropout layers
-        return getattr(self.net, head_name(self.net))(_images(features)).asnumpy()
+        return getattr(self.model, head_name(self.model))(_images(features)).asnumpy()
 
     def labels(self, y) -> np.ndarray:
         return (y.asnumpy() if isinstance(y, ms.Tensor) else np.asarray(y)).astype(np.int64)
@@ -235,7 +248,7 @@ class MindSporeBackend:
 
     def parameter_arrays(self) -> List[np.ndarray]:
         # BN moving statistics excluded: with batch-statistics BN each rank averages its own slices
-        return [p.asnumpy() for p in self.net.get_parameters()
+        return [p.asnumpy() for p in self.model.get_parameters()
                 if not p.name.endswith(("moving_mean", "moving_variance"))]
 
     def barrier(self) -> None:
@@ -246,8 +259,8 @@ class MindSporeBackend:
         return parallel.all_gather(array) if self.dist.enabled else np.asarray(array)[None]
 
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
-        head = head_name(self.net)
-        return [(p.name, p.asnumpy()) for p in self.net.get_parameters() if not is_head(p.name, head)]
+        head = head_name(self.model)
+        return [(p.name, p.asnumpy()) for p in self.model.get_parameters() if not is_head(p.name, head)]
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg

@@ -54,7 +54,7 @@ def worker(framework: str, spec: Dict) -> None:
         trainer.setup(cfg)
         trainer.build(cfg.arch, 10, "torch")
         x, y = ms.Tensor(x), ms.Tensor(y.astype(np.int32))
-        n_params = sum(int(np.prod(p.shape)) for p in trainer.net.get_parameters())
+        n_params = sum(int(np.prod(p.shape)) for p in trainer.model.get_parameters())
 
         def all_reduce(buffer):
             from mindspore import ops

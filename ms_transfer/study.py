@@ -37,6 +37,9 @@ from .core.checkpoint_io import read_weights
 from .core.config import ConfigError, TrainConfig, config_path, load_yaml
 from .core.convert import convert_weights, into_arch
 from .core.init import save_init
+# the cells' checkpoints of both frameworks are read here (neither module loads its framework)
+from . import ckpt_format  # noqa: F401
+from torch_reference import pth_format  # noqa: F401
 
 FRAMEWORKS = {"mindspore": "ms_transfer.train", "torch": "torch_reference.train"}
 #: the checkpoint each framework's runs write

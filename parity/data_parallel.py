@@ -87,7 +87,7 @@ def per_slice_step(world: int) -> Callable:
                                         if k in stat_names})
             return torch.cat(outs)   # cross-entropy's mean over it = the mean of the (equal-sized) slices' means
         trainer.set_train()
-        loss = trainer._step_on(logits_of, yt[order])
+        loss = trainer.step_on(logits_of, yt[order])
         with torch.no_grad():   # after the backward, which needs the statistics the forward saw
             for k, v in model.state_dict().items():
                 if k in rank0_stats:

@@ -174,19 +174,18 @@ def _bn_weight_decay_skipped(trainer) -> None:
     cfg = trainer.cfg
     base = trainer.lrs
     groups = []
-    for mult, params in lr_groups(trainer.net.trainable_params(), cfg.lr_mult):
+    for mult, params in lr_groups(trainer.model.trainable_params(), cfg.lr_mult):
         bn = [p for p in params if p.name.endswith(("gamma", "beta"))]
         rest = [p for p in params if not p.name.endswith(("gamma", "beta"))]
         groups += [{"params": ps, "lr": [mult * v for v in base], "weight_decay": wd}
                    for ps, wd in ((rest, cfg.weight_decay), (bn, 0.0)) if ps]
-    trainer.optimizer = nn.Momentum(groups, learning_rate=base, momentum=cfg.momentum)
-    trainer.compile_step()
+    trainer.replace_optimizer(nn.Momentum(groups, learning_rate=base, momentum=cfg.momentum))
 
 
 def _frozen_bn_updates(trainer) -> None:
     """Frozen BatchNorms left in training mode: batch statistics in the forward, running stats drift."""
     from mindspore import nn
-    for _, cell in trainer.net.cells_and_names():
+    for _, cell in trainer.model.cells_and_names():
         if isinstance(cell, nn.BatchNorm2d):
             cell.use_batch_statistics = None
 
@@ -199,9 +198,8 @@ def _adam_tf_epsilon(trainer) -> None:
     from ms_transfer.optim import lr_groups
     base = trainer.lrs
     groups = [{"params": ps, "lr": [mult * v for v in base], "weight_decay": trainer.cfg.weight_decay}
-              for mult, ps in lr_groups(trainer.net.trainable_params(), trainer.cfg.lr_mult)]
-    trainer.optimizer = nn.Adam(groups, learning_rate=base)
-    trainer.compile_step()
+              for mult, ps in lr_groups(trainer.model.trainable_params(), trainer.cfg.lr_mult)]
+    trainer.replace_optimizer(nn.Adam(groups, learning_rate=base))
 
 
 #: name -> (config mutation before the trainer is built, trainer mutation after the stage is entered)

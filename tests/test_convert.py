@@ -140,11 +140,11 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
     src, _ = _torch_checkpoint(tmp_path, "resnet18")
     dst = tmp_path / "out.ckpt"
     dst.write_bytes(b"previous good checkpoint")
-    import ms_transfer.core.checkpoint_io as io
+    from ms_transfer.ckpt_format import CKPT
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(io, "_write_mindspore", crash)
+    monkeypatch.setattr(CKPT, "write", crash)
     with pytest.raises(OSError):
         convert_main([str(src), str(dst), "--force"])
     assert dst.read_bytes() == b"previous good checkpoint"

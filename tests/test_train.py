@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-import ms_transfer.core.checkpoint_io as checkpoint_io
+from ms_transfer.ckpt_format import CKPT
 import ms_transfer.core.loop as loop
 import ms_transfer.core.recipe as recipe
 from ms_transfer.backend import MindSporeBackend
@@ -78,7 +78,7 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch, mode):
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(data_dir, tmp_path, monkeypatch):
     cfg = _cfg(data_dir, tmp_path / "run", epochs=2)
-    real_write = checkpoint_io._write_mindspore
+    real_write = CKPT.write
     calls = []
 
     def flaky(path, state, meta):
@@ -87,7 +87,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(data_dir, tmp_path, mo
             real_write(path, {k: v for k, v in list(state.items())[:3]}, meta)  # a partial file...
             raise OSError("disk full")  # ...then the crash
         real_write(path, state, meta)
-    monkeypatch.setattr(checkpoint_io, "_write_mindspore", flaky)
+    monkeypatch.setattr(CKPT, "write", flaky)
     with pytest.raises(OSError, match="disk full"):
         train(cfg)
     for name in ("last.ckpt", "best.ckpt"):

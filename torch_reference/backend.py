@@ -8,7 +8,7 @@ fast path, torchvision transforms over the shared file scan, and ``.pth`` run ch
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -106,10 +106,11 @@ class TorchBackend:
     def version(self) -> str:
         return f"torch {torch.__version__}"
 
-    def adopt(self, model: torch.nn.Module, arch: Optional[str] = None, padding: str = "torch") -> "TorchBackend":
+    def adopt(self, model: torch.nn.Module, arch: Optional[str] = None,
+              padding: Optional[str] = None) -> "TorchBackend":
         """Use an existing torchvision model (parity, evaluation) instead of building one; ``arch`` is needed
-        for freezing and pretrained loading."""
-        self.model, self.arch, self.padding = model.to(self.device), arch, padding
+        for freezing and pretrained loading, ``padding`` defaults to torch's."""
+        self.model, self.arch, self.padding = model.to(self.device), arch, padding or "torch"
         return self
 
     def build(self, arch: str, num_classes: int, padding: str) -> None:
@@ -159,6 +160,11 @@ class TorchBackend:
             self.step_index = int(self._resume["step"])
         return freeze_report(entries, len(self.frozen_bns))
 
+    def replace_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Train the stage with ``optimizer`` instead (its param groups carry ``lr_mult``, as
+        :func:`build_torch_optimizer`'s: each step sets ``lr = lr_mult * base``)."""
+        self.optimizer = optimizer
+
     def _wrap_ddp(self) -> None:
         """Data parallel: DDP around the model, and around its head for the frozen-trunk fast path (which
         differentiates the head alone). Built after the stage's freezing: DDP registers its gradient hooks on the
@@ -186,7 +192,13 @@ class TorchBackend:
     def _is_head(self, name: str) -> bool:
         return name.startswith(self.head + ".")
 
+    def fast_path(self) -> Optional["TorchBackend"]:
+        """This backend (its :meth:`extract`, :meth:`head_step`, :meth:`head_logits`, :meth:`trunk_arrays`) when
+        the stage trains only the head, else ``None``."""
+        return self if self.frozen_trunk_reason() is None else None
+
     def frozen_trunk_reason(self) -> Optional[str]:
+        """``None`` when only the head trains (every BatchNorm frozen), else why not."""
         if task_of(self.arch or "") != "classify":
             return NO_FAST_PATH
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -230,7 +242,10 @@ class TorchBackend:
             return torch.nn.functional.mse_loss(outputs[:, 0], y.to(outputs.dtype))
         return torch.nn.functional.cross_entropy(outputs, y)
 
-    def _step_on(self, logits_of, y: torch.Tensor) -> float:
+    def step_on(self, logits_of: Callable[[], torch.Tensor], y: torch.Tensor) -> float:
+        """One optimizer step on the loss of ``logits_of()`` against ``y`` (this step's LR); returns the loss.
+        torch only: parity's one-process reference of per-rank BatchNorm (``parity.data_parallel``) computes
+        the logits its own way."""
         self._apply_lr()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(logits_of(), y)
@@ -247,9 +262,9 @@ class TorchBackend:
         if self.frozen_trunk_reason() is None:
             with torch.no_grad():
                 features = self._features(x)
-            loss = self._step_on(lambda: self._head_net()(features), y)
+            loss = self.step_on(lambda: self._head_net()(features), y)
             return loss, features.cpu().numpy() if want_features else None
-        return self._step_on(lambda: self._net()(*_as_tuple(x)), y), None
+        return self.step_on(lambda: self._net()(*_as_tuple(x)), y), None
 
     def extract(self, x) -> np.ndarray:
         self.set_train()  # frozen trunk: every BatchNorm is in eval mode
@@ -259,7 +274,7 @@ class TorchBackend:
     def head_step(self, features: np.ndarray, labels: np.ndarray) -> float:
         self.set_train()  # after head_logits' eval mode: a VGG head's Dropout trains
         f = self._tensor(features)
-        return self._step_on(lambda: self._head_net()(f), self._target(labels))
+        return self.step_on(lambda: self._head_net()(f), self._target(labels))
 
     # --- inference and data ------------------------------------------------------------------------------
     def _tensor(self, x):

@@ -2,7 +2,7 @@
 
 A run checkpoint (``best.pth`` / ``last.pth``) is ``{"model": state_dict, "optimizer": state_dict, "step": int,
 META_KEY: json}``: only tensors, numbers and strings, so it loads with ``torch.load(..., weights_only=True)``.
-``ms_transfer.core.checkpoint_io.read_weights`` reads it (weights + metadata), so ``python -m ms_transfer.core.convert``
+``ms_transfer.core.checkpoint_io.read_weights`` reads it (weights + metadata), so ``python -m ms_transfer.convert``
 and ``python -m ms_transfer.evaluate`` accept it as they accept a ``.ckpt``.
 """
 from __future__ import annotations
@@ -20,6 +20,10 @@ from ms_transfer.core import naming
 from ms_transfer.core.archs import head_module
 from ms_transfer.core.tasks import num_outputs
 from ms_transfer.core.convert import convert_weights, excluded_names, into_arch
+# both frameworks' weight files, for pretrained weights of either (neither module loads its framework)
+from ms_transfer import ckpt_format  # noqa: F401
+
+from . import pth_format  # noqa: F401
 
 from .models import build_model, load_numpy_state
 

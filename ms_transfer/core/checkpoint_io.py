@@ -1,8 +1,13 @@
 """Reading and writing weight files: torch ``.pth``/``.pt``, MindSpore ``.ckpt`` and ``.safetensors``.
 
 Everything is exchanged as ``{name: numpy array}`` plus a small JSON-able ``meta`` dict, so the
-conversion logic never touches a framework tensor type. Writes are atomic (temp file + ``os.replace``)
-and torch files are loaded with ``weights_only=True``: nothing is ever unpickled.
+conversion logic never touches a framework tensor type. Writes are atomic (temp file + ``os.replace``).
+
+The core imports no framework: each framework's format is a :class:`WeightFormat` that its backend registers
+on import (:func:`register_format`; MindSpore's ``.ckpt`` in :mod:`ms_transfer.ckpt_format`, torch's
+``.pth``/``.pt`` in :mod:`torch_reference.pth_format`; both backends' checkpoint modules and the CLIs that read
+weight files import both). ``.safetensors`` needs no framework and is registered here. Reading or writing a
+format nobody registered is a :class:`CheckpointError` naming the module to import.
 """
 from __future__ import annotations
 
@@ -12,19 +17,22 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 TORCH_EXTS = (".pth", ".pt")
+#: every weight-file extension the project knows -> its format (readers and writers: :func:`register_format`)
 FORMATS = {".pth": "torch", ".pt": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
+#: the module whose import registers each format (named in the error when it is missing)
+PROVIDERS = {"torch": "torch_reference.pth_format", "mindspore": "ms_transfer.ckpt_format",
+             "safetensors": __name__}
 #: key under which ``meta`` is stored in a ``.ckpt`` (append_dict) or ``.safetensors`` header.
 META_KEY = "ms_transfer_meta"
 #: prefix of optimizer-state entries (momentum buffers, step counter) in ms_transfer.train's ``last.ckpt``;
 #: framework-specific, so conversion leaves them out
 OPTIMIZER_PREFIX = "optimizer."
-
 
 class CheckpointError(ValueError):
     """A weight file cannot be read, written or used; the message names the file and the fix."""
@@ -48,14 +56,50 @@ def file_format(path: PathLike) -> str:
     return FORMATS[ext]
 
 
+@dataclass
+class WeightFormat:
+    """One weight-file format, as its framework reads and writes it (registered with :func:`register_format`)."""
+
+    #: a value of :data:`FORMATS` (``torch`` / ``mindspore`` / ``safetensors``)
+    name: str
+    #: ``read(path) -> (state, meta)``: tensors as numpy arrays and the stored metadata; a
+    #: :class:`CheckpointError` naming the file when it cannot be read
+    read: Callable[[Path], Tuple[Any, Dict[str, Any]]]
+    #: ``write(path, state, meta)``: the whole file at ``path`` (:func:`write_weights` makes it atomic)
+    write: Callable[[Path, Dict[str, np.ndarray], Dict[str, Any]], None]
+
+
+_REGISTERED: Dict[str, WeightFormat] = {}
+
+
+def register_format(fmt: WeightFormat) -> WeightFormat:
+    """Make ``fmt`` the reader/writer of its format's extensions (:data:`FORMATS`); registering a name again
+    replaces it. Returns ``fmt``."""
+    if fmt.name not in PROVIDERS:
+        raise ValueError(f"unknown weight format {fmt.name!r}; known: {', '.join(PROVIDERS)} "
+                         "(a new one needs its extensions in FORMATS and its module in PROVIDERS)")
+    _REGISTERED[fmt.name] = fmt
+    return fmt
+
+
+def weight_format(path: PathLike) -> WeightFormat:
+    """The registered :class:`WeightFormat` of ``path``'s extension, or a clear error (unknown extension, or
+    its framework's format module not imported in this process)."""
+    name = file_format(path)
+    if name not in _REGISTERED:
+        raise CheckpointError(f"{path}: no reader/writer for {name} files is registered in this process; "
+                              f"import {PROVIDERS[name]} first (python -m ms_transfer.convert and the other "
+                              "command-line tools do)")
+    return _REGISTERED[name]
+
+
 def read_weights(path: PathLike) -> WeightFile:
     """Read any supported weight file into numpy arrays (format chosen by extension)."""
     path = Path(path)
-    fmt = file_format(path)
+    fmt = weight_format(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    reader = {"torch": _read_torch, "mindspore": _read_mindspore, "safetensors": _read_safetensors}[fmt]
-    state, meta = reader(path)
+    state, meta = fmt.read(path)
     if not state:
         raise CheckpointError(f"{path}: contains no tensors")
     return WeightFile(state, meta, path)
@@ -70,9 +114,8 @@ def write_weights(path: PathLike, state: Dict[str, np.ndarray], meta: Optional[D
     run converted between frameworks stays a run (``model.load_state_dict(torch.load(p)["model"])``).
     """
     path = Path(path)
-    writer = {"torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors}[
-        file_format(path)]
-    return atomic_write(path, lambda tmp: writer(tmp, state, meta or {}))
+    fmt = weight_format(path)
+    return atomic_write(path, lambda tmp: fmt.write(tmp, state, meta or {}))
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
@@ -94,104 +137,10 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def _contiguous(array: np.ndarray) -> np.ndarray:
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` C-contiguous, for the writers (copied only when it is not)."""
     # not np.ascontiguousarray: it turns 0-d arrays (torch's num_batches_tracked) into 1-d ones
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
-
-
-# --- torch ---------------------------------------------------------------------------------------
-
-def _read_torch(path: Path):
-    import pickle
-
-    import torch
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():
-            raise CheckpointError(
-                f"{path}: refusing to unpickle Python objects (weights_only=True). This file holds a pickled "
-                "model or other code, not a state_dict. Re-save only the weights: "
-                "torch.save(model.state_dict(), 'weights.pth')") from None
-        raise CheckpointError(f"{path}: not a readable torch file ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch file ({exc}); is it truncated?") from None
-    if isinstance(obj, torch.nn.Module):  # only reachable for exotic allow-listed modules
-        raise CheckpointError(f"{path}: holds a whole model; save model.state_dict() instead")
-    meta: Dict[str, Any] = {}
-    if isinstance(obj, dict):
-        if isinstance(obj.get(META_KEY), str):  # torch_reference.train's run checkpoints
-            meta = json.loads(obj[META_KEY])
-        for wrapper in ("state_dict", "model"):
-            if isinstance(obj.get(wrapper), dict):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
-    state = OrderedDict()
-    for name, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
-                                  "expected a plain state_dict (or one under 'state_dict' / 'model')")
-        state[name] = value.detach().cpu().numpy()  # wrapper prefixes ("module.", ...): convert_weights strips them
-    return state, meta
-
-
-def _write_torch(path: Path, state, meta) -> None:
-    import torch
-    tensors = OrderedDict((k, torch.from_numpy(_contiguous(v))) for k, v in state.items())
-    if "classes" in meta:  # a training run's weights: keep arch/classes/config like torch_reference's checkpoints
-        torch.save({"model": tensors, META_KEY: json.dumps(meta)}, path)
-    else:
-        torch.save(tensors, path)
-
-
-# --- MindSpore -----------------------------------------------------------------------------------
-
-def _mem_available() -> Optional[int]:
-    """Bytes the kernel can hand out now (``MemAvailable``: free memory plus reclaimable page cache), or None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _read_mindspore(path: Path):
-    import mindspore as ms
-    # MindSpore 2.10's load_checkpoint refuses a file larger than *free* memory (sysconf SC_AVPHYS_PAGES), which
-    # leaves out the page cache the kernel reclaims on demand: after a few GB of file I/O, free memory here was
-    # 225 MB with 22 GB available, and a 241 MB ResNet152 .ckpt (a 531 MB VGG's, too) was refused. Ask it with
-    # MemAvailable instead, for this call (its private hook; left alone where a version does not have it).
-    from mindspore.train import serialization
-    original = getattr(serialization, "_get_available_memory", None)
-    available = _mem_available()
-    if original is not None and available is not None:
-        serialization._get_available_memory = lambda: available
-    try:
-        raw = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from None
-    finally:
-        if original is not None:
-            serialization._get_available_memory = original
-    state, meta = OrderedDict(), {}
-    for name, value in raw.items():
-        if name == META_KEY:
-            meta = json.loads(value)
-        elif isinstance(value, str):
-            meta[name] = value
-        else:
-            state[name] = value.asnumpy()
-    return state, meta
-
-
-def _write_mindspore(path: Path, state, meta) -> None:
-    import mindspore as ms
-    entries = [{"name": k, "data": ms.Tensor(_contiguous(v))} for k, v in state.items()]
-    ms.save_checkpoint(entries, str(path), append_dict={META_KEY: json.dumps(meta)} if meta else None)
 
 
 # --- safetensors ---------------------------------------------------------------------------------
@@ -210,5 +159,8 @@ def _read_safetensors(path: Path):
 
 def _write_safetensors(path: Path, state, meta) -> None:
     from safetensors.numpy import save_file
-    save_file({k: _contiguous(v) for k, v in state.items()}, str(path),
+    save_file({k: contiguous(v) for k, v in state.items()}, str(path),
               metadata={META_KEY: json.dumps(meta)} if meta else None)
+
+
+register_format(WeightFormat("safetensors", _read_safetensors, _write_safetensors))

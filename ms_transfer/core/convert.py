@@ -230,9 +230,9 @@ def convert_file(src: str, dst: str, *, dst_naming: Optional[str] = None, arch: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line interface of ``python -m ms_transfer.core.convert``."""
+    """Command-line interface of ``python -m ms_transfer.convert``."""
     p = argparse.ArgumentParser(
-        prog="python -m ms_transfer.core.convert",
+        prog="python -m ms_transfer.convert",
         description="Convert ResNet, VGG and seed-network checkpoints between torch (.pth/.pt), MindSpore (.ckpt) "
                     "and .safetensors, and between torchvision, ms_transfer (MindSpore tutorial) and mindcv parameter names.")
     p.add_argument("src", help="input weight file (.pth, .pt, .ckpt or .safetensors)")

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import recipe
-from .backend import Backend
+from .backend import Backend, FastPath
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
 from .checkpoint_io import atomic_write
@@ -81,13 +81,13 @@ def run_epoch(backend: Backend, batches: Iterable, total: int, epoch: int, epoch
     return _result(losses, images, time.perf_counter() - start)
 
 
-def _cached_epoch(backend: Backend, features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray],
+def _cached_epoch(fast: FastPath, features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray],
                   epoch: int, epochs: int) -> Dict:
     """One epoch of head steps on cached trunk features, batch ``i`` being ``features[batches[i]]``."""
     losses, images, start = [], 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}/{epochs} (cached features)", unit="batch", leave=False, disable=None)
     for index in bar:
-        loss = backend.head_step(np.ascontiguousarray(features[index]), labels[index])
+        loss = fast.head_step(np.ascontiguousarray(features[index]), labels[index])
         check_finite(loss, epoch, len(losses))
         losses.append(loss)
         images += len(index)
@@ -108,12 +108,12 @@ def validate(backend: Backend, batches: Iterable, num_classes: int, task: str = 
     return result
 
 
-def _head_metrics(backend: Backend, features: np.ndarray, labels: np.ndarray, num_classes: int,
+def _head_metrics(fast: FastPath, features: np.ndarray, labels: np.ndarray, num_classes: int,
                   batch_size: int) -> Dict:
     """:func:`validate`'s result computed from trunk features (the head per batch)."""
     start = time.perf_counter()
     batches = batch_indices(len(labels), batch_size, None)
-    logits = [backend.head_logits(np.ascontiguousarray(features[idx])) for idx in batches]
+    logits = [fast.head_logits(np.ascontiguousarray(features[idx])) for idx in batches]
     result = classification_metrics(logits, [labels[idx].astype(np.int64) for idx in batches], num_classes)
     result["seconds"] = time.perf_counter() - start
     return result
@@ -136,6 +136,8 @@ class _Run:
         else:
             self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
+        #: the stage's frozen-trunk fast path (``backend.fast_path()``, asked once per stage), or None
+        self.fast: Optional[FastPath] = None
 
     def eval_split(self, scan: SplitScan) -> SplitScan:
         """A val/test split as evaluated: for the digit adder its fixed pairs (the train pairs are redrawn every
@@ -160,7 +162,7 @@ class _Run:
     def open_cache(self) -> None:
         """The stage's feature cache, or ``None`` (trunk not frozen, or ``feature_cache: off``)."""
         self.cache = None
-        if self.backend.frozen_trunk_reason() is not None:
+        if self.fast is None:
             return
         if self.dist.enabled and self.cfg.feature_cache != "off":
             print("Feature cache: off under data parallelism (each rank trains on a different part of the train set "
@@ -170,7 +172,7 @@ class _Run:
         if self.cfg.feature_cache == "off":
             print("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
             return
-        self.cache = FeatureCache.for_config(trunk_fingerprint(self.backend.trunk_arrays()), self.backend.version(),
+        self.cache = FeatureCache.for_config(trunk_fingerprint(self.fast.trunk_arrays()), self.backend.version(),
                                              self.cfg, self.train.samples, self.val.samples,
                                              recipe.CACHE_DIR / "features")
         print(self.cache.describe())
@@ -178,7 +180,7 @@ class _Run:
     def epoch(self, epoch: int) -> Dict:
         """Train one epoch: through the feature cache when the trunk is frozen, else the plain pass."""
         cfg, backend = self.cfg, self.backend
-        if self.cache is None or backend.frozen_trunk_reason() is not None or not self.cache.train_cached:
+        if self.cache is None or self.fast is None or not self.cache.train_cached:
             batches, _ = self.train_batches(epoch)
             return run_epoch(backend, batches, self.steps, epoch, cfg.epochs, bar=self.dist.is_main)
         cache = self.cache
@@ -187,7 +189,7 @@ class _Run:
         view = cache.view_of(epoch)
         features = cache.get("train", view)
         if features is not None:
-            return _cached_epoch(backend, features, labels, order, epoch, cfg.epochs)
+            return _cached_epoch(self.fast, features, labels, order, epoch, cfg.epochs)
         source = cache.source_epoch(view)
         if source is None or source == epoch:  # this epoch's own pipeline draws the view: fill while training
             batches, failures = self.train_batches(epoch)
@@ -206,7 +208,7 @@ class _Run:
         if features is None:  # could not build the view: fall back to this epoch's own augmentation
             batches, _ = self.train_batches(epoch)
             return run_epoch(backend, batches, self.steps, epoch, cfg.epochs)
-        result = _cached_epoch(backend, features, labels, order, epoch, cfg.epochs)
+        result = _cached_epoch(self.fast, features, labels, order, epoch, cfg.epochs)
         result["train_seconds"] = time.perf_counter() - start
         result["images_per_s"] = len(labels) / result["train_seconds"]
         return result
@@ -215,14 +217,14 @@ class _Run:
         """One inference pass of the frozen trunk into ``collector`` (no training)."""
         before = len(failures)
         for x, y in batches:
-            collector.add(self.backend.extract(x), self.backend.labels(y))
+            collector.add(self.fast.extract(x), self.backend.labels(y))
         if len(failures) > before:  # a substitute's features must not be stored under another image
             collector.spoil("an image failed to decode and was substituted")
         return collector
 
     def validate(self, num_classes: int) -> Dict:
         """Validation; from cached val features when the trunk is frozen (computed and cached on a miss)."""
-        if self.cache is None or self.backend.frozen_trunk_reason() is not None:
+        if self.cache is None or self.fast is None:
             return validate(self.backend, self.val_batches()[0], num_classes, self.task)
         labels = self.cache.labels("val")
         features = self.cache.get("val")
@@ -233,10 +235,10 @@ class _Run:
             features = self.cache.put("val", 0, self._extract(batches, failures, collector))
             if features is None:
                 return validate(self.backend, self.val_batches()[0], num_classes)
-            result = _head_metrics(self.backend, features, labels, num_classes, self.cfg.batch_size)
+            result = _head_metrics(self.fast, features, labels, num_classes, self.cfg.batch_size)
             result["seconds"] = time.perf_counter() - start
             return result
-        return _head_metrics(self.backend, features, labels, num_classes, self.cfg.batch_size)
+        return _head_metrics(self.fast, features, labels, num_classes, self.cfg.batch_size)
 
 
 def _plot_predictions(run: _Run, path: Path) -> None:
@@ -360,7 +362,8 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
                 restore = resumed is not None and resumed.get("stage") == stage.name and epoch == start_epoch
                 report = backend.enter_stage(stage, stage_lrs(cfg, stage, run.steps), restore)
                 print(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
-                if backend.frozen_trunk_reason() is None:
+                run.fast = backend.fast_path()
+                if run.fast is not None:
                     print("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
                           f"only the head ({head_module(cfg.arch)}) trains")
                 run.open_cache()
