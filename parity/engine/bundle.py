@@ -5,7 +5,8 @@ reference and the float32 floor samples of :func:`parity.engine.comparison.compa
 
 ``manifest.json``        format, versions, model spec, seed, loss, checks and their rows, optimizer settings, the
                          torch -> MindSpore name map, the tolerance rule and its constants, every row's noise floor
-                         (:class:`parity.engine.tolerance.Floor`), the generator spec of every regenerated weight, and the
+                         (:class:`~parity.engine.tolerance.Floor`), the generator spec of every regenerated weight,
+                         and the
                          sha256 of ``tensors.safetensors`` and of the manifest itself
 ``tensors.safetensors``  inputs, loss arguments, the stored weights (MindSpore names), the reduced references
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from .plugins import load_deferred
 from .report import ParityReport
-from .tolerance import ABS_TERM, FLOOR_SAMPLES, JITTER, K, ROUNDING_JITTER, Floor, as_named, compare_to_floor, failed
+from .tolerance import ABS_TERM, FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, Floor, K, as_named, compare_to_floor, failed
 
 FORMAT = "ms_transfer.parity.reference/1"
 MANIFEST = "manifest.json"

@@ -1,9 +1,9 @@
 """Parity of any torch / MindSpore model pair: ``parity.compare_models(torch_module, ms_cell, inputs, ...)``.
 
-The port's weights are copied from the torch module through a name map (:mod:`parity.engine.weight_map`), then the same
-computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch float32 copies
-with weights and inputs jittered (the noise floor, see :mod:`parity.engine.tolerance`) and the MindSpore cell -- and every
-result is compared with the tolerance rule of :mod:`parity.engine.tolerance`:
+The port's weights are copied from the torch module through a name map (:mod:`parity.engine.weight_map`), then
+the same computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch
+float32 copies with weights and inputs jittered (the noise floor, see :mod:`parity.engine.tolerance`) and the
+MindSpore cell -- and every result is compared with the tolerance rule of :mod:`parity.engine.tolerance`:
 
 ``eval_logits``     eval-mode outputs (every output of the model)
 ``train_forward``   train-mode outputs, the loss, and every float buffer after the forward (BN running statistics)
@@ -36,8 +36,7 @@ from .localization import localize as run_localize
 from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
 from .report import ParityReport
 from .sensitivity import sensitivity as measure_sensitivity
-from .tolerance import (FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, compare_to_floor,
-                        failed)
+from .tolerance import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, compare_to_floor, failed
 from .weight_map import NameMap, NameMapError, NameMatch, match_names, module_pairs
 
 #: check groups, in the order they run and print

@@ -1,8 +1,9 @@
 """Where does a port go wrong: the first layer, in execution order, whose output leaves its own noise floor.
 
 Both models run one forward with hooks on every pair of matching layers (a torch module and the MindSpore cell
-holding the same parameters, or a parameterless one of the same name; see :func:`parity.engine.weight_map.module_pairs`).
-Each layer output is compared with the float64 reference under the rule of :mod:`parity.engine.tolerance`, its floor
+holding the same parameters, or a parameterless one of the same name; see
+:func:`parity.engine.weight_map.module_pairs`). Each layer output is compared with the float64 reference under the
+rule of :mod:`parity.engine.tolerance`, its floor
 measured on the float32 samples at the same layer (the scale statistic's on the 4-ulp rounding samples, as for
 the forward checks). Two modes, as PaDiff has them:
 
@@ -86,7 +87,8 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
              match: NameMatch, bn_train: bool = False, module_map: Optional[Mapping[str, str]] = None,
              modes: Sequence[str] = MODES, seed: int = 0) -> List[Localization]:
     """First diverging layer in each of ``modes``; ``reference`` / ``floors`` / ``rounding`` / ``ms_side`` are the
-    engines of :func:`parity.engine.comparison.compare_models` (``(float32 torch side, its jittered inputs)`` pairs: 128-ulp
+    engines of :func:`~parity.engine.comparison.compare_models` (``(float32 torch side, its jittered inputs)`` pairs:
+    128-ulp
     samples for the error floor, 4-ulp rounding samples for the scale statistic, as for its forward checks)."""
     import mindspore as ms
 
@@ -100,7 +102,8 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
         results = []
         for mode in modes:
             if mode == "accumulated":
-                ms_out = {(torch_of[n], k): outs for n, k, _, outs in ms_side.trace(xs, bn_train, list(torch_of), False)}
+                ms_out = {(torch_of[n], k): outs
+                          for n, k, _, outs in ms_side.trace(xs, bn_train, list(torch_of), False)}
                 samples, scale_samples = ([{(n, k): outs for n, k, _, outs in side.trace(x, bn_train, names, False)}
                                            for side, x in engines] for engines in (floors, rounding))
             elif mode == "single-step":

@@ -149,10 +149,10 @@ class MindSporeSide:
             opt(tuple(self.tensor(step_grads[self.ms_to_torch[p.name]]) for p in params))
         return self._torch_names({p.name: p.asnumpy() - before[p.name] for p in params})
 
-    # --- localisation (parity.engine.localization; PYNATIVE only: hooks do not run in GRAPH mode) -------------------------
+    # --- localisation (parity.engine.localization; PYNATIVE only: hooks do not run in GRAPH mode) -------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
-        """As :meth:`parity.torch_side.TorchSide.trace`, on the cells ``names``."""
+        """As :meth:`parity.engine.torch_side.TorchSide.trace`, on the cells ``names``."""
         self.reset()
         self._train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())

@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+
 @dataclass
 class CheckResult:
     """One row of the parity table."""

@@ -228,7 +228,8 @@ def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays]
             scale_samples: Optional[Sequence[Arrays]] = None, details: bool = True) -> CheckResult:
     """Compare MindSpore's result with the float64 reference against the float32 noise floor; the scale
     statistic's floor comes from ``scale_samples`` (default: ``floor_samples``). ``details=False`` skips the
-    reported-only cosine and allclose columns (the verdict is the same; :mod:`parity.engine.sensitivity` calls it often)."""
+    reported-only cosine and allclose columns (the verdict is the same; :mod:`parity.engine.sensitivity` calls it
+    often)."""
     if set(as_named(ms)) != set(as_named(ref)):
         return compare_to_floor(check, ms, ref, Floor({}, 0.0, 0.0))
     return compare_to_floor(check, ms, ref, Floor.measure(ref, floor_samples, scale_samples), details)

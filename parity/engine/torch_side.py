@@ -47,7 +47,8 @@ def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray
 
 
 def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in :mod:`parity.engine.comparison`."""
+    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in
+    :mod:`parity.engine.comparison`."""
     for m in module.modules():
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.eval()
@@ -132,7 +133,7 @@ class TorchSide:
             opt.step()
         return {k: (p.detach() - before[k]).numpy() for k, p in params.items()}
 
-    # --- localisation (parity.engine.localization) ---------------------------------------------------------------------
+    # --- localisation (parity.engine.localization) -----------------------------------------------------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
         """One forward with hooks on the modules ``names``: ``[(name, call index, inputs, outputs)]`` as

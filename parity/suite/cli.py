@@ -34,8 +34,8 @@ def _bug(name: str) -> str:
     if name in DP_BUGS or name in TRAIN_BUGS or (bug in BUGS and (not layer or bug in LAYER_BUGS)):
         return name
     raise argparse.ArgumentTypeError(f"unknown bug {name!r}; porting bugs: {', '.join(sorted(BUGS))} (BUG@LAYER for "
-                                     f"{', '.join(LAYER_BUGS)}); training bugs: {', '.join(sorted(TRAIN_BUGS))}; data-parallel bugs (with --world-size): "
-                                     "grad_sum, other_shard, bn_synced")
+                                     f"{', '.join(LAYER_BUGS)}); training bugs: {', '.join(sorted(TRAIN_BUGS))}; "
+                                     "data-parallel bugs (with --world-size): grad_sum, other_shard, bn_synced")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MindSpore execution mode (default: both, one after the other)")
     p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
     p.add_argument("--batch", type=int, default=None,
-                   help=f"batch size (default: {d.batch}; {TRAIN_BATCH} with --train-steps, see parity/suite/training.py)")
+                   help=f"batch size (default: {d.batch}; {TRAIN_BATCH} with --train-steps, see "
+                        "parity/suite/training.py)")
     p.add_argument("--image-size", type=int, default=None,
                    help=f"default: {d.image_size} (a network with a fixed input size: that size)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -100,12 +101,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --train-steps must be >= 0", file=sys.stderr)
         return 2
     if args.sensitivity and args.train_steps:
-        print("error: --sensitivity measures the forward/gradient/optimizer checks: drop --train-steps", file=sys.stderr)
+        print("error: --sensitivity measures the forward/gradient/optimizer checks: drop --train-steps",
+              file=sys.stderr)
         return 2
     if args.world_size > 1:
         return _data_parallel(args)
     if args.inject and (args.inject in TRAIN_BUGS) != (args.train_steps > 0):
-        kind = "a training bug: add --train-steps N" if args.inject in TRAIN_BUGS else "a porting bug: drop --train-steps"
+        kind = ("a training bug: add --train-steps N" if args.inject in TRAIN_BUGS
+                else "a porting bug: drop --train-steps")
         print(f"error: --inject {args.inject} is {kind}", file=sys.stderr)
         return 2
     if args.batch < 2:
@@ -145,8 +148,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:
             bug = f" | {args.train_steps} training steps" + bug
-        print(f"\n== {cfg.arch}{' (same padding)' if cfg.padding == 'same' else ''} | {mode.upper()} | {cfg.device} | batch {cfg.batch} | {cfg.image_size} px | "
-              f"seed {cfg.seed}{bug}", flush=True)
+        print(f"\n== {cfg.arch}{' (same padding)' if cfg.padding == 'same' else ''} | {mode.upper()} | {cfg.device} | "
+              f"batch {cfg.batch} | {cfg.image_size} px | seed {cfg.seed}{bug}", flush=True)
         try:
             report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
         except ValueError as exc:   # e.g. BUG@LAYER at a layer that is not a block
@@ -187,8 +190,8 @@ def _data_parallel(args) -> int:
                        train_steps=args.train_steps)
     print(f"\n== {cfg.arch} | {args.world_size} ranks x batch {cfg.batch} vs one process x batch "
           f"{args.world_size * cfg.batch} | {', '.join(args.launchers)} | MindSpore {cfg.mode.upper()} | "
-          f"{cfg.image_size} px | {args.train_steps} steps" + (f" | injected bug: {args.inject}" if args.inject else ""),
-          flush=True)
+          f"{cfg.image_size} px | {args.train_steps} steps"
+          + (f" | injected bug: {args.inject}" if args.inject else ""), flush=True)
     results = run_data_parallel(cfg, cases, args.launchers, args.world_size,
                                 log=lambda s: print(s, file=sys.stderr, flush=True))
     rows = [row for key in results for row in results[key]]

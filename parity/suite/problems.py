@@ -1,5 +1,5 @@
-"""A problem of the suite: the shared starting point of a parity run: seeded torchvision weights with realistic BN statistics,
-the same weights converted for MindSpore, and the same inputs."""
+"""A problem of the suite, the shared starting point of a parity run: seeded torchvision weights with realistic BN
+statistics, the same weights converted for MindSpore, and the same inputs."""
 from __future__ import annotations
 
 import math

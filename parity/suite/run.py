@@ -130,7 +130,8 @@ def training_rows(cfg: ParityConfig, problem: Problem, reference, inject: Option
     for key, label in check_names(regime, cfg.train_steps).items():
         if not ref[key]:   # no BatchNorm (a plain VGG): no statistics to compare
             continue
-        rows.append(failed(label, error) if ms is None else compare(label, ms[key], ref[key], [s[key] for s in samples]))
+        rows.append(failed(label, error) if ms is None
+                    else compare(label, ms[key], ref[key], [s[key] for s in samples]))
     return rows
 
 
