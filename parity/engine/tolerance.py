@@ -1,4 +1,5 @@
-"""Error metrics and the noise-floor tolerance rule.
+"""Error metrics, the noise-floor tolerance rule, and the jitter of the float32 samples that measure the floor
+(:func:`jitter_fn`, :class:`JitteredState`).
 
 Why a floor, and how it is measured
 -----------------------------------
