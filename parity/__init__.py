@@ -1,4 +1,20 @@
-"""Parity suite: the MindSpore port vs torchvision on shared weights, against a measured noise floor.
+"""Parity: a MindSpore port against its torch original on shared weights, against a measured noise floor.
+
+Two parts:
+
+``parity.engine``  compares *any* ``torch.nn.Module`` / ``mindspore.nn.Cell`` pair and knows no architecture:
+                   the checks and :class:`CompareOptions` (``comparison``), the tolerance rule (``tolerance``) and
+                   the report (``report``), the weight mapping and its rule registry (``weight_map``), the loss
+                   (``loss``), first-divergence localisation (``localization``), reference bundles (``bundle``),
+                   detection power (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides
+                   (``torch_side``, ``mindspore_side``).
+``parity.suite``   this project's models on the engine: the problems (``problems``), porting bugs (``bugs``),
+                   training-step and data-parallel parity, the val-pipeline check and ``python -m parity`` (``cli``).
+
+The suite registers its architecture knowledge with the engine (the naming table as a name rule, its models as
+the bundles' builder, :mod:`parity.suite.plugins`); this package defers that registration, so the engine loads it
+only when the generic name rule leaves tensors unmatched or a bundle comes without its cell:
+``parity.compare_models`` on any other pair loads no architecture module.
 
 Names are imported on first use (PEP 562), so ``import parity`` loads neither MindSpore nor torch until a check
 actually runs (``parity.check_reference`` never loads torch). The any-model API::
@@ -8,10 +24,17 @@ actually runs (``parity.check_reference`` never loads torch). The any-model API:
 """
 from importlib import import_module
 
-_EXPORTS = {"BUGS": ".bugs", "CheckResult": ".compare", "format_table": ".compare", "ParityReport": ".compare",
-            "CHECKS": ".api", "compare_models": ".api", "port_weights": ".api", "NameMapError": ".names",
-            "ParityConfig": ".suite", "run_parity": ".suite", "REGIMES": ".training", "TRAIN_BUGS": ".training",
-            "localize": ".localize", "save_reference": ".reference", "check_reference": ".reference"}
+from .engine import plugins
+
+plugins.defer("parity.suite.plugins")
+
+_EXPORTS = {"BUGS": ".suite.bugs", "CheckResult": ".engine.report", "format_table": ".engine.report",
+            "ParityReport": ".engine.report", "CHECKS": ".engine.comparison", "compare_models": ".engine.comparison",
+            "CompareOptions": ".engine.comparison", "port_weights": ".engine.comparison",
+            "NameMapError": ".engine.weight_map", "register_name_rule": ".engine.weight_map",
+            "ParityConfig": ".suite.run", "run_parity": ".suite.run", "REGIMES": ".suite.training",
+            "TRAIN_BUGS": ".suite.training", "localize": ".engine.localization", "save_reference": ".engine.bundle",
+            "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -173,7 +173,7 @@ def test_two_ranks_equal_one_process_and_each_data_parallel_bug_fails_under_both
     pass the training-step rule against one process (per-slice BN reference in finetune; plain batch 8 with the
     frozen trunk), with bit-identical ranks after every step; each bug fails its run, under msrun and torchrun."""
     from parity import ParityConfig
-    from parity.data_parallel import DP_BUGS, run_data_parallel
+    from parity.suite.data_parallel import DP_BUGS, run_data_parallel
 
     cfg = ParityConfig(arch="resnet18", mode="graph", batch=4, image_size=64, num_classes=10, train_steps=3)
     cases = [("finetune", None), ("fixed_feature", None)] + [("finetune", bug) for bug in DP_BUGS]

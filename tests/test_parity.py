@@ -12,7 +12,7 @@ import pytest
 from ms_transfer.core.archs import list_archs
 from parity import BUGS, CHECKS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
-from parity.compare import ABS_TERM, K, compare
+from parity.engine.tolerance import ABS_TERM, K, compare
 
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 
@@ -104,7 +104,7 @@ def test_optimizer_check_catches_mindspore_default_weight_decay(monkeypatch):
     """nn.Momentum(weight_decay=float) skips gamma/beta; torch SGD decays them: the check must see it."""
     from mindspore import nn
 
-    import parity.ms_side as ms_side
+    import parity.engine.mindspore_side as ms_side
 
     def naive(params, lr, momentum, weight_decay):
         return nn.Momentum(params, learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
@@ -163,7 +163,7 @@ def test_a_uniform_gradient_scale_is_caught(monkeypatch, factor):
     count, left in on one side). The L2 rule's floor is a ReLU-mask flip (~1e-3..1e-2), so alone it passes
     1.001 here (and passed 1.02 at other settings); the scale statistic (median over tensors of the
     least-squares scale error) catches both by a wide margin."""
-    from parity.ms_side import MindSporeSide
+    from parity.engine.mindspore_side import MindSporeSide
     real = MindSporeSide.grads
 
     def scaled(self, xs, loss_args, bn_train):

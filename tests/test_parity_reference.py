@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from parity.__main__ import main as parity_main
-from parity.reference import MANIFEST, TENSORS, BundleError, _manifest_digest, _sha256, check_reference
+from parity.engine.bundle import MANIFEST, TENSORS, BundleError, _manifest_digest, _sha256, check_reference
 
 #: the README's bundle: ResNet18, 64 px, batch 2, 10 classes
 ARGS = ["--arch", "resnet18", "--image-size", "64", "--num-classes", "10"]
@@ -56,7 +56,7 @@ def test_round_trip_passes_in_both_modes_without_torch(bundle):
 
 def test_a_buggy_port_fails_against_the_bundle(bundle):
     from ms_transfer.models import build_model
-    from parity.bugs import inject
+    from parity.suite.bugs import inject
 
     net = build_model("resnet18", 10)
     inject("bn_eps@layer3.1", net, {})

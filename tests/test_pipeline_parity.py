@@ -13,7 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from ms_transfer.core.data import DatasetError, PilResizeCenterCrop, eval_resize_size, load_rgb, scan_split
 from ms_transfer.data import create_dataset, load_image_for_eval
-from parity.pipeline import GREY_LEVEL, ROUNDING_BOUND, compare_val_pipelines, main
+from parity.suite.pipeline import GREY_LEVEL, ROUNDING_BOUND, compare_val_pipelines, main
 from torch_reference.data import ScannedImageFolder, create_loader
 
 #: (width, height): landscape, portrait, ~1:1 odd, 4:3, smaller than the 256 resize (upscaled), large

@@ -5,8 +5,8 @@ import pytest
 
 from parity import TRAIN_BUGS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
-from parity.compare import K
-from parity.training import regimes_for
+from parity.engine.tolerance import K
+from parity.suite.training import regimes_for
 
 SMALL = dict(arch="resnet18", image_size=64, num_classes=10, batch=4, train_steps=3)
 

@@ -111,7 +111,7 @@ def test_adaptive_pool_follows_torchs_bin_rule_at_any_size():
     import mindspore as ms
     from mindspore import nn
 
-    from parity.bugs import _FloorBinPool
+    from parity.suite.bugs import _FloorBinPool
     rng = np.random.RandomState(0)
     for n in (1, 2, 3, 5, 7, 9, 14, 15):
         x = rng.standard_normal((2, 4, n, n + 1)).astype(np.float32)
@@ -197,11 +197,11 @@ def test_parity_catches_the_vgg_bugs():
     each fail. Every other depth: ``test_cli_catches_the_vgg_bugs_every_depth`` (slow)."""
     arch = "vgg11_bn"
     from ms_transfer.context import set_context
-    from parity.api import prepare, run_port
-    from parity.bugs import inject
-    from parity.compare import compare_to_floor
-    from parity.ms_side import MindSporeSide
-    from parity.setup import make_problem
+    from parity.engine.comparison import prepare, run_port
+    from parity.suite.bugs import inject
+    from parity.engine.tolerance import compare_to_floor
+    from parity.engine.mindspore_side import MindSporeSide
+    from parity.suite.problems import make_problem
 
     set_context("graph", "CPU")
     problem = make_problem(arch, 10, 2, 64, 0)
@@ -232,8 +232,8 @@ def test_dropout_check_catches_keep_probability_for_drop_probability():
     ``keep_prob``: drops 80%) fails by hundreds of standard deviations. At 0.5 the two readings coincide."""
     from mindspore import nn
 
-    from parity.bugs import dropout_keep_prob
-    from parity.dropout import SIGMAS, compare_dropout, ms_dropout_stats, torch_dropout_ps
+    from parity.suite.bugs import dropout_keep_prob
+    from parity.engine.dropout import SIGMAS, compare_dropout, ms_dropout_stats, torch_dropout_ps
 
     torch_ps = torch_dropout_ps(_meta_torch("vgg11", dropout=0.2))
     assert torch_ps == [("classifier.2", pytest.approx(0.2)), ("classifier.5", pytest.approx(0.2))]
@@ -284,8 +284,8 @@ def test_reference_bundle_of_a_vgg_round_trips_without_torch_and_catches_a_bug(t
     (The bundle checks the port with the bundle's own weights, so the weight-layout bugs do not apply here.)"""
     from test_parity_reference import BLOCK_TORCH
     from ms_transfer.context import set_context
-    from parity.bugs import inject
-    from parity.reference import check_reference
+    from parity.suite.bugs import inject
+    from parity.engine.bundle import check_reference
 
     bundle = tmp_path / "vgg11_bn-64"
     _parity_cli("--arch", "vgg11_bn", "--image-size", "64", "--num-classes", "10", "--save-reference", str(bundle))
@@ -313,9 +313,9 @@ def test_training_step_parity_in_seed_002s_regime():
     inside the bound (scale ratio 3.2: larger gradients make eps matter less), so VGG is where it is tested."""
     from ms_transfer.context import set_context
     from parity import ParityConfig
-    from parity.compare import K
-    from parity.setup import make_problem
-    from parity.suite import training_reference, training_rows
+    from parity.engine.tolerance import K
+    from parity.suite.problems import make_problem
+    from parity.suite.run import training_reference, training_rows
 
     cfg = ParityConfig(arch="vgg11", mode="graph", batch=4, image_size=32, num_classes=10, train_steps=2)
     set_context("graph", "CPU")

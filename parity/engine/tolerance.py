@@ -1,4 +1,5 @@
-"""Error metrics and the noise-floor tolerance rule.
+"""Error metrics, the noise-floor tolerance rule, and the jitter of the float32 samples that measure the floor
+(:func:`jitter_fn`, :class:`JitteredState`).
 
 Why a floor, and how it is measured
 -----------------------------------
@@ -71,10 +72,12 @@ worst tensor and the share of elements within ``allclose(rtol=1e-4, atol=1e-4)``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from .report import CheckResult
 
 K = 4.0
 FP32_UNIT_ROUNDOFF = 2.0 ** -24
@@ -87,52 +90,6 @@ ROUNDING_JITTER = 2.0 ** -22
 ALLCLOSE_TOL = 1e-4
 
 Arrays = Union[np.ndarray, Mapping[str, np.ndarray]]
-
-
-@dataclass
-class CheckResult:
-    """One row of the parity table."""
-
-    check: str
-    max_abs: float        # max |MindSpore - reference| over all elements
-    rel_l2: float         # ||MindSpore - reference|| / ||reference||, all tensors pooled
-    floor: float          # same metric for the worst torch float32 sample
-    ratio: float          # worst tensor's err_t / effective floor (see module docstring)
-    tolerance: float      # the ratio must stay <= this (K)
-    passed: bool
-    worst: str = ""       # tensor with the largest ratio
-    scale: float = float("nan")        # median over tensors of the least-squares relative scale error
-    scale_floor: float = float("nan")  # the same for the worst float32 sample
-    scale_ratio: float = float("nan")  # |scale| / (scale_floor + ABS_TERM / K); must stay <= K
-    cosine: float = float("nan")       # cosine similarity of the worst tensor (1 = same direction)
-    allclose: float = float("nan")     # share of elements within allclose(rtol=atol=1e-4), tensors pooled
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class ParityReport:
-    """Results of one comparison, JSON-ready with :meth:`as_dict`. ``config`` describes the run (a dataclass or
-    a dict), ``names`` how the two models' tensors were matched, ``localization`` where a failing port diverges."""
-
-    config: Any = None
-    results: List[CheckResult] = field(default_factory=list)
-    seconds: Dict[str, float] = field(default_factory=dict)
-    sensitivity: List[Any] = field(default_factory=list)
-    names: Dict[str, Any] = field(default_factory=dict)
-    localization: List[Any] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
-
-    def as_dict(self) -> dict:
-        config = asdict(self.config) if is_dataclass(self.config) else self.config
-        return {"config": config, "passed": self.passed, "results": [r.as_dict() for r in self.results],
-                "seconds": self.seconds, "names": self.names,
-                "sensitivity": [r.as_dict() for r in self.sensitivity],
-                "localization": [r.as_dict() for r in self.localization]}
 
 
 def failed(check: str, reason: str) -> CheckResult:
@@ -153,7 +110,7 @@ def _rel(diff_sq: float, ref_sq: float) -> float:
 class Floor:
     """What the tolerance rule needs from the float32 samples of one check: each tensor's worst relative L2
     error, the pooled one, and the worst scale statistic. Measured live (:meth:`measure`) or read from a
-    reference bundle (``parity.reference``), so that a bundle can be checked without torch."""
+    reference bundle (:mod:`parity.engine.bundle`), so that a bundle can be checked without torch."""
 
     per_tensor: Dict[str, float]
     pooled: float
@@ -164,7 +121,7 @@ class Floor:
                 scale_samples: Optional[Sequence[Arrays]] = None, scale_ref: Optional[Arrays] = None) -> "Floor":
         """The floor of ``ref`` from float32 samples; the scale statistic's from ``scale_samples`` (default:
         ``floor_samples``), measured against ``scale_ref`` (default ``ref``; the masked reference of the gradient
-        checks, see parity/compare.py)."""
+        checks, see parity/engine/tolerance.py)."""
         builder = FloorBuilder(ref, scale_ref)
         for s in floor_samples:
             builder.add(s, scale=scale_samples is None)
@@ -212,6 +169,51 @@ class FloorBuilder:
         return Floor(dict(self.per_tensor), self.pooled, self.scale)
 
 
+def jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.ndarray]:
+    """Scales every float32 array by ``1 + amount * U(-1, 1)`` (other dtypes pass through)."""
+    rng = np.random.RandomState(seed)
+
+    def jitter(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype != np.float32:
+            return a
+        return (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+    return jitter
+
+
+class JitteredState(Mapping):
+    """``state`` with every float32 tensor jittered by ``jitter_fn(seed, amount)``, recomputed on each pass over
+    :meth:`items` rather than stored: a floor sample's weights exist only while its engine builds a model (a VGG
+    holds 133M parameters: eight stored jittered copies took 4.2 GB). Passes draw the same numbers in the same
+    order, so every pass yields the same state; :meth:`jitter_after` continues the same random sequence for the
+    sample's inputs."""
+
+    def __init__(self, state: Mapping[str, np.ndarray], seed: int, amount: float) -> None:
+        self.base, self.seed, self.amount = state, seed, amount
+
+    def items(self):
+        jitter = jitter_fn(self.seed, self.amount)
+        return ((k, jitter(v)) for k, v in self.base.items())
+
+    def jitter_after(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """``arrays`` jittered by the random numbers that follow the state's (as one sequential jitter would)."""
+        rng = np.random.RandomState(self.seed)
+        for v in self.base.values():
+            if np.asarray(v).dtype == np.float32:
+                rng.uniform(-1.0, 1.0, np.shape(v))   # the state's draws, skipped
+        return [(a * (1.0 + self.amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+                if a.dtype == np.float32 else a for a in map(np.asarray, arrays)]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return dict(self.items())[key]
+
+    def __iter__(self):
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 def _ref_sq(ref_d: Mapping[str, np.ndarray]) -> Dict[str, float]:
     return {n: float(np.sum(np.asarray(r, np.float64) ** 2)) for n, r in ref_d.items()}
 
@@ -227,7 +229,8 @@ def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays]
             scale_samples: Optional[Sequence[Arrays]] = None, details: bool = True) -> CheckResult:
     """Compare MindSpore's result with the float64 reference against the float32 noise floor; the scale
     statistic's floor comes from ``scale_samples`` (default: ``floor_samples``). ``details=False`` skips the
-    reported-only cosine and allclose columns (the verdict is the same; ``parity.sensitivity`` calls it often)."""
+    reported-only cosine and allclose columns (the verdict is the same; :mod:`parity.engine.sensitivity` calls it
+    often)."""
     if set(as_named(ms)) != set(as_named(ref)):
         return compare_to_floor(check, ms, ref, Floor({}, 0.0, 0.0))
     return compare_to_floor(check, ms, ref, Floor.measure(ref, floor_samples, scale_samples), details)
@@ -291,27 +294,3 @@ def _cosine(a: np.ndarray, r: np.ndarray) -> float:
     if na == 0 or nr == 0:
         return 1.0 if na == nr else 0.0
     return float(a64 @ r64) / (na * nr)
-
-
-def format_table(results: List[CheckResult]) -> str:
-    """Fixed-width table: check, max abs error, relative L2, floor, ratio, scale error and its ratio, cosine of
-    the worst tensor, allclose(1e-4) share, pass/fail."""
-    width = max([28] + [len(r.check) for r in results])
-    header = (f"{'check':<{width}} {'max abs err':>11} {'rel L2 err':>10} {'noise floor':>11} {'ratio':>8} "
-              f"{'scale err':>10} {'s.ratio':>8} {'cosine':>10} {'allclose':>8}  result")
-    lines = [header, "-" * len(header)]
-    for r in results:
-        verdict = "PASS" if r.passed else "FAIL"
-        worst = f"  (worst: {r.worst})" if r.worst else ""
-        lines.append(f"{r.check:<{width}} {_cell(r.max_abs, '11.3e')} {_cell(r.rel_l2, '10.3e')} "
-                     f"{_cell(r.floor, '11.3e')} {_cell(r.ratio, '8.2f')} {_cell(r.scale, '10.2e')} "
-                     f"{_cell(r.scale_ratio, '8.2f')} {_cell(r.cosine, '10.7f')} {_cell(r.allclose, '8.2%')}  "
-                     f"{verdict}{worst}")
-    return "\n".join(lines)
-
-
-def _cell(value: float, spec: str) -> str:
-    """One number of the table; a dash where a row has no such number (NaN: the reported-only columns of bundle
-    checks, the dropout row's relative error), an infinite error stays visible as ``inf``."""
-    width = int(spec.split(".")[0])
-    return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{spec}}"

@@ -1,9 +1,9 @@
 """Parity of any torch / MindSpore model pair: ``parity.compare_models(torch_module, ms_cell, inputs, ...)``.
 
-The port's weights are copied from the torch module through a name map (:mod:`parity.names`), then the same
-computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch float32 copies
-with weights and inputs jittered (the noise floor, see :mod:`parity.compare`) and the MindSpore cell -- and every
-result is compared with the tolerance rule of :mod:`parity.compare`:
+The port's weights are copied from the torch module through a name map (:mod:`parity.engine.weight_map`), then
+the same computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch
+float32 copies with weights and inputs jittered (the noise floor, see :mod:`parity.engine.tolerance`) and the
+MindSpore cell -- and every result is compared with the tolerance rule of :mod:`parity.engine.tolerance`:
 
 ``eval_logits``     eval-mode outputs (every output of the model)
 ``train_forward``   train-mode outputs, the loss, and every float buffer after the forward (BN running statistics)
@@ -16,27 +16,32 @@ engines. The frameworks draw different random masks, so with dropout active the 
 O(1) as well and the floor would swallow any bug (measured on seed 004's network: train-output floor 0.61, every
 injected bug inside it). The eval-mode checks cover dropout's inference path; ``report.names["dropout_off"]``
 lists the layers. Dropout's train-mode behaviour (drop probability, ``1 / (1 - p)`` scaling) has its own row,
-``dropout (train mode)``: each port layer run alone against torch's ``p`` (:mod:`parity.dropout`).
+``dropout (train mode)``: each port layer run alone against torch's ``p`` (:mod:`parity.engine.dropout`).
 
 The loss is cross-entropy on the first output when ``targets`` are given, otherwise a fixed random projection of
-every output (:mod:`parity.objective`). Nothing here knows any architecture: the ResNet suite
-(``python -m parity``) is one caller.
+every output (:mod:`parity.engine.loss`). Settings are one :class:`CompareOptions` (keyword arguments of
+:func:`compare_models` fill it). Nothing here knows any architecture: the ResNet / VGG suite
+(``python -m parity``, :mod:`parity.suite`) is one caller.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .compare import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, ParityReport, compare_to_floor, failed
-from .names import NameMap, NameMapError, NameMatch, match_names, module_pairs
-from .objective import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights, synthetic_grads
+from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
+from .localization import localize as run_localize
+from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
+from .report import ParityReport
+from .sensitivity import sensitivity as measure_sensitivity
+from .tolerance import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, compare_to_floor, failed
+from .weight_map import NameMap, NameMapError, NameMatch, match_names, module_pairs
 
 #: check groups, in the order they run and print
 CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
-#: forward-only groups (their scale statistic is calibrated on rounding samples, see parity/compare.py)
+#: forward-only groups (their scale statistic is calibrated on rounding samples, see parity/engine/tolerance.py)
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 #: row labels of each check group (train_forward's buffers row appears only when the model has float buffers)
 LABELS = {"eval_logits": ("eval outputs",), "train_forward": ("train outputs", "train loss", "BN running stats"),
@@ -46,55 +51,10 @@ LABELS = {"eval_logits": ("eval outputs",), "train_forward": ("train outputs", "
 Inputs = Union[np.ndarray, Sequence[np.ndarray]]
 
 
-def jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.ndarray]:
-    """Scales every float32 array by ``1 + amount * U(-1, 1)`` (other dtypes pass through)."""
-    rng = np.random.RandomState(seed)
-
-    def jitter(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a)
-        if a.dtype != np.float32:
-            return a
-        return (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
-    return jitter
-
-
-class JitteredState(Mapping):
-    """``state`` with every float32 tensor jittered by ``jitter_fn(seed, amount)``, recomputed on each pass over
-    :meth:`items` rather than stored: a floor sample's weights exist only while its engine builds a model (a VGG
-    holds 133M parameters: eight stored jittered copies took 4.2 GB). Passes draw the same numbers in the same
-    order, so every pass yields the same state; :meth:`jitter_after` continues the same random sequence for the
-    sample's inputs."""
-
-    def __init__(self, state: Mapping[str, np.ndarray], seed: int, amount: float) -> None:
-        self.base, self.seed, self.amount = state, seed, amount
-
-    def items(self):
-        jitter = jitter_fn(self.seed, self.amount)
-        return ((k, jitter(v)) for k, v in self.base.items())
-
-    def jitter_after(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """``arrays`` jittered by the random numbers that follow the state's (as one sequential jitter would)."""
-        rng = np.random.RandomState(self.seed)
-        for v in self.base.values():
-            if np.asarray(v).dtype == np.float32:
-                rng.uniform(-1.0, 1.0, np.shape(v))   # the state's draws, skipped
-        return [(a * (1.0 + self.amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
-                if a.dtype == np.float32 else a for a in map(np.asarray, arrays)]
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return dict(self.items())[key]
-
-    def __iter__(self):
-        return iter(self.base)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-
 def port_weights(torch_state: Mapping[str, np.ndarray], ms_params: Mapping[str, Sequence[int]],
                  name_map: NameMap = None) -> Tuple[Dict[str, np.ndarray], NameMatch]:
     """The torch weights renamed for the MindSpore cell (``ms_params``: name -> shape). Raises
-    :class:`~parity.names.NameMapError` naming every unmatched or shape-mismatched tensor."""
+    :class:`~parity.engine.weight_map.NameMapError` naming every unmatched or shape-mismatched tensor."""
     shapes = {k: np.shape(v) for k, v in torch_state.items()}
     match = match_names(shapes, list(ms_params), name_map)
     match.raise_if_unmatched()
@@ -111,13 +71,58 @@ def _as_inputs(inputs: Inputs) -> List[np.ndarray]:
     return [np.asarray(inputs)] if isinstance(inputs, np.ndarray) else [np.asarray(x) for x in inputs]
 
 
-def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None, *,
-                   name_map: NameMap = None, loss: Optional[str] = None, checks: Sequence[str] = CHECKS,
-                   ms_state: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0, lr: float = 0.01,
-                   momentum: float = 0.9, weight_decay: float = 1e-4, opt_steps: int = 3,
-                   sensitivity: bool = False, localize: Union[bool, str] = False,
-                   module_map: Optional[Mapping[str, str]] = None, mask_relus: bool = True, config=None,
-                   log: Callable[[str], None] = lambda s: None) -> ParityReport:
+@dataclass(frozen=True)
+class CompareOptions:
+    """How :func:`compare_models` compares (every default in this one place).
+
+    Attributes:
+        name_map: ``None`` (the default rules: generic, then registered ones), ``{torch_name: ms_name}`` or a
+            callable (see :mod:`parity.engine.weight_map`).
+        loss: ``"cross_entropy"`` or ``"projection"`` (default: cross-entropy when targets are given).
+        checks: the check groups to run (:data:`CHECKS`, in that order).
+        ms_state: the port's weights (MindSpore names) instead of the renamed torch weights (e.g. as a converter
+            wrote them); the map still decides which torch tensor each one is compared with.
+        seed: seeds the floor samples' jitter, the projection loss and the optimizer check's gradients.
+        lr, momentum, weight_decay, opt_steps: the optimizer check (momentum SGD on shared gradients).
+        sensitivity: also measure the smallest error each check detects (:mod:`parity.engine.sensitivity`).
+        localize: ``True`` always, ``"on_failure"`` when a forward check fails: find the first layer that diverges
+            (accumulated and single-step; see :mod:`parity.engine.localization`).
+        module_map: torch module -> MindSpore cell names for parameterless layers named differently (layers with
+            parameters pair through ``name_map``; same-named ones pair by name).
+        mask_relus: the gradient checks' scale statistic against a reference keeping the port's ReLU masks
+            (``nn.ReLU`` modules paired by name; see :mod:`parity.engine.tolerance`).
+        config: describes the run in the report (a dataclass or a dict).
+        log: progress messages.
+    """
+
+    name_map: NameMap = None
+    loss: Optional[str] = None
+    checks: Sequence[str] = CHECKS
+    ms_state: Optional[Mapping[str, np.ndarray]] = None
+    seed: int = 0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    opt_steps: int = 3       # >1 so that the momentum buffer is exercised
+    sensitivity: bool = False
+    localize: Union[bool, str] = False
+    module_map: Optional[Mapping[str, str]] = None
+    mask_relus: bool = True
+    config: Any = None
+    log: Callable[[str], None] = lambda s: None
+
+    def with_overrides(self, **overrides) -> "CompareOptions":
+        """A copy with ``overrides`` (keyword arguments of :func:`compare_models`); an unknown name is an error
+        that lists the known ones."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"unknown comparison option(s) {', '.join(unknown)}; CompareOptions has "
+                            f"{', '.join(f.name for f in fields(self))}")
+        return replace(self, **overrides) if overrides else self
+
+
+def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None,
+                   options: Optional[CompareOptions] = None, **overrides) -> ParityReport:
     """Compare a MindSpore port with its torch original; see the module docstring for the checks.
 
     Args:
@@ -125,36 +130,29 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         ms_cell: the port (any ``mindspore.nn.Cell`` with the same parameters); it receives the torch weights.
         inputs: one array or a sequence of arrays, one per positional input (float or integer).
         targets: integer class targets for a cross-entropy loss on the first output (default: projection loss).
-        name_map: ``None`` (this project's rules), ``{torch_name: ms_name}`` or a callable (see parity.names).
-        ms_state: the port's weights (MindSpore names) instead of the renamed torch weights (e.g. as a converter
-            wrote them); the map still decides which torch tensor each one is compared with.
-        localize: ``True`` always, ``"on_failure"`` when a forward check fails: find the first layer that diverges
-            (accumulated and single-step; see parity.localize).
-        mask_relus: the gradient checks' scale statistic against a reference keeping the port's ReLU masks
-            (``nn.ReLU`` modules paired by name; see parity/compare.py).
-        module_map: torch module -> MindSpore cell names for parameterless layers named differently (layers with
-            parameters pair through ``name_map``; same-named ones pair by name).
+        options: a :class:`CompareOptions` (default: its defaults).
+        overrides: any field of :class:`CompareOptions` as a keyword (``name_map=...``, ``checks=...``), applied
+            over ``options``.
     Returns:
-        a :class:`~parity.compare.ParityReport` (``.passed``, ``.results``, ``format_table(report.results)``).
+        a :class:`~parity.engine.report.ParityReport` (``.passed``, ``.results``, ``format_table(report.results)``).
     """
-    unknown = [c for c in checks if c not in CHECKS]
+    o = (options or CompareOptions()).with_overrides(**overrides)
+    unknown = [c for c in o.checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
     t0 = time.perf_counter()
-    c = prepare(torch_module, ms_cell, inputs, targets, name_map=name_map, loss=loss, ms_state=ms_state, seed=seed,
-                lr=lr, momentum=momentum, weight_decay=weight_decay, opt_steps=opt_steps)
+    c = prepare(torch_module, ms_cell, inputs, targets, o)
     from .torch_side import dropout_names  # torch only when comparing live (bundles are checked without it)
-    report = ParityReport(config, names={"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
-                                         "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms],
-                                         "dropout_off": dropout_names(torch_module)})
+    report = ParityReport(o.config, names={"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
+                                           "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms],
+                                           "dropout_off": dropout_names(torch_module)})
     report.seconds["setup"] = time.perf_counter() - t0
-    from .sensitivity import sensitivity as measure_sensitivity
-    for check in checks:
+    for check in o.checks:
         t = time.perf_counter()
-        log(f"running {check} ...")
+        o.log(f"running {check} ...")
         t_ms = time.perf_counter()
         ms, error = run_port(c.runners[check], c.ms_side, c.xs)
-        masks = c.port_masks(check) if ms is not None and mask_relus else None
+        masks = c.port_masks(check) if ms is not None and o.mask_relus else None
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
         ref, floors, scale_ref = c.reference_floors(check, masks)
         for name in ref:
@@ -163,28 +161,25 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
                 continue
             sref = None if scale_ref is None else scale_ref[name]
             report.results.append(compare_to_floor(name, ms[name], ref[name], floors[name], scale_ref=sref))
-            if sensitivity:
+            if o.sensitivity:
                 report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref))
         report.seconds[check] = time.perf_counter() - t
     _dropout_row(report, torch_module, ms_cell)
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
-    if localize is True or (localize == "on_failure" and forward_failed):
-        from .localize import localize as run_localize
+    if o.localize is True or (o.localize == "on_failure" and forward_failed):
         t = time.perf_counter()
-        log("localising the first divergence ...")
+        o.log("localising the first divergence ...")
         # the eval-mode forward unless only train-mode rows failed
         bn_train = not any(not r.passed for r in report.results if r.check == "eval outputs") and forward_failed
         report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
-                                           bn_train=bn_train, module_map=module_map, seed=seed)
+                                           bn_train=bn_train, module_map=o.module_map, seed=o.seed)
         report.seconds["localize"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
 
 
 def _dropout_row(report: ParityReport, torch_module, ms_cell) -> None:
-    """The dropout check's row (:mod:`parity.dropout`), when either model has dropout layers."""
-    from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
-
+    """The dropout check's row (:mod:`parity.engine.dropout`), when either model has dropout layers."""
     t = time.perf_counter()
     torch_ps, ms_stats = torch_dropout_ps(torch_module), ms_dropout_stats(ms_cell)
     if torch_ps or ms_stats:
@@ -217,7 +212,7 @@ class Comparison:
         one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The gradient checks with the
         port's ReLU ``masks`` measure the scale statistic on rounding samples against a float64 reference that both
         keep those masks; the forward checks on unmasked rounding samples; the others on the floor samples
-        (see parity/compare.py)."""
+        (see :mod:`parity.engine.tolerance`)."""
         masked = bool(masks) and check in MASKED_CHECKS
         ref = self.runners[check](self.reference, self.xs)
         scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
@@ -246,7 +241,7 @@ class Comparison:
 
     def reference_floors(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
         """``(reference rows, {row: Floor}, scale reference rows or None)``: every sample of :meth:`samples`
-        folded into its row's :class:`~parity.compare.FloorBuilder` as soon as it is computed, so at most one
+        folded into its row's :class:`~parity.engine.tolerance.FloorBuilder` as soon as it is computed, so at most one
         sample is held at a time (what a 133M-parameter VGG needs; the floors are the same numbers)."""
         ref, scale_ref, stream = self.samples(check, masks)
         builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row]) for row in ref}
@@ -271,23 +266,22 @@ class Comparison:
         return {t: ms_masks[m] for t, m in relus.items() if m in ms_masks} or None
 
 
-def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None, *,
-            name_map: NameMap = None, loss: Optional[str] = None, ms_state: Optional[Mapping[str, np.ndarray]] = None,
-            seed: int = 0, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4,
-            opt_steps: int = 3) -> Comparison:
+def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None,
+            options: Optional[CompareOptions] = None, **overrides) -> Comparison:
     """Match names, port the weights and build the engines (arguments as :func:`compare_models`)."""
-    loss = loss or (CROSS_ENTROPY if targets is not None else PROJECTION)
+    o = (options or CompareOptions()).with_overrides(**overrides)
+    loss = o.loss or (CROSS_ENTROPY if targets is not None else PROJECTION)
     if loss not in LOSSES or (loss == CROSS_ENTROPY) != (targets is not None):
         raise ValueError(f"loss={loss!r} with targets={'given' if targets is not None else 'None'}: "
                          f"cross_entropy needs integer targets, projection takes none")
-    from .ms_side import MindSporeSide
+    from .mindspore_side import MindSporeSide
     from .torch_side import TorchSide, numpy_state
 
     xs = _as_inputs(inputs)
     torch_state = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
                    for k, v in numpy_state(torch_module).items()}
     ms_params = {p.name: p.shape for p in ms_cell.get_parameters()}
-    ported, match = port_weights(torch_state, ms_params, name_map)
+    ported, match = port_weights(torch_state, ms_params, o.name_map)
     trainable = {p.name for p in ms_cell.trainable_params()}
     torch_trainable = [k for k, _ in torch_module.named_parameters()]
     wrong = sorted(t for t, m in match.torch_to_ms.items() if (t in torch_trainable) != (m in trainable))
@@ -298,20 +292,20 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     floors, rounding = [], []
     for i in range(FLOOR_SAMPLES):
         for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)):
-            state = JitteredState(torch_state, seed + 100 + i, amount)
+            state = JitteredState(torch_state, o.seed + 100 + i, amount)
             engines.append((TorchSide(torch_module, state, "float32", loss), state.jitter_after(xs)))
-    ms_state = dict(ms_state if ms_state is not None else ported)
+    ms_state = dict(o.ms_state if o.ms_state is not None else ported)
     ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)
     if loss == CROSS_ENTROPY:
         loss_args = [np.asarray(targets)]
     else:
-        loss_args = projection_weights([o.shape for o in reference.eval_outputs(xs).values()], seed)
-    step_grads = synthetic_grads({k: torch_state[k] for k in torch_trainable}, opt_steps, seed)
+        loss_args = projection_weights([out.shape for out in reference.eval_outputs(xs).values()], o.seed)
+    step_grads = synthetic_grads({k: torch_state[k] for k in torch_trainable}, o.opt_steps, o.seed)
     return Comparison(match, torch_state, ms_state, torch_trainable, reference, floors, rounding, ms_side, xs, loss,
-                      loss_args, step_grads, make_runners(loss_args, step_grads, lr, momentum, weight_decay))
+                      loss_args, step_grads, make_runners(loss_args, step_grads, o.lr, o.momentum, o.weight_decay))
 
 
-#: gradient checks whose scale statistic uses the port's ReLU masks (see parity/compare.py)
+#: gradient checks whose scale statistic uses the port's ReLU masks (see :mod:`parity.engine.tolerance`)
 MASKED_CHECKS = ("grads_train_bn", "grads_eval_bn")
 
 
@@ -320,6 +314,20 @@ def masked_runner(check: str, loss_args: Sequence[np.ndarray], masks: Mapping[st
     """A gradient check's runner for torch sides whose ReLUs keep the port's masks."""
     label = LABELS[check][0]
     return lambda side, xs: {label: side.grads(xs, loss_args, bn_train=check == "grads_train_bn", masks=masks)}
+
+
+def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> List[Dict[str, np.ndarray]]:
+    """Seeded gradients (0.1 x each parameter's RMS) fed identically to both optimizers.
+
+    The optimizer is checked on shared gradients so that its update rule (learning rate, momentum convention,
+    which tensors get weight decay) is compared at float32 rounding precision, instead of drowning in the ~2%
+    train-mode gradient noise; the gradients themselves have their own checks. Plain numpy, in ``params``' order,
+    so a reference bundle regenerates them without storing them.
+    """
+    rng = np.random.RandomState(seed + 3)
+    rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
+    return [{k: (0.1 * rms[k] * rng.standard_normal(np.shape(v))).astype(np.float32) for k, v in params.items()}
+            for _ in range(steps)]
 
 
 #: rows of the forward checks (localisation follows the forward)

@@ -1,8 +1,9 @@
 """Where does a port go wrong: the first layer, in execution order, whose output leaves its own noise floor.
 
 Both models run one forward with hooks on every pair of matching layers (a torch module and the MindSpore cell
-holding the same parameters, or a parameterless one of the same name; see :func:`parity.names.module_pairs`).
-Each layer output is compared with the float64 reference under the rule of :mod:`parity.compare`, its floor
+holding the same parameters, or a parameterless one of the same name; see
+:func:`parity.engine.weight_map.module_pairs`). Each layer output is compared with the float64 reference under the
+rule of :mod:`parity.engine.tolerance`, its floor
 measured on the float32 samples at the same layer (the scale statistic's on the 4-ulp rounding samples, as for
 the forward checks). Two modes, as PaDiff has them:
 
@@ -24,10 +25,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .api import jitter_fn
-from .compare import JITTER, ROUNDING_JITTER, Floor, compare_to_floor
-from .names import NameMatch, module_pairs
-from .objective import output_names
+from .loss import output_names
+from .tolerance import JITTER, ROUNDING_JITTER, Floor, compare_to_floor, jitter_fn
+from .weight_map import NameMatch, module_pairs
 
 MODES = ("accumulated", "single-step")
 #: clean layers listed before the first failing one (all are counted)
@@ -42,7 +42,7 @@ class Localization:
     bn_train: bool
     first: Optional[str] = None        # torch module name ("" is the model's own forward), with the call index
     first_ms: Optional[str] = None     # the MindSpore cell
-    ratio: float = 0.0                 # its error / noise floor (see parity.compare; fails above K)
+    ratio: float = 0.0                 # its error / noise floor (see parity.engine.tolerance; fails above K)
     clean_before: int = 0              # layers compared before it, all clean
     clean_tail: List[str] = field(default_factory=list)  # the last few of them
     compared: int = 0                  # layers compared in all
@@ -60,6 +60,20 @@ class Localization:
                 f"{self.clean_before} layers before it clean{tail}")
 
 
+class CallRecorder:
+    """What a localisation forward's hooks record: ``(layer name, call index, inputs, outputs)`` in the order the
+    calls finished (a layer used twice, like torchvision's ``relu``, gets call indices 0 and 1)."""
+
+    def __init__(self) -> None:
+        self.records: List[Tuple[str, int, List[np.ndarray], List[np.ndarray]]] = []
+        self._calls: Dict[str, int] = {}
+
+    def add(self, name: str, inputs: List[np.ndarray], outputs: List[np.ndarray]) -> None:
+        k = self._calls.get(name, 0)
+        self._calls[name] = k + 1
+        self.records.append((name, k, inputs, outputs))
+
+
 def _label(name: Optional[str]) -> str:
     return "(the model's own forward)" if name in ("", "#0") else str(name)
 
@@ -73,7 +87,8 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
              match: NameMatch, bn_train: bool = False, module_map: Optional[Mapping[str, str]] = None,
              modes: Sequence[str] = MODES, seed: int = 0) -> List[Localization]:
     """First diverging layer in each of ``modes``; ``reference`` / ``floors`` / ``rounding`` / ``ms_side`` are the
-    engines of :func:`parity.api.compare_models` (``(float32 torch side, its jittered inputs)`` pairs: 128-ulp
+    engines of :func:`~parity.engine.comparison.compare_models` (``(float32 torch side, its jittered inputs)`` pairs:
+    128-ulp
     samples for the error floor, 4-ulp rounding samples for the scale statistic, as for its forward checks)."""
     import mindspore as ms
 
@@ -87,7 +102,8 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
         results = []
         for mode in modes:
             if mode == "accumulated":
-                ms_out = {(torch_of[n], k): outs for n, k, _, outs in ms_side.trace(xs, bn_train, list(torch_of), False)}
+                ms_out = {(torch_of[n], k): outs
+                          for n, k, _, outs in ms_side.trace(xs, bn_train, list(torch_of), False)}
                 samples, scale_samples = ([{(n, k): outs for n, k, _, outs in side.trace(x, bn_train, names, False)}
                                            for side, x in engines] for engines in (floors, rounding))
             elif mode == "single-step":

@@ -1,11 +1,12 @@
 """Portable reference bundles: check a port on a machine without torch (another device, another MindSpore).
 
 ``save_reference`` (torch and MindSpore both installed) runs the torch side of every check -- the float64
-reference and the float32 floor samples of :func:`parity.api.compare_models` -- and writes a directory:
+reference and the float32 floor samples of :func:`parity.engine.comparison.compare_models` -- and writes a directory:
 
 ``manifest.json``        format, versions, model spec, seed, loss, checks and their rows, optimizer settings, the
                          torch -> MindSpore name map, the tolerance rule and its constants, every row's noise floor
-                         (:class:`parity.compare.Floor`), the generator spec of every regenerated weight, and the
+                         (:class:`~parity.engine.tolerance.Floor`), the generator spec of every regenerated weight,
+                         and the
                          sha256 of ``tensors.safetensors`` and of the manifest itself
 ``tensors.safetensors``  inputs, loss arguments, the stored weights (MindSpore names), the reduced references
 
@@ -34,9 +35,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import ABS_TERM, FLOOR_SAMPLES, JITTER, K, ROUNDING_JITTER, Floor, ParityReport, as_named, \
-    compare_to_floor, failed
-from .objective import generated_tensor, synthetic_grads
+from .plugins import load_deferred
+from .report import ParityReport
+from .tolerance import ABS_TERM, FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, Floor, K, as_named, compare_to_floor, failed
 
 FORMAT = "ms_transfer.parity.reference/1"
 MANIFEST = "manifest.json"
@@ -50,6 +51,42 @@ PathLike = Union[str, Path]
 
 class BundleError(ValueError):
     """A reference bundle that cannot be trusted or does not fit: what is wrong and how to fix it."""
+
+
+#: ``builder(model spec) -> MindSpore cell or None``: rebuilds the port of a bundle whose manifest has a model spec
+ModelBuilder = Callable[[Mapping[str, Any]], Any]
+_BUILDERS: List[ModelBuilder] = []
+
+
+def register_model_builder(builder: ModelBuilder) -> ModelBuilder:
+    """Let :func:`check_reference` rebuild ports from model specs ``builder`` knows (it returns ``None`` for the
+    others; registering it again changes nothing). Returns it, so it can decorate the builder."""
+    if builder not in _BUILDERS:
+        _BUILDERS.append(builder)
+    return builder
+
+
+def _build_port(directory: Path, model: Mapping[str, Any]):
+    """The port of the bundle's model spec, from the first registered builder that knows it."""
+    load_deferred()
+    for builder in _BUILDERS:
+        cell = builder(model)
+        if cell is not None:
+            return cell
+    raise BundleError(f"{directory}: no registered builder knows its model {dict(model)}: pass its MindSpore cell "
+                      "(parity.check_reference(DIR, ms_cell))")
+
+
+def generated_tensor(spec: Mapping, shape: Sequence[int]) -> np.ndarray:
+    """A float32 tensor from a generator spec ``{"dist": "normal" | "uniform", "scale": s, "seed": [a, b]}``:
+    ``s * N(0, 1)`` or ``U(-s, s)`` from numpy's ``RandomState`` (whose streams numpy keeps stable across versions,
+    NEP 19), so that a reference bundle regenerates large weights instead of storing them."""
+    rng = np.random.RandomState(list(spec["seed"]))
+    if spec["dist"] == "normal":
+        return (spec["scale"] * rng.standard_normal(tuple(shape))).astype(np.float32)
+    if spec["dist"] == "uniform":
+        return rng.uniform(-spec["scale"], spec["scale"], tuple(shape)).astype(np.float32)
+    raise ValueError(f"unknown generator {spec['dist']!r}")
 
 
 def reduce(name: str, a: np.ndarray) -> np.ndarray:
@@ -92,27 +129,30 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: Optional[np.ndarray] = None, *,
-                   model: Optional[Mapping[str, Any]] = None, generated: Optional[Mapping[str, dict]] = None,
-                   checks: Optional[Sequence[str]] = None, config: Any = None,
-                   log: Callable[[str], None] = lambda s: None, **prepare_kwargs) -> Path:
-    """Write a reference bundle for the pair (arguments as :func:`parity.api.compare_models`).
+def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: Optional[np.ndarray] = None,
+                   options=None, *, model: Optional[Mapping[str, Any]] = None,
+                   generated: Optional[Mapping[str, dict]] = None, **overrides) -> Path:
+    """Write a reference bundle for the pair (arguments, ``options`` and keyword overrides as
+    :func:`parity.engine.comparison.compare_models`; ``checks``, ``config``, ``log`` and the name map, loss, seed
+    and optimizer settings apply, the rest is for live comparisons).
 
-    ``model``: how ``check_reference`` rebuilds the port without being given it (``{"arch", "num_classes",
-    "padding"}`` for this project's ResNets; ``None``: the checker passes its cell). ``generated``: torch name ->
-    generator spec (:func:`parity.objective.generated_tensor`) of weights to regenerate instead of storing.
+    ``model``: how ``check_reference`` rebuilds the port without being given it (a spec a registered builder
+    knows, e.g. ``{"arch", "num_classes", "padding"}`` for this project's models, see
+    :func:`register_model_builder`; ``None``: the checker passes its cell). ``generated``: torch name ->
+    generator spec (:func:`generated_tensor`) of weights to regenerate instead of storing.
     ``ms_cell`` is used for its parameter names only; nothing MindSpore runs here.
     """
     from safetensors.numpy import save_file
 
-    from .api import CHECKS, prepare
+    from .comparison import CompareOptions, prepare
     from .dropout import torch_dropout_ps
 
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).exists():
         raise BundleError(f"{directory} exists and is not a reference bundle: choose a new or empty directory")
-    checks = tuple(checks or CHECKS)
-    c = prepare(torch_module, ms_cell, inputs, targets, **prepare_kwargs)
+    o = (options or CompareOptions()).with_overrides(**overrides)
+    checks, log = tuple(o.checks), o.log
+    c = prepare(torch_module, ms_cell, inputs, targets, o)
     tensors: Dict[str, np.ndarray] = {}
     for i, x in enumerate(c.xs):
         tensors[f"input/{i}"] = np.ascontiguousarray(x)
@@ -139,14 +179,14 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
                                         [_reduce_rows(row, s[row]) for s in scale]).as_dict()
             for k, v in r.items():
                 tensors[f"ref/{row}/{k}"] = np.ascontiguousarray(v)
-    opt = {k: prepare_kwargs[k] for k in ("seed", "lr", "momentum", "weight_decay", "opt_steps") if k in prepare_kwargs}
+    opt = {"seed": o.seed, "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay, "opt_steps": o.opt_steps}
     manifest = {
         "format": FORMAT, "versions": _versions(), "model": dict(model) if model else None,
-        "config": asdict(config) if is_dataclass(config) else config,
+        "config": asdict(o.config) if is_dataclass(o.config) else o.config,
         "loss": c.loss, "checks": list(checks), "rows": rows, "optimizer": opt, "steps": len(c.step_grads),
-        "seed": prepare_kwargs.get("seed", 0), "inputs": len(c.xs), "name_map": ms_of, "trainable": c.trainable,
+        "seed": o.seed, "inputs": len(c.xs), "name_map": ms_of, "trainable": c.trainable,
         "tolerance": {"rule": "ratio_t = err_t / (max(floor_t, floor_pooled) + ABS_TERM / K) <= K and "
-                              "|scale| / (scale_floor + ABS_TERM / K) <= K (parity/compare.py)",
+                              "|scale| / (scale_floor + ABS_TERM / K) <= K (parity/engine/tolerance.py)",
                       "K": K, "ABS_TERM": ABS_TERM, "FLOOR_SAMPLES": FLOOR_SAMPLES, "JITTER": JITTER,
                       "ROUNDING_JITTER": ROUNDING_JITTER, "SKETCH_MIN": SKETCH_MIN, "SKETCH_SIZE": SKETCH_SIZE},
         "floors": floors, "generated": regen,
@@ -222,9 +262,9 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     """
     from ms_transfer.context import set_context
 
-    from .api import make_runners, run_port
+    from .comparison import CompareOptions, make_runners, run_port, synthetic_grads
     from .dropout import compare_dropout, ms_dropout_stats
-    from .ms_side import MindSporeSide
+    from .mindspore_side import MindSporeSide, WeightsMismatch, load_weights
 
     manifest, tensors = load_bundle(directory)
     model = manifest.get("model")
@@ -236,13 +276,11 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
         if not model:
             raise BundleError(f"{directory} holds a user model's reference: pass its MindSpore cell "
                               "(parity.check_reference(DIR, ms_cell))")
-        from ms_transfer.models import build_model
-        ms_cell = build_model(model["arch"], model["num_classes"], model.get("padding", "torch"))
+        ms_cell = _build_port(Path(directory), model)
     weights = _weights(manifest, tensors)
-    from ms_transfer.checkpoint import CheckpointError, load_state_into
     try:
-        load_state_into(ms_cell, weights, strict=True)
-    except CheckpointError as exc:
+        load_weights(ms_cell, weights)
+    except WeightsMismatch as exc:
         raise BundleError(f"the bundle's weights do not fit the model: {exc}") from None
     ms_to_torch = {m: t for t, m in manifest["name_map"].items()}
     xs = [tensors[f"input/{i}"] for i in range(manifest["inputs"])]
@@ -251,8 +289,9 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     params = {t: weights[manifest["name_map"][t]] for t in manifest["trainable"]}
     opt = manifest["optimizer"]
     step_grads = synthetic_grads(params, manifest["steps"], manifest["seed"])
-    runners = make_runners(loss_args, step_grads, opt.get("lr", 0.01), opt.get("momentum", 0.9),
-                           opt.get("weight_decay", 1e-4))
+    defaults = CompareOptions()
+    runners = make_runners(loss_args, step_grads, opt.get("lr", defaults.lr), opt.get("momentum", defaults.momentum),
+                           opt.get("weight_decay", defaults.weight_decay))
     side = MindSporeSide(ms_cell, weights, ms_to_torch, len(xs), manifest["loss"])
     report = ParityReport({"bundle": str(directory), "mode": mode, "device": device, "made_with": manifest["versions"],
                            "model": model}, names={"rule": "bundle", "matched": len(ms_to_torch)})

@@ -2,14 +2,14 @@
 
 ``python -m parity --train-steps N --world-size W``. The problem, the global batches (``W * batch`` samples each)
 and every regime's reference are made here; each launcher then starts ``W`` ranks of this module's worker
-(``python -m parity.data_parallel JOB FRAMEWORK``), which drives the framework's *real trainer backend*, data
+(``python -m parity.suite.data_parallel JOB FRAMEWORK``), which drives the framework's *real trainer backend*, data
 parallel exactly as ``python -m ms_transfer.train`` under ``msrun`` / ``python -m torch_reference.train`` under
 ``torchrun`` run it (``MindSporeBackend``: ``DATA_PARALLEL``, ``gradients_mean=True``; ``TorchBackend``: DDP over
 gloo), each rank on its slice of every global batch (``core.distributed.shard_epoch``). Compared:
 
 * **ranks agree**: every rank's parameters after every step, bit for bit (SHA-256 digests); BatchNorm running
   statistics are not part of it, see below;
-* **against one process**, with the training-step rule of :mod:`parity.training` (float64 torch reference,
+* **against one process**, with the training-step rule of :mod:`parity.suite.training` (float64 torch reference,
   float32 jittered floor samples): the loss of every step (mean over the ranks), every parameter's update and
   rank 0's BatchNorm statistic updates. The reference is one process on the global batch. With train-mode BN
   (``finetune``, ``partial``) each rank normalises its own slice, in both frameworks' default data parallelism
@@ -43,7 +43,8 @@ import numpy as np
 from ms_transfer.core.distributed import detect, launch_command, launcher_env, shard_epoch
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
-from .compare import FLOOR_SAMPLES, CheckResult, compare, failed
+from ..engine.report import CheckResult
+from ..engine.tolerance import FLOOR_SAMPLES, compare, failed, jitter_fn
 from .training import (Batches, fixed_batches, regime_config, torch_training, without_dropout_ms,
                        without_dropout_torch)
 
@@ -66,7 +67,7 @@ def rank_slices(batch_len: int, world: int) -> List[List[int]]:
 # --- the one-process reference ------------------------------------------------------------------------------
 
 def per_slice_step(world: int) -> Callable:
-    """A ``parity.training.torch_training`` step of one process that computes what ``world`` ranks do with
+    """A ``parity.suite.training.torch_training`` step of one process that computes what ``world`` ranks do with
     train-mode BatchNorm: the model runs on each rank's slice separately (each slice's own batch statistics), one
     backward through the mean of the slices' losses (the average of the ranks' gradients), and the running
     statistics are those slice 0 produced (rank 0's)."""
@@ -98,13 +99,12 @@ def per_slice_step(world: int) -> Callable:
 
 def torch_reference(cfg, state, batches: Batches, num_classes: int, dtype: str, world: int, per_slice: bool):
     """``len(batches)`` steps of ``TorchBackend`` in one process on the global batches (``per_slice``: BatchNorm
-    statistics per rank slice, :func:`per_slice_step`); ``parity.training``'s result layout."""
+    statistics per rank slice, :func:`per_slice_step`); ``parity.suite.training``'s result layout."""
     return torch_training(cfg, state, batches, num_classes, dtype, per_slice_step(world) if per_slice else None)
 
 
 def regime_reference(cfg, problem, batches: Batches, regime: str, world: int):
     """``(float64 reference, float32 floor samples, plain one-process float64 run or None)`` of one regime."""
-    from .api import jitter_fn
     per_slice = regime in TRAIN_BN_REGIMES
     ref = torch_reference(cfg, problem.torch_state, batches, problem.num_classes, "float64", world, per_slice)
     samples = []
@@ -213,7 +213,7 @@ def worker(job_dir: Path, framework: str) -> None:
     arrays = np.load(job_dir / "arrays.npz")
     dist = detect()
     if not dist.enabled:
-        raise SystemExit("parity.data_parallel's worker runs under msrun or torchrun (python -m parity "
+        raise SystemExit("parity.suite.data_parallel's worker runs under msrun or torchrun (python -m parity "
                          "--world-size N starts it)")
     prefix = "m/" if framework == "mindspore" else "t/"
     state = {k[2:]: arrays[k] for k in arrays.files if k.startswith(prefix)}
@@ -234,7 +234,7 @@ def worker(job_dir: Path, framework: str) -> None:
 
 def _launch(launcher: str, world: int, job_dir: Path, log: Callable[[str], None]) -> Optional[str]:
     """Run the job's ranks under ``launcher``; ``None`` on success, else the failure (with the log's tail)."""
-    cmd = launch_command(launcher, world, ["parity.data_parallel", str(job_dir), FRAMEWORK[launcher]],
+    cmd = launch_command(launcher, world, ["parity.suite.data_parallel", str(job_dir), FRAMEWORK[launcher]],
                          job_dir / f"{launcher}_logs")
     log(f"{launcher}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -288,7 +288,7 @@ def run_data_parallel(cfg, cases: Sequence[Case], launchers: Sequence[str] = LAU
     """Every ``(regime, injected bug)`` case under every launcher against its one-process reference; returns
     ``{(launcher, regime, inject): rows}`` and logs the BN effect line of the train-BN regimes. ``cfg``: a
     ``parity.ParityConfig`` (``batch`` is per rank); ``keep``: a directory for the job files (default: temporary)."""
-    from .setup import make_problem
+    from .problems import make_problem
 
     global_batch = world * cfg.batch
     problem = make_problem(cfg.arch, cfg.num_classes, global_batch, cfg.image_size, cfg.seed, cfg.padding)

@@ -1,5 +1,6 @@
-"""The model suite (``python -m parity``): torchvision vs this project's MindSpore ResNet / VGG, through the
-any-model API :func:`parity.api.compare_models`; ``--train-steps`` runs both trainers (parity.training)."""
+"""One run of the model suite (``python -m parity``): torchvision vs this project's MindSpore ResNet / VGG / seed
+network, through the engine's any-model API :func:`parity.engine.comparison.compare_models`; ``--train-steps`` runs
+both trainers (:mod:`parity.suite.training`)."""
 from __future__ import annotations
 
 import time
@@ -9,14 +10,19 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 from ms_transfer.context import set_context
 from ms_transfer.models import build_model
 
-from .api import CHECKS, compare_models, jitter_fn
+from ..engine.comparison import CHECKS, CompareOptions, compare_models
+from ..engine.report import CheckResult, ParityReport
+from ..engine.tolerance import FLOOR_SAMPLES, compare, failed, jitter_fn
 from .bugs import inject
-from .compare import FLOOR_SAMPLES, CheckResult, ParityReport, compare, failed
 from .training import TRAIN_BUGS, check_names, fixed_batches, mindspore_training, regime_config, regimes_for, \
     torch_training
 
 if TYPE_CHECKING:
-    from .setup import Problem
+    from .problems import Problem
+
+
+#: the engine's defaults, which the suite's share
+_ENGINE = CompareOptions()
 
 
 @dataclass
@@ -32,28 +38,28 @@ class ParityConfig:
     seed: int = 0
     num_classes: int = 1000
     checks: Sequence[str] = CHECKS
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    opt_steps: int = 3       # >1 so that the momentum buffer is exercised
+    lr: float = _ENGINE.lr
+    momentum: float = _ENGINE.momentum
+    weight_decay: float = _ENGINE.weight_decay
+    opt_steps: int = _ENGINE.opt_steps
     inject: Optional[str] = None
-    train_steps: int = 0     # >0: training-step parity (parity.training) instead of the checks above
-    sensitivity: bool = False  # also measure the smallest error each check detects (parity.sensitivity)
+    train_steps: int = 0     # >0: training-step parity (parity.suite.training) instead of the checks above
+    sensitivity: bool = False  # also measure the smallest error each check detects (parity.engine.sensitivity)
     localize: Union[bool, str] = False  # True / "on_failure" (the CLI's default): first diverging layer
-    regimes: Optional[Sequence[str]] = None   # None: every regime that fits the arch (parity.training)
+    regimes: Optional[Sequence[str]] = None   # None: every regime that fits the arch (parity.suite.training)
     dropout: Optional[float] = None  # a VGG's classifier dropout (None: its default 0.5)
 
 
 def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -> ParityReport:
     """Build torchvision's model and the MindSpore port on shared weights and compare them with
-    :func:`parity.api.compare_models` (the ResNet suite is one user of the any-model API)."""
+    :func:`parity.engine.comparison.compare_models` (the suite is one user of the any-model API)."""
     unknown = [c for c in cfg.checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
     if cfg.inject and (cfg.inject in TRAIN_BUGS) != (cfg.train_steps > 0):
         raise ValueError(f"bug {cfg.inject!r} is a {'training' if cfg.inject in TRAIN_BUGS else 'porting'} bug: "
                          f"{'add' if cfg.inject in TRAIN_BUGS else 'drop'} --train-steps")
-    from .setup import make_problem   # torch: imported only when a comparison runs
+    from .problems import make_problem   # torch: imported only when a comparison runs
 
     set_context(cfg.mode, cfg.device)
     t0 = time.perf_counter()
@@ -67,10 +73,14 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
     ms_state = dict(problem.ms_state)
     if cfg.inject:
         inject(cfg.inject, net, ms_state)
-    return compare_models(torch_model, net, problem.x, problem.y, ms_state=ms_state, checks=cfg.checks,
-                          seed=cfg.seed, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          opt_steps=cfg.opt_steps, sensitivity=cfg.sensitivity, localize=cfg.localize,
-                          config=cfg, log=log)
+    return compare_models(torch_model, net, problem.x, problem.y, compare_options(cfg, log), ms_state=ms_state,
+                          sensitivity=cfg.sensitivity, localize=cfg.localize)
+
+
+def compare_options(cfg: ParityConfig, log: Callable[[str], None]) -> CompareOptions:
+    """The engine's options of a suite run (what a bundle of it stores too)."""
+    return CompareOptions(checks=cfg.checks, seed=cfg.seed, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, opt_steps=cfg.opt_steps, config=cfg, log=log)
 
 
 def _model_pair(cfg: ParityConfig, problem: "Problem"):
@@ -84,7 +94,7 @@ def _model_pair(cfg: ParityConfig, problem: "Problem"):
 
 
 def _run_training(cfg: ParityConfig, problem: Problem, report: ParityReport, log: Callable[[str], None]) -> None:
-    """Training-step parity for each regime (see :mod:`parity.training`)."""
+    """Training-step parity for each regime (see :mod:`parity.suite.training`)."""
     for regime in cfg.regimes or regimes_for(cfg.arch):
         t = time.perf_counter()
         log(f"training {cfg.train_steps} steps: {regime} ...")
@@ -120,20 +130,20 @@ def training_rows(cfg: ParityConfig, problem: Problem, reference, inject: Option
     for key, label in check_names(regime, cfg.train_steps).items():
         if not ref[key]:   # no BatchNorm (a plain VGG): no statistics to compare
             continue
-        rows.append(failed(label, error) if ms is None else compare(label, ms[key], ref[key], [s[key] for s in samples]))
+        rows.append(failed(label, error) if ms is None
+                    else compare(label, ms[key], ref[key], [s[key] for s in samples]))
     return rows
 
 
 def save_suite_reference(cfg: ParityConfig, directory, log: Callable[[str], None] = lambda s: None):
-    """``python -m parity --save-reference DIR``: a reference bundle of this suite's problem (see parity.reference);
+    """``python -m parity --save-reference DIR``: a reference bundle of this suite's problem (see parity.engine.bundle);
     the conv and linear weights are regenerated from the seed by the checker, not stored."""
-    from .reference import save_reference
-    from .setup import make_problem
+    from ..engine.bundle import save_reference
+    from .problems import make_problem
 
     set_context("pynative", "CPU")   # nothing MindSpore runs: the cell only names the parameters
     problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
     torch_model, net = _model_pair(cfg, problem)
-    return save_reference(directory, torch_model, net, problem.x, problem.y,
+    return save_reference(directory, torch_model, net, problem.x, problem.y, compare_options(cfg, log),
                           model={"arch": cfg.arch, "num_classes": cfg.num_classes, "padding": cfg.padding},
-                          generated=problem.generated, checks=cfg.checks, config=cfg, log=log, seed=cfg.seed,
-                          lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, opt_steps=cfg.opt_steps)
+                          generated=problem.generated)

@@ -1,5 +1,5 @@
 """The MindSpore side of a comparison: any ``mindspore.nn.Cell`` in the current mode / device (no torch here, so
-that a reference bundle can be checked on a machine without it).
+that a reference bundle can be checked on a machine without it; nor any architecture: the cell is the caller's).
 
 Every computation first reloads the port's weights. Results are numpy arrays keyed by **torch** names (through
 the resolved name map) or by output position, so they compare name by name with the torch side.
@@ -12,11 +12,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from ms_transfer.backend import make_loss
-from ms_transfer.checkpoint import load_state_into
-from ms_transfer.optim import momentum_sgd
+import ms_transfer.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
 
-from .objective import CROSS_ENTROPY, CallRecorder, flatten, output_names
+from .localization import CallRecorder
+from .loss import CROSS_ENTROPY, flatten, output_names
 
 Arrays = Dict[str, np.ndarray]
 
@@ -26,13 +25,40 @@ def flatten_outputs(out) -> List[ms.Tensor]:
     return flatten(out, ms.Tensor)
 
 
+class WeightsMismatch(ValueError):
+    """Weights that do not fit the cell: the message names the missing, unexpected and mismatched tensors."""
+
+
+def load_weights(net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
+    """Copy ``state`` (MindSpore names) into every parameter of ``net``; raises :class:`WeightsMismatch` (and
+    changes nothing) unless the names and shapes are exactly the cell's."""
+    params = {p.name: p for p in net.get_parameters()}
+    missing = [k for k in params if k not in state]
+    unexpected = [k for k in state if k not in params]
+    mismatched = [f"{k} {tuple(np.shape(v))} vs the cell's {tuple(params[k].shape)}" for k, v in state.items()
+                  if k in params and tuple(np.shape(v)) != tuple(params[k].shape)]
+    if missing or unexpected or mismatched:
+        raise WeightsMismatch(f"weights do not fit the cell: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                              f"shape-mismatched {mismatched[:4]} (pass weights named and shaped as the cell's "
+                              "parameters)")
+    for name, value in state.items():
+        params[name].set_data(ms.Tensor(np.asarray(value), dtype=params[name].dtype))
+
+
+def momentum_sgd(params: Sequence[ms.Parameter], lr: float, momentum: float, weight_decay: float) -> nn.Momentum:
+    """``nn.Momentum`` as ``torch.optim.SGD(params, lr, momentum, weight_decay=weight_decay)``: the decay given per
+    group, because ``nn.Momentum(weight_decay=<float>)`` skips every ``gamma`` / ``beta`` (torch decays all)."""
+    return nn.Momentum([{"params": list(params), "weight_decay": weight_decay}], learning_rate=lr, momentum=momentum)
+
+
 class Objective(nn.Cell):
-    """The network's outputs and the loss of :mod:`parity.objective`, from ``(*inputs, *loss_args)``."""
+    """The network's outputs and the loss of :mod:`parity.engine.loss`, from ``(*inputs, *loss_args)``."""
 
     def __init__(self, net: nn.Cell, n_inputs: int, loss: str) -> None:
         super().__init__(auto_prefix=False)
         self.net, self.n_inputs, self.cross_entropy = net, n_inputs, loss == CROSS_ENTROPY
-        self.ce = make_loss()
+        # torch's cross_entropy in log-space (SoftmaxCrossEntropyWithLogits returns inf once a softmax underflows)
+        self.ce = nn.CrossEntropyLoss(reduction="mean")
 
     def construct(self, *args):
         out = self.net(*args[:self.n_inputs])
@@ -67,7 +93,7 @@ class MindSporeSide:
                                                get_by_list=True)
 
     def reset(self) -> None:
-        load_state_into(self.net, self.state, strict=True)
+        load_weights(self.net, self.state)
 
     def _torch_names(self, arrays: Mapping[str, np.ndarray]) -> Arrays:
         return {self.ms_to_torch[k]: v for k, v in arrays.items()}
@@ -82,7 +108,7 @@ class MindSporeSide:
 
     def _train_mode(self, cell: nn.Cell, train: bool) -> None:
         """``cell.set_train(train)`` with every ``nn.Dropout`` of the net left in eval mode (identity): see
-        ``DROPOUT_NOTE`` in :mod:`parity.api`."""
+        ``DROPOUT_NOTE`` in :mod:`parity.engine.comparison`."""
         cell.set_train(train)
         for _, child in self.net.cells_and_names():
             if isinstance(child, nn.Dropout):
@@ -114,7 +140,7 @@ class MindSporeSide:
 
     def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
                         weight_decay: float) -> Arrays:
-        """The same steps with this project's momentum SGD (torch's weight-decay semantics, see ms_transfer.optim)."""
+        """The same steps with MindSpore's momentum SGD set up as torch's (:func:`momentum_sgd`)."""
         self.reset()
         params = self.net.trainable_params()
         before = {p.name: p.asnumpy().copy() for p in params}
@@ -123,10 +149,10 @@ class MindSporeSide:
             opt(tuple(self.tensor(step_grads[self.ms_to_torch[p.name]]) for p in params))
         return self._torch_names({p.name: p.asnumpy() - before[p.name] for p in params})
 
-    # --- localisation (parity.localize; PYNATIVE only: hooks do not run in GRAPH mode) -------------------------
+    # --- localisation (parity.engine.localization; PYNATIVE only: hooks do not run in GRAPH mode) -------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
-        """As :meth:`parity.torch_side.TorchSide.trace`, on the cells ``names``."""
+        """As :meth:`parity.engine.torch_side.TorchSide.trace`, on the cells ``names``."""
         self.reset()
         self._train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())

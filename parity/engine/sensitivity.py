@@ -14,7 +14,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from .compare import Floor, as_named, compare_to_floor
+from .tolerance import Floor, as_named, compare_to_floor
 
 EPS_MIN, EPS_MAX = 1e-9, 1.0
 #: bisection steps on log10(eps): 20 steps narrow the 9-decade interval to ~1e-5 decades (0.002% in eps)
@@ -51,7 +51,7 @@ def smallest_detected(fails: Callable[[float], bool]) -> float:
 
 def sensitivity(check: str, ms, ref, floor: Floor, scale_ref=None) -> Sensitivity:
     """Detection power of ``check`` for this run's port output ``ms`` against ``ref`` and its measured ``floor``
-    (see the module docstring; ``scale_ref`` as for :func:`parity.compare.compare_to_floor`)."""
+    (see the module docstring; ``scale_ref`` as for :func:`parity.engine.tolerance.compare_to_floor`)."""
     ms_d = as_named(ms)
     names = [n for n in as_named(ref) if np.any(as_named(ref)[n])]
     middle = names[len(names) // 2]

@@ -1,5 +1,5 @@
-"""Shared starting point of a parity run: seeded torchvision weights with realistic BN statistics,
-the same weights converted for MindSpore, and the same inputs."""
+"""A problem of the suite, the shared starting point of a parity run: seeded torchvision weights with realistic BN
+statistics, the same weights converted for MindSpore, and the same inputs."""
 from __future__ import annotations
 
 import math
@@ -16,13 +16,13 @@ from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.tasks import num_outputs
 from torch_reference.models import build_model, numpy_state
 
-from .objective import generated_tensor
+from ..engine.bundle import generated_tensor
 
 
 @dataclass
 class Problem:
     """Weights (both namings) and one labelled batch; ``generated`` gives the generator spec (see
-    :func:`parity.objective.generated_tensor`) of every weight that a reference bundle need not store."""
+    :func:`parity.engine.bundle.generated_tensor`) of every weight that a reference bundle need not store."""
 
     arch: str
     num_classes: int

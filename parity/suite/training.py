@@ -4,14 +4,14 @@
 training loop) are built
 from one :class:`~ms_transfer.core.config.TrainConfig` per regime, start from the same weights and see the same
 batches (no random augmentation). Compared after ``N`` steps, against the float64 torch reference with the
-noise-floor rule of :mod:`parity.compare` (floor = jittered torch float32 runs of the same trainer):
+noise-floor rule of :mod:`parity.engine.tolerance` (floor = jittered torch float32 runs of the same trainer):
 
 * the loss of every step (computed before that step's update),
 * the update of every parameter (after - before; frozen ones must stay exactly 0),
 * the update of every BatchNorm running statistic.
 
 Updates rather than values are compared because the jitter of the floor samples (``2^-17`` relative, see
-:mod:`parity.compare`) would otherwise dominate the floor and hide any update-rule mistake smaller than it.
+:mod:`parity.engine.tolerance`) would otherwise dominate the floor and hide any update-rule mistake smaller than it.
 
 Regimes: ``finetune`` (all trainable, batch-statistics BN), ``fixed_feature`` (trunk frozen, its BNs in eval
 mode, only the head module trains: ``fc``, a VGG's ``classifier``), ``partial`` (ResNets: ``layer4`` + ``fc``
@@ -22,7 +22,7 @@ schedule all reach the compared numbers. :func:`regimes_for` picks the regimes t
 
 Dropout is switched off in both trainers (``p = 0``: the layers pass their input through): the frameworks draw
 different masks, so an active dropout would make the two runs differ by O(1). The dropout layers themselves are
-checked by ``python -m parity`` without ``--train-steps`` (:mod:`parity.dropout`).
+checked by ``python -m parity`` without ``--train-steps`` (:mod:`parity.engine.dropout`).
 
 Hyper-parameters, measured on ResNet18 at 64 px with 3 steps:
 
@@ -31,7 +31,7 @@ Hyper-parameters, measured on ResNet18 at 64 px with 3 steps:
   could stand out; at 1e-3 (batch 4) it is ~1e-5 and correct ports stay at ratio <= 1.
 * ``weight_decay = 2e-2`` (a strong value for finetuning, chosen for the check): decay adds ``lr * wd * gamma``
   to a BN gamma's update, next to ``lr * grad``. A decay applied to the wrong tensors (MindSpore's default
-  ``nn.Momentum`` skipping gamma/beta) gave, over seeds 0-3 with the seeded numpy weights of ``parity.setup``:
+  ``nn.Momentum`` skipping gamma/beta) gave, over seeds 0-3 with the seeded numpy weights of ``parity.suite.problems``:
   wd 1e-4 -> L2 ratio ~3 (below the bound 4); wd 5e-3 -> L2 ratio 15-21, scale ratio 2.5-4.9; wd 2e-2 -> L2 ratio
   17-25, scale ratio 30-100 (the scale statistic measures exactly that systematic missing term). Correct ports
   stay at ratio <= 0.95 with 2e-2 on the same seeds.
@@ -49,7 +49,7 @@ from ms_transfer.core.naming import head_names
 from ms_transfer.core.recipe import plan_stages, stage_lrs
 
 if TYPE_CHECKING:
-    from .setup import Problem
+    from .problems import Problem
 
 #: regime -> TrainConfig overrides
 REGIMES: Mapping[str, Dict] = {
@@ -126,7 +126,7 @@ def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: B
                    dtype: str, step: Optional[Callable] = None) -> Result:
     """``len(batches)`` steps of ``TorchBackend`` in ``dtype`` (float64: the reference; float32: a floor sample).
     ``step(trainer, model, x, y)`` takes one optimizer step and returns its loss (default: the trainer's own
-    ``train_step``; ``parity.data_parallel`` passes its per-rank-slice step)."""
+    ``train_step``; ``parity.suite.data_parallel`` passes its per-rank-slice step)."""
     import torch
 
     from torch_reference.backend import TorchBackend

@@ -11,7 +11,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .objective import CROSS_ENTROPY, CallRecorder, flatten, output_names
+from .localization import CallRecorder
+from .loss import CROSS_ENTROPY, flatten, output_names
 
 Arrays = Dict[str, np.ndarray]
 
@@ -46,7 +47,8 @@ def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray
 
 
 def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in :mod:`parity.api`."""
+    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in
+    :mod:`parity.engine.comparison`."""
     for m in module.modules():
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.eval()
@@ -106,7 +108,7 @@ class TorchSide:
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
               masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Arrays:
         """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
-        ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.masks`)."""
+        ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
         handles = _force_masks(m, masks, self.dtype) if masks else []
         self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
@@ -131,11 +133,11 @@ class TorchSide:
             opt.step()
         return {k: (p.detach() - before[k]).numpy() for k, p in params.items()}
 
-    # --- localisation (parity.localize) ---------------------------------------------------------------------
+    # --- localisation (parity.engine.localization) -----------------------------------------------------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
         """One forward with hooks on the modules ``names``: ``[(name, call index, inputs, outputs)]`` as
-        :class:`~parity.objective.CallRecorder` keeps them (call order; a module used twice appears twice)."""
+        :class:`~parity.engine.localization.CallRecorder` keeps them (call order; a module used twice appears twice)."""
         m = self.model(train=train)
         modules = dict(m.named_modules())
         recorder, handles = CallRecorder(), []

@@ -1,9 +1,9 @@
 """The dropout check: each dropout layer of the port, run alone in train mode, against torch's definition.
 
-The numerical checks of :mod:`parity.api` run with dropout as the identity (``DROPOUT_NOTE``): the frameworks
-draw different random masks, so an active dropout would put O(1) noise in both the port and the float32 floor
-and hide every bug. What that leaves unchecked -- the drop probability and the ``1 / (1 - p)`` scaling of the
-kept elements -- is checked here, statistically, layer by layer:
+The numerical checks of :mod:`parity.engine.comparison` run with dropout as the identity (``DROPOUT_NOTE``):
+the frameworks draw different random masks, so an active dropout would put O(1) noise in both the port and the
+float32 floor and hide every bug. What that leaves unchecked -- the drop probability and the ``1 / (1 - p)``
+scaling of the kept elements -- is checked here, statistically, layer by layer:
 
 * the k-th dropout cell of the port (``mindspore.nn.Dropout``, in ``cells_and_names`` order) is paired with the
   k-th dropout module of the torch model (``named_modules`` order); different counts fail the check;
@@ -25,7 +25,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .compare import FP32_UNIT_ROUNDOFF, K, CheckResult, failed
+from .report import CheckResult
+from .tolerance import FP32_UNIT_ROUNDOFF, K, failed
 
 SAMPLES = 1 << 20
 SIGMAS = 6.0
