@@ -17,12 +17,7 @@ PACKAGES = ("ms_transfer", "parity", "torch_reference")
 FRAMEWORKS = ("mindspore", "torch", "torchvision")
 ISA_VAR = "ONEDNN_MAX_CPU_ISA"
 
-#: import circles being removed in another branch of issue 20: the lead empties this after merging (an entry that
-#: no longer occurs fails the test, so the list cannot go stale)
-KNOWN_CYCLES: Set[FrozenSet[str]] = {
-    frozenset({"parity.api", "parity.localize"}),   # broken by the parity engine/suite split
-}
-#: (the core's framework-neutrality, function-local and dynamic imports included: tests/test_backend_protocol.py)
+# (the core's framework-neutrality, function-local and dynamic imports included: tests/test_backend_protocol.py)
 #: the one module allowed to change the process environment at import (see its docstring)
 PREPARE_MODULE = "ms_transfer.context"
 
@@ -123,12 +118,9 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_local_import():
 
 
 def test_no_import_cycles_counting_function_local_imports():
-    cycles = _cycles(_graph())
-    new = sorted(sorted(c) for c in cycles - KNOWN_CYCLES)
-    assert not new, (f"import circles (function-local imports count): {new}. Move what both sides need into a "
-                     f"module below them (as ms_transfer.core.layout / presets were for core.data/download/weights)")
-    gone = sorted(sorted(c) for c in KNOWN_CYCLES - cycles)
-    assert not gone, f"these circles are gone: remove them from KNOWN_CYCLES in {__file__}: {gone}"
+    cycles = sorted(sorted(c) for c in _cycles(_graph()))
+    assert not cycles, (f"import circles (function-local imports count): {cycles}. Move what both sides need into a "
+                        f"module below them (as ms_transfer.core.layout / presets were for core.data/download/weights)")
 
 
 def _top_level(tree: ast.Module) -> Iterator[ast.AST]:
