@@ -20,9 +20,10 @@ The cap is one environment variable with two spellings (:data:`ISA_VARS`): oneDN
 * :func:`probe` measures it: a 3x3 conv (64 channels, 56x56, batch 4: ResNet's first stage) forward + both
   backwards in a subprocess per ISA (oneDNN reads the cap once per process), with the verbose log naming the ISA
   in effect and the implementation oneDNN picked (a cap the log does not show is an error, not a measurement);
-  the probe overrides the rule only when the other setting is at least :data:`OVERRIDE_MARGIN` faster, and its
-  choice is cached under ``~/.cache/ms_transfer/onednn`` (``MS_TRANSFER_CACHE`` moves it). The training CLI
-  probes once per machine and MindSpore version (:func:`ensure_probed`, a few seconds) and logs the conv path.
+  :func:`measure` interleaves :data:`PROBE_RUNS` probes per ISA and compares medians, which override the rule only
+  when the other setting is at least :data:`OVERRIDE_MARGIN` faster; the choice is cached under
+  ``~/.cache/ms_transfer/onednn`` (``MS_TRANSFER_CACHE`` moves it). The training CLI probes once per machine and
+  MindSpore version (:func:`ensure_probed`, 10-30 s) and logs the conv path.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,9 @@ CANDIDATES = ("AVX2", "ALL")
 #: varies by +-15% on a loaded 2-core machine, a CPU where the choice matters shows far more (oneDNN 3 on AVX-512:
 #: ~40x)
 OVERRIDE_MARGIN = 1.10
+#: probe subprocesses per candidate, interleaved (AVX2, none, none, AVX2, ...), each candidate's median compared:
+#: one probe under other processes' load varied 10-31 GFLOP/s here, and a single pair picked the cap by chance
+PROBE_RUNS = 3
 #: bumped whenever the rule or the way a cap is applied changes, so a cached decision made under the old one is
 #: not reused (2: the cap is written as DNNL_ too; before, MindSpore 2.7.2's probe compared no cap with no cap)
 RULE_VERSION = 2
@@ -81,8 +86,9 @@ class Decision:
         lines = [f"oneDNN {self.onednn or '(not found)'}: {cap} ({self.reason})"]
         for isa, m in self.probe.items():
             impls = ", ".join(sorted(set(m.get("impls", {}).values()))) or "?"
-            lines.append(f"  conv probe {isa}: {m.get('gflops', float('nan')):.1f} GFLOP/s via {impls} "
-                         f"(isa: {m.get('isa', '?')})")
+            runs = ", ".join(f"{g:.1f}" for g in m.get("runs", []))
+            lines.append(f"  conv probe {isa}: {m.get('gflops', float('nan')):.1f} GFLOP/s (median of {runs}) via "
+                         f"{impls} (isa: {m.get('isa', '?')})")
         return "\n".join(lines)
 
 
@@ -169,7 +175,7 @@ def _measured(cache_file: Path) -> str:
 def _cache_file(onednn: Optional[str]) -> Path:
     info = cpu()
     key = hashlib.sha256(f"{_mindspore_version()}|{onednn}|{info['model']}|{info['flags']}|{OVERRIDE_MARGIN}|"
-                         f"{RULE_VERSION}|{ISA_VARS}|{_PROBE}".encode()).hexdigest()[:16]   # changed: measure again
+                         f"{RULE_VERSION}|{ISA_VARS}|{PROBE_RUNS}|{_PROBE}".encode()).hexdigest()[:16]   # changed: measure again
     root = Path(os.environ.get("MS_TRANSFER_CACHE", Path.home() / ".cache" / "ms_transfer")).expanduser()
     return root / "onednn" / f"{key}.json"
 
@@ -219,6 +225,17 @@ def probe(isa: str, timeout: float = 300) -> Dict:
     return result
 
 
+def measure(runs: int = PROBE_RUNS) -> Dict[str, Dict]:
+    """``runs`` probes per candidate, interleaved so that load drift hits both alike; per candidate the last probe's
+    fields with ``gflops`` the median and ``runs`` every probe's GFLOP/s."""
+    found: Dict[str, list] = {isa: [] for isa in CANDIDATES}
+    for i in range(runs):
+        for isa in CANDIDATES if i % 2 == 0 else CANDIDATES[::-1]:
+            found[isa].append(probe(isa))
+    return {isa: {**probes[-1], "gflops": statistics.median(m["gflops"] for m in probes),
+                  "runs": [m["gflops"] for m in probes]} for isa, probes in found.items()}
+
+
 def ensure_probed(user_isa: Optional[str] = None, log=print) -> Decision:
     """Probe and cache the choice unless the user chose an ISA, the CPU has no AVX-512 or it is cached; returns
     the decision (the caller applies it before MindSpore's first kernel: :func:`ms_transfer.context.prepare_onednn`)."""
@@ -226,7 +243,7 @@ def ensure_probed(user_isa: Optional[str] = None, log=print) -> Decision:
     if current.probe or user_isa or not cpu()["avx512"]:
         return current
     log("Measuring MindSpore's convolution with and without the oneDNN AVX2 cap (once per machine and version) ...")
-    measured = {isa: probe(isa) for isa in CANDIDATES}
+    measured = measure()
     path = _cache_file(current.onednn)
     decision = Decision(probed_choice(current.isa, measured), _measured(path), current.onednn, measured)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,3 +42,18 @@ def test_a_decision_cached_under_an_older_rule_is_not_reused(monkeypatch, tmp_pa
     assert current.parent == tmp_path / "onednn"
     monkeypatch.setattr(onednn, "RULE_VERSION", onednn.RULE_VERSION - 1)
     assert onednn._cache_file("2.2.0") != current
+
+
+def test_the_probe_interleaves_the_candidates_and_compares_medians(monkeypatch):
+    calls = []
+    gflops = {"AVX2": iter([30.0, 12.0, 29.0]), "ALL": iter([31.0, 30.0, 10.0])}   # one loaded run each
+
+    def fake_probe(isa):
+        calls.append(isa)
+        return {"gflops": next(gflops[isa]), "impls": {"forward_training": "gemm:jit"}, "isa": isa}
+    monkeypatch.setattr(onednn, "probe", fake_probe)
+    measured = onednn.measure(3)
+    assert calls == ["AVX2", "ALL", "ALL", "AVX2", "AVX2", "ALL"]   # load drift hits both alike
+    assert measured["AVX2"]["gflops"] == 29.0 and measured["ALL"]["gflops"] == 30.0
+    assert measured["AVX2"]["runs"] == [30.0, 12.0, 29.0]
+    assert onednn.probed_choice(None, measured) is None   # the last pair alone (29 vs 10) would say AVX2
