@@ -44,9 +44,9 @@ ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 ISA_VAR = ISA_VARS[0]   # the name shown in logs
 #: the ISAs the probe compares: the AVX2 cap, and oneDNN's own choice (no cap)
 CANDIDATES = ("AVX2", "ALL")
-#: the probe overrides the rule only when the other setting is this much faster on its single conv: one probe
-#: varies by +-15% on a loaded 2-core machine, a CPU where the choice matters shows far more (oneDNN 3 on AVX-512:
-#: ~40x)
+#: the probe overrides the rule only when the other setting is this much faster on its single conv: on the loaded
+#: 2-core AMD EPYC here one interleaved pair's ratio ranged 0.83-1.22 with equal kernels (oneDNN 2.2: median 0.95);
+#: a CPU where the choice matters shows far more (oneDNN 3 on AVX-512: ~40x)
 OVERRIDE_MARGIN = 1.10
 #: probe subprocesses per candidate, interleaved (AVX2, none, none, AVX2, ...), each candidate's median compared:
 #: one probe under other processes' load varied 10-31 GFLOP/s here, and a single pair picked the cap by chance
