@@ -34,12 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from . import onednn   # reads MindSpore's libdnnl without importing MindSpore
+
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
 ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
 WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast", "cached_head")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
-#: above the AVX2 peak); MindSpore is capped at AVX2 (ms_transfer/context.py), so its own ceiling is lower.
+#: above the AVX2 peak); MindSpore with oneDNN 3 is capped at AVX2 (ms_transfer/onednn.py), its ceiling is lower.
 FLOPS_PER_CYCLE_AVX2 = 32
 FLOPS_PER_CYCLE_AVX512 = 64
 
@@ -76,14 +78,13 @@ def _versions() -> Dict:
     importing MindSpore, which applies the decision in each engine's own process)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import onednn
     found = {}
     for package in ("mindspore", "torch"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = None
-    decision = onednn.decide(os.environ.get(onednn.ISA_VAR))
+    decision = onednn.decide(onednn.user_isa())
     found["onednn"] = decision.onednn
     found["onednn_isa_cap"] = decision.isa
     found["onednn_decision"] = decision.reason
@@ -98,8 +99,7 @@ def machine_info() -> Dict:
     limit is an estimate of peak, good for "how far from the hardware" rather than an exact roofline.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    from .onednn import cpu
-    info = cpu()   # the one /proc/cpuinfo reader
+    info = onednn.cpu()   # the one /proc/cpuinfo reader
     mhz, model, flags, avx512 = info["mhz"], info["model"] or platform.processor(), info["flags"], info["avx512"]
     per_cycle = FLOPS_PER_CYCLE_AVX512 if avx512 else FLOPS_PER_CYCLE_AVX2
     return {"cores": cores, "cpu_mhz": mhz, "cpu": model, "avx2": " avx2" in flags, "avx512f": avx512,
@@ -256,12 +256,13 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
 def _worker_main(engine: str, cfg_json: str) -> None:
     cfg = BenchConfig(**json.loads(cfg_json))
     if engine == "torch_avx2":  # torch under MindSpore's cap, to separate ISA from framework overhead
-        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+        if not onednn.user_isa():
+            os.environ.update(onednn.cap_environ("AVX2"))
     elif engine.startswith("ms_"):
         from .context import apply_onednn_cap
         apply_onednn_cap()  # what every MindSpore process of this package does (ms_transfer/context.py)
     # plain "torch" runs at its best: its own oneDNN is faster with AVX-512 and nothing here caps it
-    print(f"BENCH_ISA {os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL')}", file=sys.stderr)
+    print(f"BENCH_ISA {onednn.user_isa() or 'ALL'}", file=sys.stderr)
     if engine.startswith("torch"):
         result = _torch_worker(cfg)
     else:

@@ -4,7 +4,8 @@ MindSpore 2.9/2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on 
 reference kernel (measured here, any AVX512_* level: ~1 GFLOP/s vs ~60-110 GFLOP/s at AVX2 for a 3x3 conv, i.e.
 ~100x slower training, on Intel Xeon and AMD EPYC alike); MindSpore 2.7.2's oneDNN v2.2.0 does not. Whether to cap
 is decided by :mod:`ms_transfer.onednn` from the bundled oneDNN version, the CPU and a cached measured probe; a
-value the user exported wins.
+value the user exported wins. A cap is written under both of its spellings (``ONEDNN_MAX_CPU_ISA``,
+``DNNL_MAX_CPU_ISA``: oneDNN 2.2 reads only the second, see :data:`ms_transfer.onednn.ISA_VARS`).
 
 This is the only module of the project that changes the environment at import. oneDNN reads the variable lazily,
 at its first kernel, not when MindSpore is imported (checked by tests/test_imports.py), so importing this module
@@ -23,22 +24,28 @@ import mindspore as ms
 from . import onednn
 
 ONEDNN_ISA_VAR = onednn.ISA_VAR
-#: the ISA the user exported before this package touched the variable (theirs always wins)
-USER_ISA = os.environ.get(ONEDNN_ISA_VAR) or None
+ONEDNN_ISA_VARS = onednn.ISA_VARS
+#: the ISA the user exported under either spelling before this package touched them (theirs always wins)
+USER_ISA = onednn.user_isa()
 #: the decision applied in this process (see :mod:`ms_transfer.onednn`)
 DECISION: "onednn.Decision | None" = None
 
 
 def apply_onednn_cap(decision: "onednn.Decision | None" = None) -> "onednn.Decision":
-    """Apply ``decision`` (default: :func:`ms_transfer.onednn.decide`); the user's own ISA is never changed."""
+    """Apply ``decision`` (default: :func:`ms_transfer.onednn.decide`) under both spellings of the cap. The user's
+    own ISA is never changed: it is only copied to the spelling they left unset, so that it holds whichever
+    spelling the bundled oneDNN reads (2.2 reads only ``DNNL_``)."""
     global DECISION
     DECISION = decision or onednn.decide(USER_ISA)
     if USER_ISA:
+        for var, isa in onednn.cap_environ(USER_ISA).items():
+            os.environ.setdefault(var, isa)
         return DECISION
     if DECISION.isa:
-        os.environ[ONEDNN_ISA_VAR] = DECISION.isa
+        os.environ.update(onednn.cap_environ(DECISION.isa))
     else:
-        os.environ.pop(ONEDNN_ISA_VAR, None)   # a measured "no cap" replaces the rule's cap set at import
+        for var in ONEDNN_ISA_VARS:   # a measured "no cap" replaces a cap applied earlier in this process
+            os.environ.pop(var, None)
     return DECISION
 
 

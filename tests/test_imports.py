@@ -12,10 +12,12 @@ import textwrap
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Set, Tuple
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ms_transfer", "parity", "torch_reference")
 FRAMEWORKS = ("mindspore", "torch", "torchvision")
-ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # oneDNN 3 reads both, oneDNN 2.2 (MindSpore 2.7.2) the second
 
 # (the core's framework-neutrality, function-local and dynamic imports included: tests/test_backend_protocol.py)
 #: the one module allowed to change the process environment at import (see its docstring)
@@ -188,7 +190,7 @@ conv(ms.Tensor(np.ones((1, 4, 8, 8), np.float32))).asnumpy()
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in (ISA_VAR, "DNNL_MAX_CPU_ISA")}
+    clean = {k: v for k, v in os.environ.items() if k not in ISA_VARS}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                             cwd=ROOT, env={**clean, **env}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,11 +216,70 @@ def test_importing_the_models_applies_the_onednn_decision_whatever_came_first():
             {first}
             from ms_transfer.models import create_model
             from ms_transfer import onednn
-            print("ISA", os.environ.get({ISA_VAR!r}), onednn.decide(None).isa)
+            print("ISA", *[os.environ.get(var) for var in {ISA_VARS!r}], onednn.decide(None).isa)
         """)
         line = next(line for line in out.stdout.splitlines() if line.startswith("ISA "))
-        applied, decided = line.split()[1:]
-        assert applied == decided, (first, line)
+        *applied, decided = line.split()[1:]
+        assert applied == [decided] * len(ISA_VARS), (first, line)
+
+
+def _cap_below_this_cpu() -> Tuple[str, str]:
+    """A cap under this CPU's own ISA and the name oneDNN's verbose log gives it: AVX2 where the CPU has AVX-512
+    (the cap the project applies), else SSE4.1 (below every x86-64 CPU's own)."""
+    avx512 = " avx512f" in Path("/proc/cpuinfo").read_text()
+    return ("AVX2", "AVX2") if avx512 else ("SSE41", "SSE4.1")
+
+
+def _isa_in_effect(out: subprocess.CompletedProcess) -> str:
+    """The ISA oneDNN's verbose log reports (``dnnl_verbose,info,cpu,isa:`` or its oneDNN 3 spelling)."""
+    isa = [line.split(",info,cpu,isa:", 1)[1] for line in out.stdout.splitlines() if ",info,cpu,isa:" in line]
+    assert isa, out.stdout[-2000:]
+    return isa[0]
+
+
+def test_a_decided_cap_is_the_isa_oneDNN_runs():
+    """The decision applied by ``ms_transfer.context`` is the one MindSpore's oneDNN runs, not just the one logged:
+    with the decision forced to a cap, a conv's verbose log reports that ISA (not AVX-512). Before the cap was
+    written as ``DNNL_MAX_CPU_ISA`` too, MindSpore 2.7.2's oneDNN 2.2 ignored it and reported AVX-512."""
+    cap, shown = _cap_below_this_cpu()
+    out = _python(textwrap.dedent(f"""
+        from ms_transfer import onednn
+        onednn.decide = lambda user_isa=None: onednn.Decision({cap!r}, "forced by the test")
+        import ms_transfer.context
+        assert ms_transfer.context.DECISION.isa == {cap!r}
+    """) + _CONV, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+    isa = _isa_in_effect(out)
+    assert shown in isa and "AVX-512" not in isa, isa
+
+
+@pytest.mark.parametrize("user_var", ISA_VARS)
+def test_a_users_cap_under_either_spelling_is_the_isa_oneDNN_runs(user_var):
+    """A cap the user exported under either spelling wins over the decision and holds whichever spelling the
+    bundled oneDNN reads (it is copied to the unset one, never overwritten)."""
+    cap, shown = _cap_below_this_cpu()
+    out = _python(textwrap.dedent(f"""
+        import os
+        from ms_transfer.models import create_model
+        from ms_transfer import context
+        assert context.USER_ISA == {cap!r} and context.DECISION.reason == "set by the user", context.DECISION
+        print("VARS", *[os.environ.get(var) for var in {ISA_VARS!r}])
+    """) + _CONV, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1", **{user_var: cap})
+    assert f"VARS {cap} {cap}" in out.stdout, out.stdout[-2000:]
+    isa = _isa_in_effect(out)
+    assert shown in isa and "AVX-512" not in isa, isa
+
+
+def test_a_users_cap_is_never_overwritten():
+    """Both spellings exported with different values: the package changes neither (each oneDNN reads its own)."""
+    out = _python(f"""
+        import os
+        import ms_transfer.context
+        from ms_transfer.context import apply_onednn_cap
+        from ms_transfer import onednn
+        apply_onednn_cap(onednn.Decision("AVX2", "a decision the user's export must beat"))
+        print("VARS", *[os.environ.get(var) for var in {ISA_VARS!r}])
+    """, ONEDNN_MAX_CPU_ISA="SSE41", DNNL_MAX_CPU_ISA="AVX")
+    assert "VARS SSE41 AVX" in out.stdout, out.stdout[-2000:]
 
 
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):

@@ -60,17 +60,18 @@ def test_core_imports_neither_framework():
 
 
 def test_torch_side_never_loads_mindspore_and_the_package_has_no_side_effects():
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
     result = _python("""
         import os, sys
         import ms_transfer, ms_transfer.core.loop
-        assert "ONEDNN_MAX_CPU_ISA" not in os.environ, "import ms_transfer changed the environment"
+        caps = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # the cap's two spellings (ms_transfer.onednn)
+        assert not set(caps) & set(os.environ), "import ms_transfer changed the environment"
         import torch_reference.train, torch_reference.evaluate
         assert not [m for m in sys.modules if m.split(".")[0] == "mindspore"], "MindSpore was imported"
-        assert "ONEDNN_MAX_CPU_ISA" not in os.environ
+        assert not set(caps) & set(os.environ)
         import ms_transfer.models  # the MindSpore side applies its oneDNN decision itself (ms_transfer.onednn)
         from ms_transfer import context
-        assert os.environ.get("ONEDNN_MAX_CPU_ISA") == context.DECISION.isa, context.DECISION
+        assert all(os.environ.get(var) == context.DECISION.isa for var in caps), context.DECISION
         print("ok")
     """, cwd=ROOT, env=env)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
@@ -246,7 +247,8 @@ def test_torch_frozen_trunk_uses_the_feature_cache_and_trains_the_same(data_dir,
 
 def test_onednn_cap_follows_the_bundled_version_the_cpu_and_the_user():
     """The cap is decided, not assumed (ms_transfer.onednn): the user's ISA wins; no AVX-512, no cap; an unprobed
-    machine gets the rule from the measured versions (AVX2); a cached probe decides (no cap only if clearly faster)."""
+    machine gets the rule from the measured versions (oneDNN >= 3: AVX2, 2.x: none); a cached probe decides (the
+    rule's choice unless the other is clearly faster)."""
     from ms_transfer import onednn
 
     version = onednn.bundled_onednn()
@@ -255,9 +257,11 @@ def test_onednn_cap_follows_the_bundled_version_the_cpu_and_the_user():
     decision = onednn.decide(None)
     if not onednn.cpu()["avx512"]:
         assert decision.isa is None
-    elif not decision.probe:   # the rule until a probe: AVX2 (see ms_transfer.onednn)
-        assert decision.isa == "AVX2"
-    else:   # measured: no cap only when clearly faster (onednn.UNCAPPED_MARGIN)
-        uncapped = decision.probe["ALL"]["gflops"] >= onednn.UNCAPPED_MARGIN * decision.probe["AVX2"]["gflops"]
-        assert decision.isa == (None if uncapped else "AVX2")
+    elif not decision.probe:   # the rule until a probe (see ms_transfer.onednn.rule)
+        assert decision.isa == ("AVX2" if int(version.split(".")[0]) >= 3 else None)
+    else:   # measured: the rule's choice unless the other is clearly faster (onednn.OVERRIDE_MARGIN)
+        ruled = onednn.rule(version).isa or "ALL"
+        other = "ALL" if ruled == "AVX2" else "AVX2"
+        overridden = decision.probe[other]["gflops"] >= onednn.OVERRIDE_MARGIN * decision.probe[ruled]["gflops"]
+        assert (decision.isa or "ALL") == (other if overridden else ruled)
     assert f"oneDNN {version}" in decision.describe()
