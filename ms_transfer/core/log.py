@@ -17,7 +17,7 @@ import logging
 import sys
 
 __all__ = ["ROOT_LOGGER", "ConsoleHandler", "setup_logging", "ensure_logging", "add_verbosity_flags",
-           "verbosity"]
+           "verbosity", "parse_args", "progress_to_stderr"]
 
 #: the logger every core module logs under (``ms_transfer.core.loop``, ``ms_transfer.core.runlock``, ...)
 ROOT_LOGGER = "ms_transfer"
@@ -70,3 +70,18 @@ def verbosity(args) -> int:
     """-1, 0 or 1 from the parsed ``--quiet`` / ``--verbose`` flags (a namespace or a dict)."""
     values = args if isinstance(args, dict) else vars(args)
     return -1 if values.get("quiet") else 1 if values.get("verbose") else 0
+
+
+def progress_to_stderr(text: str) -> None:
+    """A CLI's progress line on stderr (stdout holds its result), unless ``--quiet``."""
+    if logging.getLogger(ROOT_LOGGER).isEnabledFor(logging.INFO):
+        print(text, file=sys.stderr, flush=True)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """A CLI's ``parser.parse_args(argv)`` with ``--quiet`` / ``--verbose`` added and the console logging set up
+    by them (:func:`setup_logging`)."""
+    add_verbosity_flags(parser)
+    args = parser.parse_args(argv)
+    setup_logging(verbosity(args))
+    return args

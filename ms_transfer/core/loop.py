@@ -131,10 +131,10 @@ class _Run:
         if dist.enabled:  # the same count on every rank: global batches of world_size * batch_size
             _, self.steps, left_out = shard_epoch(range(len(train)), cfg.batch_size, dist.rank, dist.world_size)
             log.info(f"Data parallel: {dist.world_size} ranks x batch {cfg.batch_size} = global batch "
-                  f"{dist.world_size * cfg.batch_size}, {self.steps} steps per epoch; each rank trains on its slice of "
-                  "every global batch" + (f"; {left_out} sample(s) per epoch (train size mod {dist.world_size}, a "
-                                          "different one each epoch) left out so that all ranks hold as many"
-                                          if left_out else ""))
+                     f"{dist.world_size * cfg.batch_size}, {self.steps} steps per epoch; each rank trains on its slice "
+                     "of every global batch" + (f"; {left_out} sample(s) per epoch (train size mod {dist.world_size}, "
+                                                "a different one each epoch) left out so that all ranks hold as many"
+                                                if left_out else ""))
         else:
             self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
@@ -185,9 +185,10 @@ class _Run:
         if self.backend.frozen_trunk_reason() is not None:
             return
         if self.dist.enabled and self.cfg.feature_cache != "off":
-            log.info("Feature cache: off under data parallelism (each rank trains on a different part of the train set "
-                  "every epoch, so no rank could fill a cache of the whole set without an extra trunk pass, and the "
-                  "ranks would write one cache file at once); the frozen trunk runs as inference every epoch")
+            log.info("Feature cache: off under data parallelism (each rank trains on a different part of the train "
+                     "set every epoch, so no rank could fill a cache of the whole set without an extra trunk pass, "
+                     "and the ranks would write one cache file at once); the frozen trunk runs as inference every "
+                     "epoch")
             return
         if self.cfg.feature_cache == "off":
             log.info("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
