@@ -101,16 +101,20 @@ def _events(log_dir):
 @pytest.mark.parametrize("framework", ["mindspore", "torch"])
 def test_tensorboard_flag_writes_loss_lr_and_epoch_scalars(data_dir, tmp_path, capsys, framework):
     """``--tensorboard DIR`` through each trainer's CLI: per-step loss and LR (the cosine schedule's), per-epoch
-    losses and accuracy equal to ``metrics.jsonl``; the torch run is ``--quiet`` (no epoch lines, no report)."""
+    losses and accuracy equal to ``metrics.jsonl``; the torch run is ``--quiet`` (no epoch lines, no report), the
+    MindSpore one ``--verbose`` (the debug lines too)."""
     from ms_transfer.train import main as ms_main
     from torch_reference.train import main as torch_main
     cfg = small_config(data_dir, tmp_path / "run", epochs=2, schedule="cosine", num_workers=0)
     save_config(cfg, tmp_path / "run.yaml")
-    quiet = ["--quiet"] if framework == "torch" else []
+    level = {"mindspore": "--verbose", "torch": "--quiet"}[framework]
     main = {"mindspore": ms_main, "torch": torch_main}[framework]
-    assert main(["--config", str(tmp_path / "run.yaml"), "--tensorboard", str(tmp_path / "tb"), *quiet]) == 0
+    assert main(["--config", str(tmp_path / "run.yaml"), "--tensorboard", str(tmp_path / "tb"), level]) == 0
     out = capsys.readouterr().out
-    assert ("epoch 2/2 [finetune]" in out and "Done: best val accuracy" in out) is (framework == "mindspore")
+    shown = framework == "mindspore"
+    assert ("epoch 2/2 [finetune]" in out and "Done: best val accuracy" in out) is shown
+    assert ("Callbacks: ProgressBar, MetricsWriter, CheckpointWriter, Plots, TestEvaluation, TensorBoardLogger"
+            in out) is shown
 
     scalars = _events(tmp_path / "tb")
     assert set(scalars) == {"step/loss", "step/lr", *EPOCH_TAGS.values()}

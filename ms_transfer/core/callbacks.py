@@ -55,7 +55,8 @@ class FitState:
     #: the dataset root (``train/``, ``val/``, maybe ``test/``)
     root: Path
     classes: List[str]
-    #: the loop's evaluation helper: ``val_batches()``, ``evaluate(split)``, ``task``
+    #: the loop's evaluation helper: ``val`` (the val split as evaluated), ``val_batches()``, ``evaluate(split)``,
+    #: ``task``
     run: Any
     #: optimizer steps of one epoch (on this rank)
     steps_per_epoch: int
@@ -219,9 +220,10 @@ class Plots(Callback):
     def on_fit_end(self, state: FitState) -> None:
         plot_curves(state.history, state.out / "curves.png")
         backend, run = state.backend, state.run
+        classes = run.val.classes  # as evaluated: the digit adder's are the sums, not the training digits
         batches, _ = run.val_batches()
         images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in batches),
-                                          len(state.classes), per_class=max(1, 8 // len(state.classes)))
+                                          len(classes), per_class=max(1, 8 // len(classes)))
         if run.task == "digit_sum":
             width = images.shape[3] // 2
             outputs = backend.logits((images[..., :width], images[..., width:]))
@@ -229,8 +231,7 @@ class Plots(Callback):
         else:
             preds = backend.logits(images).argmax(axis=1)
         pre = Preprocess.from_config(state.cfg)
-        plot_predictions(images, labels, preds, state.classes, state.out / "predictions.png", mean=pre.mean,
-                         std=pre.std)
+        plot_predictions(images, labels, preds, classes, state.out / "predictions.png", mean=pre.mean, std=pre.std)
 
 
 class TestEvaluation(Callback):

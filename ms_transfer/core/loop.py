@@ -288,6 +288,7 @@ def fit(cfg: TrainConfig, backend: Backend, callbacks: Optional[Sequence[Callbac
     See the module docstring."""
     ensure_logging()
     hooks = CallbackList(default_callbacks(cfg) if callbacks is None else callbacks)
+    log.debug("Callbacks: " + ", ".join(type(c).__name__ for c in hooks.callbacks))
     backend.setup(cfg)
     dist = backend.dist
     if not dist.enabled:
