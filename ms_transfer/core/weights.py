@@ -9,8 +9,8 @@ seconds with a message naming the exact file to place there. Plain paths pass th
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
