@@ -11,7 +11,7 @@ from ms_transfer.core.callbacks import Callback, CallbackList, default_callbacks
 from ms_transfer.core.config import save_config
 from ms_transfer.core.log import setup_logging
 from ms_transfer.core.recipe import plan_stages, stage_lrs
-from ms_transfer.core.tensorboard_logger import EPOCH_TAGS
+from ms_transfer.core.callbacks.tensorboard import EPOCH_TAGS
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +130,11 @@ def test_tensorboard_flag_writes_loss_lr_and_epoch_scalars(data_dir, tmp_path, c
     np.testing.assert_allclose(losses.mean(axis=1), [r["train_loss"] for r in rows], rtol=1e-5)
 
 
-def test_tensorboard_without_tensorboardx_is_a_clear_error_before_the_run(data_dir, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_tensorboard_without_its_package_is_a_clear_error_before_the_run(data_dir, tmp_path, capsys, monkeypatch):
     import sys
 
     from torch_reference.train import main
-    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)  # as if not installed
     cfg = small_config(data_dir, tmp_path / "run", num_workers=0)
     save_config(cfg, tmp_path / "run.yaml")
     assert main(["--config", str(tmp_path / "run.yaml"), "--tensorboard", str(tmp_path / "tb")]) == 2
@@ -161,3 +160,19 @@ def test_every_cli_takes_quiet_and_verbose(capsys):
         with pytest.raises(SystemExit):  # one or the other
             module.main(["--quiet", "--verbose"])
         assert "not allowed with argument" in capsys.readouterr().err, module.__name__
+
+
+def test_the_callbacks_load_no_framework(tmp_path):
+    """The callbacks are core: importing them and writing TensorBoard events loads no framework (tensorboardX
+    would import torch into a MindSpore run)."""
+    import subprocess
+    import sys
+    code = ("import sys, ms_transfer.core.callbacks\n"
+            "from ms_transfer.core.callbacks.tensorboard import TensorBoardLogger\n"
+            f"logger = TensorBoardLogger({str(tmp_path / 'tb')!r})\n"
+            "logger.on_fit_start(None)\nlogger.scalar('a/b', 1.5, 3)\nlogger.on_fit_end(None)\n"
+            "print(sorted(m for m in ('mindspore', 'torch', 'tensorflow') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    assert _events(tmp_path / "tb") == {"a/b": [(3, 1.5)]}
