@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import onednn   # reads MindSpore's libdnnl without importing MindSpore
+from .core.log import parse_args, progress_to_stderr
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
 ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
@@ -217,7 +218,7 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     from .models import build_model
     from .optim import apply_freeze, momentum_sgd
     # the same oneDNN decision as training (probed once per machine and version, then cached), before any kernel
-    prepare_onednn(log=lambda s: print(s, file=sys.stderr, flush=True))
+    prepare_onednn(log=progress_to_stderr)
     set_context(mode, "CPU")
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
@@ -411,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "(ms_transfer/bench_parallel.py)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     if args.worker:
         _worker_main(args.worker, args.worker_config)
         return 0
@@ -423,7 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = BenchConfig(**values)
     if args.data_parallel:
         return _data_parallel(cfg, args.data_parallel, args, argv)
-    report = run_bench(cfg, quick=args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
+    report = run_bench(cfg, quick=args.quick, log=progress_to_stderr)
     report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_report(report))
     if args.json:
@@ -438,10 +439,10 @@ def _data_parallel(cfg: BenchConfig, world: int, args, argv) -> int:
         print("error: --data-parallel W needs W >= 2 ranks", file=sys.stderr)
         return 2
     machine = machine_info()
-    print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; {cfg.arch} at {cfg.image_size} px, "
-          f"MindSpore GRAPH", file=sys.stderr, flush=True)
+    progress_to_stderr(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; {cfg.arch} at "
+                       f"{cfg.image_size} px, MindSpore GRAPH")
     results = bench_parallel.run(cfg.arch, cfg.image_size, cfg.batch, cfg.steps, world,
-                                 log=lambda s: print(s, file=sys.stderr, flush=True))
+                                 log=progress_to_stderr)
     report = {"machine": machine, "config": asdict(cfg), "world": world, "data_parallel": results,
               "command": "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"{report['command']}\nMachine: {machine.get('cpu')}, {machine.get('cores')} cores\n"

@@ -27,7 +27,7 @@ from .core.config import TrainConfig
 
 ENABLE_VAR, PATH_VAR = "MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"
 #: config keys that only say where the run writes
-_IGNORED = ("output_dir", "resume")
+_IGNORED = ("output_dir", "resume", "tensorboard")
 _state = {"allowed": False, "used": False}
 
 

@@ -13,6 +13,7 @@ from .backend import MindSporeBackend
 from .context import set_context
 from .core.checkpoint_io import CheckpointError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
+from .core.log import parse_args
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
 from .core.data import Preprocess
@@ -69,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     set_context(args.mode, args.device)
     try:
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,

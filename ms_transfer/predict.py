@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import nn
 
 from .core.checkpoint_io import CheckpointError
+from .core.log import parse_args
 from .models import load_run_checkpoint
 from .context import set_context
 from .core.data import Preprocess
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.add_argument("--mode", default="pynative", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     if args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
     set_context(args.mode, args.device)

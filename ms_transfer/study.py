@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -37,10 +38,12 @@ from .core.checkpoint_io import read_weights
 from .core.config import ConfigError, TrainConfig, config_path, load_yaml
 from .core.convert import convert_weights, into_arch
 from .core.init import save_init
+from .core.log import parse_args
 # the cells' checkpoints of both frameworks are read here (neither module loads its framework)
 from . import ckpt_format  # noqa: F401
 from torch_reference import pth_format  # noqa: F401
 
+logger = logging.getLogger(__name__)
 FRAMEWORKS = {"mindspore": "ms_transfer.train", "torch": "torch_reference.train"}
 #: the checkpoint each framework's runs write
 CKPT = {"mindspore": "best.ckpt", "torch": "best.pth"}
@@ -143,7 +146,7 @@ class Study:
         run_dir = self.out / "pretrain"
         ckpt = run_dir / CKPT[self.cfg.pretrain_framework]
         if not (run_dir / "test.json").exists():
-            print(f"Pretraining {self.cfg.pretrain} ({self.cfg.pretrain_framework}) into {run_dir}", flush=True)
+            logger.info(f"Pretraining {self.cfg.pretrain} ({self.cfg.pretrain_framework}) into {run_dir}")
             config = load_yaml(config_path(Path(self.cfg.pretrain)))
             self._run(self.cfg.pretrain_framework, config, run_dir, f"pretraining ({self.cfg.pretrain})")
         return ckpt
@@ -177,10 +180,9 @@ class Study:
         (self.out / "study.yaml").write_text(yaml.safe_dump(asdict(self.cfg), sort_keys=False))
         cells = self.cells()
         pending = [c for c in cells if not (self.out / "cells" / c.key / "test.json").exists()]
-        print(f"Study {self.out}: {len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run",
-              flush=True)
+        logger.info(f"Study {self.out}: {len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run")
         start = time.perf_counter()
-        bar = tqdm(pending, unit="cell", disable=None)
+        bar = tqdm(pending, unit="cell", disable=None if logger.isEnabledFor(logging.INFO) else True)
         for cell in bar:
             bar.set_postfix_str(cell.key)
             self.run_cell(cell)
@@ -323,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORKS), help="override the frameworks")
     p.add_argument("--regimes", nargs="+", help="run only these regimes")
     p.add_argument("--epochs", type=int, help="override the epochs of every cell")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     try:
         cfg = StudyConfig.load(config_path(args.config))
         for key in ("fractions", "seeds", "frameworks", "epochs"):

@@ -9,21 +9,25 @@ finished run extends it). A frozen trunk runs as inference, and its features are
 from __future__ import annotations
 
 import sys
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 # absolute imports: MindSpore's compile cache parses this entry script's imports with no package (2.10:
 # "no package specified for '.core.config.TrainConfig'" for relative ones)
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.recipe import TrainingError, cli_main
 
+if TYPE_CHECKING:
+    from ms_transfer.core.callbacks import Callback
+
 __all__ = ["TrainingError", "train", "main"]
 
 
-def train(cfg: TrainConfig) -> Dict:
-    """Run (or resume) training in MindSpore; returns the run summary (see :func:`ms_transfer.core.loop.fit`)."""
+def train(cfg: TrainConfig, callbacks: Optional[Sequence["Callback"]] = None) -> Dict:
+    """Run (or resume) training in MindSpore; returns the run summary. ``callbacks``: what the run writes and
+    shows, ``None`` for the defaults (see :func:`ms_transfer.core.loop.fit`)."""
     from ms_transfer.backend import MindSporeBackend  # here, not at the top: --help and bad flags answer fast
     from ms_transfer.core.loop import fit
-    return fit(cfg, MindSporeBackend())
+    return fit(cfg, MindSporeBackend(), callbacks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

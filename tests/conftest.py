@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ms_transfer.context import set_context
+from ms_transfer.core.callbacks import Callback, default_callbacks
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset
 
@@ -19,6 +20,22 @@ def small_config(data_dir, out, **overrides) -> TrainConfig:
                 num_workers=1, mode="pynative", output_dir=str(out), pretrained=None, pretrained_url=None)
     base.update(overrides)
     return TrainConfig(**base).validate()
+
+
+class CrashAfterEpoch(Callback):
+    """Simulates a crash (``KeyboardInterrupt``) once epoch ``epoch``'s checkpoints are written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, state, epoch, metrics) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated crash after epoch {epoch}")
+
+
+def crash_after(epoch: int, cfg: TrainConfig):
+    """A run's default callbacks followed by :class:`CrashAfterEpoch` (``train(cfg, callbacks=...)``)."""
+    return [*default_callbacks(cfg), CrashAfterEpoch(epoch)]
 
 
 def train_digits(arch, tmp_path, out, framework, **overrides):

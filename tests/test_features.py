@@ -6,11 +6,10 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import crash_after, small_config
 from mindspore import nn
 
 import ms_transfer.core.feature_cache as features_mod
-import ms_transfer.core.loop as loop
 import ms_transfer.core.recipe as recipe
 from ms_transfer.backend import MindSporeBackend, make_loss
 from ms_transfer.checkpoint import load_state_into
@@ -158,7 +157,7 @@ def test_cached_training_with_a_partial_batch_matches_to_float_rounding(data_dir
         np.testing.assert_allclose([row[k] for k in COMPARED], [off_row[k] for k in COMPARED], rtol=1e-5)
 
 
-def test_cache_views_caches_k_augmented_views_and_resume_rebuilds_a_lost_one(data_dir, tmp_path, monkeypatch):
+def test_cache_views_caches_k_augmented_views_and_resume_rebuilds_a_lost_one(data_dir, tmp_path):
     """augment=random with cache_views=2: epochs 1 and 2 draw (and cache) views 1 and 2 exactly as an uncached
     run would, epoch 3 trains on view 1 again (K views repeat; they are not fresh augmentation).
 
@@ -173,14 +172,9 @@ def test_cache_views_caches_k_augmented_views_and_resume_rebuilds_a_lost_one(dat
     assert (CACHE_STATS["miss"], CACHE_STATS["saved"]) == (3, 3)
     assert CACHE_STATS["reuse"] == 1 + 2  # epoch 3's train view; val in epochs 2 and 3
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-
-    def crash(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(loop, "_after_epoch", crash)
+    cut = _cfg(data_dir, tmp_path / "cut", **views)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(data_dir, tmp_path / "cut", **views))
-    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
+        train(cut, callbacks=crash_after(2, cut))
     lost = next(d for d, m in entries.items() if (m["split"], m["view"]) == ("train", 0))
     for f in lost.iterdir():
         f.unlink()

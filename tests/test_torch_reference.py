@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import crash_after, small_config
 
-import ms_transfer.core.loop as loop
 from ms_transfer.core import naming
 from ms_transfer.core.convert import convert_file
 from ms_transfer.core.recipe import METRIC_FIELDS, TrainingError, plan_stages
@@ -107,17 +106,12 @@ def test_frozen_trunk_and_its_bn_statistics_stay_bit_identical(data_dir, tmp_pat
     assert not np.array_equal(after["fc.weight"], before["fc.weight"])
 
 
-def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
     common = dict(epochs=3, lr=1e-3, schedule="cosine", weight_decay=1e-4, lr_mult={"fc.*": 10.0})
     torch_train(_cfg(data_dir, tmp_path / "full", **common))
-
-    def crash(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(loop, "_after_epoch", crash)
+    cut = _cfg(data_dir, tmp_path / "cut", **common)
     with pytest.raises(KeyboardInterrupt):
-        torch_train(_cfg(data_dir, tmp_path / "cut", **common))
-    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
+        torch_train(cut, callbacks=crash_after(2, cut))
     torch_train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
     full, resumed = _torch_state(tmp_path / "full" / "last.pth"), _torch_state(tmp_path / "cut" / "last.pth")
     for k in full:

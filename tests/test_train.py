@@ -4,10 +4,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import crash_after, small_config
 
 from ms_transfer.ckpt_format import CKPT
-import ms_transfer.core.loop as loop
 import ms_transfer.core.recipe as recipe
 from ms_transfer.backend import MindSporeBackend
 from ms_transfer.core.demo_data import make_demo_dataset
@@ -55,17 +54,12 @@ def test_frozen_parameters_and_bn_statistics_stay_bit_identical(data_dir, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["pynative", "graph"])
-def test_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch, mode):
+def test_resume_equals_uninterrupted(data_dir, tmp_path, mode):
     common = dict(epochs=3, mode=mode, lr=1e-3, schedule="cosine", weight_decay=1e-4, lr_mult={"fc.*": 10.0})
     train(_cfg(data_dir, tmp_path / "full", **common))
-
-    def crash(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
-    monkeypatch.setattr(loop, "_after_epoch", crash)
+    cut = _cfg(data_dir, tmp_path / "cut", **common)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(data_dir, tmp_path / "cut", **common))
-    monkeypatch.setattr(loop, "_after_epoch", lambda epoch: None)
+        train(cut, callbacks=crash_after(2, cut))
     train(_cfg(data_dir, tmp_path / "cut", resume=True, **common))
 
     full = _params(load_run_checkpoint(tmp_path / "full" / "last.ckpt")[0])

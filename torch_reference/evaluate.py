@@ -14,6 +14,7 @@ from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
+from ms_transfer.core.log import parse_args
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
 from ms_transfer.core.tasks import check_classifier
@@ -68,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     try:
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,
                                      device=args.device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, Optional, Sequence
 
+from ms_transfer.core.callbacks import Callback
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.loop import fit
 from ms_transfer.core.recipe import cli_main
@@ -23,9 +24,10 @@ from .backend import TorchBackend
 __all__ = ["train", "main"]
 
 
-def train(cfg: TrainConfig) -> Dict:
-    """Run (or resume) training in PyTorch; returns the same summary dict as ``ms_transfer.train.train``."""
-    return fit(cfg, TorchBackend())
+def train(cfg: TrainConfig, callbacks: Optional[Sequence[Callback]] = None) -> Dict:
+    """Run (or resume) training in PyTorch; returns the same summary dict as ``ms_transfer.train.train``
+    (``callbacks`` as there)."""
+    return fit(cfg, TorchBackend(), callbacks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

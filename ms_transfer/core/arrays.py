@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 #: IDX element type code -> numpy dtype (big-endian, as the format stores them)
@@ -284,7 +286,7 @@ def prepare_source(name: str, val_fraction: float, cache_dir: PathLike, data_dir
     splits = source_splits(name, val_fraction, data_dir)
     target = Path(cache_dir) / f"{name}-val{val_fraction:g}"
     counts = ", ".join(f"{s} {len(d)}" for s, d in splits.items())
-    print(f"Dataset {name}: {counts} images -> {target}", flush=True)
+    log.info(f"Dataset {name}: {counts} images -> {target}")
     return export_image_folder(splits, target)
 
 

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -17,6 +17,7 @@ from .archs import input_spec
 from .arrays import SOURCES
 from .data import AUTO, NORMALIZATIONS, RESIZES
 from .download import FOLDER_DATASETS
+from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL
 
@@ -129,6 +130,9 @@ class TrainConfig:
     demo: bool = _f(False, "generate a small synthetic dataset in DATA_DIR and train on it (without --config: the "
                            "shipped demo config, offline)")
     seed: int = _f(0, "random seed (weights init, data order, augmentation)")
+    tensorboard: Optional[str] = _f(None, "also write TensorBoard event files into this directory (loss and "
+                                          "learning rate per step; train/val loss and val accuracy per epoch); "
+                                          "needs the tensorboard extra: pip install -e '.[tensorboard]'")
 
     def validate(self, source: str = "config") -> "TrainConfig":
         """Check values; raises :class:`ConfigError` naming the first bad key."""
@@ -223,6 +227,7 @@ def load_yaml(path: Path) -> Dict[str, Any]:
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Flags generated from the schema (``data_dir`` -> ``--data-dir``); every default is "unset"."""
     p = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    add_verbosity_flags(p)
     p.add_argument("--config", type=Path, default=None,
                    help=f"YAML config: a path, or the name of a shipped config ("
                         f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}); default: "
@@ -271,7 +276,17 @@ def resolve_config(argv: Optional[Sequence[str]], prog: str = "python -m ms_tran
                    description: str = "") -> TrainConfig:
     """Defaults < YAML (``--config``, else the wolf-vs-dog finetune config, or the demo config with ``--demo``)
     < flags."""
+    return resolve_cli(argv, prog, description)[0]
+
+
+def resolve_cli(argv: Optional[Sequence[str]], prog: str = "python -m ms_transfer.train",
+                description: str = "") -> Tuple[TrainConfig, int]:
+    """:func:`resolve_config` and the verbosity of ``--quiet`` / ``--verbose`` (-1, 0, 1: not run options, so
+    not in the config)."""
     args = vars(build_parser(prog, description).parse_args(argv))
+    level = verbosity(args)
+    args.pop("quiet")
+    args.pop("verbose")
     config_path_ = config_path(args.pop("config", None), bool(args.get("demo")))
     values = load_yaml(config_path_)
     for key, other in (("pretrained", "pretrained_url"), ("pretrained_url", "pretrained")):
@@ -280,7 +295,7 @@ def resolve_config(argv: Optional[Sequence[str]], prog: str = "python -m ms_tran
     if "lr_mult" in args:
         args["lr_mult"] = dict(args["lr_mult"])
     values.update(args)
-    return TrainConfig(**values).validate(source=f"{config_path_} + flags")
+    return TrainConfig(**values).validate(source=f"{config_path_} + flags"), level
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

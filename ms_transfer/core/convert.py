@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import naming
+from .log import parse_args
 from .checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, WeightFile, file_format, read_weights, write_weights
 
 #: naming scheme written by default for each file format (safetensors keeps the source's naming).
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code (2 on a bad input, with the reason on stderr)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     start = time.perf_counter()
     try:
         report = convert_file(args.src, args.dst, dst_naming=args.naming, arch=args.arch,

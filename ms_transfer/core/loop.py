@@ -3,9 +3,10 @@
 One run: lock the run directory (one process per run, either framework), check it, prepare and scan the data
 (once), build or resume the model, write ``config.yaml`` (only once everything above succeeded: a command that
 fails changes nothing in the run directory), then per epoch: enter the epoch's stage (freezing, optimizer),
-train (through the frozen-trunk fast path and the feature cache when only the head trains), validate, append
-to ``metrics.jsonl``, write ``best``/``last`` checkpoints atomically; finally ``curves.png`` and
-``predictions.png``. ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
+train (through the frozen-trunk fast path and the feature cache when only the head trains), validate. What a run
+writes and shows (``metrics.jsonl``, atomic ``best``/``last`` checkpoints, ``curves.png``, ``predictions.png``,
+``test.json``, the progress bar and epoch lines) are callbacks (:mod:`.callbacks`); reports go through
+:mod:`logging` (:mod:`.log`). ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
 (data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run.
 
 Frozen trunk (only the head trains, ``fc`` or a VGG's ``classifier``: ``fixed_feature``, the head-only stage, or
@@ -19,34 +20,36 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from . import recipe
 from .backend import Backend, FastPath
+from .callbacks import Callback, CallbackList, FitState, default_callbacks
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
-from .checkpoint_io import atomic_write
-from .data import Preprocess, SplitScan, batch_indices, scan_dataset, scan_split, shuffle_order, subset_split
+from .data import SplitScan, batch_indices, scan_dataset, shuffle_order, subset_split
 from .distributed import Dist, shard_epoch
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
+from .log import ensure_logging
 from .metrics import classification_metrics
-from .plots import plot_curves, plot_predictions
 from .recipe import (TrainingError, check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
-                     pretrained_weights, record_epoch, run_summary, sample_per_class, stage_lrs, stage_of)
+                     pretrained_weights, run_summary, stage_lrs, stage_of)
 from .runlock import RunLock
-from .tasks import SUM_CLASSES, VAL_PAIR_SEED, num_outputs, pair_split, task_metrics
+from .tasks import VAL_PAIR_SEED, num_outputs, pair_split, task_metrics
 from .weights import resolve_padding
 
 __all__ = ["fit", "run_epoch", "validate", "steps_per_epoch"]
+
+log = logging.getLogger(__name__)
+#: what the train passes call after every optimizer step: ``(batch index in the epoch, loss)``
+OnBatch = Optional[Callable[[int, float], None]]
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:
@@ -54,44 +57,39 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return math.ceil(num_samples / batch_size)
 
 
-def _after_epoch(epoch: int) -> None:
-    """Hook called after each epoch's checkpoints are written (tests use it to simulate a crash)."""
-
-
 def _result(losses: List[float], images: int, seconds: float) -> Dict:
     return {"train_loss": float(np.mean(losses)), "images_per_s": images / seconds, "train_seconds": seconds,
             "train_images": images}
 
 
-def run_epoch(backend: Backend, batches: Iterable, total: int, epoch: int, epochs: int,
-              collector: Optional[FeatureCollector] = None, bar: bool = True) -> Dict:
-    """One pass of train steps over ``batches`` (tqdm bar unless ``bar`` is false, NaN/Inf guard); ``collector``
-    receives every batch's trunk features (fast path)."""
+def run_epoch(backend: Backend, batches: Iterable, epoch: int, collector: Optional[FeatureCollector] = None,
+              on_batch: OnBatch = None) -> Dict:
+    """One pass of train steps over ``batches`` (NaN/Inf guard), calling ``on_batch(index, loss)`` after each;
+    ``collector`` receives every batch's trunk features (fast path)."""
     losses, images, start = [], 0, time.perf_counter()
-    bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-               disable=None if bar else True)
-    for x, y in bar:
+    for x, y in batches:
         loss, features = backend.train_step(x, y, want_features=collector is not None)
         check_finite(loss, epoch, len(losses))
         if collector is not None:
             collector.add(features, backend.labels(y))
         losses.append(loss)
         images += len(backend.labels(y))
-        bar.set_postfix(loss=f"{loss:.4f}")
+        if on_batch is not None:
+            on_batch(len(losses) - 1, loss)
     return _result(losses, images, time.perf_counter() - start)
 
 
 def _cached_epoch(fast: FastPath, features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray],
-                  epoch: int, epochs: int) -> Dict:
+                  epoch: int, on_batch: OnBatch = None) -> Dict:
     """One epoch of head steps on cached trunk features, batch ``i`` being ``features[batches[i]]``."""
     losses, images, start = [], 0, time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{epochs} (cached features)", unit="batch", leave=False, disable=None)
-    for index in bar:
+    for index in batches:
         loss = fast.head_step(np.ascontiguousarray(features[index]), labels[index])
         check_finite(loss, epoch, len(losses))
         losses.append(loss)
         images += len(index)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        if on_batch is not None:
+            on_batch(len(losses) - 1, loss)
     return _result(losses, images, time.perf_counter() - start)
 
 
@@ -120,19 +118,23 @@ def _head_metrics(fast: FastPath, features: np.ndarray, labels: np.ndarray, num_
 
 
 class _Run:
-    """State of one :func:`fit` call: the config, the backend, the scanned splits and the epoch's cache."""
+    """State of one :func:`fit` call: the config, the backend, the scanned splits, the epoch's cache, and the
+    callbacks with their :class:`~.callbacks.FitState` (set by :func:`_fit` once the run starts)."""
 
-    def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan, dist: Dist) -> None:
+    def __init__(self, cfg: TrainConfig, backend: Backend, train: SplitScan, val: SplitScan, dist: Dist,
+                 callbacks: CallbackList) -> None:
         self.cfg, self.backend, self.train, self.val, self.dist = cfg, backend, train, val, dist
+        self.callbacks = callbacks
+        self.state: Optional[FitState] = None
         self.task = task_of(cfg.arch)
         self.val = self.eval_split(val)
         if dist.enabled:  # the same count on every rank: global batches of world_size * batch_size
             _, self.steps, left_out = shard_epoch(range(len(train)), cfg.batch_size, dist.rank, dist.world_size)
-            print(f"Data parallel: {dist.world_size} ranks x batch {cfg.batch_size} = global batch "
-                  f"{dist.world_size * cfg.batch_size}, {self.steps} steps per epoch; each rank trains on its slice of "
-                  "every global batch" + (f"; {left_out} sample(s) per epoch (train size mod {dist.world_size}, a "
-                                          "different one each epoch) left out so that all ranks hold as many"
-                                          if left_out else ""))
+            log.info(f"Data parallel: {dist.world_size} ranks x batch {cfg.batch_size} = global batch "
+                     f"{dist.world_size * cfg.batch_size}, {self.steps} steps per epoch; each rank trains on its slice "
+                     "of every global batch" + (f"; {left_out} sample(s) per epoch (train size mod {dist.world_size}, "
+                                                "a different one each epoch) left out so that all ranks hold as many"
+                                                if left_out else ""))
         else:
             self.steps = steps_per_epoch(len(train), cfg.batch_size)
         self.cache: Optional[FeatureCache] = None
@@ -159,42 +161,63 @@ class _Run:
     def val_batches(self):
         return self.backend.loader(self.val, train=False, shuffle=False, seed=self.cfg.seed)
 
+    def evaluate(self, scan: SplitScan) -> Dict:
+        """:func:`validate` of the current model on another split (e.g. ``test/``), as evaluated
+        (:meth:`eval_split`)."""
+        batches, _ = self.backend.loader(self.eval_split(scan), train=False, shuffle=False, seed=self.cfg.seed)
+        return validate(self.backend, batches, len(scan.classes), self.task)
+
+    def _train_pass(self, batches: Iterable, epoch: int, collector: Optional[FeatureCollector] = None) -> Dict:
+        """:func:`run_epoch` with the callbacks' epoch-start and per-step hooks."""
+        self.callbacks.on_epoch_start(self.state, False)
+        return run_epoch(self.backend, batches, epoch, collector, self._on_batch)
+
+    def _cached_pass(self, features: np.ndarray, labels: np.ndarray, order: Sequence[np.ndarray],
+                     epoch: int) -> Dict:
+        """:func:`_cached_epoch` with the callbacks' epoch-start and per-step hooks."""
+        self.callbacks.on_epoch_start(self.state, True)
+        return _cached_epoch(self.fast, features, labels, order, epoch, self._on_batch)
+
+    def _on_batch(self, batch: int, loss: float) -> None:
+        self.callbacks.on_train_batch_end(self.state, batch, loss)
+
     def open_cache(self) -> None:
         """The stage's feature cache, or ``None`` (trunk not frozen, or ``feature_cache: off``)."""
         self.cache = None
         if self.fast is None:
             return
         if self.dist.enabled and self.cfg.feature_cache != "off":
-            print("Feature cache: off under data parallelism (each rank trains on a different part of the train set "
-                  "every epoch, so no rank could fill a cache of the whole set without an extra trunk pass, and the "
-                  "ranks would write one cache file at once); the frozen trunk runs as inference every epoch")
+            log.info("Feature cache: off under data parallelism (each rank trains on a different part of the train "
+                     "set every epoch, so no rank could fill a cache of the whole set without an extra trunk pass, "
+                     "and the ranks would write one cache file at once); the frozen trunk runs as inference every "
+                     "epoch")
             return
         if self.cfg.feature_cache == "off":
-            print("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
+            log.info("Feature cache: off (feature_cache=off); the frozen trunk runs as inference every epoch")
             return
         self.cache = FeatureCache.for_config(trunk_fingerprint(self.fast.trunk_arrays()), self.backend.version(),
                                              self.cfg, self.train.samples, self.val.samples,
                                              recipe.CACHE_DIR / "features")
-        print(self.cache.describe())
+        log.info(self.cache.describe())
 
     def epoch(self, epoch: int) -> Dict:
         """Train one epoch: through the feature cache when the trunk is frozen, else the plain pass."""
-        cfg, backend = self.cfg, self.backend
+        cfg = self.cfg
         if self.cache is None or self.fast is None or not self.cache.train_cached:
             batches, _ = self.train_batches(epoch)
-            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs, bar=self.dist.is_main)
+            return self._train_pass(batches, epoch)
         cache = self.cache
         labels = cache.labels("train")
         order = batch_indices(len(labels), cfg.batch_size, cfg.seed + epoch)
         view = cache.view_of(epoch)
         features = cache.get("train", view)
         if features is not None:
-            return _cached_epoch(self.fast, features, labels, order, epoch, cfg.epochs)
+            return self._cached_pass(features, labels, order, epoch)
         source = cache.source_epoch(view)
         if source is None or source == epoch:  # this epoch's own pipeline draws the view: fill while training
             batches, failures = self.train_batches(epoch)
             collector, before = FeatureCollector(labels, order), len(failures)
-            result = run_epoch(backend, batches, self.steps, epoch, cfg.epochs, collector)
+            result = self._train_pass(batches, epoch, collector)
             if len(failures) > before:
                 collector.spoil("an image failed to decode and was substituted")
             cache.put("train", view, collector)
@@ -207,8 +230,8 @@ class _Run:
         features = cache.put("train", view, self._extract(batches, failures, collector))
         if features is None:  # could not build the view: fall back to this epoch's own augmentation
             batches, _ = self.train_batches(epoch)
-            return run_epoch(backend, batches, self.steps, epoch, cfg.epochs)
-        result = _cached_epoch(self.fast, features, labels, order, epoch, cfg.epochs)
+            return self._train_pass(batches, epoch)
+        result = self._cached_pass(features, labels, order, epoch)
         result["train_seconds"] = time.perf_counter() - start
         result["images_per_s"] = len(labels) / result["train_seconds"]
         return result
@@ -241,41 +264,6 @@ class _Run:
         return _head_metrics(self.fast, features, labels, num_classes, self.cfg.batch_size)
 
 
-def _plot_predictions(run: _Run, path: Path) -> None:
-    """``predictions.png``: val images of every class (digit pairs side by side, titled with the rounded sum)."""
-    backend, cfg = run.backend, run.cfg
-    classes = run.val.classes
-    batches, _ = run.val_batches()
-    images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in batches), len(classes),
-                                      per_class=max(1, 8 // len(classes)))
-    if run.task == "digit_sum":
-        width = images.shape[3] // 2
-        outputs = backend.logits((images[..., :width], images[..., width:]))
-        preds = np.clip(np.rint(outputs[:, 0]), 0, len(SUM_CLASSES) - 1).astype(np.int64)
-    else:
-        preds = backend.logits(images).argmax(axis=1)
-    pre = Preprocess.from_config(cfg)
-    plot_predictions(images, labels, preds, classes, path, mean=pre.mean, std=pre.std)
-
-
-def _test(run: _Run, root: Path, classes: List[str], out: Path, epoch: int) -> None:
-    """When the dataset has a ``test/`` split (the array datasets do): the final model's metrics on it, printed and
-    written to ``test.json`` (what ``python -m ms_transfer.study`` reports)."""
-    if not (root / "test").is_dir():
-        return
-    samples, test_classes, skipped = scan_split(root, "test")
-    if test_classes != classes:
-        print(f"test/ has classes {test_classes}, not the training classes; no test evaluation")
-        return
-    test = run.eval_split(SplitScan(root, "test", classes, samples, skipped))
-    batches, _ = run.backend.loader(test, train=False, shuffle=False, seed=run.cfg.seed)
-    result = validate(run.backend, batches, len(classes), run.task)
-    row = {"epoch": epoch, "model": "last", "test_acc": result["accuracy"], "test_loss": result["loss"],
-           "num_samples": result["num_samples"]}
-    atomic_write(out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
-    print(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (model after epoch {epoch})")
-
-
 def parameters_digest(arrays: Iterable[np.ndarray]) -> np.ndarray:
     """A SHA-256 of the arrays' bytes, as 16 float32 values (exact small integers, so any collective carries it
     unchanged): ranks compare it to check that they hold bit-identical parameters."""
@@ -295,29 +283,34 @@ def check_ranks_agree(backend: Backend, when: str) -> None:
                             "gradient averaging or the initial weights are not the same on every rank")
 
 
-def fit(cfg: TrainConfig, backend: Backend) -> Dict:
+def fit(cfg: TrainConfig, backend: Backend, callbacks: Optional[Sequence[Callback]] = None) -> Dict:
     """Run (or resume) training with ``backend``; returns the run summary (``{}`` on ranks other than 0 of a
-    data-parallel run). See the module docstring."""
+    data-parallel run). ``callbacks`` do everything the run writes and shows; ``None`` means
+    :func:`~.callbacks.default_callbacks` of ``cfg`` (pass ``[*default_callbacks(cfg), yours]`` to add one).
+    See the module docstring."""
+    ensure_logging()
+    hooks = CallbackList(default_callbacks(cfg) if callbacks is None else callbacks)
+    log.debug("Callbacks: " + ", ".join(type(c).__name__ for c in hooks.callbacks))
     backend.setup(cfg)
     dist = backend.dist
     if not dist.enabled:
-        return _fit(cfg, backend, dist)
+        return _fit(cfg, backend, dist, hooks)
     quiet = open(os.devnull, "w") if not dist.is_main else None
     try:
         # ranks other than 0 keep their stdout quiet (their errors and warnings still reach stderr)
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            return _fit(cfg, backend, dist)
+            return _fit(cfg, backend, dist, hooks)
     except BaseException as exc:
-        print(f"[{dist.describe()}] the run failed: {type(exc).__name__}: {exc}\n[{dist.describe()}] {dist.launcher} "
-              f"stops the other ranks; {cfg.output_dir}'s best/last checkpoints are those of the last completed "
-              "epoch (written atomically by rank 0)", file=sys.stderr, flush=True)
+        log.error(f"[{dist.describe()}] the run failed: {type(exc).__name__}: {exc}\n[{dist.describe()}] "
+                  f"{dist.launcher} stops the other ranks; {cfg.output_dir}'s best/last checkpoints are those of the "
+                  "last completed epoch (written atomically by rank 0)")
         raise
     finally:
         if quiet:
             quiet.close()
 
 
-def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
+def _fit(cfg: TrainConfig, backend: Backend, dist: Dist, hooks: CallbackList) -> Dict:
     out = Path(cfg.output_dir)
     last_ckpt = out / f"last.{backend.ckpt_ext}"
     # rank 0 alone locks the run directory, prepares the data (generation, download, export) and writes; every rank
@@ -330,22 +323,22 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
         classes, scans = scan_dataset(root)
         train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
         if train is not scans["train"]:
-            print(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
-        run = _Run(cfg, backend, train, scans["val"], dist)
+            log.info(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
+        run = _Run(cfg, backend, train, scans["val"], dist, hooks)
         history: List[Dict] = []
         best_acc, start_epoch, resumed = -1.0, 1, None
         if cfg.resume:
             resumed = backend.load_run(last_ckpt)
             start_epoch = check_resume(cfg, resumed, classes, last_ckpt)
             history, best_acc = list(resumed.get("history", [])), resumed.get("best_acc", -1.0)
-            print(f"Resuming {out} after epoch {start_epoch - 1}"
-                  + (f", extending it to {cfg.epochs} epochs" if resumed["config"]["epochs"] < cfg.epochs else ""))
+            log.info(f"Resuming {out} after epoch {start_epoch - 1}"
+                     + (f", extending it to {cfg.epochs} epochs" if resumed["config"]["epochs"] < cfg.epochs else ""))
         else:
             path, entry = pretrained_weights(cfg)
             padding, why = resolve_padding(cfg.padding, entry)
             backend.build(cfg.arch, num_outputs(cfg.arch, len(classes)), padding)
             if path:
-                print(f"{backend.load_pretrained(path)}\n  note: {why}")
+                log.info(f"{backend.load_pretrained(path)}\n  note: {why}")
         if dist.enabled:
             check_ranks_agree(backend, "at the start (seeded initialisation / the loaded weights)")
         if dist.is_main:
@@ -355,42 +348,52 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist) -> Dict:
         skipped = len(run.train.skipped) + len(run.val.skipped)
         meta = {"arch": cfg.arch, "classes": classes, "image_size": cfg.image_size, "padding": backend.padding,
                 "config": cfg.to_dict()}
-        current = None
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            stage = stage_of(stages, epoch)
-            if stage is not current:
-                restore = resumed is not None and resumed.get("stage") == stage.name and epoch == start_epoch
-                report = backend.enter_stage(stage, stage_lrs(cfg, stage, run.steps), restore)
-                print(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
-                run.fast = backend.fast_path()
-                if run.fast is not None:
-                    print("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
-                          f"only the head ({head_module(cfg.arch)}) trains")
-                run.open_cache()
-                current = stage
-            train_result = run.epoch(epoch)
-            if dist.enabled:
-                if train_result["train_images"] != run.shard_size:   # e.g. a pipeline that shards on its own
-                    raise TrainingError(f"data parallel: rank {dist.rank} trained on {train_result['train_images']} "
-                                        f"samples in epoch {epoch}, but its shard holds {run.shard_size}")
-                check_ranks_agree(backend, f"after epoch {epoch}")
-                # the logged loss is the mean over the ranks' (equal-sized) slices, the speed that of all ranks
-                both = backend.all_gather(np.array([train_result["train_loss"], train_result["images_per_s"]]))
-                train_result.update(train_loss=float(both[:, 0].mean()), images_per_s=float(both[:, 1].sum()))
-            # every rank validates the whole val set (the same weights: rank 0's numbers are a single-process
-            # evaluation of the checkpoint it writes); only rank 0 records and saves
-            val = run.validate(len(classes))
-            if dist.is_main:
-                row = epoch_row(epoch, stage, train_result, val, skipped)
-                epoch_meta, improved, best_acc = record_epoch(out, history, row, meta, best_acc, cfg.epochs)
-                if improved:
-                    backend.save_run(out / f"best.{backend.ckpt_ext}", epoch_meta, with_optimizer=False)
-                backend.save_run(last_ckpt, epoch_meta, with_optimizer=True)
-            _after_epoch(epoch)
-
+        state = run.state = FitState(cfg, backend, dist, out, root, classes, run, run.steps, skipped, meta, history,
+                                     best_acc)
+        try:
+            _epochs(run, state, stages, start_epoch, resumed)
+        except BaseException as exc:
+            hooks.on_exception(state, exc)
+            raise
         if not dist.is_main:
             return {}
-        plot_curves(history, out / "curves.png")
-        _plot_predictions(run, out / "predictions.png")
-        _test(run, root, classes, out, history[-1]["epoch"] if history else 0)
-        return run_summary(out, best_acc, cfg, skipped, classes, backend.ckpt_ext)
+        return run_summary(out, state.best_acc, cfg, skipped, classes, backend.ckpt_ext)
+
+
+def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed: Optional[Dict]) -> None:
+    """Train epochs ``start_epoch..cfg.epochs`` stage by stage, calling the run's callbacks."""
+    cfg, backend, dist, hooks = run.cfg, run.backend, run.dist, run.callbacks
+    hooks.on_fit_start(state)
+    current = None
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        state.epoch = epoch
+        stage = stage_of(stages, epoch)
+        if stage is not current:
+            restore = resumed is not None and resumed.get("stage") == stage.name and epoch == start_epoch
+            lrs = stage_lrs(cfg, stage, run.steps)
+            report = backend.enter_stage(stage, lrs, restore)
+            log.info(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
+            run.fast = backend.fast_path()
+            if run.fast is not None:
+                log.info("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
+                         f"only the head ({head_module(cfg.arch)}) trains")
+            run.open_cache()
+            current = state.stage = stage
+            state.stage_lrs = lrs
+            hooks.on_stage_start(state)
+        train_result = run.epoch(epoch)
+        if dist.enabled:
+            if train_result["train_images"] != run.shard_size:   # e.g. a pipeline that shards on its own
+                raise TrainingError(f"data parallel: rank {dist.rank} trained on {train_result['train_images']} "
+                                    f"samples in epoch {epoch}, but its shard holds {run.shard_size}")
+            check_ranks_agree(backend, f"after epoch {epoch}")
+            # the logged loss is the mean over the ranks' (equal-sized) slices, the speed that of all ranks
+            both = backend.all_gather(np.array([train_result["train_loss"], train_result["images_per_s"]]))
+            train_result.update(train_loss=float(both[:, 0].mean()), images_per_s=float(both[:, 1].sum()))
+        # every rank validates the whole val set (the same weights: rank 0's numbers are a single-process
+        # evaluation of the checkpoint it writes); only rank 0's callbacks record and save
+        val = run.validate(len(state.classes))
+        row = epoch_row(epoch, stage, train_result, val, state.skipped)
+        state.end_epoch(row)
+        hooks.on_epoch_end(state, epoch, row)
+    hooks.on_fit_end(state)

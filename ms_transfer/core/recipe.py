@@ -6,7 +6,7 @@ per-step learning rates, and the fields of a ``metrics.jsonl`` row.
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 import sys
@@ -17,14 +17,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .checkpoint_io import CheckpointError
-from .config import ConfigError, TrainConfig, resolve_config
+from .config import ConfigError, TrainConfig, resolve_cli
 from .arrays import SOURCES, ArrayDataError, download_idx, prepare_source
 from .data import DatasetError, resolve_data_root
 from .demo_data import make_demo_dataset
 from .download import FOLDER_DATASETS, DownloadError, download_dataset, download_file
 from .freeze import head_patterns, strategy_patterns
+from .log import setup_logging
 from .runlock import RunDirInUse
 from .weights import WeightsEntry, entry_for_url, resolve_pretrained, url_cache_path
+
+log = logging.getLogger(__name__)
 
 #: downloads, exported array datasets, trunk features (``MS_TRANSFER_CACHE`` moves it, e.g. for tests)
 CACHE_DIR = Path(os.environ.get("MS_TRANSFER_CACHE", Path.home() / ".cache" / "ms_transfer"))
@@ -107,7 +110,8 @@ def check_run_dir(out: Path, last_ckpt: Path, resume: bool) -> None:
 #: config keys a ``--resume`` may change: where the data is, how it is read, how and where the run executes, and
 #: ``epochs`` (larger: extend the run). Everything else shapes the model or the optimisation and must match.
 RESUMABLE_KEYS = ("epochs", "resume", "data_dir", "download", "demo", "num_workers", "mode", "device",
-                  "feature_cache", "compile_cache", "pretrained", "pretrained_url", "pretrained_exclude", "output_dir")
+                  "feature_cache", "compile_cache", "pretrained", "pretrained_url", "pretrained_exclude", "output_dir",
+                  "tensorboard")
 
 
 def check_resume(cfg: TrainConfig, meta: Dict, classes: List[str], last_ckpt: Path) -> int:
@@ -198,20 +202,6 @@ def epoch_row(epoch: int, stage: Stage, train: Dict, val: Dict, skipped: int) ->
     return row
 
 
-def record_epoch(out: Path, history: List[Dict], row: Dict, meta: Dict, best_acc: float, epochs: int):
-    """Print ``row``, append it to ``history`` and ``metrics.jsonl``; returns ``(checkpoint meta, improved,
-    best_acc)`` for the epoch's ``best``/``last`` checkpoints (written by each framework in its own format)."""
-    history.append(row)
-    print(format_row(row, epochs), flush=True)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    improved = row["val_acc"] > best_acc
-    best_acc = max(best_acc, row["val_acc"])
-    epoch_meta = {**meta, "epoch": row["epoch"], "stage": row["stage"], "metrics": row, "best_acc": best_acc,
-                  "history": history}
-    return epoch_meta, improved, best_acc
-
-
 def format_row(row: Dict, epochs: int) -> str:
     """The one-line epoch summary printed by both trainers."""
     return (f"epoch {row['epoch']}/{epochs} [{row['stage']}] train loss {row['train_loss']:.4f} | val loss "
@@ -233,8 +223,8 @@ def sample_per_class(batches, num_classes: int, per_class: int):
 
 
 def run_summary(out: Path, best_acc: float, cfg: TrainConfig, skipped: int, classes: List[str], ext: str) -> Dict:
-    """Print the closing line of a run and return its summary dict (same fields in both frameworks)."""
-    print(f"\nDone: best val accuracy {best_acc:.3f}; {skipped} unreadable file(s) skipped; run in {out} "
+    """Report the closing line of a run and return its summary dict (same fields in both frameworks)."""
+    log.info(f"\nDone: best val accuracy {best_acc:.3f}; {skipped} unreadable file(s) skipped; run in {out} "
           f"(best.{ext}, last.{ext}, metrics.jsonl, curves.png, predictions.png)")
     return {"run_dir": str(out), "best_val_acc": best_acc, "epochs": cfg.epochs, "skipped_files": skipped,
             "classes": classes}
@@ -243,7 +233,9 @@ def run_summary(out: Path, best_acc: float, cfg: TrainConfig, skipped: int, clas
 def cli_main(train: Callable[[TrainConfig], Dict], argv: Optional[Sequence[str]], prog: str, description: str) -> int:
     """Both trainers' CLI: resolve the config, train; bad input exits 2 with the reason, a failed run exits 1."""
     try:
-        train(resolve_config(argv, prog=prog, description=description))
+        cfg, level = resolve_cli(argv, prog=prog, description=description)
+        setup_logging(level)
+        train(cfg)
     except (ConfigError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ holder was killed before it could clean up): it is taken over, with a message na
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
 INFO_NAME = ".run.lock.json"
@@ -69,8 +72,8 @@ class RunLock:
                               "choose another --output-dir (nothing was changed)") from None
         stale = _read_info(self.info_path) if self.info_path.exists() else None
         if self.info_path.exists():
-            print(f"Run directory {self.run_dir}: taking over a stale lock left by {_holder_text(stale)}, which "
-                  "is no longer running", file=sys.stderr)
+            log.warning(f"Run directory {self.run_dir}: taking over a stale lock left by {_holder_text(stale)}, "
+                        "which is no longer running")
         note = {"pid": os.getpid(), "host": socket.gethostname(), "framework": self.framework,
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300],
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -11,6 +11,7 @@ seconds with a message naming the exact file to place there. Plain paths pass th
 """
 from __future__ import annotations
 
+import logging
 import hashlib
 from pathlib import Path
 from typing import Optional, Tuple
@@ -75,7 +76,8 @@ def resolve_pretrained(spec: str, cache_dir: Path, download: bool = True) -> Tup
     if target.is_file():
         if entry.sha256 is None or file_sha256(target).startswith(entry.sha256.lower()):
             return str(target), entry
-        print(f"{target}: sha256 does not match the weights entry {entry.name!r}; downloading it again")
+        logging.getLogger(__name__).info(f"{target}: sha256 does not match the weights entry {entry.name!r}; "
+                                         "downloading it again")
         target.unlink()
     if not download:
         raise DownloadError(f"pretrained weights {entry.name!r} are not in the cache; place {entry.url} at {target}")

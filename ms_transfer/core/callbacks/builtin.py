@@ -1,0 +1,115 @@
+"""The callbacks every run gets by default (:func:`~ms_transfer.core.callbacks.default_callbacks`): progress,
+``metrics.jsonl``, ``best``/``last`` checkpoints, plots, ``test.json``."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ..checkpoint_io import atomic_write
+from ..data import Preprocess, SplitScan, scan_split
+from ..plots import plot_curves, plot_predictions
+from ..recipe import format_row, sample_per_class
+from ..tasks import SUM_CLASSES
+from .base import Callback, FitState
+
+__all__ = ["ProgressBar", "MetricsWriter", "CheckpointWriter", "Plots", "TestEvaluation"]
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (batches, running loss; off when stderr is no terminal or the log level is above
+    info) and the one-line epoch summary (:func:`~.recipe.format_row`)."""
+
+    def __init__(self) -> None:
+        self.bar: Optional[tqdm] = None
+
+    def on_epoch_start(self, state: FitState, cached: bool) -> None:
+        self._close()
+        quiet = not log.isEnabledFor(logging.INFO)
+        self.bar = tqdm(total=state.steps_per_epoch, unit="batch", leave=False, disable=True if quiet else None,
+                        desc=f"epoch {state.epoch}/{state.cfg.epochs}" + (" (cached features)" if cached else ""))
+
+    def on_train_batch_end(self, state: FitState, batch: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, state: FitState, epoch: int, metrics: Dict) -> None:
+        self._close()
+        log.info(format_row(metrics, state.cfg.epochs))
+
+    def on_exception(self, state: FitState, exc: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsWriter(Callback):
+    """Appends each epoch's row to ``metrics.jsonl`` (one JSON object per line)."""
+
+    def on_epoch_end(self, state: FitState, epoch: int, metrics: Dict) -> None:
+        with open(state.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+class CheckpointWriter(Callback):
+    """``best`` (by val accuracy, without optimizer state) and ``last`` (with it: what ``--resume`` continues)
+    after every epoch, each written atomically by the backend in its own format."""
+
+    def on_epoch_end(self, state: FitState, epoch: int, metrics: Dict) -> None:
+        backend, meta = state.backend, state.checkpoint_meta()
+        if state.improved:
+            backend.save_run(state.out / f"best.{backend.ckpt_ext}", meta, with_optimizer=False)
+        backend.save_run(state.out / f"last.{backend.ckpt_ext}", meta, with_optimizer=True)
+
+
+class Plots(Callback):
+    """``curves.png`` (losses, val accuracy per epoch) and ``predictions.png`` (val images of every class, digit
+    pairs side by side titled with the rounded sum) at the end of the run."""
+
+    def on_fit_end(self, state: FitState) -> None:
+        plot_curves(state.history, state.out / "curves.png")
+        backend, run = state.backend, state.run
+        classes = run.val.classes  # as evaluated: the digit adder's are the sums, not the training digits
+        batches, _ = run.val_batches()
+        images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in batches),
+                                          len(classes), per_class=max(1, 8 // len(classes)))
+        if run.task == "digit_sum":
+            width = images.shape[3] // 2
+            outputs = backend.logits((images[..., :width], images[..., width:]))
+            preds = np.clip(np.rint(outputs[:, 0]), 0, len(SUM_CLASSES) - 1).astype(np.int64)
+        else:
+            preds = backend.logits(images).argmax(axis=1)
+        pre = Preprocess.from_config(state.cfg)
+        plot_predictions(images, labels, preds, classes, state.out / "predictions.png", mean=pre.mean, std=pre.std)
+
+
+class TestEvaluation(Callback):
+    """When the dataset has a ``test/`` split (the array datasets do): the final model's metrics on it, reported
+    and written to ``test.json`` (what ``python -m ms_transfer.study`` reports)."""
+
+    __test__ = False  # a pytest collecting a module that imports this class must not take it for a test
+
+    def on_fit_end(self, state: FitState) -> None:
+        root, classes = state.root, state.classes
+        if not (root / "test").is_dir():
+            return
+        samples, test_classes, skipped = scan_split(root, "test")
+        if test_classes != classes:
+            log.info(f"test/ has classes {test_classes}, not the training classes; no test evaluation")
+            return
+        result = state.run.evaluate(SplitScan(root, "test", classes, samples, skipped))
+        epoch = state.history[-1]["epoch"] if state.history else 0
+        row = {"epoch": epoch, "model": "last", "test_acc": result["accuracy"], "test_loss": result["loss"],
+               "num_samples": result["num_samples"]}
+        atomic_write(state.out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
+        log.info(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (model after epoch {epoch})")
