@@ -13,9 +13,14 @@ from ms_transfer.models import ResidualBlock, ResidualBlockBase, create_model, l
 from torch_reference import build_model, numpy_state
 
 DEPTHS = list(naming.ARCH_SPECS)
+#: ResNeXt / Wide ResNet (one spec each, built by the ResNet family's builders); the 101-deep ones build 88-127 M
+#: parameters per framework: `make test-slow`, recorded in the README's "Tests" section
+VARIANTS = ["resnext50_32x4d", "wide_resnet50_2",
+            *[pytest.param(a, marks=pytest.mark.slow) for a in ("resnext101_32x8d", "resnext101_64x4d",
+                                                                 "wide_resnet101_2")]]
 
 
-@pytest.mark.parametrize("arch", DEPTHS)
+@pytest.mark.parametrize("arch", DEPTHS + VARIANTS)
 def test_names_and_shapes_match_torchvision(arch):
     net = create_model(arch)
     tv = build_model(arch)
@@ -25,6 +30,7 @@ def test_names_and_shapes_match_torchvision(arch):
     assert not unknown
     tv_shapes = {k: tuple(v.shape) for k, v in tv.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert renamed == tv_shapes
+    assert type(tv).__module__ == "torchvision.models.resnet"  # torchvision's own network, not a copy
 
 
 def test_tutorial_checkpoint_names():
