@@ -128,7 +128,7 @@ def test_an_unregistered_format_names_the_module_to_import(tmp_path, monkeypatch
     monkeypatch.delitem(checkpoint_io._REGISTERED, "mindspore")
     (tmp_path / "w.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"w\.ckpt: no reader/writer for mindspore files.*import "
-                                              r"ms_transfer\.ckpt_format"):
+                                              r"ms_transfer\.mindspore_backend\.ckpt_format"):
         read_weights(tmp_path / "w.ckpt")
     with pytest.raises(CheckpointError, match="import ms_transfer.mindspore_backend.ckpt_format"):
         write_weights(tmp_path / "x.ckpt", {"w": np.zeros(2, np.float32)})
