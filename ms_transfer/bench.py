@@ -42,7 +42,8 @@ ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
 WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast", "cached_head")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
-#: above the AVX2 peak); MindSpore with oneDNN 3 is capped at AVX2 (ms_transfer/mindspore_backend/onednn.py), its ceiling is lower.
+#: above the AVX2 peak); MindSpore with oneDNN 3 is capped at AVX2 (ms_transfer/mindspore_backend/onednn.py), its
+#: ceiling is lower.
 FLOPS_PER_CYCLE_AVX2 = 32
 FLOPS_PER_CYCLE_AVX512 = 64
 
@@ -75,8 +76,8 @@ class Measurement:
 
 
 def _versions() -> Dict:
-    """The installed frameworks and MindSpore's oneDNN with its ISA decision (ms_transfer.mindspore_backend.onednn; read without
-    importing MindSpore, which applies the decision in each engine's own process)."""
+    """The installed frameworks and MindSpore's oneDNN with its ISA decision (ms_transfer.mindspore_backend.onednn; read
+    without importing MindSpore, which applies the decision in each engine's own process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -261,7 +262,7 @@ def _worker_main(engine: str, cfg_json: str) -> None:
             os.environ.update(onednn.cap_environ("AVX2"))
     elif engine.startswith("ms_"):
         from .mindspore_backend.context import apply_onednn_cap
-        apply_onednn_cap()  # what every MindSpore process of this package does (ms_transfer/mindspore_backend/context.py)
+        apply_onednn_cap()  # what every MindSpore process of this package does (mindspore_backend/context.py)
     # plain "torch" runs at its best: its own oneDNN is faster with AVX-512 and nothing here caps it
     print(f"BENCH_ISA {onednn.user_isa() or 'ALL'}", file=sys.stderr)
     if engine.startswith("torch"):

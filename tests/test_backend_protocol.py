@@ -147,7 +147,8 @@ def test_each_side_reads_the_other_frameworks_files_and_loads_it_only_then(tmp_p
     reads a .ckpt (MindSpore likewise), both through what the backends register on import."""
     write_weights(tmp_path / "w.pth", {"fc.weight": np.ones((2, 3), np.float32)})
     write_weights(tmp_path / "w.ckpt", {"fc.weight": np.ones((2, 3), np.float32)})
-    for side, other, ext in (("ms_transfer.mindspore_backend.backend", "torch", "pth"), ("torch_reference.backend", "mindspore", "ckpt")):
+    for side, other, ext in (("ms_transfer.mindspore_backend.backend", "torch", "pth"),
+                             ("torch_reference.backend", "mindspore", "ckpt")):
         result = _python(f"""
             import sys
             import {side}

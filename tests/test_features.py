@@ -1,5 +1,6 @@
-"""Frozen-trunk fast path (ms_transfer.mindspore_backend.frozen_trunk) and trunk-feature cache (ms_transfer.core.feature_cache),
-wired into the one training loop (ms_transfer.core.loop) through the MindSpore backend."""
+"""Frozen-trunk fast path (ms_transfer.mindspore_backend.frozen_trunk) and trunk-feature cache
+(ms_transfer.core.feature_cache), wired into the one training loop (ms_transfer.core.loop) through the MindSpore
+backend."""
 import json
 import os
 

@@ -175,7 +175,7 @@ def test_every_mindspore_module_of_the_package_imports_the_prepare_module():
                and m != PREPARE_MODULE
                and any(n.split(".")[0] == "mindspore" for n in imports_at_top(m))
                and PREPARE_MODULE not in imports_at_top(m)]
-    assert not missing, f"these import MindSpore without ms_transfer.mindspore_backend.context (the oneDNN cap): {missing}"
+    assert not missing, f"these import MindSpore without {PREPARE_MODULE} (the oneDNN cap): {missing}"
 
 
 # --- in fresh processes ---------------------------------------------------------------------------------------
@@ -238,9 +238,9 @@ def _isa_in_effect(out: subprocess.CompletedProcess) -> str:
 
 
 def test_a_decided_cap_is_the_isa_oneDNN_runs():
-    """The decision applied by ``ms_transfer.mindspore_backend.context`` is the one MindSpore's oneDNN runs, not just the one logged:
-    with the decision forced to a cap, a conv's verbose log reports that ISA (not AVX-512). Before the cap was
-    written as ``DNNL_MAX_CPU_ISA`` too, MindSpore 2.7.2's oneDNN 2.2 ignored it and reported AVX-512."""
+    """The decision applied by ``ms_transfer.mindspore_backend.context`` is the one MindSpore's oneDNN runs, not just
+    the one logged: with the decision forced to a cap, a conv's verbose log reports that ISA (not AVX-512). Before the
+    cap was written as ``DNNL_MAX_CPU_ISA`` too, MindSpore 2.7.2's oneDNN 2.2 ignored it and reported AVX-512."""
     cap, shown = _cap_below_this_cpu()
     out = _python(textwrap.dedent(f"""
         from ms_transfer.mindspore_backend import onednn

@@ -1,6 +1,6 @@
-"""The oneDNN ISA decision's pure parts (``ms_transfer.mindspore_backend.onednn``; MindSpore is not imported): both spellings of the
-cap, the rule per oneDNN version, the probe's margin, and a cache that forgets decisions made under an older rule.
-That the cap really reaches MindSpore's oneDNN is checked in fresh processes by tests/test_imports.py."""
+"""The oneDNN ISA decision's pure parts (``ms_transfer.mindspore_backend.onednn``; MindSpore is not imported): both
+spellings of the cap, the rule per oneDNN version, the probe's margin, and a cache that forgets decisions made under an
+older rule. That the cap really reaches MindSpore's oneDNN is checked in fresh processes by tests/test_imports.py."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
-"""Data pipeline parity: ms_transfer.mindspore_backend.data (MindSpore) vs torch_reference.data (torchvision) on real JPEGs."""
+"""Data pipeline parity: ms_transfer.mindspore_backend.data (MindSpore) vs torch_reference.data (torchvision) on real
+JPEGs."""
 import json
 import os
 import warnings
@@ -125,7 +126,8 @@ def test_default_backend_difference_is_reported_and_bounded(jpeg_paths):
     assert 0 < summary["mean_abs"] < 0.25
 
 
-# --- (c) the torch dataset scans exactly like ms_transfer.mindspore_backend.data ---------------------------------------------
+# --- (c) the torch dataset scans exactly like ms_transfer.mindspore_backend.data
+# ---------------------------------------------
 
 @pytest.fixture()
 def messy_dir(tmp_path) -> Path:

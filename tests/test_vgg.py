@@ -331,8 +331,8 @@ def test_training_step_parity_in_seed_002s_regime():
 
 
 def test_adam_is_torchs_rule_and_mindsporess_own_is_not():
-    """``ms_transfer.mindspore_backend.optim``'s Adam (two groups at different LRs, a per-step schedule, weight decay) gives
-    bit-identical updates to ``torch.optim.Adam`` in both modes, including gradients near eps; MindSpore's
+    """``ms_transfer.mindspore_backend.optim``'s Adam (two groups at different LRs, a per-step schedule, weight decay)
+    gives bit-identical updates to ``torch.optim.Adam`` in both modes, including gradients near eps; MindSpore's
     ``nn.Adam`` (eps on the uncorrected second moment) does not, which the training-step check catches
     (``--inject adam_tf_epsilon``, above)."""
     import mindspore as ms

@@ -118,7 +118,7 @@ class MindSporeBackend:
         if cfg.device == "CPU":  # which conv path oneDNN takes (probed once, then cached; not by launched ranks)
             prepare_onednn(probe=not dist.enabled)
         set_context(cfg.mode, cfg.device)
-        if dist.enabled:  # under msrun: join the cluster, average gradients (see ms_transfer.mindspore_backend.parallel)
+        if dist.enabled:  # under msrun: join the cluster, average gradients (see .parallel)
             self.dist = parallel.init_data_parallel(dist)
         self._compile_cache = cfg.compile_cache == "auto"
         ms.set_seed(cfg.seed)   # the same on every rank: MindSpore does not broadcast the initial weights
@@ -152,7 +152,7 @@ class MindSporeBackend:
     # --- stage and steps ---------------------------------------------------------------------------------
     def enter_stage(self, stage: Stage, lrs: Sequence[float], restore_optimizer: bool = False) -> FreezeReport:
         """Apply the stage's freezing and build its optimizer (per-step LRs) and train step."""
-        if self._compile_cache:   # once, before the first graph compiles (see ms_transfer.mindspore_backend.compile_cache)
+        if self._compile_cache:   # once, before the first graph compiles (see .compile_cache)
             self._compile_cache = False
             path = compile_cache.enable(self.cfg, lrs)
             if path is not None:

@@ -3,8 +3,8 @@
 MindSpore 2.9/2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on CPUs that report AVX-512 with a
 reference kernel (measured here, any AVX512_* level: ~1 GFLOP/s vs ~60-110 GFLOP/s at AVX2 for a 3x3 conv, i.e.
 ~100x slower training, on Intel Xeon and AMD EPYC alike); MindSpore 2.7.2's oneDNN v2.2.0 does not. Whether to cap
-is decided by :mod:`ms_transfer.mindspore_backend.onednn` from the bundled oneDNN version, the CPU and a cached measured probe; a
-value the user exported wins. A cap is written under both of its spellings (``ONEDNN_MAX_CPU_ISA``,
+is decided by :mod:`ms_transfer.mindspore_backend.onednn` from the bundled oneDNN version, the CPU and a cached measured
+probe; a value the user exported wins. A cap is written under both of its spellings (``ONEDNN_MAX_CPU_ISA``,
 ``DNNL_MAX_CPU_ISA``: oneDNN 2.2 reads only the second, see :data:`ms_transfer.mindspore_backend.onednn.ISA_VARS`).
 
 This is the only module of the project that changes the environment at import. oneDNN reads the variable lazily,
@@ -32,9 +32,9 @@ DECISION: "onednn.Decision | None" = None
 
 
 def apply_onednn_cap(decision: "onednn.Decision | None" = None) -> "onednn.Decision":
-    """Apply ``decision`` (default: :func:`ms_transfer.mindspore_backend.onednn.decide`) under both spellings of the cap. The user's
-    own ISA is never changed: it is only copied to the spelling they left unset, so that it holds whichever
-    spelling the bundled oneDNN reads (2.2 reads only ``DNNL_``)."""
+    """Apply ``decision`` (default: :func:`ms_transfer.mindspore_backend.onednn.decide`) under both spellings of the
+    cap. The user's own ISA is never changed: it is only copied to the spelling they left unset, so that it holds
+    whichever spelling the bundled oneDNN reads (2.2 reads only ``DNNL_``)."""
     global DECISION
     DECISION = decision or onednn.decide(USER_ISA)
     if USER_ISA:

@@ -12,8 +12,8 @@ The cap is one environment variable with two spellings (:data:`ISA_VARS`): oneDN
 
 * :func:`bundled_onednn` reads the version from MindSpore's own ``libdnnl`` (``dnnl_version()``, via ctypes:
   MindSpore is not imported);
-* :func:`decide` (at import of :mod:`ms_transfer.mindspore_backend.context`, before any kernel): a user's ``ONEDNN_MAX_CPU_ISA`` /
-  ``DNNL_MAX_CPU_ISA`` wins (:func:`user_isa`); a CPU without AVX-512 needs no cap (AVX2 is its ceiling anyway);
+* :func:`decide` (at import of :mod:`ms_transfer.mindspore_backend.context`, before any kernel): a user's
+  ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` wins (:func:`user_isa`); a CPU without AVX-512 needs no cap (AVX2 is its ceiling anyway);
   else the cached probe's choice for this (MindSpore, oneDNN, CPU) if there is one; else the rule from the
   versions measured here (:func:`rule`): AVX2 for oneDNN >= 3 (the reference kernel otherwise), no cap for oneDNN
   2.x (a real AVX2 cap measured no faster on the AMD EPYC here, see BENCHMARKS.md);
@@ -238,7 +238,8 @@ def measure(runs: int = PROBE_RUNS) -> Dict[str, Dict]:
 
 def ensure_probed(user_isa: Optional[str] = None, log=print) -> Decision:
     """Probe and cache the choice unless the user chose an ISA, the CPU has no AVX-512 or it is cached; returns
-    the decision (the caller applies it before MindSpore's first kernel: :func:`ms_transfer.mindspore_backend.context.prepare_onednn`)."""
+    the decision (the caller applies it before MindSpore's first kernel:
+    :func:`ms_transfer.mindspore_backend.context.prepare_onednn`)."""
     current = decide(user_isa)
     if current.probe or user_isa or not cpu()["avx512"]:
         return current

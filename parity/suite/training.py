@@ -1,7 +1,7 @@
 """Training-step parity: N optimizer steps of both frameworks' *real trainers* on the same fixed batches.
 
-``ms_transfer.mindspore_backend.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` (the backends of the one
-training loop) are built
+``ms_transfer.mindspore_backend.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` (the backends of
+the one training loop) are built
 from one :class:`~ms_transfer.core.config.TrainConfig` per regime, start from the same weights and see the same
 batches (no random augmentation). Compared after ``N`` steps, against the float64 torch reference with the
 noise-floor rule of :mod:`parity.engine.tolerance` (floor = jittered torch float32 runs of the same trainer):
