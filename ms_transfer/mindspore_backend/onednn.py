@@ -13,10 +13,10 @@ The cap is one environment variable with two spellings (:data:`ISA_VARS`): oneDN
 * :func:`bundled_onednn` reads the version from MindSpore's own ``libdnnl`` (``dnnl_version()``, via ctypes:
   MindSpore is not imported);
 * :func:`decide` (at import of :mod:`ms_transfer.mindspore_backend.context`, before any kernel): a user's
-  ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` wins (:func:`user_isa`); a CPU without AVX-512 needs no cap (AVX2 is its ceiling anyway);
-  else the cached probe's choice for this (MindSpore, oneDNN, CPU) if there is one; else the rule from the
-  versions measured here (:func:`rule`): AVX2 for oneDNN >= 3 (the reference kernel otherwise), no cap for oneDNN
-  2.x (a real AVX2 cap measured no faster on the AMD EPYC here, see BENCHMARKS.md);
+  ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` wins (:func:`user_isa`); a CPU without AVX-512 needs no cap (AVX2
+  is its ceiling anyway); else the cached probe's choice for this (MindSpore, oneDNN, CPU) if there is one; else
+  the rule from the versions measured here (:func:`rule`): AVX2 for oneDNN >= 3 (the reference kernel otherwise), no
+  cap for oneDNN 2.x (a real AVX2 cap measured no faster on the AMD EPYC here, see BENCHMARKS.md);
 * :func:`probe` measures it: a 3x3 conv (64 channels, 56x56, batch 4: ResNet's first stage) forward + both
   backwards in a subprocess per ISA (oneDNN reads the cap once per process), with the verbose log naming the ISA
   in effect and the implementation oneDNN picked (a cap the log does not show is an error, not a measurement);
