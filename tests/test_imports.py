@@ -223,6 +223,31 @@ def test_importing_the_models_applies_the_onednn_decision_whatever_came_first():
         assert applied == [decided] * len(ISA_VARS), (first, line)
 
 
+#: old module paths kept for users (README, earlier examples): the moved module itself, not a copy
+OLD_PATHS = {"ms_transfer.context": "ms_transfer.mindspore_backend.context",
+             "ms_transfer.optim": "ms_transfer.mindspore_backend.optim",
+             "ms_transfer.onednn": "ms_transfer.mindspore_backend.onednn"}
+
+
+def test_old_module_paths_are_the_moved_modules_and_the_package_loads_no_framework():
+    """``import ms_transfer`` and ``ms_transfer.mindspore_backend`` load no framework; each old path is the same
+    module object as its new one (so ``ms_transfer.optim.TorchAdam`` works and a monkeypatch of either name is seen
+    by both); ``ms_transfer.onednn`` still loads no MindSpore."""
+    out = _python(f"""
+        import importlib, sys
+        import ms_transfer, ms_transfer.mindspore_backend, ms_transfer.onednn
+        print("FRAMEWORKS", sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))
+        for old, new in {OLD_PATHS!r}.items():
+            assert importlib.import_module(old) is importlib.import_module(new), old
+        from ms_transfer.optim import TorchAdam
+        from ms_transfer.context import set_context
+        assert TorchAdam is ms_transfer.mindspore_backend.optim.TorchAdam and ms_transfer.context is sys.modules[
+            "ms_transfer.mindspore_backend.context"]
+        print("SAME")
+    """)
+    assert "FRAMEWORKS []" in out.stdout and "SAME" in out.stdout, out.stdout[-2000:]
+
+
 def _cap_below_this_cpu() -> Tuple[str, str]:
     """A cap under this CPU's own ISA and the name oneDNN's verbose log gives it: AVX2 where the CPU has AVX-512
     (the cap the project applies), else SSE4.1 (below every x86-64 CPU's own)."""
