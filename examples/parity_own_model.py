@@ -13,7 +13,7 @@ import torch
 from mindspore import nn, ops
 
 import parity
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.context import set_context
 
 
 class TorchNet(torch.nn.Module):

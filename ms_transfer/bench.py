@@ -7,7 +7,7 @@ Workloads (images/s, data already in memory so the input pipeline cannot be the 
 * ``fixed_feature``  train step with everything frozen but the class layer (``fc``; VGG: ``classifier.6``, seed
   002's regime), the tutorial's way: one train cell over the whole net, frozen BNs in inference mode;
 * ``fixed_fast``     MindSpore only: the same freezing, the frozen trunk run as pure inference + a head-only train
-  step (``ms_transfer.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk;
+  step (``ms_transfer.mindspore_backend.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk;
 * ``cached_head``    the head's train step on precomputed trunk features (batches of the feature cache), what
   every epoch after the first costs with ``feature_cache: auto`` and a deterministic transform; both frameworks.
 
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import onednn   # reads MindSpore's libdnnl without importing MindSpore
+from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
 from .core.log import parse_args, progress_to_stderr
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
@@ -42,7 +42,8 @@ ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
 WORKLOADS = ("inference", "finetune", "fixed_feature", "fixed_fast", "cached_head")
 #: fp32 FLOPs per cycle per core with 2 FMA units: 2 units x lanes x 2 (multiply + add); 8 lanes with AVX2,
 #: 16 with AVX-512. torch uses AVX-512 where the CPU has it (measured here: forward convs at ~220 GFLOP/s,
-#: above the AVX2 peak); MindSpore with oneDNN 3 is capped at AVX2 (ms_transfer/onednn.py), its ceiling is lower.
+#: above the AVX2 peak); MindSpore with oneDNN 3 is capped at AVX2 (ms_transfer/mindspore_backend/onednn.py), its
+#: ceiling is lower.
 FLOPS_PER_CYCLE_AVX2 = 32
 FLOPS_PER_CYCLE_AVX512 = 64
 
@@ -75,8 +76,8 @@ class Measurement:
 
 
 def _versions() -> Dict:
-    """The installed frameworks and MindSpore's oneDNN with its ISA decision (ms_transfer.onednn; read without
-    importing MindSpore, which applies the decision in each engine's own process)."""
+    """The installed frameworks and MindSpore's oneDNN with its ISA decision (ms_transfer.mindspore_backend.onednn; read
+    without importing MindSpore, which applies the decision in each engine's own process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -213,10 +214,10 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     import numpy as np
     from mindspore import nn
 
-    from .backend import make_loss
-    from .context import prepare_onednn, set_context
+    from .mindspore_backend.backend import make_loss
+    from .mindspore_backend.context import prepare_onednn, set_context
     from .models import build_model
-    from .optim import apply_freeze, momentum_sgd
+    from .mindspore_backend.optim import apply_freeze, momentum_sgd
     # the same oneDNN decision as training (probed once per machine and version, then cached), before any kernel
     prepare_onednn(log=progress_to_stderr)
     set_context(mode, "CPU")
@@ -234,7 +235,7 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
             def step():
                 net(x).asnumpy()
         elif workload in ("fixed_fast", "cached_head"):
-            from .frozen_trunk import FrozenTrunkStep
+            from .mindspore_backend.frozen_trunk import FrozenTrunkStep
             apply_freeze(net, *class_layer)
             fast = FrozenTrunkStep(net, momentum_sgd(net.trainable_params(), 1e-3, 0.9, 1e-4), make_loss())
             features = fast.extract(x) if workload == "cached_head" else None
@@ -260,8 +261,8 @@ def _worker_main(engine: str, cfg_json: str) -> None:
         if not onednn.user_isa():
             os.environ.update(onednn.cap_environ("AVX2"))
     elif engine.startswith("ms_"):
-        from .context import apply_onednn_cap
-        apply_onednn_cap()  # what every MindSpore process of this package does (ms_transfer/context.py)
+        from .mindspore_backend.context import apply_onednn_cap
+        apply_onednn_cap()  # what every MindSpore process of this package does (mindspore_backend/context.py)
     # plain "torch" runs at its best: its own oneDNN is faster with AVX-512 and nothing here caps it
     print(f"BENCH_ISA {onednn.user_isa() or 'ALL'}", file=sys.stderr)
     if engine.startswith("torch"):
@@ -314,7 +315,7 @@ def time_parity(quick: bool) -> Dict:
 def time_data_pipeline(image_size: int, batch: int, n_images: int = 64) -> Dict:
     """Images/s of the MindSpore train pipeline (decode + RandomResizedCrop + flip + normalise, 2 workers)
     on generated JPEGs, so it can be compared with the train-step throughput."""
-    from .data import create_dataset
+    from .mindspore_backend.data import create_dataset
     from .core.demo_data import make_demo_dataset
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"

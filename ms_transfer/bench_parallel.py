@@ -49,7 +49,7 @@ def worker(framework: str, spec: Dict) -> None:
     y = rng.randint(0, 10, size=batch)
     if framework == "mindspore":
         import mindspore as ms
-        from .backend import MindSporeBackend
+        from .mindspore_backend.backend import MindSporeBackend
         trainer = MindSporeBackend(cfg)
         trainer.setup(cfg)
         trainer.build(cfg.arch, 10, "torch")

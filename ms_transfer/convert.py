@@ -5,7 +5,7 @@ import sys
 
 from torch_reference import pth_format  # noqa: F401
 
-from . import ckpt_format  # noqa: F401
+from .mindspore_backend import ckpt_format  # noqa: F401
 from .core.convert import main
 
 __all__ = ["main"]

@@ -9,8 +9,8 @@ from typing import Dict, Optional, Sequence
 
 from mindspore import nn
 
-from .backend import MindSporeBackend
-from .context import set_context
+from .mindspore_backend.backend import MindSporeBackend
+from .mindspore_backend.context import set_context
 from .core.checkpoint_io import CheckpointError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
 from .core.log import parse_args
@@ -18,7 +18,7 @@ from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
 from .core.data import Preprocess
 from .core.tasks import check_classifier
-from .data import create_dataset
+from .mindspore_backend.data import create_dataset
 from .models import load_run_checkpoint
 
 __all__ = ["evaluate_net", "evaluate_checkpoint", "cross_entropy", "format_result", "main"]

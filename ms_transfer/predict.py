@@ -13,10 +13,10 @@ from mindspore import nn
 from .core.checkpoint_io import CheckpointError
 from .core.log import parse_args
 from .models import load_run_checkpoint
-from .context import set_context
+from .mindspore_backend.context import set_context
 from .core.data import Preprocess
 from .core.tasks import check_classifier
-from .data import load_image_for_eval
+from .mindspore_backend.data import load_image_for_eval
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from .core.convert import convert_weights, into_arch
 from .core.init import save_init
 from .core.log import parse_args
 # the cells' checkpoints of both frameworks are read here (neither module loads its framework)
-from . import ckpt_format  # noqa: F401
+from .mindspore_backend import ckpt_format  # noqa: F401
 from torch_reference import pth_format  # noqa: F401
 
 logger = logging.getLogger(__name__)

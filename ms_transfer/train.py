@@ -1,8 +1,8 @@
 """``python -m ms_transfer.train``: transfer learning (wolf vs dog by default) in MindSpore static graph.
 
 The loop is :func:`ms_transfer.core.loop.fit` (shared with ``python -m torch_reference.train``), driving the
-MindSpore backend (:class:`ms_transfer.backend.MindSporeBackend`): per epoch a compiled train step over the
-training set (tqdm bar), validation, ``metrics.jsonl``, atomic ``last.ckpt`` (+ optimizer state) and
+MindSpore backend (:class:`ms_transfer.mindspore_backend.backend.MindSporeBackend`): per epoch a compiled train step
+over the training set (tqdm bar), validation, ``metrics.jsonl``, atomic ``last.ckpt`` (+ optimizer state) and
 ``best.ckpt`` (by val accuracy). ``--resume`` continues from ``last.ckpt`` (``--epochs N`` larger than the
 finished run extends it). A frozen trunk runs as inference, and its features are cached (``feature_cache``).
 """
@@ -25,7 +25,8 @@ __all__ = ["TrainingError", "train", "main"]
 def train(cfg: TrainConfig, callbacks: Optional[Sequence["Callback"]] = None) -> Dict:
     """Run (or resume) training in MindSpore; returns the run summary. ``callbacks``: what the run writes and
     shows, ``None`` for the defaults (see :func:`ms_transfer.core.loop.fit`)."""
-    from ms_transfer.backend import MindSporeBackend  # here, not at the top: --help and bad flags answer fast
+    # here, not at the top: --help and bad flags answer fast
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
     from ms_transfer.core.loop import fit
     return fit(cfg, MindSporeBackend(), callbacks)
 
@@ -36,6 +37,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from ms_transfer import compile_cache
+    from ms_transfer.mindspore_backend import compile_cache
     compile_cache.allow_for_this_process()   # one process, one run: MindSpore's compile cache is safe here
     sys.exit(main())

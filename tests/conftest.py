@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.context import set_context
 from ms_transfer.core.callbacks import Callback, default_callbacks
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset

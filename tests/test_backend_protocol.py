@@ -24,7 +24,7 @@ FRAMEWORKS = ("mindspore", "torch", "torchvision")
 
 
 def _backends():
-    from ms_transfer.backend import MindSporeBackend
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
     from torch_reference.backend import TorchBackend
     return {"mindspore": MindSporeBackend(), "torch": TorchBackend()}
 
@@ -124,13 +124,13 @@ def test_core_imports_no_framework_even_inside_functions():
 # --- weight-file formats, registered by the backends ---------------------------------------------------------
 
 def test_an_unregistered_format_names_the_module_to_import(tmp_path, monkeypatch):
-    import ms_transfer.ckpt_format  # noqa: F401  (registered, then taken away for this test)
+    import ms_transfer.mindspore_backend.ckpt_format  # noqa: F401  (registered, then taken away for this test)
     monkeypatch.delitem(checkpoint_io._REGISTERED, "mindspore")
     (tmp_path / "w.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"w\.ckpt: no reader/writer for mindspore files.*import "
-                                              r"ms_transfer\.ckpt_format"):
+                                              r"ms_transfer\.mindspore_backend\.ckpt_format"):
         read_weights(tmp_path / "w.ckpt")
-    with pytest.raises(CheckpointError, match="import ms_transfer.ckpt_format"):
+    with pytest.raises(CheckpointError, match="import ms_transfer.mindspore_backend.ckpt_format"):
         write_weights(tmp_path / "x.ckpt", {"w": np.zeros(2, np.float32)})
     assert not (tmp_path / "x.ckpt").exists()
     with pytest.raises(ValueError, match="unknown weight format 'onnx'"):
@@ -147,7 +147,8 @@ def test_each_side_reads_the_other_frameworks_files_and_loads_it_only_then(tmp_p
     reads a .ckpt (MindSpore likewise), both through what the backends register on import."""
     write_weights(tmp_path / "w.pth", {"fc.weight": np.ones((2, 3), np.float32)})
     write_weights(tmp_path / "w.ckpt", {"fc.weight": np.ones((2, 3), np.float32)})
-    for side, other, ext in (("ms_transfer.backend", "torch", "pth"), ("torch_reference.backend", "mindspore", "ckpt")):
+    for side, other, ext in (("ms_transfer.mindspore_backend.backend", "torch", "pth"),
+                             ("torch_reference.backend", "mindspore", "ckpt")):
         result = _python(f"""
             import sys
             import {side}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ms_transfer.core import naming
-from ms_transfer.checkpoint import load_pretrained
+from ms_transfer.mindspore_backend.checkpoint import load_pretrained
 from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import main as convert_main
 from ms_transfer.models import create_model
@@ -140,7 +140,7 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
     src, _ = _torch_checkpoint(tmp_path, "resnet18")
     dst = tmp_path / "out.ckpt"
     dst.write_bytes(b"previous good checkpoint")
-    from ms_transfer.ckpt_format import CKPT
+    from ms_transfer.mindspore_backend.ckpt_format import CKPT
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

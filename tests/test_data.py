@@ -1,4 +1,4 @@
-"""Scanning, validation and MindSpore pipelines of ms_transfer.data (+ the synthetic demo set)."""
+"""Scanning, validation and MindSpore pipelines of ms_transfer.mindspore_backend.data (+ the synthetic demo set)."""
 
 import os
 import warnings
@@ -10,7 +10,7 @@ from PIL import Image
 
 from ms_transfer.core.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, DatasetInfo, resolve_data_root, scan_split
 from ms_transfer.core.demo_data import CLASSES, make_demo_dataset
-from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.mindspore_backend.data import create_dataset, load_image_for_eval
 
 RNG = np.random.default_rng(0)
 

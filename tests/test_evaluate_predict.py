@@ -6,12 +6,12 @@ import pytest
 from mindspore import Tensor, nn
 from PIL import Image
 
-from ms_transfer.checkpoint import save_run_checkpoint
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.checkpoint import save_run_checkpoint
+from ms_transfer.mindspore_backend.context import set_context
 from ms_transfer.core.checkpoint_io import write_weights
 from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.core.plots import plot_curves, plot_predictions
-from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.mindspore_backend.data import create_dataset, load_image_for_eval
 from ms_transfer.evaluate import evaluate_checkpoint, evaluate_net
 from ms_transfer.evaluate import main as evaluate_main
 from ms_transfer.models import create_model

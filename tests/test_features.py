@@ -1,5 +1,6 @@
-"""Frozen-trunk fast path (ms_transfer.frozen_trunk) and trunk-feature cache (ms_transfer.core.feature_cache),
-wired into the one training loop (ms_transfer.core.loop) through the MindSpore backend."""
+"""Frozen-trunk fast path (ms_transfer.mindspore_backend.frozen_trunk) and trunk-feature cache
+(ms_transfer.core.feature_cache), wired into the one training loop (ms_transfer.core.loop) through the MindSpore
+backend."""
 import json
 import os
 
@@ -11,17 +12,17 @@ from mindspore import nn
 
 import ms_transfer.core.feature_cache as features_mod
 import ms_transfer.core.recipe as recipe
-from ms_transfer.backend import MindSporeBackend, make_loss
-from ms_transfer.checkpoint import load_state_into
+from ms_transfer.mindspore_backend.backend import MindSporeBackend, make_loss
+from ms_transfer.mindspore_backend.checkpoint import load_state_into
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import batch_indices, scan_split
 from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.core.feature_cache import CACHE_STATS, FeatureCache, FeatureCollector, FeatureStore, trunk_fingerprint
 from ms_transfer.core.freeze import strategy_patterns
-from ms_transfer.data import create_dataset
-from ms_transfer.frozen_trunk import FrozenTrunkStep
+from ms_transfer.mindspore_backend.data import create_dataset
+from ms_transfer.mindspore_backend.frozen_trunk import FrozenTrunkStep
 from ms_transfer.models import create_model, load_run_checkpoint
-from ms_transfer.optim import apply_freeze, momentum_sgd
+from ms_transfer.mindspore_backend.optim import apply_freeze, momentum_sgd
 from ms_transfer.train import train
 
 

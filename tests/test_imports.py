@@ -21,7 +21,7 @@ ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # oneDNN 3 reads both, o
 
 # (the core's framework-neutrality, function-local and dynamic imports included: tests/test_backend_protocol.py)
 #: the one module allowed to change the process environment at import (see its docstring)
-PREPARE_MODULE = "ms_transfer.context"
+PREPARE_MODULE = "ms_transfer.mindspore_backend.context"
 
 
 def _modules() -> Dict[str, Path]:
@@ -163,7 +163,7 @@ def test_only_the_prepare_module_changes_the_environment_at_import():
 
 def test_every_mindspore_module_of_the_package_imports_the_prepare_module():
     """A module that imports MindSpore at import time gets the oneDNN decision with it: it imports
-    ms_transfer.context itself, or lives in ms_transfer.models, whose package ``__init__`` does."""
+    ms_transfer.mindspore_backend.context itself, or lives in ms_transfer.models, whose package ``__init__`` does."""
     def imports_at_top(module: str) -> Set[str]:
         tree = ast.parse(MODULES[module].read_text())
         top = set(_top_level(tree))
@@ -175,7 +175,7 @@ def test_every_mindspore_module_of_the_package_imports_the_prepare_module():
                and m != PREPARE_MODULE
                and any(n.split(".")[0] == "mindspore" for n in imports_at_top(m))
                and PREPARE_MODULE not in imports_at_top(m)]
-    assert not missing, f"these import MindSpore without ms_transfer.context (the oneDNN cap): {missing}"
+    assert not missing, f"these import MindSpore without {PREPARE_MODULE} (the oneDNN cap): {missing}"
 
 
 # --- in fresh processes ---------------------------------------------------------------------------------------
@@ -215,12 +215,37 @@ def test_importing_the_models_applies_the_onednn_decision_whatever_came_first():
             import os
             {first}
             from ms_transfer.models import create_model
-            from ms_transfer import onednn
+            from ms_transfer.mindspore_backend import onednn
             print("ISA", *[os.environ.get(var) for var in {ISA_VARS!r}], onednn.decide(None).isa)
         """)
         line = next(line for line in out.stdout.splitlines() if line.startswith("ISA "))
         *applied, decided = line.split()[1:]
         assert applied == [decided] * len(ISA_VARS), (first, line)
+
+
+#: old module paths kept for users (README, earlier examples): the moved module itself, not a copy
+OLD_PATHS = {"ms_transfer.context": "ms_transfer.mindspore_backend.context",
+             "ms_transfer.optim": "ms_transfer.mindspore_backend.optim",
+             "ms_transfer.onednn": "ms_transfer.mindspore_backend.onednn"}
+
+
+def test_old_module_paths_are_the_moved_modules_and_the_package_loads_no_framework():
+    """``import ms_transfer`` and ``ms_transfer.mindspore_backend`` load no framework; each old path is the same
+    module object as its new one (so ``ms_transfer.optim.TorchAdam`` works and a monkeypatch of either name is seen
+    by both); ``ms_transfer.onednn`` still loads no MindSpore."""
+    out = _python(f"""
+        import importlib, sys
+        import ms_transfer, ms_transfer.mindspore_backend, ms_transfer.onednn
+        print("FRAMEWORKS", sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))
+        for old, new in {OLD_PATHS!r}.items():
+            assert importlib.import_module(old) is importlib.import_module(new), old
+        from ms_transfer.optim import TorchAdam
+        from ms_transfer.context import set_context
+        assert TorchAdam is ms_transfer.mindspore_backend.optim.TorchAdam and ms_transfer.context is sys.modules[
+            "ms_transfer.mindspore_backend.context"]
+        print("SAME")
+    """)
+    assert "FRAMEWORKS []" in out.stdout and "SAME" in out.stdout, out.stdout[-2000:]
 
 
 def _cap_below_this_cpu() -> Tuple[str, str]:
@@ -238,15 +263,15 @@ def _isa_in_effect(out: subprocess.CompletedProcess) -> str:
 
 
 def test_a_decided_cap_is_the_isa_oneDNN_runs():
-    """The decision applied by ``ms_transfer.context`` is the one MindSpore's oneDNN runs, not just the one logged:
-    with the decision forced to a cap, a conv's verbose log reports that ISA (not AVX-512). Before the cap was
-    written as ``DNNL_MAX_CPU_ISA`` too, MindSpore 2.7.2's oneDNN 2.2 ignored it and reported AVX-512."""
+    """The decision applied by ``ms_transfer.mindspore_backend.context`` is the one MindSpore's oneDNN runs, not just
+    the one logged: with the decision forced to a cap, a conv's verbose log reports that ISA (not AVX-512). Before the
+    cap was written as ``DNNL_MAX_CPU_ISA`` too, MindSpore 2.7.2's oneDNN 2.2 ignored it and reported AVX-512."""
     cap, shown = _cap_below_this_cpu()
     out = _python(textwrap.dedent(f"""
-        from ms_transfer import onednn
+        from ms_transfer.mindspore_backend import onednn
         onednn.decide = lambda user_isa=None: onednn.Decision({cap!r}, "forced by the test")
-        import ms_transfer.context
-        assert ms_transfer.context.DECISION.isa == {cap!r}
+        import ms_transfer.mindspore_backend.context
+        assert ms_transfer.mindspore_backend.context.DECISION.isa == {cap!r}
     """) + _CONV, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
     isa = _isa_in_effect(out)
     assert shown in isa and "AVX-512" not in isa, isa
@@ -260,7 +285,7 @@ def test_a_users_cap_under_either_spelling_is_the_isa_oneDNN_runs(user_var):
     out = _python(textwrap.dedent(f"""
         import os
         from ms_transfer.models import create_model
-        from ms_transfer import context
+        from ms_transfer.mindspore_backend import context
         assert context.USER_ISA == {cap!r} and context.DECISION.reason == "set by the user", context.DECISION
         print("VARS", *[os.environ.get(var) for var in {ISA_VARS!r}])
     """) + _CONV, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1", **{user_var: cap})
@@ -273,9 +298,9 @@ def test_a_users_cap_is_never_overwritten():
     """Both spellings exported with different values: the package changes neither (each oneDNN reads its own)."""
     out = _python(f"""
         import os
-        import ms_transfer.context
-        from ms_transfer.context import apply_onednn_cap
-        from ms_transfer import onednn
+        import ms_transfer.mindspore_backend.context
+        from ms_transfer.mindspore_backend.context import apply_onednn_cap
+        from ms_transfer.mindspore_backend import onednn
         apply_onednn_cap(onednn.Decision("AVX2", "a decision the user's export must beat"))
         print("VARS", *[os.environ.get(var) for var in {ISA_VARS!r}])
     """, ONEDNN_MAX_CPU_ISA="SSE41", DNNL_MAX_CPU_ISA="AVX")

@@ -64,13 +64,13 @@ def test_torch_side_never_loads_mindspore_and_the_package_has_no_side_effects():
     result = _python("""
         import os, sys
         import ms_transfer, ms_transfer.core.loop
-        caps = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # the cap's two spellings (ms_transfer.onednn)
+        caps = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # the cap's two spellings (mindspore_backend.onednn)
         assert not set(caps) & set(os.environ), "import ms_transfer changed the environment"
         import torch_reference.train, torch_reference.evaluate
         assert not [m for m in sys.modules if m.split(".")[0] == "mindspore"], "MindSpore was imported"
         assert not set(caps) & set(os.environ)
-        import ms_transfer.models  # the MindSpore side applies its oneDNN decision itself (ms_transfer.onednn)
-        from ms_transfer import context
+        import ms_transfer.models  # the MindSpore side applies its oneDNN decision itself (mindspore_backend.onednn)
+        from ms_transfer.mindspore_backend import context
         assert all(os.environ.get(var) == context.DECISION.isa for var in caps), context.DECISION
         print("ok")
     """, cwd=ROOT, env=env)
@@ -246,10 +246,10 @@ def test_torch_frozen_trunk_uses_the_feature_cache_and_trains_the_same(data_dir,
 
 
 def test_onednn_cap_follows_the_bundled_version_the_cpu_and_the_user():
-    """The cap is decided, not assumed (ms_transfer.onednn): the user's ISA wins; no AVX-512, no cap; an unprobed
-    machine gets the rule from the measured versions (oneDNN >= 3: AVX2, 2.x: none); a cached probe decides (the
-    rule's choice unless the other is clearly faster)."""
-    from ms_transfer import onednn
+    """The cap is decided, not assumed (ms_transfer.mindspore_backend.onednn): the user's ISA wins; no AVX-512, no cap;
+    an unprobed machine gets the rule from the measured versions (oneDNN >= 3: AVX2, 2.x: none); a cached probe decides
+    (the rule's choice unless the other is clearly faster)."""
+    from ms_transfer.mindspore_backend import onednn
 
     version = onednn.bundled_onednn()
     assert version and version.count(".") == 2   # read from MindSpore's own libdnnl
@@ -257,7 +257,7 @@ def test_onednn_cap_follows_the_bundled_version_the_cpu_and_the_user():
     decision = onednn.decide(None)
     if not onednn.cpu()["avx512"]:
         assert decision.isa is None
-    elif not decision.probe:   # the rule until a probe (see ms_transfer.onednn.rule)
+    elif not decision.probe:   # the rule until a probe (see ms_transfer.mindspore_backend.onednn.rule)
         assert decision.isa == ("AVX2" if int(version.split(".")[0]) >= 3 else None)
     else:   # measured: the rule's choice unless the other is clearly faster (onednn.OVERRIDE_MARGIN)
         ruled = onednn.rule(version).isa or "ALL"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ms_transfer.core import naming
-from ms_transfer.checkpoint import load_state_into
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.checkpoint import load_state_into
+from ms_transfer.mindspore_backend.context import set_context
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.checkpoint_io import WeightFile
 from ms_transfer.models import ResidualBlock, ResidualBlockBase, create_model, list_models, make_layer

@@ -1,11 +1,11 @@
-"""The oneDNN ISA decision's pure parts (``ms_transfer.onednn``; MindSpore is not imported): both spellings of the
-cap, the rule per oneDNN version, the probe's margin, and a cache that forgets decisions made under an older rule.
-That the cap really reaches MindSpore's oneDNN is checked in fresh processes by tests/test_imports.py."""
+"""The oneDNN ISA decision's pure parts (``ms_transfer.mindspore_backend.onednn``; MindSpore is not imported): both
+spellings of the cap, the rule per oneDNN version, the probe's margin, and a cache that forgets decisions made under an
+older rule. That the cap really reaches MindSpore's oneDNN is checked in fresh processes by tests/test_imports.py."""
 from __future__ import annotations
 
 import pytest
 
-from ms_transfer import onednn
+from ms_transfer.mindspore_backend import onednn
 
 
 def test_the_cap_is_written_under_both_spellings_and_the_users_either_one_is_read():

@@ -7,7 +7,7 @@ import torch
 from mindspore import nn, ops
 
 import parity
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.context import set_context
 from parity.engine.weight_map import NameMapError
 
 # --- model 1: conv-BN-ReLU stem (stride 2), a residual conv-BN, global average pool, linear head -------------

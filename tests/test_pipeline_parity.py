@@ -1,4 +1,5 @@
-"""Data pipeline parity: ms_transfer.data (MindSpore) vs torch_reference.data (torchvision) on real JPEGs."""
+"""Data pipeline parity: ms_transfer.mindspore_backend.data (MindSpore) vs torch_reference.data (torchvision) on real
+JPEGs."""
 import json
 import os
 import warnings
@@ -12,7 +13,7 @@ from PIL import Image, ImageDraw
 from torchvision.datasets import ImageFolder
 
 from ms_transfer.core.data import DatasetError, PilResizeCenterCrop, eval_resize_size, load_rgb, scan_split
-from ms_transfer.data import create_dataset, load_image_for_eval
+from ms_transfer.mindspore_backend.data import create_dataset, load_image_for_eval
 from parity.suite.pipeline import GREY_LEVEL, ROUNDING_BOUND, compare_val_pipelines, main
 from torch_reference.data import ScannedImageFolder, create_loader
 
@@ -125,7 +126,8 @@ def test_default_backend_difference_is_reported_and_bounded(jpeg_paths):
     assert 0 < summary["mean_abs"] < 0.25
 
 
-# --- (c) the torch dataset scans exactly like ms_transfer.data ---------------------------------------------
+# --- (c) the torch dataset scans exactly like ms_transfer.mindspore_backend.data
+# ---------------------------------------------
 
 @pytest.fixture()
 def messy_dir(tmp_path) -> Path:

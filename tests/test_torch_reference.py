@@ -74,7 +74,7 @@ def test_checkpoints_cross_evaluate_to_the_same_accuracy(both_runs, data_dir, tm
 
 def test_unfreeze_patterns_select_the_same_layers_in_both_frameworks(data_dir, tmp_path):
     from ms_transfer.models import create_model
-    from ms_transfer.optim import apply_freeze
+    from ms_transfer.mindspore_backend.optim import apply_freeze
     cfg = _cfg(data_dir, tmp_path, freeze=["*"], unfreeze=["fc.*", "layer4.*"], strategy="finetune")
     stage = plan_stages(cfg)[0]
     net = create_model("resnet18", num_classes=2)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import crash_after, small_config
 
-from ms_transfer.ckpt_format import CKPT
+from ms_transfer.mindspore_backend.ckpt_format import CKPT
 import ms_transfer.core.recipe as recipe
-from ms_transfer.backend import MindSporeBackend
+from ms_transfer.mindspore_backend.backend import MindSporeBackend
 from ms_transfer.core.demo_data import make_demo_dataset
 from ms_transfer.core.runlock import LOCK_NAME
 from ms_transfer.core.weights import url_cache_path
@@ -204,7 +204,7 @@ def test_compile_cache_reuses_graphs_across_cli_runs_and_trains_the_same(tmp_pat
     import subprocess
     import sys
 
-    from ms_transfer import compile_cache
+    from ms_transfer.mindspore_backend import compile_cache
     from ms_transfer.core.config import TrainConfig
 
     env = {**os.environ, "MS_TRANSFER_CACHE": str(tmp_path / "cache")}

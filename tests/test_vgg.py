@@ -63,7 +63,7 @@ def test_naming_table_is_torchvisions_and_detects_every_depth(arch):
 def test_ms_model_has_torchvisions_structure_init_and_api(ms_vgg11_bn):
     net = ms_vgg11_bn
     assert {"vgg11", "vgg11_bn", "vgg16", "vgg19_bn"} <= set(list_models())
-    from ms_transfer.frozen_trunk import head_name
+    from ms_transfer.mindspore_backend.frozen_trunk import head_name
     assert head_name(net) == head_module("vgg11_bn") == "classifier" and head_name(build_model("resnet18", 2)) == "fc"
     assert sorted(p.name for p in net.get_parameters()) == sorted(naming.name_table("vgg11_bn", "ms_transfer"))
     p = {q.name: q.asnumpy() for q in net.get_parameters()}
@@ -196,7 +196,7 @@ def test_parity_catches_the_vgg_bugs():
     square hidden classifier layer loaded transposed, and the class layer's weight read in the wrong memory order
     each fail. Every other depth: ``test_cli_catches_the_vgg_bugs_every_depth`` (slow)."""
     arch = "vgg11_bn"
-    from ms_transfer.context import set_context
+    from ms_transfer.mindspore_backend.context import set_context
     from parity.engine.comparison import prepare, run_port
     from parity.suite.bugs import inject
     from parity.engine.tolerance import compare_to_floor
@@ -283,7 +283,7 @@ def test_reference_bundle_of_a_vgg_round_trips_without_torch_and_catches_a_bug(t
     process where torch cannot be imported; a port with the floor-ended bin rule fails against the same bundle.
     (The bundle checks the port with the bundle's own weights, so the weight-layout bugs do not apply here.)"""
     from test_parity_reference import BLOCK_TORCH
-    from ms_transfer.context import set_context
+    from ms_transfer.mindspore_backend.context import set_context
     from parity.suite.bugs import inject
     from parity.engine.bundle import check_reference
 
@@ -311,7 +311,7 @@ def test_training_step_parity_in_seed_002s_regime():
     of VGG11 at 32 px against one float64 reference and its floor: the clean trainer passes, and MindSpore's own
     ``nn.Adam`` (``adam_tf_epsilon``: eps on the uncorrected moment) fails. On ResNet18's fc the same bug stays
     inside the bound (scale ratio 3.2: larger gradients make eps matter less), so VGG is where it is tested."""
-    from ms_transfer.context import set_context
+    from ms_transfer.mindspore_backend.context import set_context
     from parity import ParityConfig
     from parity.engine.tolerance import K
     from parity.suite.problems import make_problem
@@ -331,14 +331,14 @@ def test_training_step_parity_in_seed_002s_regime():
 
 
 def test_adam_is_torchs_rule_and_mindsporess_own_is_not():
-    """``ms_transfer.optim``'s Adam (two groups at different LRs, a per-step schedule, weight decay) gives
-    bit-identical updates to ``torch.optim.Adam`` in both modes, including gradients near eps; MindSpore's
+    """``ms_transfer.mindspore_backend.optim``'s Adam (two groups at different LRs, a per-step schedule, weight decay)
+    gives bit-identical updates to ``torch.optim.Adam`` in both modes, including gradients near eps; MindSpore's
     ``nn.Adam`` (eps on the uncorrected second moment) does not, which the training-step check catches
     (``--inject adam_tf_epsilon``, above)."""
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn
 
-    from ms_transfer.optim import build_optimizer
+    from ms_transfer.mindspore_backend.optim import build_optimizer
 
     rng = np.random.RandomState(0)
     w0 = [rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal(4).astype(np.float32)]

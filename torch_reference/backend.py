@@ -41,7 +41,7 @@ def torch_device(device: str) -> torch.device:
 
 def build_torch_optimizer(name: str, groups: Sequence[Dict], momentum: float,
                           weight_decay: float) -> torch.optim.Optimizer:
-    """torch counterpart of ``ms_transfer.optim.build_optimizer`` (groups carry ``lr_mult``)."""
+    """torch counterpart of ``ms_transfer.mindspore_backend.optim.build_optimizer`` (groups carry ``lr_mult``)."""
     if name in ("momentum", "sgd"):  # nn.Momentum and nn.SGD (dampening 0) both follow torch SGD's rule
         return torch.optim.SGD(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":

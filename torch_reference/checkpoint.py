@@ -21,7 +21,7 @@ from ms_transfer.core.archs import head_module
 from ms_transfer.core.tasks import num_outputs
 from ms_transfer.core.convert import convert_weights, excluded_names, into_arch
 # both frameworks' weight files, for pretrained weights of either (neither module loads its framework)
-from ms_transfer import ckpt_format  # noqa: F401
+from ms_transfer.mindspore_backend import ckpt_format  # noqa: F401
 
 from . import pth_format  # noqa: F401
 
@@ -71,8 +71,8 @@ def load_pretrained(model: torch.nn.Module, path: PathLike, arch: str, verbose: 
 
     The head is replaced (left at its init) when the checkpoint's class count differs. Raises
     :class:`CheckpointError` for another architecture or any missing trunk tensor. ``exclude``: glob patterns of
-    this project's parameter names left at their init (as ``ms_transfer.checkpoint.load_pretrained``). Returns
-    the report line.
+    this project's parameter names left at their init (as ``ms_transfer.mindspore_backend.checkpoint.load_pretrained``).
+    Returns the report line.
     """
     num_classes = (getattr(model, "num_classes", None)
                    or model.state_dict()[naming.head_names("torchvision", arch)[0]].shape[0])

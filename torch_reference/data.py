@@ -1,4 +1,5 @@
-"""The torchvision side of the data pipeline, on exactly the files and labels ``ms_transfer.data`` uses.
+"""The torchvision side of the data pipeline, on exactly the files and labels ``ms_transfer.mindspore_backend.data``
+uses.
 
 Scanning is *not* re-implemented: :class:`ScannedImageFolder` takes its classes from
 :func:`ms_transfer.core.data.list_classes` and its samples from :func:`ms_transfer.core.data.scan_split`, so
@@ -155,7 +156,7 @@ def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_siz
                  shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
                  ) -> Tuple[DataLoader, List[Tuple[str, str]]]:
     """A ``DataLoader`` over scanned samples, yielding ``(images float32 Bx3xSxS, labels int64 B)``; returns
-    ``(loader, load_failures)``. The torch counterpart of ``ms_transfer.data.build_dataset``.
+    ``(loader, load_failures)``. The torch counterpart of ``ms_transfer.mindspore_backend.data.build_dataset``.
 
     Order: with ``shuffle``, :func:`shuffle_order` ``(n, seed)`` (the MindSpore pipeline's order), else index
     order. Random augmentation draws from torch's global RNG (``num_workers == 0``), which is seeded here with
@@ -177,8 +178,8 @@ def create_loader(data_dir: PathLike, split: str, image_size: Size, batch_size: 
                   shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
                   ) -> Tuple[DataLoader, DatasetInfo]:
     """Scan ``data_dir/split`` and build its loader (see :func:`build_loader`); returns ``(loader, DatasetInfo)``.
-    The torch counterpart of :func:`ms_transfer.data.create_dataset`. Checks that train and val have the same
-    classes. Training runs scan once and call :func:`build_loader` per epoch instead."""
+    The torch counterpart of :func:`ms_transfer.mindspore_backend.data.create_dataset`. Checks that train and val have
+    the same classes. Training runs scan once and call :func:`build_loader` per epoch instead."""
     if split not in EVAL_SPLITS:
         raise DatasetError(f"Unknown split {split!r}; expected one of {list(EVAL_SPLITS)}.")
     root = resolve_data_root(data_dir)

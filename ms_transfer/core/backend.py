@@ -1,9 +1,10 @@
 """What the training loop (and parity, and the evaluation CLIs) need from a framework, split by concern.
 
-:func:`ms_transfer.core.loop.fit` is written once against :class:`Backend`; ``ms_transfer.backend.MindSporeBackend``
-and ``torch_reference.backend.TorchBackend`` implement it (``tests/test_backend_protocol.py`` checks every member).
-Batches are the backend's own tensors; everything that crosses back into the loop (losses, logits, features,
-labels) is numpy. The parts, as Lightning separates a ``Strategy``'s collectives and ``CheckpointIO`` from the step:
+:func:`ms_transfer.core.loop.fit` is written once against :class:`Backend`;
+``ms_transfer.mindspore_backend.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` implement it
+(``tests/test_backend_protocol.py`` checks every member). Batches are the backend's own tensors; everything that crosses
+back into the loop (losses, logits, features, labels) is numpy. The parts, as Lightning separates a ``Strategy``'s
+collectives and ``CheckpointIO`` from the step:
 
 - :class:`Distribution`: this process's rank (:class:`~.distributed.Dist`), barrier, all-gather, the parameters
   the ranks compare;

@@ -4,7 +4,7 @@ Everything is exchanged as ``{name: numpy array}`` plus a small JSON-able ``meta
 conversion logic never touches a framework tensor type. Writes are atomic (temp file + ``os.replace``).
 
 The core imports no framework: each framework's format is a :class:`WeightFormat` that its backend registers
-on import (:func:`register_format`; MindSpore's ``.ckpt`` in :mod:`ms_transfer.ckpt_format`, torch's
+on import (:func:`register_format`; MindSpore's ``.ckpt`` in :mod:`ms_transfer.mindspore_backend.ckpt_format`, torch's
 ``.pth``/``.pt`` in :mod:`torch_reference.pth_format`; both backends' checkpoint modules and the CLIs that read
 weight files import both). ``.safetensors`` needs no framework and is registered here. Reading or writing a
 format nobody registered is a :class:`CheckpointError` naming the module to import.
@@ -26,7 +26,7 @@ TORCH_EXTS = (".pth", ".pt")
 #: every weight-file extension the project knows -> its format (readers and writers: :func:`register_format`)
 FORMATS = {".pth": "torch", ".pt": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 #: the module whose import registers each format (named in the error when it is missing)
-PROVIDERS = {"torch": "torch_reference.pth_format", "mindspore": "ms_transfer.ckpt_format",
+PROVIDERS = {"torch": "torch_reference.pth_format", "mindspore": "ms_transfer.mindspore_backend.ckpt_format",
              "safetensors": __name__}
 #: key under which ``meta`` is stored in a ``.ckpt`` (append_dict) or ``.safetensors`` header.
 META_KEY = "ms_transfer_meta"

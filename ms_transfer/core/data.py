@@ -1,7 +1,7 @@
 """ImageFolder-style datasets, framework-neutral: layout, scanning, validation, sample order, eval geometry.
 
-The MindSpore pipeline (:mod:`ms_transfer.data`) and the torch loader (:mod:`torch_reference.data`) are both built
-from what this module scans, once per run, so both frameworks see the same files, labels and batches.
+The MindSpore pipeline (:mod:`ms_transfer.mindspore_backend.data`) and the torch loader (:mod:`torch_reference.data`)
+are both built from what this module scans, once per run, so both frameworks see the same files, labels and batches.
 
 Expected layout (class indices come from the sorted class folder names)::
 

@@ -2,8 +2,8 @@
 
 The launchers are the frameworks' own: MindSpore's ``msrun`` (collectives over ``mccl`` on CPU, NCCL/HCCL on
 GPU/Ascend) and PyTorch's ``torchrun`` (DDP over ``gloo`` on CPU, ``nccl`` on GPU). :func:`detect` reads what they
-export; each backend initialises its communication from it (``ms_transfer.backend`` / ``torch_reference.backend``),
-and the one loop (:mod:`.loop`) shards with :func:`shard_epoch`.
+export; each backend initialises its communication from it (``ms_transfer.mindspore_backend.backend`` /
+``torch_reference.backend``), and the one loop (:mod:`.loop`) shards with :func:`shard_epoch`.
 
 Sharding. ``batch_size`` is per rank: the global batch is ``world_size * batch_size``. An epoch's order is the
 single-process order (``shuffle_order(N, seed + epoch)``), cut into global batches; rank ``r`` takes the ``r``-th

@@ -2,7 +2,7 @@
 
 Patterns always use this project's (MindSpore tutorial) parameter names; ``torch_reference`` translates its
 torchvision names through :mod:`ms_transfer.core.naming` before matching, so a pattern means the same layers in
-both frameworks. Each backend applies them to its own parameters (``ms_transfer.optim.apply_freeze``,
+both frameworks. Each backend applies them to its own parameters (``ms_transfer.mindspore_backend.optim.apply_freeze``,
 ``torch_reference.backend``).
 
 A frozen BatchNorm (gamma and beta frozen) runs in inference mode: it normalises with its moving

@@ -6,10 +6,11 @@ Every registered architecture (:mod:`ms_transfer.core.archs`) is importable by n
     from ms_transfer.models import resnext50_32x4d, create_model
     net = resnext50_32x4d(num_classes=10)          # == create_model("resnext50_32x4d", num_classes=10)
 
-Importing this package applies the oneDNN decision (:mod:`ms_transfer.context`) before any of its cells can run,
-so every module below it, and ``from ms_transfer.models import create_model``, gets it without importing it.
+Importing this package applies the oneDNN decision (:mod:`ms_transfer.mindspore_backend.context`) before any of its
+cells can run, so every module below it, and ``from ms_transfer.models import create_model``, gets it without importing
+it.
 """
-from .. import context  # noqa: F401  (its import applies the oneDNN cap)
+from ..mindspore_backend import context  # noqa: F401  (its import applies the oneDNN cap)
 from ..core.archs import list_archs
 from .factory import build_model, create_model, load_run_checkpoint
 from .registry import arch_builder, list_models, model_builder, register_family, register_model

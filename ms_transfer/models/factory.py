@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 from mindspore import nn
 
-from ..checkpoint import LoadReport, load_pretrained, load_state_into
+from ..mindspore_backend.checkpoint import LoadReport, load_pretrained, load_state_into
 from ..core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, WeightFile, read_weights
 from ..core.convert import convert_weights
 from ..core import recipe

@@ -260,7 +260,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     ``ms_cell``: the port to check (default: built from the manifest's model spec). ``arch``: refuse the bundle
     unless it was made for this architecture.
     """
-    from ms_transfer.context import set_context
+    from ms_transfer.mindspore_backend.context import set_context
 
     from .comparison import CompareOptions, make_runners, run_port, synthetic_grads
     from .dropout import compare_dropout, ms_dropout_stats

@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-import ms_transfer.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
+import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
 
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names

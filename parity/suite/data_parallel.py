@@ -157,8 +157,8 @@ def _rank_batches(batches: Batches, rank: int, world: int, inject: Optional[str]
 def _run_mindspore(cfg, state, batches: Batches, num_classes: int, inject: Optional[str]) -> Dict:
     import mindspore as ms
 
-    from ms_transfer.backend import MindSporeBackend
-    from ms_transfer.checkpoint import load_state_into
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
+    from ms_transfer.mindspore_backend.checkpoint import load_state_into
     from ms_transfer.core import naming
     from ms_transfer.models import build_model
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ms_transfer.core.data import (IMAGENET_STD, RESIZE_BACKENDS, DatasetError, PathLike, PilResizeCenterCrop,
                                    check_resize_backend, eval_resize_size, resolve_data_root, scan_split)
-from ms_transfer.data import load_image_for_eval
+from ms_transfer.mindspore_backend.data import load_image_for_eval
 
 #: Largest difference two correct float32 normalisations of the same uint8 pixel may show.
 #: torchvision computes ``(x/255 - m)/s``, MindSpore ``(x - 255m)/(255s)``: same value, other rounding.

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
-from ms_transfer.context import set_context
+from ms_transfer.mindspore_backend.context import set_context
 from ms_transfer.models import build_model
 
 from ..engine.comparison import CHECKS, CompareOptions, compare_models

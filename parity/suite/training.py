@@ -1,7 +1,7 @@
 """Training-step parity: N optimizer steps of both frameworks' *real trainers* on the same fixed batches.
 
-``ms_transfer.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` (the backends of the one
-training loop) are built
+``ms_transfer.mindspore_backend.backend.MindSporeBackend`` and ``torch_reference.backend.TorchBackend`` (the backends of
+the one training loop) are built
 from one :class:`~ms_transfer.core.config.TrainConfig` per regime, start from the same weights and see the same
 batches (no random augmentation). Compared after ``N`` steps, against the float64 torch reference with the
 noise-floor rule of :mod:`parity.engine.tolerance` (floor = jittered torch float32 runs of the same trainer):
@@ -170,7 +170,7 @@ def _bn_weight_decay_skipped(trainer) -> None:
     """MindSpore's default for ``weight_decay=<float>``: every ``gamma``/``beta`` is skipped (torch decays all)."""
     from mindspore import nn
 
-    from ms_transfer.optim import lr_groups
+    from ms_transfer.mindspore_backend.optim import lr_groups
     cfg = trainer.cfg
     base = trainer.lrs
     groups = []
@@ -192,10 +192,10 @@ def _frozen_bn_updates(trainer) -> None:
 
 def _adam_tf_epsilon(trainer) -> None:
     """MindSpore's own ``nn.Adam`` in place of torch's rule: eps added to the uncorrected ``sqrt(v)`` (TensorFlow's
-    form; see ms_transfer.optim). Seen in the ``last_layer_adam`` regime."""
+    form; see ms_transfer.mindspore_backend.optim). Seen in the ``last_layer_adam`` regime."""
     from mindspore import nn
 
-    from ms_transfer.optim import lr_groups
+    from ms_transfer.mindspore_backend.optim import lr_groups
     base = trainer.lrs
     groups = [{"params": ps, "lr": [mult * v for v in base], "weight_decay": trainer.cfg.weight_decay}
               for mult, ps in lr_groups(trainer.model.trainable_params(), trainer.cfg.lr_mult)]
@@ -217,8 +217,8 @@ def mindspore_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batche
     """``len(batches)`` steps of ``MindSporeBackend`` (current MindSpore mode/device), torchvision names."""
     import mindspore as ms
 
-    from ms_transfer.backend import MindSporeBackend
-    from ms_transfer.checkpoint import load_state_into
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
+    from ms_transfer.mindspore_backend.checkpoint import load_state_into
     from ms_transfer.core import naming
     from ms_transfer.models import build_model
 

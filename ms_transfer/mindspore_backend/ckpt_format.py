@@ -10,7 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
-from .core.checkpoint_io import META_KEY, CheckpointError, WeightFormat, contiguous, register_format
+from ..core.checkpoint_io import META_KEY, CheckpointError, WeightFormat, contiguous, register_format
 
 __all__ = ["CKPT"]
 

@@ -15,9 +15,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
-from .core.archs import head_module, task_of
-from .core.tasks import NO_FAST_PATH
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.mindspore_backend.context)
+from ..core.archs import head_module, task_of
+from ..core.tasks import NO_FAST_PATH
 from .parallel import grad_reducer, is_data_parallel
 
 __all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
@@ -39,8 +39,8 @@ def frozen_trunk_reason(net: nn.Cell) -> Optional[str]:
 
     Needs a net with ``forward_features`` and a head module (:func:`head_name`) that holds every trainable
     parameter, and whose trunk BatchNorms run in inference mode (``use_batch_statistics=False``, what
-    :func:`ms_transfer.optim.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes batch
-    statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
+    :func:`ms_transfer.mindspore_backend.optim.apply_freeze` sets for a frozen BatchNorm). A BatchNorm that computes
+    batch statistics would make the full-net train step differ from pure inference, so it disqualifies the net.
     """
     if task_of(getattr(net, "arch", None) or "") != "classify":
         return NO_FAST_PATH
@@ -122,9 +122,10 @@ class FrozenTrunkStep:
 
     ``net`` is an ms_transfer model frozen so that only its head (``fc.*``; VGG: ``classifier.*``) trains (e.g.
     after ``apply_freeze(net, *strategy_patterns("fixed_feature", arch=net.arch))``), ``optimizer`` updates the
-    head's parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar (``ms_transfer.backend.make_loss()``).
-    Equal (measured: bit-identical) to ``nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer)`` on
-    the same net, without a gradient graph through the trunk. Works in GRAPH and PYNATIVE mode. Raises
+    head's parameters and ``loss_fn`` maps ``(logits, labels)`` to a scalar
+    (``ms_transfer.mindspore_backend.backend.make_loss()``). Equal (measured: bit-identical) to
+    ``nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer)`` on the same net, without a gradient graph through
+    the trunk. Works in GRAPH and PYNATIVE mode. Raises
     ``ValueError`` naming the offending parameters or BatchNorm otherwise.
 
     ``step(x, y)`` (and ``__call__``) is one compiled graph: trunk forward + head step; ``extract`` runs the trunk
@@ -136,7 +137,8 @@ class FrozenTrunkStep:
         if reason:
             raise ValueError(f"FrozenTrunkStep needs a net whose only trainable parameters are its head's and "
                              f"whose frozen BatchNorms run in inference mode, but {reason}. Freeze it with "
-                             "ms_transfer.optim.apply_freeze(net, *strategy_patterns('fixed_feature', arch=net.arch)), "
+                             "ms_transfer.mindspore_backend.optim.apply_freeze("
+                             "net, *strategy_patterns('fixed_feature', arch=net.arch)), "
                              "or use nn.TrainOneStepCell for a trainable trunk.")
         head_cell = getattr(net, head_name(net))
         heads = {id(p) for p in head_cell.get_parameters()}

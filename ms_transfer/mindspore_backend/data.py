@@ -19,12 +19,12 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
-from .core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, CenterCrop, ImageSource, PathLike, PilResize,
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.mindspore_backend.context)
+from ..core.data import (EVAL_SPLITS, DatasetError, DatasetInfo, CenterCrop, ImageSource, PathLike, PilResize,
                         PilResizeCenterCrop,
                         Preprocess, check_augment, check_resize_backend, resolve_data_root,
                         scan_split, shuffle_order, check_same_classes)
-from .core.tasks import is_pair_samples
+from ..core.tasks import is_pair_samples
 
 __all__ = ["train_transforms", "val_transforms", "build_dataset", "create_dataset", "load_image_for_eval"]
 

@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import recipe
-from .core.config import TrainConfig
+from ..core import recipe
+from ..core.config import TrainConfig
 
 ENABLE_VAR, PATH_VAR = "MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"
 #: config keys that only say where the run writes
@@ -37,7 +37,7 @@ def allow_for_this_process() -> None:
 
 
 def _sources_digest() -> str:
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent   # the whole ms_transfer package: every source a graph uses
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())

@@ -14,8 +14,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
-from .core.distributed import Dist, threads_per_rank
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.mindspore_backend.context)
+from ..core.distributed import Dist, threads_per_rank
 
 __all__ = ["init_data_parallel", "is_data_parallel", "grad_reducer", "barrier", "all_gather"]
 
@@ -24,7 +24,7 @@ _JOINED = False   # init() once per process (parity's worker runs several traine
 
 def init_data_parallel(dist: Dist) -> Dist:
     """Join the cluster and switch on data parallelism (see the module docstring); returns ``dist`` as the cluster
-    sees it. Call after :func:`~ms_transfer.context.set_context` and before building any cell."""
+    sees it. Call after :func:`~ms_transfer.mindspore_backend.context.set_context` and before building any cell."""
     from mindspore.communication import get_group_size, get_rank, init
 
     global _JOINED

@@ -9,10 +9,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from mindspore import Tensor, nn
 
-from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.context)
-from .core import naming
-from .core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
-from .core.convert import convert_weights, excluded_names, into_arch
+from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.mindspore_backend.context)
+from ..core import naming
+from ..core.checkpoint_io import OPTIMIZER_PREFIX, CheckpointError, PathLike, read_weights, write_weights
+from ..core.convert import convert_weights, excluded_names, into_arch
 # both frameworks' weight files, for pretrained weights of either (neither module loads its framework)
 from . import ckpt_format  # noqa: F401
 from torch_reference import pth_format  # noqa: F401

@@ -17,16 +17,16 @@ from mindspore import nn, ops
 from . import compile_cache, parallel
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
 from .context import prepare_onednn, set_context
-from .core.archs import task_of
-from .core.config import TrainConfig
-from .core.data import Preprocess, SplitScan
-from .core.distributed import SINGLE, detect
-from .core.freeze import FreezeReport
-from .core.recipe import Stage, TrainingError
-from .core.tasks import is_pair_samples
+from ..core.archs import task_of
+from ..core.config import TrainConfig
+from ..core.data import Preprocess, SplitScan
+from ..core.distributed import SINGLE, detect
+from ..core.freeze import FreezeReport
+from ..core.recipe import Stage, TrainingError
+from ..core.tasks import is_pair_samples
 from .data import build_dataset
 from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head
-from .models.factory import build_model, load_run_checkpoint
+from ..models.factory import build_model, load_run_checkpoint
 from .optim import apply_freeze, build_optimizer, lr_groups
 
 __all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
@@ -118,7 +118,7 @@ class MindSporeBackend:
         if cfg.device == "CPU":  # which conv path oneDNN takes (probed once, then cached; not by launched ranks)
             prepare_onednn(probe=not dist.enabled)
         set_context(cfg.mode, cfg.device)
-        if dist.enabled:  # under msrun: join the cluster, average gradients (see ms_transfer.parallel)
+        if dist.enabled:  # under msrun: join the cluster, average gradients (see .parallel)
             self.dist = parallel.init_data_parallel(dist)
         self._compile_cache = cfg.compile_cache == "auto"
         ms.set_seed(cfg.seed)   # the same on every rank: MindSpore does not broadcast the initial weights
@@ -152,7 +152,7 @@ class MindSporeBackend:
     # --- stage and steps ---------------------------------------------------------------------------------
     def enter_stage(self, stage: Stage, lrs: Sequence[float], restore_optimizer: bool = False) -> FreezeReport:
         """Apply the stage's freezing and build its optimizer (per-step LRs) and train step."""
-        if self._compile_cache:   # once, before the first graph compiles (see ms_transfer.compile_cache)
+        if self._compile_cache:   # once, before the first graph compiles (see .compile_cache)
             self._compile_cache = False
             path = compile_cache.enable(self.cfg, lrs)
             if path is not None:

@@ -1,0 +1,86 @@
+"""One place to prepare MindSpore: the oneDNN ISA cap, the execution mode and the device.
+
+MindSpore 2.9/2.10's bundled oneDNN (v3.10.1) serves plain-NCHW convolutions on CPUs that report AVX-512 with a
+reference kernel (measured here, any AVX512_* level: ~1 GFLOP/s vs ~60-110 GFLOP/s at AVX2 for a 3x3 conv, i.e.
+~100x slower training, on Intel Xeon and AMD EPYC alike); MindSpore 2.7.2's oneDNN v2.2.0 does not. Whether to cap
+is decided by :mod:`ms_transfer.mindspore_backend.onednn` from the bundled oneDNN version, the CPU and a cached measured
+probe; a value the user exported wins. A cap is written under both of its spellings (``ONEDNN_MAX_CPU_ISA``,
+``DNNL_MAX_CPU_ISA``: oneDNN 2.2 reads only the second, see :data:`ms_transfer.mindspore_backend.onednn.ISA_VARS`).
+
+This is the only module of the project that changes the environment at import. oneDNN reads the variable lazily,
+at its first kernel, not when MindSpore is imported (checked by tests/test_imports.py), so importing this module
+applies the cap (:func:`apply_onednn_cap`, at the bottom) whatever was imported before it, and
+:func:`set_context` applies it again. Who imports it: ``ms_transfer.models`` (its package ``__init__``, hence
+every model module and ``from ms_transfer.models import create_model``) and each MindSpore-side module outside
+that package, so a library user gets the decision before any cell runs. torch-only processes never import this
+module, so torch keeps its own (fast) AVX-512 kernels and never has to undo anything.
+"""
+from __future__ import annotations
+
+import os
+
+import mindspore as ms
+
+from . import onednn
+
+ONEDNN_ISA_VAR = onednn.ISA_VAR
+ONEDNN_ISA_VARS = onednn.ISA_VARS
+#: the ISA the user exported under either spelling before this package touched them (theirs always wins)
+USER_ISA = onednn.user_isa()
+#: the decision applied in this process (see :mod:`ms_transfer.mindspore_backend.onednn`)
+DECISION: "onednn.Decision | None" = None
+
+
+def apply_onednn_cap(decision: "onednn.Decision | None" = None) -> "onednn.Decision":
+    """Apply ``decision`` (default: :func:`ms_transfer.mindspore_backend.onednn.decide`) under both spellings of the
+    cap. The user's own ISA is never changed: it is only copied to the spelling they left unset, so that it holds
+    whichever spelling the bundled oneDNN reads (2.2 reads only ``DNNL_``)."""
+    global DECISION
+    DECISION = decision or onednn.decide(USER_ISA)
+    if USER_ISA:
+        for var, isa in onednn.cap_environ(USER_ISA).items():
+            os.environ.setdefault(var, isa)
+        return DECISION
+    if DECISION.isa:
+        os.environ.update(onednn.cap_environ(DECISION.isa))
+    else:
+        for var in ONEDNN_ISA_VARS:   # a measured "no cap" replaces a cap applied earlier in this process
+            os.environ.pop(var, None)
+    return DECISION
+
+
+def prepare_onednn(probe: bool = True, log=print) -> "onednn.Decision":
+    """Before MindSpore's first kernel in a training / bench process: the measured decision (probed once per
+    machine and MindSpore version, then cached; ``probe=False``: the cached one or the rule), applied, and logged
+    with the convolution path it selects."""
+    decision = apply_onednn_cap(onednn.ensure_probed(USER_ISA, log) if probe else onednn.decide(USER_ISA))
+    log(decision.describe())
+    return decision
+
+
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+DEVICES = ("CPU", "GPU", "Ascend")
+
+
+def set_context(mode: str = "graph", device: str = "CPU") -> None:
+    """Select GRAPH (static graph, compiled once) or PYNATIVE (eager) execution on ``device``."""
+    apply_onednn_cap(DECISION)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    ms.set_context(mode=MODES[mode])
+    try:
+        ms.set_device(device)
+    except RuntimeError as exc:
+        # MindSpore refuses set_device once a kernel has run ("The runtime has been initialized ...") even for the
+        # device already in use, e.g. CPU after a model was built and run without set_context: only the mode
+        # changes then. Another device really cannot be had any more.
+        # (also "The 'mindspore.set_device' can not be modified." once the communication is initialised, msrun)
+        refused = "runtime has been initialized" in str(exc) or "can not be modified" in str(exc)
+        if not refused or ms.get_context("device_target") != device:
+            raise
+
+
+# At import, before any kernel of this process: see the module docstring.
+apply_onednn_cap()
