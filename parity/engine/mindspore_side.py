@@ -13,6 +13,7 @@ import numpy as np
 from mindspore import nn
 
 import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
+from ms_transfer.mindspore_backend.optimizers import momentum_sgd
 
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names
@@ -43,12 +44,6 @@ def load_weights(net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
                               "parameters)")
     for name, value in state.items():
         params[name].set_data(ms.Tensor(np.asarray(value), dtype=params[name].dtype))
-
-
-def momentum_sgd(params: Sequence[ms.Parameter], lr: float, momentum: float, weight_decay: float) -> nn.Momentum:
-    """``nn.Momentum`` as ``torch.optim.SGD(params, lr, momentum, weight_decay=weight_decay)``: the decay given per
-    group, because ``nn.Momentum(weight_decay=<float>)`` skips every ``gamma`` / ``beta`` (torch decays all)."""
-    return nn.Momentum([{"params": list(params), "weight_decay": weight_decay}], learning_rate=lr, momentum=momentum)
 
 
 class Objective(nn.Cell):
