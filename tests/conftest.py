@@ -14,6 +14,28 @@ from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset
 
 
+def torch_checkpoint(tmp_path, arch, num_classes=1000, wrap=False, name="src.pth"):
+    """``(path, state_dict)``: a seeded torchvision ``arch`` saved as ``.pth``, its BatchNorm statistics made
+    non-trivial (so a round trip that drops or swaps them is seen); ``wrap``: as a DDP training checkpoint."""
+    import torch
+
+    from torch_reference import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.num_batches_tracked.fill_(123)
+    state = model.state_dict()
+    if wrap:  # a DDP training checkpoint
+        state = {"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 3}
+    path = tmp_path / name
+    torch.save(state, path)
+    return path, model.state_dict()
+
+
 def small_config(data_dir, out, **overrides) -> TrainConfig:
     """A small, fast training run: ResNet18 at 32 px, batch 4, one epoch, PYNATIVE, no pretrained weights."""
     base = dict(arch="resnet18", data_dir=str(data_dir), image_size=32, batch_size=4, epochs=1, lr=0.01,

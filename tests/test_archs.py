@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import small_config, torch_checkpoint
 
 import ms_transfer.core.feature_cache as features_mod
 from ms_transfer.core import naming, spec
@@ -75,15 +75,8 @@ def test_detect_arch_tells_the_variants_of_a_depth_apart(scheme):
 
 @pytest.mark.parametrize("arch", VARIANTS)
 def test_round_trip_pth_ckpt_safetensors_pth_is_bit_exact(tmp_path, arch):
-    torch.manual_seed(0)
-    model = build_model(arch, 1000)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2)
-    expected = model.state_dict()
-    torch.save(expected, tmp_path / "src.pth")
-    assert convert_main([str(tmp_path / "src.pth"), str(tmp_path / "w.ckpt")]) == 0  # --arch auto
+    src, expected = torch_checkpoint(tmp_path, arch)
+    assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0  # --arch auto
     assert read_weights(tmp_path / "w.ckpt").meta["arch"] == arch
     assert convert_main([str(tmp_path / "w.ckpt"), str(tmp_path / "w.safetensors"), "--naming", "mindcv"]) == 0
     assert convert_main([str(tmp_path / "w.safetensors"), str(tmp_path / "back.pth")]) == 0

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import torch_checkpoint
 
 from ms_transfer.core import naming
 from ms_transfer.mindspore_backend.checkpoint import load_pretrained
@@ -11,22 +12,6 @@ from ms_transfer.models import create_model
 from torch_reference import build_model
 
 DEPTHS = list(naming.ARCH_SPECS)
-
-
-def _torch_checkpoint(tmp_path, arch, num_classes=1000, wrap=False, name="src.pth"):
-    torch.manual_seed(0)
-    model = build_model(arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2)
-            m.num_batches_tracked.fill_(123)
-    state = model.state_dict()
-    if wrap:  # a DDP training checkpoint
-        state = {"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 3}
-    path = tmp_path / name
-    torch.save(state, path)
-    return path, model.state_dict()
 
 
 def _assert_bit_exact(expected, path):
@@ -39,7 +24,7 @@ def _assert_bit_exact(expected, path):
 
 @pytest.mark.parametrize("arch", DEPTHS)
 def test_round_trip_torch_mindspore_torch_is_bit_exact(tmp_path, arch):
-    src, expected = _torch_checkpoint(tmp_path, arch)
+    src, expected = torch_checkpoint(tmp_path, arch)
     assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0
     ckpt = read_weights(tmp_path / "w.ckpt")
     assert set(ckpt.state) == set(naming.name_table(arch, "ms_transfer"))  # no num_batches_tracked
@@ -48,7 +33,7 @@ def test_round_trip_torch_mindspore_torch_is_bit_exact(tmp_path, arch):
 
 
 def test_round_trip_through_safetensors_and_mindcv_names(tmp_path):
-    src, expected = _torch_checkpoint(tmp_path, "resnet50", wrap=True)
+    src, expected = torch_checkpoint(tmp_path, "resnet50", wrap=True)
     assert convert_main([str(src), str(tmp_path / "a.safetensors"), "--naming", "mindcv"]) == 0
     st = read_weights(tmp_path / "a.safetensors")
     assert "classifier.weight" in st.state and "layer1.0.down_sample.1.gamma" in st.state
@@ -68,7 +53,7 @@ def test_detects_arch_and_scheme(arch, scheme):
 
 
 def test_num_classes_and_drop_head(tmp_path, capsys):
-    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    src, _ = torch_checkpoint(tmp_path, "resnet18")
     assert convert_main([str(src), str(tmp_path / "two.ckpt"), "--num-classes", "2"]) == 0
     assert "head dropped (checkpoint has 1000 classes, 2 requested)" in capsys.readouterr().out
     assert "fc.weight" not in read_weights(tmp_path / "two.ckpt").state
@@ -79,7 +64,7 @@ def test_num_classes_and_drop_head(tmp_path, capsys):
 
 
 def test_load_pretrained_reports_replaced_head(tmp_path):
-    src, expected = _torch_checkpoint(tmp_path, "resnet18")
+    src, expected = torch_checkpoint(tmp_path, "resnet18")
     net = create_model("resnet18", num_classes=2, pretrained=str(src))
     params = {p.name: p.asnumpy() for p in net.get_parameters()}
     np.testing.assert_array_equal(params["layer2.0.down_sample.1.moving_variance"],
@@ -90,7 +75,7 @@ def test_load_pretrained_reports_replaced_head(tmp_path):
 
 
 def test_strict_load_errors_name_the_cause(tmp_path):
-    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    src, _ = torch_checkpoint(tmp_path, "resnet18")
     with pytest.raises(CheckpointError, match="checkpoint is resnet18 but the model is resnet34"):
         create_model("resnet34", pretrained=str(src))
     with pytest.raises(CheckpointError, match=r"(?s)fc\.weight.*classifier head differs"):
@@ -113,7 +98,7 @@ def test_corrupt_files_are_clear_errors(tmp_path, ext):
 
 
 def test_cli_errors(tmp_path, capsys):
-    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    src, _ = torch_checkpoint(tmp_path, "resnet18")
     assert convert_main([str(src), str(tmp_path / "x.bin")]) == 2
     assert "unsupported extension '.bin'" in capsys.readouterr().err
     assert convert_main([str(src), str(src)]) == 2
@@ -137,7 +122,7 @@ def test_not_a_resnet(tmp_path, capsys):
 
 
 def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
-    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    src, _ = torch_checkpoint(tmp_path, "resnet18")
     dst = tmp_path / "out.ckpt"
     dst.write_bytes(b"previous good checkpoint")
     from ms_transfer.mindspore_backend.ckpt_format import CKPT
@@ -176,7 +161,7 @@ def _assert_same_weights(a, b):
                                           ("resnet50", "_orig_mod.module.")])
 def test_wrapper_prefix_is_stripped_bit_exactly(tmp_path, arch, prefix):
     from ms_transfer.core.convert import convert_file
-    src, expected = _torch_checkpoint(tmp_path, arch)
+    src, expected = torch_checkpoint(tmp_path, arch)
     model = build_model(arch, 1000)
     model.load_state_dict(expected)
     wrapped = _wrapped_state(model, prefix)
@@ -195,7 +180,7 @@ def test_wrapper_prefix_is_stripped_bit_exactly(tmp_path, arch, prefix):
 
 
 def test_wrapper_prefix_in_the_cli_report(tmp_path, capsys):
-    _, expected = _torch_checkpoint(tmp_path, "resnet18")
+    _, expected = torch_checkpoint(tmp_path, "resnet18")
     torch.save({"module." + k: v for k, v in expected.items()}, tmp_path / "ddp.pth")
     assert convert_main([str(tmp_path / "ddp.pth"), str(tmp_path / "ddp.ckpt")]) == 0
     assert "wrapper prefix 'module.' stripped" in capsys.readouterr().out
@@ -215,7 +200,7 @@ def test_non_resnet_with_shared_prefix_is_a_clear_error(tmp_path, capsys, keys):
 
 
 def test_create_model_loads_a_compiled_models_checkpoint(tmp_path):
-    _, expected = _torch_checkpoint(tmp_path, "resnet18")
+    _, expected = torch_checkpoint(tmp_path, "resnet18")
     model = build_model("resnet18", 1000)
     model.load_state_dict(expected)
     torch.save(_wrapped_state(model, "_orig_mod.module."), tmp_path / "compiled.pth")
@@ -237,7 +222,7 @@ def test_mindspore_checkpoint_reads_with_page_cache_counted_as_available(tmp_pat
     import os
 
     import mindspore as ms
-    src, _ = _torch_checkpoint(tmp_path, "resnet18")
+    src, _ = torch_checkpoint(tmp_path, "resnet18")
     assert convert_main([str(src), str(tmp_path / "w.ckpt")]) == 0
     from mindspore.train import serialization
     real = os.sysconf
