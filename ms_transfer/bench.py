@@ -392,7 +392,8 @@ def format_report(report: Dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ms_transfer.bench`` (no side effects: docs/cli.md renders it)."""
     p = argparse.ArgumentParser(prog="python -m ms_transfer.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = BenchConfig()
@@ -413,6 +414,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "(ms_transfer/bench_parallel.py)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
     args = parse_args(p, argv)
     if args.worker:
         _worker_main(args.worker, args.worker_config)

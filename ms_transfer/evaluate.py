@@ -57,8 +57,8 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ms_transfer.evaluate`` (no side effects: docs/cli.md renders it)."""
     p = argparse.ArgumentParser(prog="python -m ms_transfer.evaluate", description=__doc__)
     p.add_argument("--ckpt", required=True, help="training-run checkpoint of either framework (RUN/best.ckpt, RUN/best.pth, ...)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
@@ -70,6 +70,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
+    p = build_parser()
     args = parse_args(p, argv)
     set_context(args.mode, args.device)
     try:

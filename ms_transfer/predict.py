@@ -49,8 +49,8 @@ def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], im
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: 0 if every image was classified, 1 if some could not be read, 2 for a bad checkpoint."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ms_transfer.predict`` (no side effects: docs/cli.md renders it)."""
     p = argparse.ArgumentParser(prog="python -m ms_transfer.predict", description=__doc__)
     p.add_argument("--ckpt", required=True, help="training-run checkpoint (RUN/best.ckpt)")
     p.add_argument("images", nargs="+", metavar="IMG")
@@ -58,6 +58,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.add_argument("--mode", default="pynative", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 if every image was classified, 1 if some could not be read, 2 for a bad checkpoint."""
+    p = build_parser()
     args = parse_args(p, argv)
     if args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")

@@ -314,8 +314,8 @@ def plot_study(results: Dict, path: Path) -> None:
     _save(fig, path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: 0 when every cell ran, 2 for a bad study config, 1 when a cell failed."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ms_transfer.study`` (no side effects: docs/cli.md renders it)."""
     p = argparse.ArgumentParser(prog="python -m ms_transfer.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, type=Path, help="study YAML (a path, or a shipped config's name)")
@@ -325,6 +325,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORKS), help="override the frameworks")
     p.add_argument("--regimes", nargs="+", help="run only these regimes")
     p.add_argument("--epochs", type=int, help="override the epochs of every cell")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 when every cell ran, 2 for a bad study config, 1 when a cell failed."""
+    p = build_parser()
     args = parse_args(p, argv)
     try:
         cfg = StudyConfig.load(config_path(args.config))

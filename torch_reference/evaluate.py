@@ -59,8 +59,8 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m torch_reference.evaluate`` (no side effects: docs/cli.md renders it)."""
     p = argparse.ArgumentParser(prog="python -m torch_reference.evaluate", description=__doc__)
     p.add_argument("--ckpt", required=True, help="run checkpoint of either framework (RUN/best.pth, RUN/best.ckpt)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
@@ -69,6 +69,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
+    p = build_parser()
     args = parse_args(p, argv)
     try:
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,

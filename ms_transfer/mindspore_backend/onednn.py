@@ -27,6 +27,7 @@ The cap is one environment variable with two spellings (:data:`ISA_VARS`): oneDN
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
 import importlib.util
@@ -37,7 +38,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 #: the cap's two spellings, oneDNN 3.x's first (it reads ``ONEDNN_``, then ``DNNL_``); oneDNN 2.2 reads ``DNNL_`` only
 ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
@@ -268,8 +269,18 @@ def as_dict(decision: Decision) -> Dict:
     return asdict(decision)
 
 
-def main() -> None:
-    """``python -m ms_transfer.onednn``: probe (once per machine) and print the decision."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ms_transfer.onednn`` (no side effects: docs/cli.md renders it)."""
+    return argparse.ArgumentParser(
+        prog="python -m ms_transfer.onednn",
+        description="Probe (once per machine and MindSpore version, 10-30 s; the choice is cached under "
+                    "~/.cache/ms_transfer/onednn) which oneDNN ISA cap MindSpore's CPU convolutions should run "
+                    "with, and print the decision.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m ms_transfer.onednn``: probe (once per machine) and print the decision; ``--help`` does no work."""
+    build_parser().parse_args(argv)
     print(ensure_probed(user_isa()).describe())
 
 
