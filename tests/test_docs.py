@@ -8,6 +8,7 @@ README's commands start subprocesses (about 10 s in all).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -192,3 +193,12 @@ def test_readme_is_short_and_tasks_are_named_for_what_they_are():
     numbered = [f"{p.name}: {m.group(0)}" for p in [*DOC_FILES, ROOT / "CHANGELOG.md"]
                 for m in re.finditer(r"\bseed\s+0\d\d\b", p.read_text(), re.I)]
     assert not numbered, f"articles named by number: {numbered}"
+
+
+def test_help_does_no_work(tmp_path):
+    """``python -m ms_transfer.onednn --help`` prints its help and exits; it ran the CPU probe (10-30 s, a cache
+    file under MS_TRANSFER_CACHE) before."""
+    result = subprocess.run([sys.executable, "-m", "ms_transfer.onednn", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "MS_TRANSFER_CACHE": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m ms_transfer.onednn"), result
+    assert not any(tmp_path.rglob("*")), "--help probed (it wrote the probe's cache)"
