@@ -4,8 +4,8 @@ Workloads (images/s, data already in memory so the input pipeline cannot be the 
 
 * ``inference``      eval-mode forward, no gradients;
 * ``finetune``       full train step (forward, backward, momentum SGD with weight decay), batch-statistics BN;
-* ``fixed_feature``  train step with everything frozen but the class layer (``fc``; VGG: ``classifier.6``, seed
-  002's regime), the tutorial's way: one train cell over the whole net, frozen BNs in inference mode;
+* ``fixed_feature``  train step with everything frozen but the class layer (``fc``; VGG: ``classifier.6``, the
+  cats-vs-dogs regime), the tutorial's way: one train cell over the whole net, frozen BNs in inference mode;
 * ``fixed_fast``     MindSpore only: the same freezing, the frozen trunk run as pure inference + a head-only train
   step (``ms_transfer.mindspore_backend.frozen_trunk``), what ``ms_transfer.train`` does for a frozen trunk;
 * ``cached_head``    the head's train step on precomputed trunk features (batches of the feature cache), what

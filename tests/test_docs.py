@@ -202,3 +202,9 @@ def test_help_does_no_work(tmp_path):
                             text=True, timeout=60, env={**os.environ, "MS_TRANSFER_CACHE": str(tmp_path)})
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m ms_transfer.onednn"), result
     assert not any(tmp_path.rglob("*")), "--help probed (it wrote the probe's cache)"
+
+
+def test_the_generated_cli_reference_names_no_article_numbers():
+    """docs/cli.md is the parsers' help text: it follows the docs' naming rule too."""
+    numbered = re.findall(r".{30}\bseed\s+0\d\d\b.{10}", _load_hook().render(), re.I | re.S)
+    assert not numbered, numbered

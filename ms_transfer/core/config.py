@@ -65,8 +65,8 @@ class TrainConfig:
     resize: str = _f(AUTO, "eval transform: auto (the pretrained weights entry's: crop with its resize, e.g. 232 "
                            "for torchvision's ResNet V2 weights; else crop), crop (shorter side to S*256/224, center "
                            "crop S: torchvision's ImageNet recipe), exact (resize to SxS; nothing to do for 28x28 "
-                           "digits) or center (center crop S of the unresized image, zero-padded when smaller: seed "
-                           "002's CenterCrop(224))", (AUTO,) + RESIZES)
+                           "digits) or center (center crop S of the unresized image, zero-padded when smaller: the "
+                           "cats-vs-dogs article's CenterCrop(224))", (AUTO,) + RESIZES)
     pretrained: Optional[str] = _f(None, "weights to start from: a .ckpt, .pth or .safetensors file, or an entry of "
                                          "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
                                          "downloaded once and verified), or 'none'")

@@ -62,7 +62,7 @@ def _int(environ: Mapping[str, str], key: str, launcher: str) -> int:
         return int(environ[key])
     except (KeyError, ValueError):
         raise RuntimeError(f"{launcher} environment incomplete: {key}={environ.get(key)!r}; start the run with "
-                           f"{launcher} (see the README's 'More than one process')") from None
+                           f"{launcher} (see docs/distributed.md, 'More than one process')") from None
 
 
 def detect(environ: Optional[Mapping[str, str]] = None) -> Dist:

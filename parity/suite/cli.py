@@ -3,7 +3,7 @@ failure.
 
 Default: forward/gradient/optimizer checks through the any-model API (``parity.compare_models``), with the
 first diverging layer reported when a forward check fails. ``--train-steps N``: N steps of both frameworks'
-trainers in the finetune, fixed_feature and partial (10x head LR) regimes, or last_layer_adam (seed 002's) for a
+trainers in the finetune, fixed_feature and partial (10x head LR) regimes, or last_layer_adam (cats vs dogs') for a
 VGG (see ``parity/suite/training.py``).
 ``--save-reference DIR`` writes a portable reference bundle; ``--check-reference DIR`` checks the MindSpore port
 against one without torch (see ``parity/engine/bundle.py``). Exit codes: 0 pass, 1 a check failed, 2 bad input.
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training-step parity: N optimizer steps per regime instead of the checks above")
     p.add_argument("--regimes", nargs="+", default=None, choices=list(REGIMES), metavar="REGIME",
                    help=f"with --train-steps: any of {', '.join(REGIMES)} (default: finetune, fixed_feature and "
-                        "partial for a ResNet; finetune, fixed_feature and last_layer_adam, seed 002's, otherwise)")
+                        "partial for a ResNet; finetune, fixed_feature and last_layer_adam (cats vs dogs'), otherwise)")
     p.add_argument("--world-size", type=int, default=1, metavar="W",
                    help="with --train-steps: W-rank data-parallel runs under msrun and torchrun (per-rank --batch) "
                         "against one process on the global batch, and every rank's parameters after every step "
