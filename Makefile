@@ -46,7 +46,7 @@ parity-version-%:
 
 ## lint: ruff over every Python folder
 ## (rules in pyproject.toml: imports at the top, no unused names, ...); the import contract (no circles, no framework in the core) is tests/test_imports.py, run by `test`
-LINT_PATHS := ms_transfer parity torch_reference tests examples
+LINT_PATHS := ms_transfer parity torch_reference tests examples docs/hooks
 lint: venv
 	$(PY) -m ruff check $(LINT_PATHS)
 
@@ -56,7 +56,7 @@ docs: venv
 
 ## docs-check: the same build, strict (a broken link or a page missing from the nav fails), thrown away; `test` runs it
 docs-check: venv
-	$(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+	d=$$(mktemp -d) && $(PY) -m mkdocs build --strict --quiet --site-dir $$d; rc=$$?; rm -rf $$d; exit $$rc
 
 ## test: lint, the strict docs build, then the whole test suite (what CI runs)
 ## in three pytest processes: a MindSpore process keeps every graph
