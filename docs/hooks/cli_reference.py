@@ -68,11 +68,16 @@ def parsers() -> Iterator[Tuple[str, argparse.ArgumentParser]]:
 
 def render() -> str:
     """Markdown: per command, a heading and its ``--help`` text (wrapped at 100 columns, whatever the terminal)."""
+    columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"   # argparse wraps at the terminal width: fix it so builds are reproducible
-    parts = []
-    for command, parser in parsers():
-        parts.append(f"## `{command}` {{ #{anchor(command)} }}\n\n```text\n{parser.format_help().rstrip()}\n```\n")
-    return "\n".join(parts)
+    try:
+        return "\n".join(f"## `{command}` {{ #{anchor(command)} }}\n\n```text\n{parser.format_help().rstrip()}\n```\n"
+                         for command, parser in parsers())
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
