@@ -208,3 +208,34 @@ def test_the_generated_cli_reference_names_no_article_numbers():
     """docs/cli.md is the parsers' help text: it follows the docs' naming rule too."""
     numbered = re.findall(r".{30}\bseed\s+0\d\d\b.{10}", _load_hook().render(), re.I | re.S)
     assert not numbered, numbered
+
+
+def _fake_venv(tmp_path: Path) -> Path:
+    """An up-to-date venv as far as make knows (its stamp newer than pyproject.toml): `make -n` plans no install."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch(mode=0o755)
+    stamp, changed = venv / ".installed-ms2.7.2", (ROOT / "pyproject.toml").stat().st_mtime
+    stamp.touch()
+    os.utime(stamp, (changed + 10, changed + 10))
+    return venv
+
+
+def test_make_test_builds_the_docs_strictly_between_lint_and_the_tests(tmp_path):
+    proc = subprocess.run(["make", "-n", "test", f"VENV={_fake_venv(tmp_path)}", "MS_VERSION=2.7.2"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    first = {key: next(i for i, line in enumerate(lines) if key in line)
+             for key in ("-m ruff check", "-m mkdocs build --strict", "-m pytest")}
+    assert first["-m ruff check"] < first["-m mkdocs build --strict"] < first["-m pytest"], proc.stdout
+
+
+def test_make_n_parity_versions_only_prints(tmp_path):
+    """Its recipe called $(MAKE) in the line that ran the checks, so `make -n` ran them: with a version whose venv
+    does not exist, that failed. Now the checks are printed, not run."""
+    proc = subprocess.run(["make", "-n", "parity-versions", "MS_VERSIONS=0.0.1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ".venv-ms0.0.1/bin/python -m parity --check-reference refs/resnet18-64 --mode both" in proc.stdout
+    assert not (ROOT / ".venv-ms0.0.1").exists()
