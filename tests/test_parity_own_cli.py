@@ -51,6 +51,12 @@ def resnet18_bn_eps():
     return net
 
 
+def transformer_tanh_gelu():
+    """The transformer block's port with MindSpore's default GELU (the tanh approximation; torch's is exact)."""
+    from examples.own_models.transformer import MindSporeModel
+    return MindSporeModel(gelu_approximate=True)
+
+
 class TorchTokens(torch.nn.Module):
     """Token ids -> embedding -> mean over the sequence -> linear (no BatchNorm)."""
 
@@ -241,3 +247,14 @@ def test_resnet18_exits_with_the_verdict_after_localisation(workdir):
                  "--input-shape", "2,3,32,32", "--mode", "pynative", "--checks", "eval_logits"], workdir)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "first divergence at layer3.1.bn1 [MindSpore: layer3.1.norm1]" in proc.stdout
+
+
+@pytest.mark.parametrize("ms_factory, code", [("MindSporeModel", 0), ("my_factories:transformer_tanh_gelu", 1)])
+def test_the_transformer_block_exits_with_its_verdict_after_localisation(in_workdir, capsys, ms_factory, code):
+    """examples/own_models/transformer.py (LayerNorm, attention, GELU; no BatchNorm): the clean port exits 0, the port
+    with MindSpore's default tanh GELU exits 1 after localising it at ``act``."""
+    ms_model = ms_factory if ":" in ms_factory else f"examples.own_models.transformer:{ms_factory}"
+    code_, out, err = _run(["--torch-model", "examples.own_models.transformer:TorchModel", "--ms-model", ms_model,
+                            "--input-shape", "4,16,32", "--mode", "pynative", "--checks", "eval_logits"], capsys)
+    assert code_ == code, out + err
+    assert ("first divergence at act [MindSpore: act]" in out) == bool(code), out   # localised on failure
