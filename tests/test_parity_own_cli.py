@@ -6,6 +6,8 @@ and bad inputs are a module written into a temporary directory, imported from th
 would be. In-process (``main(argv)``) except where the exit of a real process is the point."""
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from ms_transfer.core.checkpoint_io import read_weights
 from parity.suite.cli import main
 
 ROOT = Path(__file__).parents[1]
+DOC = ROOT / "docs" / "port-your-own-model.md"
 EXAMPLE = "examples.parity_own_model"
 PAIR = ["--torch-model", f"{EXAMPLE}:TorchNet", "--ms-model", f"{EXAMPLE}:MindSporeNet"]
 SMALL = ["--input-shape", "4,3,16,16", "--num-classes", "4"]
@@ -109,17 +112,32 @@ def _run(argv, capsys):
     return code, out, err
 
 
-def test_a_clean_port_passes_and_its_checkpoint_and_mindir_are_proven(in_workdir, capsys):
-    """Exit 0; the checkpoint holds the torch weights exactly (renamed), although the optimizer check moved the
-    cell's; the load report names BN's counter; the MindIR is loaded back and checked."""
+def _doc_blocks(kind):
+    """The fenced ``kind`` blocks of docs/port-your-own-model.md, in order."""
+    return re.findall(rf"```{kind}\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_the_guide_s_commands_run_and_prove_the_checkpoint_and_the_mindir(in_workdir, capsys):
+    """docs/port-your-own-model.md, every command as written (from a user's directory, the checkout on the path):
+    names that do not match exit 2 with the name map to write; with it the port passes (exit 0), its checkpoint
+    holds the torch weights exactly (renamed; the optimizer check moved the cell's), the load report names BN's
+    counter, the MindIR is loaded back and checked; the bundle is saved and checked; the Python block runs."""
     import torch
 
-    ckpt, mindir, report = in_workdir / "out" / "port.ckpt", in_workdir / "out" / "port.mindir", in_workdir / "r.json"
-    code, out, err = _run(PAIR + SMALL + ["--name-map", "head_map.yaml", "--mode", "pynative", "--write-checkpoint",
-                                          ckpt, "--export-mindir", mindir, "--json", report], capsys)
-    assert code == 0, out + err
-    assert "MindIR eval outputs" in out and f"wrote {ckpt}" in out and f"wrote {mindir}" in out
-    assert "bn.num_batches_tracked (torch's num_batches_tracked buffer; MindSpore has no counterpart)" in out
+    commands = [line for block in _doc_blocks("bash") for line in block.splitlines()
+                if line.startswith("python -m parity")]
+    assert len(commands) == 5, commands
+    (in_workdir / "head_map.yaml").write_text(_doc_blocks("yaml")[0])
+    outs = []
+    for command, expected in zip(commands, [2, 0, 0, 0, 0]):
+        code, out, err = _run(shlex.split(command)[3:], capsys)
+        assert code == expected, f"{command}\n{out}{err}"
+        assert "Traceback" not in out + err
+        outs.append(out + err)
+    assert "\n  head.weight: classifier.weight\n  head.bias: classifier.bias" in outs[0]
+    ckpt, mindir = in_workdir / "port.ckpt", in_workdir / "port.mindir"
+    assert "MindIR eval outputs" in outs[2] and f"wrote {ckpt.name}" in outs[2] and mindir.stat().st_size > 0
+    assert "bn.num_batches_tracked (torch's num_batches_tracked buffer; MindSpore has no counterpart)" in outs[2]
     torch.manual_seed(0)   # the CLI builds the torch model after torch.manual_seed(--seed)
     from examples.parity_own_model import TorchNet
     expected = TorchNet().state_dict()
@@ -130,11 +148,15 @@ def test_a_clean_port_passes_and_its_checkpoint_and_mindir_are_proven(in_workdir
     for k, v in expected.items():
         if k != "bn.num_batches_tracked":
             assert np.array_equal(written[rename.get(k, k)], v.numpy()), k
-    assert mindir.stat().st_size > 0
-    assert not [p for p in (in_workdir / "out").iterdir() if ".staged" in p.name]
-    rows = json.loads(report.read_text())
+    assert not [p for p in in_workdir.iterdir() if ".staged" in p.name]
+    rows = json.loads((in_workdir / "parity.json").read_text())
     assert rows[0]["passed"] and rows[0]["names"]["checkpoint"]["written"]
     assert rows[0]["names"]["checkpoint"]["left_out_torch"] == ["bn.num_batches_tracked"]
+    assert "--check-reference refs/my-port --ms-model examples.parity_own_model:MindSporeNet" in outs[3]
+    assert "PASSED" in outs[4]
+    (python,) = _doc_blocks("python")
+    exec(compile(python, str(DOC), "exec"), {})
+    assert (in_workdir / "port.safetensors").is_file()
 
 
 def test_an_injected_bug_exits_1_localised_and_leaves_the_old_checkpoint(in_workdir, capsys):
@@ -171,7 +193,6 @@ def test_an_injected_bug_exits_1_localised_and_leaves_the_old_checkpoint(in_work
 ], ids=["no-module", "no-attribute", "factory-args", "not-a-cell", "no-colon", "bad-shape", "input-count",
         "classes", "names", "arch-flag", "no-models"])
 def test_bad_input_exits_2_naming_the_fix(in_workdir, capsys, argv, message):
-    import re
     code, out, err = _run(argv + ["--mode", "pynative"], capsys)
     assert code == 2, out + err
     assert re.search(message, err, re.S), err
