@@ -6,7 +6,9 @@ first diverging layer reported when a forward check fails. ``--train-steps N``: 
 trainers in the finetune, fixed_feature and partial (10x head LR) regimes, or last_layer_adam (seed 002's) for a
 VGG (see ``parity/suite/training.py``).
 ``--save-reference DIR`` writes a portable reference bundle; ``--check-reference DIR`` checks the MindSpore port
-against one without torch (see ``parity/engine/bundle.py``). Exit codes: 0 pass, 1 a check failed, 2 bad input.
+against one without torch (see ``parity/engine/bundle.py``). ``--torch-model M:F --ms-model M:F``: your own model
+pair instead of a built-in one (:mod:`parity.suite.own_model`; ``--check-reference DIR --ms-model M:F`` checks its
+bundle). Exit codes: 0 pass, 1 a check failed, 2 bad input.
 """
 from __future__ import annotations
 
