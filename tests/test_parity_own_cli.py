@@ -95,6 +95,12 @@ def workdir(tmp_path_factory):
     (d / "my_factories.py").write_text(FACTORIES)
     (d / "head_map.yaml").write_text("head.weight: classifier.weight\nhead.bias: classifier.bias\n")
     (d / "tokens_map.yaml").write_text(TOKENS_MAP)
+    import torch
+    torch.save(torch.nn.Linear(2, 2), d / "pickled_model.pth")      # a whole pickled model, not a state dict
+    torch.save({"other.weight": torch.zeros(3)}, d / "other_net.pth")
+    rng = np.random.RandomState(5)
+    np.save(d / "images.npy", rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
+    np.save(d / "labels.npy", rng.randint(0, 4, 4))
     return d
 
 
@@ -162,9 +168,9 @@ def test_the_guide_s_commands_run_and_prove_the_checkpoint_and_the_mindir(in_wor
 def test_an_injected_bug_exits_1_localised_and_leaves_the_old_checkpoint(in_workdir, capsys):
     ckpt = in_workdir / "old.ckpt"
     ckpt.write_bytes(b"a checkpoint proven earlier")
-    code, out, err = _run(["--torch-model", f"{EXAMPLE}:TorchNet", "--ms-model", "my_factories:bn_eps_bug"] + SMALL
-                          + ["--name-map", "head_map.yaml", "--mode", "pynative", "--checks", "eval_logits",
-                             "--write-checkpoint", ckpt], capsys)
+    code, out, err = _run(["--torch-model", f"{EXAMPLE}:TorchNet", "--ms-model", "my_factories:bn_eps_bug",
+                           "--inputs", "images.npy", "--targets", "labels.npy", "--name-map", "head_map.yaml",
+                           "--mode", "pynative", "--checks", "eval_logits", "--write-checkpoint", ckpt], capsys)
     assert code == 1, out + err
     assert "FAIL" in out and "first divergence at bn " in out
     assert ckpt.read_bytes() == b"a checkpoint proven earlier" and "not written" in out
@@ -190,13 +196,41 @@ def test_an_injected_bug_exits_1_localised_and_leaves_the_old_checkpoint(in_work
      r".*\n  head.weight: classifier.weight\n  head.bias: classifier.bias"),
     (PAIR + ["--input-shape", "4,3,16,16", "--image-size", "64"], r"--image-size belong\(s\) to the built-in"),
     (["--input-shape", "4,3,16,16"], r"need\(s\) --torch-model"),
+    (PAIR + SMALL + ["--torch-weights", "pickled_model.pth"], r"refusing to unpickle Python objects"),
+    (PAIR + SMALL + ["--torch-weights", "other_net.pth"],
+     r"--torch-weights other_net.pth does not fit the torch model: .*Missing key\(s\)"),
+    (PAIR + ["--input-shape", "4,3,16,16", "--input-dtype", "int64"], r"needs its values' range: pass --input-range"),
+    (PAIR + ["--inputs", "images.npy", "--input-shape", "4,3,16,16"], r"--inputs gives the inputs themselves"),
+    (["--check-reference", "nowhere", "--ms-model", "my_factories:nothing_here"],
+     r"--ms-model my_factories:nothing_here: module my_factories has no attribute 'nothing_here'"),
 ], ids=["no-module", "no-attribute", "factory-args", "not-a-cell", "no-colon", "bad-shape", "input-count",
-        "classes", "names", "arch-flag", "no-models"])
+        "classes", "names", "arch-flag", "no-models", "pickled-weights", "other-weights", "int-no-range",
+        "inputs-and-shape", "check-reference-factory"])
 def test_bad_input_exits_2_naming_the_fix(in_workdir, capsys, argv, message):
     code, out, err = _run(argv + ["--mode", "pynative"], capsys)
     assert code == 2, out + err
     assert re.search(message, err, re.S), err
     assert "Traceback" not in out + err
+
+
+def test_torch_weights_are_loaded_first_and_are_what_the_checkpoint_holds(in_workdir, capsys):
+    """--torch-weights (a .safetensors state dict here) replaces the factory's initial weights; the proven
+    checkpoint (.safetensors too) holds exactly those, renamed."""
+    import torch
+    from safetensors.torch import save_file
+
+    from examples.parity_own_model import TorchNet
+    torch.manual_seed(7)
+    state = {k: v.contiguous() for k, v in TorchNet().state_dict().items()}
+    save_file(state, str(in_workdir / "trained.safetensors"))
+    out = in_workdir / "trained-port.safetensors"
+    code, out_text, err = _run(PAIR + SMALL + ["--name-map", "head_map.yaml", "--torch-weights", "trained.safetensors",
+                                               "--mode", "pynative", "--checks", "eval_logits",
+                                               "--write-checkpoint", out], capsys)
+    assert code == 0, out_text + err
+    written = read_weights(out).state
+    assert np.array_equal(written["classifier.weight"], state["head.weight"].numpy())
+    assert np.array_equal(written["bn.moving_variance"], state["bn.running_var"].numpy())
 
 
 def test_the_checks_prove_the_file_read_back_not_the_weights_in_memory(tmp_path, monkeypatch):

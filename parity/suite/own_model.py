@@ -373,7 +373,10 @@ def run(args) -> int:
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+    except Exception as exc:  # CI reads the exit code: an unforeseen failure is one line and 2, not a traceback
+        print(f"error: the checks could not run: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr,
+              flush=True)
+    return EXIT_USAGE
 
 
 def _run(args) -> int:
@@ -429,7 +432,8 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
     from ms_transfer.mindspore_backend.context import set_context
 
     from ..engine.comparison import compare_models
-    from ..engine.port import check_mindir, checkpoint_summary, stage_checkpoint, stage_mindir
+    from ..engine.port import MINDIR_LABEL, check_mindir, checkpoint_summary, stage_checkpoint, stage_mindir
+    from ..engine.tolerance import failed
 
     staged = stage_checkpoint(torch_model, ms_cell, args.write_checkpoint, options.name_map) \
         if args.write_checkpoint else None
@@ -448,9 +452,14 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
             _print_report(report)
         passed = all(r.passed for r in reports)
         if args.export_mindir and passed:
-            staged_ir = stage_mindir(ms_cell, staged.state if staged else ported, xs, args.export_mindir)
-            row = check_mindir(staged_ir.staging, torch_model, ms_cell, xs, targets, options)
+            try:
+                staged_ir = stage_mindir(ms_cell, staged.state if staged else ported, xs, args.export_mindir)
+                row = check_mindir(staged_ir.staging, torch_model, ms_cell, xs, targets, options)
+            except Exception as exc:  # a port that cannot be exported fails this row (the file is not kept)
+                row = failed(MINDIR_LABEL, f"export failed: {type(exc).__name__}: {_first_line(exc)}")
             reports[-1].results.append(row)
+            print(f"\n== {args.export_mindir}: the port exported as MindIR, loaded back (nn.GraphCell) | "
+                  f"{modes[-1].upper()}", flush=True)
             _print_rows([row])
             passed = row.passed
         elif args.export_mindir:
