@@ -373,6 +373,8 @@ def run(args) -> int:
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+    except ImportError:   # a framework missing from the install: python -m parity's entry point names the fix
+        raise
     except Exception as exc:  # CI reads the exit code: an unforeseen failure is one line and 2, not a traceback
         print(f"error: the checks could not run: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr,
               flush=True)
