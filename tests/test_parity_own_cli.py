@@ -233,6 +233,19 @@ def test_torch_weights_are_loaded_first_and_are_what_the_checkpoint_holds(in_wor
     assert np.array_equal(written["bn.moving_variance"], state["bn.running_var"].numpy())
 
 
+def test_several_inputs_and_outputs(in_workdir, capsys):
+    """tests/test_parity_api.py's two-input, two-output pair: --input-shape once per positional argument, every output
+    compared; its port with the concatenation reversed fails."""
+    base = ["--torch-model", "test_parity_api:TorchTwoInput", "--input-shape", "4,1,6,6", "--input-shape", "4,4",
+            "--name-map", "head_map.yaml", "--mode", "pynative", "--checks", "eval_logits"]
+    code, out, err = _run(base + ["--ms-model", "test_parity_api:MsTwoInput"], capsys)
+    assert code == 0 and "inputs 4x1x6x6 float32, 4x4 float32" in out, out + err
+    (in_workdir / "two_input_bug.py").write_text("from test_parity_api import MsTwoInput\n\n\n"
+                                                 "def concat_order():\n    return MsTwoInput('concat_order')\n")
+    code, out, err = _run(base + ["--ms-model", "two_input_bug:concat_order"], capsys)
+    assert code == 1 and "FAIL  (worst: output[0])" in out, out + err
+
+
 def test_the_checks_prove_the_file_read_back_not_the_weights_in_memory(tmp_path, monkeypatch):
     """:func:`parity.port_checkpoint` with a writer that damages one tensor on its way to disk: the checks read
     the file back, so they fail, and nothing is kept at ``out``."""
