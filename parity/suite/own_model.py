@@ -220,7 +220,7 @@ def make_inputs(args, torch_model) -> Tuple[List[np.ndarray], List[str]]:
     xs, how = [], []
     for shape, dtype, bounds in zip(args.input_shape, dtypes, ranges):
         if dtype == "float32":
-            if bounds is not None and args.input_range and len(args.input_range) > 1:
+            if bounds is not None and len(args.input_range) > 1:   # one range per input, and this one is float
                 raise UsageError(f"--input-range {bounds[0]}:{bounds[1]} is given for a float32 input: ranges are "
                                  "for integer inputs (--input-dtype int64)")
             xs.append(rng.standard_normal(shape).astype(np.float32))
@@ -262,7 +262,7 @@ def probe_torch(torch_model, xs: Sequence[np.ndarray]) -> List[Tuple[int, ...]]:
     return [tuple(o.shape) for o in outs.values()]
 
 
-def make_targets(args, xs: Sequence[np.ndarray], out_shapes: Sequence[Tuple[int, ...]]) -> Optional[np.ndarray]:
+def make_targets(args, out_shapes: Sequence[Tuple[int, ...]]) -> Optional[np.ndarray]:
     """Class targets for the first output (``None``: the projection loss), checked against its shape."""
     if args.targets is not None and args.num_classes is not None:
         raise UsageError("give --num-classes (random targets) or --targets FILE.npy, not both")
@@ -407,7 +407,7 @@ def _run(args) -> int:
         load_torch_weights(torch_model, args.torch_weights)
     ms_cell = build(args.ms_model, "--ms-model", nn.Cell)
     xs, how = make_inputs(args, torch_model)
-    targets = make_targets(args, xs, probe_torch(torch_model, xs))
+    targets = make_targets(args, probe_torch(torch_model, xs))
     name_map = load_name_map(args.name_map)
     config = {"torch_model": args.torch_model, "ms_model": args.ms_model, "inputs": how, "device": args.device,
               "seed": args.seed, "torch_weights": str(args.torch_weights) if args.torch_weights else None,
