@@ -326,3 +326,16 @@ def test_the_transformer_block_exits_with_its_verdict_after_localisation(in_work
                             "--input-shape", "4,16,32", "--mode", "pynative", "--checks", "eval_logits"], capsys)
     assert code_ == code, out + err
     assert ("first divergence at act [MindSpore: act]" in out) == bool(code), out   # localised on failure
+
+
+def test_the_lstm_text_classifier_on_token_ids_exits_0(in_workdir, capsys):
+    """examples/own_models/text_rnn.py: Embedding -> LSTM -> Linear on int64 token ids, their range read from the
+    torch model's nn.Embedding; MindSpore's LSTM holds its inter-layer dropout as an inner nn.Dropout cell, which
+    the dropout row pairs with torch's LSTM (no false alarm)."""
+    (in_workdir / "rnn_map.yaml").write_text("embed.weight: embed.embedding_table\n")
+    code, out, err = _run(["--torch-model", "examples.own_models.text_rnn:TorchModel", "--ms-model",
+                           "examples.own_models.text_rnn:MindSporeModel", "--input-shape", "4,12", "--input-dtype",
+                           "int64", "--name-map", "rnn_map.yaml", "--mode", "pynative", "--checks", "eval_logits",
+                           "grads_train_bn"], capsys)
+    assert code == 0, out + err
+    assert "inputs 4x12 int64 in [0, 100)" in out and "dropout (train mode)" in out
