@@ -260,8 +260,9 @@ def _check_reference(args, modes) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         made = report.config["made_with"]
-        print(f"bundle: {report.config['model']}, made with torch {made.get('torch')} / MindSpore "
-              f"{made.get('mindspore')} on {made.get('machine')}")
+        model = report.config["model"] or f"an own model, checked against {args.ms_model}"
+        print(f"bundle: {model}, made with torch {made.get('torch')} / MindSpore {made.get('mindspore')} on "
+              f"{made.get('machine')}")
         print(format_table(report.results))
         print("PASSED" if report.passed else "FAILED", flush=True)
         reports.append(report)
