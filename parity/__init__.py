@@ -6,10 +6,12 @@ Two parts:
                    the checks and :class:`CompareOptions` (``comparison``), the tolerance rule (``tolerance``) and
                    the report (``report``), the weight mapping and its rule registry (``weight_map``), the loss
                    (``loss``), first-divergence localisation (``localization``), reference bundles (``bundle``),
-                   detection power (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides
-                   (``torch_side``, ``mindspore_side``).
+                   the port's checkpoint and MindIR written and proven (``port``), detection power
+                   (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides (``torch_side``,
+                   ``mindspore_side``).
 ``parity.suite``   this project's models on the engine: the problems (``problems``), porting bugs (``bugs``),
-                   training-step and data-parallel parity, the val-pipeline check and ``python -m parity`` (``cli``).
+                   training-step and data-parallel parity, the val-pipeline check and ``python -m parity`` (``cli``;
+                   your own model pair: ``own_model``).
 
 The suite registers its architecture knowledge with the engine (the naming table as a name rule, its models as
 the bundles' builder, :mod:`parity.suite.plugins`); this package defers that registration, so the engine loads it
@@ -34,7 +36,8 @@ _EXPORTS = {"BUGS": ".suite.bugs", "CheckResult": ".engine.report", "format_tabl
             "NameMapError": ".engine.weight_map", "register_name_rule": ".engine.weight_map",
             "ParityConfig": ".suite.run", "run_parity": ".suite.run", "REGIMES": ".suite.training",
             "TRAIN_BUGS": ".suite.training", "localize": ".engine.localization", "save_reference": ".engine.bundle",
-            "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle"}
+            "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle",
+            "port_checkpoint": ".engine.port"}
 
 __all__ = sorted(_EXPORTS)
 

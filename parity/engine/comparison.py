@@ -171,8 +171,11 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         o.log("localising the first divergence ...")
         # the eval-mode forward unless only train-mode rows failed
         bn_train = not any(not r.passed for r in report.results if r.check == "eval outputs") and forward_failed
-        report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
-                                           bn_train=bn_train, module_map=o.module_map, seed=o.seed)
+        try:
+            report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
+                                               bn_train=bn_train, module_map=o.module_map, seed=o.seed)
+        except Exception as exc:  # a diagnosis after the verdict: it may fail, the verdict stands as computed
+            report.localization_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         report.seconds["localize"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
@@ -358,5 +361,5 @@ def run_port(runner: Callable, side, xs) -> Tuple[Optional[dict], str]:
     """Run one check on the port; a broken port may not even run: ``(None, reason)`` then."""
     try:
         return runner(side, xs), ""
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except Exception as exc:  # whatever a port's construct raises (AttributeError, IndexError, ...) fails it
         return None, f"MindSpore failed: {str(exc).splitlines()[0][:200]}"

@@ -34,7 +34,8 @@ class CheckResult:
 @dataclass
 class ParityReport:
     """Results of one comparison, JSON-ready with :meth:`as_dict`. ``config`` describes the run (a dataclass or
-    a dict), ``names`` how the two models' tensors were matched, ``localization`` where a failing port diverges."""
+    a dict), ``names`` how the two models' tensors were matched, ``localization`` where a failing port diverges
+    (``localization_error``: why it could not be found)."""
 
     config: Any = None
     results: List[CheckResult] = field(default_factory=list)
@@ -42,6 +43,7 @@ class ParityReport:
     sensitivity: List[Any] = field(default_factory=list)
     names: Dict[str, Any] = field(default_factory=dict)
     localization: List[Any] = field(default_factory=list)
+    localization_error: str = ""   # localisation stopped (a diagnosis after the verdict; the verdict stands)
 
     @property
     def passed(self) -> bool:
@@ -52,7 +54,8 @@ class ParityReport:
         return {"config": config, "passed": self.passed, "results": [r.as_dict() for r in self.results],
                 "seconds": self.seconds, "names": self.names,
                 "sensitivity": [r.as_dict() for r in self.sensitivity],
-                "localization": [r.as_dict() for r in self.localization]}
+                "localization": [r.as_dict() for r in self.localization],
+                "localization_error": self.localization_error}
 
 
 def format_table(results: List[CheckResult]) -> str:

@@ -6,7 +6,9 @@ first diverging layer reported when a forward check fails. ``--train-steps N``: 
 trainers in the finetune, fixed_feature and partial (10x head LR) regimes, or last_layer_adam (cats vs dogs') for a
 VGG (see ``parity/suite/training.py``).
 ``--save-reference DIR`` writes a portable reference bundle; ``--check-reference DIR`` checks the MindSpore port
-against one without torch (see ``parity/engine/bundle.py``). Exit codes: 0 pass, 1 a check failed, 2 bad input.
+against one without torch (see ``parity/engine/bundle.py``). ``--torch-model M:F --ms-model M:F``: your own model
+pair instead of a built-in one (:mod:`parity.suite.own_model`; ``--check-reference DIR --ms-model M:F`` checks its
+bundle). Exit codes: 0 pass, 1 a check failed, 2 bad input.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..engine.comparison import CHECKS
 from ..engine.localization import format_localization
 from ..engine.report import format_table
 from ..engine.sensitivity import format_sensitivity
+from . import own_model
 from .bugs import BUGS, LAYER_BUGS
 from .run import ParityConfig, run_parity
 from .training import REGIMES, TRAIN_BATCH, TRAIN_BUGS
@@ -56,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help=f"default: {d.image_size} (a network with a fixed input size: that size)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-classes", type=int, default=d.num_classes)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help=f"default: {d.num_classes}; an own model pair: cross-entropy on random targets in "
+                        "[0, N) (default: a seeded projection of every output)")
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS, metavar="CHECK",
                    help=f"subset of checks to run (default: all of {', '.join(CHECKS)})")
     p.add_argument("--train-steps", type=int, default=0, metavar="N",
@@ -90,11 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the MindSpore port against a bundle written by --save-reference: MindSpore only, "
                         "no torch (e.g. on a GPU / Ascend machine or another MindSpore version)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
+    own_model.add_arguments(p)
     return p
 
 
+#: flags of the built-in models only (``dest`` names), refused with an own model pair
+ARCH_ONLY = ("arch", "padding", "batch", "image_size", "train_steps", "regimes", "world_size", "launchers",
+             "dropout", "inject")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        own_model.refuse_mixed(args, {d: parser.get_default(d) for d in ARCH_ONLY}, ARCH_ONLY)
+    except own_model.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return own_model.EXIT_USAGE
+    if args.torch_model:
+        return own_model.run(args)
+    if args.num_classes is None:
+        args.num_classes = ParityConfig().num_classes
     if args.batch is None:
         args.batch = TRAIN_BATCH if args.train_steps else ParityConfig().batch
     if args.train_steps < 0:
@@ -224,18 +245,24 @@ def _check_reference(args, modes) -> int:
     """MindSpore only: nothing here imports torch."""
     from ..engine.bundle import BundleError, check_reference
 
+    try:
+        ms_cell = own_model.build_ms_cell(args.ms_model)   # --ms-model: the user's port, else the bundle's spec
+    except own_model.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     reports = []
     for mode in modes:
         print(f"\n== reference bundle {args.check_reference} | {mode.upper()} | {args.device}", flush=True)
         try:
-            report = check_reference(args.check_reference, mode=mode, device=args.device, arch=args.arch,
+            report = check_reference(args.check_reference, ms_cell, mode=mode, device=args.device, arch=args.arch,
                                      log=lambda s: print(s, file=sys.stderr, flush=True))
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         made = report.config["made_with"]
-        print(f"bundle: {report.config['model']}, made with torch {made.get('torch')} / MindSpore "
-              f"{made.get('mindspore')} on {made.get('machine')}")
+        model = report.config["model"] or f"an own model, checked against {args.ms_model}"
+        print(f"bundle: {model}, made with torch {made.get('torch')} / MindSpore {made.get('mindspore')} on "
+              f"{made.get('machine')}")
         print(format_table(report.results))
         print("PASSED" if report.passed else "FAILED", flush=True)
         reports.append(report)
