@@ -41,6 +41,10 @@ class MindSporeNet(nn.Cell):
         return self.classifier(self.mean(self.relu(self.bn(self.conv(x))), (2, 3)))
 
 
+#: torch name -> MindSpore name where they differ (the rest match by name, BN's spelling by the generic rule)
+NAME_MAP = {"head.weight": "classifier.weight", "head.bias": "classifier.bias"}
+
+
 def main(bug: bool = False) -> int:
     set_context("pynative")          # or "graph"
     torch.manual_seed(0)
@@ -49,7 +53,7 @@ def main(bug: bool = False) -> int:
     labels = rng.randint(0, 4, size=4)
     report = parity.compare_models(
         TorchNet(), MindSporeNet(eps=1e-3 if bug else 1e-5), images, labels,
-        name_map={"head.weight": "classifier.weight", "head.bias": "classifier.bias"},
+        name_map=NAME_MAP,
         localize="on_failure")
     print(parity.format_table(report.results))
     for loc in report.localization:

@@ -6,8 +6,9 @@ Two parts:
                    the checks and :class:`CompareOptions` (``comparison``), the tolerance rule (``tolerance``) and
                    the report (``report``), the weight mapping and its rule registry (``weight_map``), the loss
                    (``loss``), first-divergence localisation (``localization``), reference bundles (``bundle``),
-                   detection power (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides
-                   (``torch_side``, ``mindspore_side``).
+                   the pytest helper (``assertion``), detection power
+                   (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides (``torch_side``,
+                   ``mindspore_side``).
 ``parity.suite``   this project's models on the engine: the problems (``problems``), porting bugs (``bugs``),
                    training-step and data-parallel parity, the val-pipeline check and ``python -m parity`` (``cli``).
 
@@ -21,6 +22,7 @@ actually runs (``parity.check_reference`` never loads torch). The any-model API:
 
     report = parity.compare_models(torch_module, ms_cell, inputs, targets, name_map=None)
     print(parity.format_table(report.results)); assert report.passed
+    parity.assert_port_matches(torch_module, ms_cell, inputs, targets)   # in a pytest suite: raises with the table
 """
 from importlib import import_module
 
@@ -34,7 +36,8 @@ _EXPORTS = {"BUGS": ".suite.bugs", "CheckResult": ".engine.report", "format_tabl
             "NameMapError": ".engine.weight_map", "register_name_rule": ".engine.weight_map",
             "ParityConfig": ".suite.run", "run_parity": ".suite.run", "REGIMES": ".suite.training",
             "TRAIN_BUGS": ".suite.training", "localize": ".engine.localization", "save_reference": ".engine.bundle",
-            "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle"}
+            "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle",
+            "assert_port_matches": ".engine.assertion"}
 
 __all__ = sorted(_EXPORTS)
 
