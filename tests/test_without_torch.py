@@ -64,6 +64,15 @@ print(json.dumps(out))
 """
 
 
+def without_torch(directory: Path, *paths: Path) -> dict:
+    """The environment of a process where importing torch fails: ``BLOCK_TORCH`` as ``directory/sitecustomize.py``
+    first on ``PYTHONPATH``, then ``paths``, then the current ``PYTHONPATH``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(BLOCK_TORCH)
+    path = os.pathsep.join([str(directory), *map(str, paths), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @pytest.fixture(scope="module")
 def own_bundle(tmp_path_factory):
     """examples/parity_own_model.py's pair saved as an own-model bundle (no model spec: the cell is passed)."""
@@ -77,15 +86,11 @@ def own_bundle(tmp_path_factory):
 
 
 def test_train_convert_and_check_a_bundle_without_torch(own_bundle, tmp_path):
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(BLOCK_TORCH)
     pth = tmp_path / "weights.pth"
     torch.save({"w": torch.zeros(2)}, pth)
-    path = os.pathsep.join([str(block), str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path), str(own_bundle), str(pth)],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
-                          timeout=600)
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=without_torch(tmp_path / "block", ROOT, ROOT / "tests"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"trained": True, "round_trip_exact": True, "pth_exit": 2, "clean_passed": True,
