@@ -1,7 +1,8 @@
 """The MindSpore-only install (torch and torchvision are the ``torch`` extra): in one process where importing torch
 fails as it does when it is not installed, a MindSpore training run, a ``.ckpt -> .safetensors -> .ckpt``
 conversion (bit-exact), an own model's reference bundle checked against its cell (the clean port passes, the
-BN-eps-1e-3 port fails), and a ``.pth`` refused with an error naming the extra. One subprocess for all of it."""
+BN-eps-1e-3 port fails), a ``.pth`` refused with an error naming the extra, and every module of the project
+imported: all of ``ms_transfer`` imports, a module that needs torch says how to install it. One subprocess."""
 import json
 import os
 import subprocess
@@ -54,6 +55,17 @@ out["pth_exit"] = convert([str(pth), str(tmp / "x.safetensors")])
 out["clean_passed"] = parity.check_reference(bundle, MindSporeNet()).passed
 buggy = parity.check_reference(bundle, MindSporeNet(eps=1e-3))
 out["buggy_failed"] = sorted(r.check for r in buggy.results if not r.passed)
+import importlib, pkgutil
+import ms_transfer, torch_reference
+unclear = []   # a module that needs torch must say how to install it, not "No module named 'torch'"
+for package in (ms_transfer, parity, torch_reference):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError as exc:
+            if module.name.startswith("ms_transfer.") or "pip install 'ms_transfer[torch]'" not in str(exc):
+                unclear.append(f"{module.name}: {exc}")
+out["unclear_imports"] = unclear
 out["torch_loaded"] = "torch" in sys.modules or "torchvision" in sys.modules
 try:
     import torch  # noqa: F401
@@ -96,7 +108,7 @@ def test_train_convert_and_check_a_bundle_without_torch(own_bundle, tmp_path):
     assert out == {"trained": True, "round_trip_exact": True, "pth_exit": 2, "clean_passed": True,
                    "buggy_failed": ["eval outputs", "grads (eval-mode BN)", "grads (train-mode BN)", "train loss",
                                     "train outputs"],
-                   "torch_loaded": False, "torch_importable": False}
+                   "unclear_imports": [], "torch_loaded": False, "torch_importable": False}
     assert "needs PyTorch, which is not installed: install the torch extra, pip install 'ms_transfer[torch]'" in (
         proc.stderr)
 
