@@ -127,3 +127,20 @@ def test_an_own_model_bundle_stores_its_weights_once_in_float32(own_bundle):
     assert {str(v.dtype) for v in weights.values()} == {"float32"}
     # once: the other tensors are the inputs, the targets and the references of the checks' rows
     assert {k.split("/")[0] for k in tensors} == {"weight", "input", "loss_arg", "ref"}
+
+
+def test_a_cell_whose_names_do_not_fit_the_bundle_is_refused(own_bundle):
+    from mindspore import nn
+
+    from examples.parity_own_model_ms import MindSporeNet
+    from parity.engine.bundle import BundleError
+
+    class Renamed(MindSporeNet):   # the head under torch's name: not the cell the bundle was saved with
+        def __init__(self):
+            super().__init__()
+            del self.classifier
+            self.head = nn.Dense(16, 4)
+
+    with pytest.raises(BundleError, match=r"missing \['head.weight', 'head.bias'\].*pass that cell, or save the "
+                                          r"bundle again"):
+        parity.check_reference(own_bundle, Renamed(), mode="pynative")

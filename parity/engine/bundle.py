@@ -290,7 +290,9 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     try:
         load_weights(ms_cell, weights)
     except WeightsMismatch as exc:
-        raise BundleError(f"the bundle's weights do not fit the model: {exc}") from None
+        raise BundleError(f"the bundle's weights do not fit the model: {exc}. {directory} holds the weights of the "
+                          "cell it was saved with, under that cell's names (manifest.json's name_map maps torch's "
+                          "to them): pass that cell, or save the bundle again for this one") from None
     ms_to_torch = {m: t for t, m in manifest["name_map"].items()}
     xs = [tensors[f"input/{i}"] for i in range(manifest["inputs"])]
     loss_args = [tensors[k] for k in sorted((k for k in tensors if k.startswith("loss_arg/")),
