@@ -25,10 +25,10 @@ regenerated and checked against their sha256 (this project's ResNet / VGG bundle
 (25.6 M parameters and 53 k BN statistics, 1000 classes) is 102.4 MB of weights and ~107 MB in all; measured with
 10 classes at 32 px, batch 2: 98.9 MB (94.3 MB weights, 4.4 MB references, 25 kB inputs, a 51 kB manifest).
 The references stay small because every reference tensor above ``SKETCH_MIN`` elements is stored as a count
-sketch of ``SKETCH_SIZE`` buckets (each element added, with a seeded random sign, to a seeded random bucket). A sketch is
-linear, so ``sketch(port) - sketch(ref) = sketch(port - ref)``: a uniform scale error stays exactly that, and the
-relative L2 error is estimated within ~sqrt(2 / SKETCH_SIZE) = 3%, far inside the rule's factor ``K = 4``. The
-floors are measured on sketched samples, so both sides of the rule see the same reduction.
+sketch of ``SKETCH_SIZE`` buckets (each element added, with a seeded random sign, to a seeded random bucket).
+A sketch is linear, so ``sketch(port) - sketch(ref) = sketch(port - ref)``: a uniform scale error stays exactly
+that, and the relative L2 error is estimated within ~sqrt(2 / SKETCH_SIZE) = 3%, far inside the rule's factor
+``K = 4``. The floors are measured on sketched samples, so both sides of the rule see the same reduction.
 """
 from __future__ import annotations
 
