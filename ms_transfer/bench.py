@@ -113,7 +113,7 @@ def machine_info() -> Dict:
 
 def forward_flops(arch: str, image_size: int) -> float:
     """Forward FLOPs per image (2 x multiply-accumulates of every conv and linear layer; BN/ReLU/add ignored)."""
-    import torch
+    from torch_reference._torch import torch
 
     from torch_reference.models import build_model
     model = build_model(arch, 1000).eval()
@@ -153,7 +153,7 @@ def _timed(step, steps: int) -> Dict[str, float]:
 
 def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
     import numpy as np
-    import torch
+    from torch_reference._torch import torch
 
     from torch_reference.models import build_model
     rng = np.random.RandomState(0)
@@ -289,7 +289,7 @@ def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
 
 def time_conversion() -> float:
     """Seconds to convert a torchvision ResNet50 .pth into a MindSpore .ckpt (read, rename, write)."""
-    import torch
+    from torch_reference._torch import torch
 
     from torch_reference.models import build_model
 

@@ -61,7 +61,7 @@ def worker(framework: str, spec: Dict) -> None:
             return float(ops.AllReduce()(buffer)[0].asnumpy())
         buffer = ms.Tensor(np.ones(n_params, np.float32))
     else:
-        import torch
+        from torch_reference._torch import torch
         from torch_reference.backend import TorchBackend
         trainer = TorchBackend(cfg)
         trainer.setup(cfg)

@@ -6,7 +6,8 @@ Two parts:
                    the checks and :class:`CompareOptions` (``comparison``), the tolerance rule (``tolerance``) and
                    the report (``report``), the weight mapping and its rule registry (``weight_map``), the loss
                    (``loss``), first-divergence localisation (``localization``), reference bundles (``bundle``),
-                   the port's checkpoint and MindIR written and proven (``port``), detection power
+                   the port's checkpoint and MindIR written and proven (``port``), the pytest helper
+                   (``assertion``), detection power
                    (``sensitivity``), the dropout row (``dropout``), the two frameworks' sides (``torch_side``,
                    ``mindspore_side``).
 ``parity.suite``   this project's models on the engine: the problems (``problems``), porting bugs (``bugs``),
@@ -23,6 +24,7 @@ actually runs (``parity.check_reference`` never loads torch). The any-model API:
 
     report = parity.compare_models(torch_module, ms_cell, inputs, targets, name_map=None)
     print(parity.format_table(report.results)); assert report.passed
+    parity.assert_port_matches(torch_module, ms_cell, inputs, targets)   # in a pytest suite: raises with the table
 """
 from importlib import import_module
 
@@ -37,7 +39,7 @@ _EXPORTS = {"BUGS": ".suite.bugs", "CheckResult": ".engine.report", "format_tabl
             "ParityConfig": ".suite.run", "run_parity": ".suite.run", "REGIMES": ".suite.training",
             "TRAIN_BUGS": ".suite.training", "localize": ".engine.localization", "save_reference": ".engine.bundle",
             "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle",
-            "port_checkpoint": ".engine.port"}
+            "port_checkpoint": ".engine.port", "assert_port_matches": ".engine.assertion"}
 
 __all__ = sorted(_EXPORTS)
 

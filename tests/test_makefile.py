@@ -1,6 +1,7 @@
 """The Makefile's venv follows the MindSpore pin: its stamp names the version it installed, so a changed pin
 (or ``MS_VERSION=...``) reinstalls instead of silently keeping the old MindSpore (checked with ``make -n``)."""
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -44,3 +45,17 @@ def test_the_test_target_lints_before_it_tests(tmp_path):
     tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
     assert lint and tests and lint[0] < tests[0], proc.stdout
     assert all(folder in lines[lint[0]] for folder in ("ms_transfer", "parity", "torch_reference", "tests", "examples"))
+
+
+def test_torch_is_an_extra_that_the_venv_installs(tmp_path):
+    """pyproject: torch / torchvision only in the ``torch`` extra (the MindSpore-only install,
+    tests/test_without_torch.py); `make venv` installs it, so `make test` / CI / the quick start keep torch."""
+    text = (ROOT / "pyproject.toml").read_text()
+    dependencies = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "torch" not in dependencies
+    assert 'torch = ["torch==2.14.1", "torchvision==0.29.1"]' in text
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch(mode=0o755)
+    extras = re.search(r'-e "\.\[([\w,]+)\]"', _dry_run(venv, "MS_VERSION=2.7.2")).group(1).split(",")
+    assert "torch" in extras

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+from ._torch import torch
 
 from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import torch
+from ._torch import torch
 
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, PathLike, atomic_write, read_weights
 from ms_transfer.core import naming

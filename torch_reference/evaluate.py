@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import torch
+from ._torch import torch
 
 from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
+from ._torch import torch
 import torch.nn.functional as F
 import torchvision
 

@@ -14,12 +14,23 @@ from typing import Any, Dict
 
 from ms_transfer.core.checkpoint_io import META_KEY, CheckpointError, WeightFormat, contiguous, register_format
 
+from . import require_torch
+
 __all__ = ["PTH"]
+
+
+def _torch(what: str):
+    """torch, or a :class:`CheckpointError` (what the CLIs report) naming the file and the ``torch`` extra."""
+    try:
+        return require_torch(what)
+    except ModuleNotFoundError as exc:
+        raise CheckpointError(f"{exc}. Or convert the file to .safetensors where torch is installed "
+                              "(python -m ms_transfer.convert FILE.pth FILE.safetensors)") from None
 
 
 def read_pth(path: Path):
     """``(state, meta)`` of a torch state dict (plain, or under ``state_dict`` / ``model`` with the run's meta)."""
-    import torch
+    torch = _torch(f"reading {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -54,7 +65,7 @@ def read_pth(path: Path):
 
 def write_pth(path: Path, state, meta) -> None:
     """A plain state dict, or ``{"model": state_dict, META_KEY: json}`` for a training run's weights."""
-    import torch
+    torch = _torch("writing a torch weight file (.pth)")   # `path` is the atomic write's temporary name
     tensors = OrderedDict((k, torch.from_numpy(contiguous(v))) for k, v in state.items())
     if "classes" in meta:  # a training run's weights: keep arch/classes/config like torch_reference's checkpoints
         torch.save({"model": tensors, META_KEY: json.dumps(meta)}, path)

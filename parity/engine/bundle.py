@@ -6,8 +6,7 @@ reference and the float32 floor samples of :func:`parity.engine.comparison.compa
 ``manifest.json``        format, versions, model spec, seed, loss, checks and their rows, optimizer settings, the
                          torch -> MindSpore name map, the tolerance rule and its constants, every row's noise floor
                          (:class:`~parity.engine.tolerance.Floor`), the generator spec of every regenerated weight,
-                         and the
-                         sha256 of ``tensors.safetensors`` and of the manifest itself
+                         and the sha256 of ``tensors.safetensors`` and of the manifest itself
 ``tensors.safetensors``  inputs, loss arguments, the stored weights (MindSpore names), the reduced references
 
 ``check_reference`` needs MindSpore and numpy only: it rebuilds the port (from the manifest's model spec, or the
@@ -15,13 +14,21 @@ cell you pass), loads the weights, runs the same computations and compares them 
 and floors with the same rule. A bundle that was edited, truncated, is missing a tensor or does not fit the
 model is refused with a :class:`BundleError`; it never passes by default.
 
-Size. Large tensors are not stored: weights drawn from a seeded generator are regenerated (and checked against
-their sha256), and every reference tensor above ``SKETCH_MIN`` elements is stored as a count sketch of
-``SKETCH_SIZE`` buckets (each element added, with a seeded random sign, to a seeded random bucket). A sketch is
-linear, so ``sketch(port) - sketch(ref) = sketch(port - ref)``: a uniform scale error stays exactly that, and the
-relative L2 error is estimated within ~sqrt(2 / SKETCH_SIZE) = 3%, far inside the rule's factor ``K = 4``. The
-floors are measured on sketched samples, so both sides of the rule see the same reduction. ResNet18 at 64 px,
-batch 2, 10 classes: about 1.8 MB (README).
+Own models. A bundle saved without a model spec is checked against the cell you pass
+(``check_reference(DIR, ms_cell)``, in a process without torch): its weights are stored once, float32, under the
+cell's MindSpore names (the torch -> MindSpore name map it was saved with is in the manifest) and loaded into the
+cell before the checks; a cell whose names or shapes do not fit is refused.
+
+Size. Every weight is stored, 4 bytes an element, except those drawn from a seeded generator, which are
+regenerated and checked against their sha256 (this project's ResNet / VGG bundles: ResNet18 at 64 px, batch 2,
+10 classes is about 1.8 MB, README). An own model's bundle is its float32 weights plus a few per cent: ResNet50
+(25.6 M parameters and 53 k BN statistics, 1000 classes) is 102.4 MB of weights and ~107 MB in all; measured with
+10 classes at 32 px, batch 2: 98.9 MB (94.3 MB weights, 4.4 MB references, 25 kB inputs, a 51 kB manifest).
+The references stay small because every reference tensor above ``SKETCH_MIN`` elements is stored as a count
+sketch of ``SKETCH_SIZE`` buckets (each element added, with a seeded random sign, to a seeded random bucket).
+A sketch is linear, so ``sketch(port) - sketch(ref) = sketch(port - ref)``: a uniform scale error stays exactly
+that, and the relative L2 error is estimated within ~sqrt(2 / SKETCH_SIZE) = 3%, far inside the rule's factor
+``K = 4``. The floors are measured on sketched samples, so both sides of the rule see the same reduction.
 """
 from __future__ import annotations
 
@@ -163,6 +170,8 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
     for t, m in ms_of.items():
         spec = (generated or {}).get(t)
         value = np.ascontiguousarray(c.ms_state[m])
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float32)   # the port's dtype: what check_reference loads into the cell
         if spec is not None and np.array_equal(generated_tensor(spec, value.shape), value):
             regen[m] = {**spec, "shape": list(value.shape), "sha256": hashlib.sha256(value.tobytes()).hexdigest()}
         else:
@@ -281,7 +290,9 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     try:
         load_weights(ms_cell, weights)
     except WeightsMismatch as exc:
-        raise BundleError(f"the bundle's weights do not fit the model: {exc}") from None
+        raise BundleError(f"the bundle's weights do not fit the model: {exc}. {directory} holds the weights of the "
+                          "cell it was saved with, under that cell's names (manifest.json's name_map maps torch's "
+                          "to them): pass that cell, or save the bundle again for this one") from None
     ms_to_torch = {m: t for t, m in manifest["name_map"].items()}
     xs = [tensors[f"input/{i}"] for i in range(manifest["inputs"])]
     loss_args = [tensors[k] for k in sorted((k for k in tensors if k.startswith("loss_arg/")),

@@ -36,7 +36,7 @@ _ULP = 2 * FP32_UNIT_ROUNDOFF   # float32 spacing at 1.0
 
 def torch_dropout_ps(module) -> List[Tuple[str, float]]:
     """``(name, p)`` of every torch dropout module, in module order."""
-    import torch
+    from torch_reference._torch import torch
     return [(n, float(m.p)) for n, m in module.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
 
 

@@ -9,10 +9,12 @@ import copy
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+from torch_reference import require_torch
 
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names
+
+torch = require_torch("comparing a port with its torch original (parity.compare_models, parity.save_reference)")
 
 Arrays = Dict[str, np.ndarray]
 

@@ -71,7 +71,7 @@ def per_slice_step(world: int) -> Callable:
     train-mode BatchNorm: the model runs on each rank's slice separately (each slice's own batch statistics), one
     backward through the mean of the slices' losses (the average of the ranks' gradients), and the running
     statistics are those slice 0 produced (rank 0's)."""
-    import torch
+    from torch_reference._torch import torch
 
     def step(trainer, model, xt, yt) -> float:
         slices = rank_slices(len(yt), world)
@@ -183,7 +183,7 @@ def _run_mindspore(cfg, state, batches: Batches, num_classes: int, inject: Optio
 
 
 def _run_torch(cfg, state, batches: Batches, num_classes: int, inject: Optional[str]) -> Dict:
-    import torch
+    from torch_reference._torch import torch
 
     from torch_reference.backend import TorchBackend
     from torch_reference.models import build_model, load_numpy_state

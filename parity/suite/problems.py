@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import numpy as np
-import torch
+from torch_reference._torch import torch
 
 from ms_transfer.core.archs import input_spec, task_of
 from ms_transfer.core.checkpoint_io import WeightFile

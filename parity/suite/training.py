@@ -92,7 +92,7 @@ def regimes_for(arch: str) -> List[str]:
 
 def without_dropout_torch(model):
     """Every torch dropout layer at ``p = 0`` (identity in train mode too)."""
-    import torch
+    from torch_reference._torch import torch
     for m in model.modules():
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.p = 0.0
@@ -127,7 +127,7 @@ def torch_training(cfg: TrainConfig, state: Mapping[str, np.ndarray], batches: B
     """``len(batches)`` steps of ``TorchBackend`` in ``dtype`` (float64: the reference; float32: a floor sample).
     ``step(trainer, model, x, y)`` takes one optimizer step and returns its loss (default: the trainer's own
     ``train_step``; ``parity.suite.data_parallel`` passes its per-rank-slice step)."""
-    import torch
+    from torch_reference._torch import torch
 
     from torch_reference.backend import TorchBackend
     from torch_reference.models import build_model, load_numpy_state
