@@ -138,7 +138,8 @@ def test_make_help_lists_every_target():
 def _readme_commands() -> List[str]:
     """Every command of the README's fenced bash blocks, and of its "I want to…" table."""
     text = README.read_text()
-    lines = [line for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M) for line in block.splitlines()]
+    lines = [line for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
+             for line in block.replace("\\\n", " ").splitlines()]  # backslash continuations joined
     lines += [m.group(1) for m in re.finditer(r"^\|[^|]*\| `([^`]+)` \|", text, re.M)]
     return [c for c in (re.split(r"\s#\s", " " + line)[0].strip() for line in lines) if c]
 
