@@ -129,7 +129,9 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
 def _single_steps(side, ref, bn_train: bool, jitter) -> Dict[Tuple[str, int], List[np.ndarray]]:
     """Every layer of a float32 sample called alone on the reference's (jittered) input to it."""
     run = side.module_runner(bn_train)
-    return {(n, k): run(n, [jitter(a.astype(np.float32)) for a in ins]) for n, k, ins, _ in ref}
+    # float inputs in the sample's precision, jittered; integer inputs (token ids) as they are
+    return {(n, k): run(n, [jitter(a.astype(np.float32)) if np.issubdtype(a.dtype, np.floating) else a for a in ins])
+            for n, k, ins, _ in ref}
 
 
 def _first_divergence(mode: str, bn_train: bool, ref, ms_out: Mapping, samples: Sequence[Mapping],
