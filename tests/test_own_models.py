@@ -2,13 +2,13 @@
 each written independently in both frameworks): the clean ports pass every check in both modes -- with no false
 alarm from what MindSpore adds inside its own cells (``nn.LSTM``'s inner ``rnn`` and ``dropout_op``) -- and each
 injected porting bug fails, localised to its layer."""
-import numpy as np
 import pytest
 import torch
 from mindspore import nn
 
 import parity
 from examples.own_models import text_rnn, transformer
+from examples.own_models.differences import onnx_gates, transposed
 from ms_transfer.mindspore_backend.context import set_context
 from parity.engine.torch_side import numpy_state
 
@@ -45,22 +45,6 @@ def test_clean_port_passes_every_check(name, mode):
         assert rows[-1] == "dropout (train mode)" and report.names["dropout_off"] == ["lstm"]
 
 
-def _transposed(key):
-    def edit(state):
-        return {**state, key: np.ascontiguousarray(state[key].T)}
-    return edit
-
-
-def _onnx_gate_order(state):
-    """The LSTM's gate blocks in ONNX's order (input, output, forget, cell) instead of torch's (i, f, g, o)."""
-    out = dict(state)
-    for k in state:
-        if k.startswith("lstm."):
-            i, f, g, o = np.split(state[k], 4, axis=0)
-            out[k] = np.concatenate([i, o, f, g], axis=0)
-    return out
-
-
 class NotBatchFirst(text_rnn.MindSporeModel):
     """``batch_first=True`` forgotten: MindSpore reads (batch, seq) as (seq, batch), as torch would."""
 
@@ -78,8 +62,8 @@ BUGS = {
     "gelu_tanh": (transformer, lambda: transformer.MindSporeModel(gelu_approximate=True), 1.0, None, "act"),
     "softmax_over_queries": (transformer, lambda: transformer.MindSporeModel(softmax_axis=-2), 1.0, None,
                              "attn.softmax"),
-    "dense_transposed": (transformer, transformer.MindSporeModel, 1.0, _transposed("attn.q.weight"), "attn.q"),
-    "lstm_gate_order": (text_rnn, text_rnn.MindSporeModel, 1, _onnx_gate_order, "lstm"),
+    "dense_transposed": (transformer, transformer.MindSporeModel, 1.0, transposed("attn.q.weight"), "attn.q"),
+    "lstm_gate_order": (text_rnn, text_rnn.MindSporeModel, 1, onnx_gates, "lstm"),
     "lstm_not_batch_first": (text_rnn, NotBatchFirst, 1, None, "lstm"),
 }
 
