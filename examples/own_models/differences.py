@@ -81,10 +81,13 @@ class MsTorchMomentum(cnn.MindSporeNet):
 
 
 def transposed(key: str):
+    """A weight edit: ``key`` stored transposed (a Keras/TF ``(in, out)`` kernel loaded as is)."""
     return lambda s: {**s, key: np.ascontiguousarray(s[key].T)}
 
 
 def onnx_gates(state):
+    """A weight edit: the LSTM's gate blocks in ONNX's order (input, output, forget, cell) instead of torch's
+    (i, f, g, o)."""
     out = dict(state)
     for k, v in state.items():
         if k.startswith("lstm."):

@@ -87,6 +87,8 @@ class CompareOptions:
         sensitivity: also measure the smallest error each check detects (:mod:`parity.engine.sensitivity`).
         localize: ``True`` always, ``"on_failure"`` when a forward check fails: find the first layer that diverges
             (accumulated and single-step; see :mod:`parity.engine.localization`).
+        localize_mode: the MindSpore mode localisation runs the port in: ``"pynative"`` (hooks, layer by layer) or
+            ``"graph"`` (one compiled graph with every layer's output tapped; single-step compiles each layer).
         module_map: torch module -> MindSpore cell names for parameterless layers named differently (layers with
             parameters pair through ``name_map``; same-named ones pair by name).
         mask_relus: the gradient checks' scale statistic against a reference keeping the port's ReLU masks
@@ -106,6 +108,7 @@ class CompareOptions:
     opt_steps: int = 3       # >1 so that the momentum buffer is exercised
     sensitivity: bool = False
     localize: Union[bool, str] = False
+    localize_mode: str = "pynative"
     module_map: Optional[Mapping[str, str]] = None
     mask_relus: bool = True
     config: Any = None
@@ -173,7 +176,8 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         bn_train = not any(not r.passed for r in report.results if r.check == "eval outputs") and forward_failed
         try:
             report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
-                                               bn_train=bn_train, module_map=o.module_map, seed=o.seed)
+                                               bn_train=bn_train, module_map=o.module_map, seed=o.seed,
+                                               ms_mode=o.localize_mode)
         except Exception as exc:  # a diagnosis after the verdict: it may fail, the verdict stands as computed
             report.localization_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         report.seconds["localize"] = time.perf_counter() - t

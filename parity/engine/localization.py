@@ -15,8 +15,17 @@ the forward checks). Two modes, as PaDiff has them:
 
 Layers are ordered by when their call finishes (a block after its children), so the first failure is the
 innermost layer at fault; a block fails alone when its children are clean but its own code (a residual add,
-a missing activation between children) is wrong. MindSpore runs hooks only in PYNATIVE mode: localisation switches
-to it for its own run and back.
+a missing activation between children) is wrong.
+
+The port runs in one of two MindSpore modes (``ms_mode``), the torch side being the same:
+
+``pynative``  hooks on the cells, layer by layer (MindSpore runs hooks only in PYNATIVE mode);
+``graph``     the whole port compiled as ONE graph with every paired layer's output tapped
+              (:mod:`parity.engine.graph_taps`): what runs is what GRAPH mode compiles and fuses; single-step
+              mode compiles one graph of every layer called alone on the reference's input to it.
+
+Layers that cannot be paired (a torch module or a MindSpore cell with no counterpart, e.g. the ``rnn`` and
+``dropout_op`` cells MindSpore's ``nn.LSTM`` holds) and layers called on one side only are listed in the report.
 """
 from __future__ import annotations
 
@@ -30,8 +39,12 @@ from .tolerance import JITTER, ROUNDING_JITTER, Floor, compare_to_floor, jitter_
 from .weight_map import NameMatch, module_pairs
 
 MODES = ("accumulated", "single-step")
+#: the MindSpore modes the port can run in (see the module docstring)
+MS_MODES = ("pynative", "graph")
 #: clean layers listed before the first failing one (all are counted)
 CLEAN_SHOWN = 3
+#: unpaired / one-sided layers listed in the report (all are counted)
+UNPAIRED_SHOWN = 6
 
 
 @dataclass
@@ -46,18 +59,31 @@ class Localization:
     clean_before: int = 0              # layers compared before it, all clean
     clean_tail: List[str] = field(default_factory=list)  # the last few of them
     compared: int = 0                  # layers compared in all
+    ms_mode: str = "pynative"          # how the port ran (MS_MODES)
+    unpaired_torch: List[str] = field(default_factory=list)  # torch modules with no MindSpore counterpart
+    unpaired_ms: List[str] = field(default_factory=list)     # MindSpore cells with no torch counterpart
+    one_sided: List[str] = field(default_factory=list)       # paired layers called on one side only (not compared)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         where = "eval-mode" if not self.bn_train else "train-mode"
+        ran = ("GRAPH: one compiled graph, layer outputs tapped" if self.ms_mode == "graph" else "PYNATIVE: hooks")
+        if self.mode == "single-step" and self.ms_mode == "graph":
+            ran = "GRAPH: each layer on the reference input, all in one compiled graph"
         if self.first is None:
-            return f"{self.mode:<12} ({where} forward): all {self.compared} compared layers within their noise floor"
-        tail = f" (... {', '.join(self.clean_tail)})" if self.clean_tail else ""
-        return (f"{self.mode:<12} ({where} forward): first divergence at {_label(self.first)} "
-                f"[MindSpore: {_label(self.first_ms)}], ratio {self.ratio:.3g}; "
-                f"{self.clean_before} layers before it clean{tail}")
+            line = (f"{self.mode:<12} ({where} forward, {ran}): all {self.compared} compared layers within their "
+                    "noise floor")
+        else:
+            tail = f" (... {', '.join(self.clean_tail)})" if self.clean_tail else ""
+            line = (f"{self.mode:<12} ({where} forward, {ran}): first divergence at {_label(self.first)} "
+                    f"[MindSpore: {_label(self.first_ms)}], ratio {self.ratio:.3g}; "
+                    f"{self.clean_before} layers before it clean{tail}")
+        notes = [f"{what}: {_head(names)}" for what, names in
+                 (("not paired, torch", self.unpaired_torch), ("not paired, MindSpore", self.unpaired_ms),
+                  ("called on one side only", self.one_sided)) if names]
+        return line + "".join(f"\n{'':<14}{note}" for note in notes)
 
 
 class CallRecorder:
@@ -74,6 +100,11 @@ class CallRecorder:
         self.records.append((name, k, inputs, outputs))
 
 
+def _head(names: Sequence[str]) -> str:
+    more = f" ... (+{len(names) - UNPAIRED_SHOWN} more)" if len(names) > UNPAIRED_SHOWN else ""
+    return ", ".join(_label(n) for n in names[:UNPAIRED_SHOWN]) + more
+
+
 def _label(name: Optional[str]) -> str:
     return "(the model's own forward)" if name in ("", "#0") else str(name)
 
@@ -85,18 +116,23 @@ def _key(name: str, call: int) -> str:
 def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
              rounding: Sequence[Tuple[object, Sequence[np.ndarray]]], ms_side, xs: Sequence[np.ndarray],
              match: NameMatch, bn_train: bool = False, module_map: Optional[Mapping[str, str]] = None,
-             modes: Sequence[str] = MODES, seed: int = 0) -> List[Localization]:
-    """First diverging layer in each of ``modes``; ``reference`` / ``floors`` / ``rounding`` / ``ms_side`` are the
+             modes: Sequence[str] = MODES, seed: int = 0, ms_mode: str = "pynative") -> List[Localization]:
+    """First diverging layer in each of ``modes``, the port run in MindSpore mode ``ms_mode`` (:data:`MS_MODES`; the
+    context's mode is restored afterwards); ``reference`` / ``floors`` / ``rounding`` / ``ms_side`` are the
     engines of :func:`~parity.engine.comparison.compare_models` (``(float32 torch side, its jittered inputs)`` pairs:
-    128-ulp
-    samples for the error floor, 4-ulp rounding samples for the scale statistic, as for its forward checks)."""
+    128-ulp samples for the error floor, 4-ulp rounding samples for the scale statistic, as for its forward
+    checks)."""
     import mindspore as ms
 
-    pairs = module_pairs(reference.module_params(), ms_side.module_params(), match, module_map)
+    if ms_mode not in MS_MODES:
+        raise ValueError(f"unknown MindSpore mode {ms_mode!r} for localisation; choose from {', '.join(MS_MODES)}")
+    torch_modules, ms_cells = reference.module_params(), ms_side.module_params()
+    pairs = module_pairs(torch_modules, ms_cells, match, module_map)
     torch_of = {m: t for t, m in pairs.items()}
     names = list(pairs)
+    unpaired = ([n for n in torch_modules if n not in pairs], [n for n in ms_cells if n not in torch_of])
     previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.GRAPH_MODE if ms_mode == "graph" else ms.PYNATIVE_MODE)
     try:
         ref = reference.trace(xs, bn_train, names)
         results = []
@@ -107,19 +143,19 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
                 samples, scale_samples = ([{(n, k): outs for n, k, _, outs in side.trace(x, bn_train, names, False)}
                                            for side, x in engines] for engines in (floors, rounding))
             elif mode == "single-step":
-                ms_run = ms_side.module_runner(bn_train)
-                ms_out = {}
-                for n, k, ins, _ in ref:
-                    try:
-                        ms_out[(n, k)] = ms_run(pairs[n], ins)
-                    except (RuntimeError, ValueError, TypeError):
-                        ms_out[(n, k)] = None   # a cell that cannot even run on the reference input has failed
+                # a cell that cannot even run on the reference input has failed (None)
+                ms_out = dict(zip([(n, k) for n, k, _, _ in ref],
+                                  ms_side.run_cells([(pairs[n], ins) for n, _, ins, _ in ref], bn_train)))
                 samples, scale_samples = ([_single_steps(side, ref, bn_train, jitter_fn(seed + 200 + i, amount))
                                            for i, (side, _) in enumerate(engines)]
                                           for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)))
             else:
                 raise ValueError(f"unknown localisation mode {mode!r}; choose from {', '.join(MODES)}")
-            results.append(_first_divergence(mode, bn_train, ref, ms_out, samples, scale_samples, pairs))
+            loc = _first_divergence(mode, bn_train, ref, ms_out, samples, scale_samples, pairs)
+            called = {(n, k) for n, k, _, _ in ref}
+            loc.one_sided += [_key(pairs[n], k) + " (MindSpore)" for n, k in ms_out if (n, k) not in called]
+            loc.ms_mode, (loc.unpaired_torch, loc.unpaired_ms) = ms_mode, unpaired
+            results.append(loc)
         return results
     finally:
         ms.set_context(mode=previous)
@@ -129,7 +165,9 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
 def _single_steps(side, ref, bn_train: bool, jitter) -> Dict[Tuple[str, int], List[np.ndarray]]:
     """Every layer of a float32 sample called alone on the reference's (jittered) input to it."""
     run = side.module_runner(bn_train)
-    return {(n, k): run(n, [jitter(a.astype(np.float32)) for a in ins]) for n, k, ins, _ in ref}
+    # float inputs in the sample's precision, jittered; integer inputs (token ids) as they are
+    return {(n, k): run(n, [jitter(a.astype(np.float32)) if np.issubdtype(a.dtype, np.floating) else a for a in ins])
+            for n, k, ins, _ in ref}
 
 
 def _first_divergence(mode: str, bn_train: bool, ref, ms_out: Mapping, samples: Sequence[Mapping],
@@ -138,6 +176,7 @@ def _first_divergence(mode: str, bn_train: bool, ref, ms_out: Mapping, samples: 
     clean: List[str] = []
     for n, k, _, outs in ref:
         if (n, k) not in ms_out or any((n, k) not in s for s in list(samples) + list(scale_samples)):
+            loc.one_sided.append(_key(n, k))
             continue   # called on one side only (e.g. an activation the port fuses or forgets): its block decides
         mine = ms_out[(n, k)]
         ref_d = dict(zip(output_names(len(outs)), outs))

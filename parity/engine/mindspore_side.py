@@ -15,6 +15,7 @@ from mindspore import nn
 import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
 from ms_transfer.mindspore_backend.optimizers import momentum_sgd
 
+from .graph_taps import graph_calls, graph_taps
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names
 
@@ -101,7 +102,7 @@ class MindSporeSide:
     def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> List[ms.Tensor]:
         return [self.tensor(x) for x in list(inputs) + list(loss_args)]
 
-    def _train_mode(self, cell: nn.Cell, train: bool) -> None:
+    def train_mode(self, cell: nn.Cell, train: bool) -> None:
         """``cell.set_train(train)`` with every ``nn.Dropout`` of the net left in eval mode (identity): see
         ``DROPOUT_NOTE`` in :mod:`parity.engine.comparison`."""
         cell.set_train(train)
@@ -118,7 +119,7 @@ class MindSporeSide:
     def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
                       ) -> Tuple[Arrays, np.ndarray, Arrays]:
         self.reset()
-        self._train_mode(self.objective, True)
+        self.train_mode(self.objective, True)
         outs, loss = self.objective(*self._args(inputs, loss_args))
         outs = flatten_outputs(outs)
         trainable = {p.name for p in self.net.trainable_params()}
@@ -129,7 +130,7 @@ class MindSporeSide:
 
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool) -> Arrays:
         self.reset()
-        self._train_mode(self.grad_net, bn_train)
+        self.train_mode(self.grad_net, bn_train)
         _, grads = self.grad_net(*self._args(inputs, loss_args))
         return self._torch_names({p.name: g.asnumpy() for p, g in zip(self.net.trainable_params(), grads)})
 
@@ -144,12 +145,20 @@ class MindSporeSide:
             opt(tuple(self.tensor(step_grads[self.ms_to_torch[p.name]]) for p in params))
         return self._torch_names({p.name: p.asnumpy() - before[p.name] for p in params})
 
-    # --- localisation (parity.engine.localization; PYNATIVE only: hooks do not run in GRAPH mode) -------------
+    # --- localisation (parity.engine.localization) ---------------------------------------------------------
 
     def trace(self, inputs: Sequence[np.ndarray], train: bool, names: Sequence[str], keep_inputs: bool = True):
-        """As :meth:`parity.engine.torch_side.TorchSide.trace`, on the cells ``names``."""
+        """As :meth:`parity.engine.torch_side.TorchSide.trace`, on the cells ``names``. In GRAPH mode the net runs as
+        one compiled graph with those cells' outputs tapped (:mod:`parity.engine.graph_taps`; outputs only: the
+        records' inputs are empty, ``keep_inputs`` must be False)."""
         self.reset()
-        self._train_mode(self.net, train)
+        if ms.get_context("mode") == ms.GRAPH_MODE:
+            if keep_inputs:
+                raise ValueError("a GRAPH-mode trace taps layer outputs only: pass keep_inputs=False")
+            taps = graph_taps(self.net, [self.tensor(x) for x in inputs], names,
+                              lambda cell: self.train_mode(cell, train))
+            return [(name, k, [], outs) for (name, k), outs in taps.items()]
+        self.train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())
         recorder, handles = CallRecorder(), []
         for name in names:
@@ -164,10 +173,30 @@ class MindSporeSide:
                 h.remove()
         return recorder.records
 
+    def run_cells(self, calls: Sequence[Tuple[str, Sequence[np.ndarray]]], train: bool) -> List[List[np.ndarray]]:
+        """Each ``(cell name, inputs)`` called alone (single-step mode): in GRAPH mode all of them in one compiled
+        graph (:func:`~parity.engine.graph_taps.graph_calls`), else one by one. A call that cannot run gives
+        ``None`` (in GRAPH mode found by compiling the calls one by one when the whole graph fails)."""
+        run = self.module_runner(train)
+        if ms.get_context("mode") == ms.GRAPH_MODE and calls:
+            cells = dict(self.net.cells_and_names())
+            try:
+                return graph_calls([cells[n] for n, _ in calls], [[self.tensor(a) for a in args] for _, args in calls],
+                                   lambda cell: self.train_mode(cell, train))
+            except (RuntimeError, ValueError, TypeError):
+                pass   # one call does not compile: find it below
+        results = []
+        for name, args in calls:
+            try:
+                results.append(run(name, args))
+            except (RuntimeError, ValueError, TypeError):
+                results.append(None)
+        return results
+
     def module_runner(self, train: bool):
         """``run(name, inputs) -> outputs``: one cell called alone on the given inputs (single-step mode)."""
         self.reset()
-        self._train_mode(self.net, train)
+        self.train_mode(self.net, train)
         cells = dict(self.net.cells_and_names())
 
         def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:

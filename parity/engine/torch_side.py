@@ -48,18 +48,25 @@ def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray
     return handles
 
 
+def has_dropout(m: torch.nn.Module) -> bool:
+    """A dropout module, or a recurrent one (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: its ``dropout=`` argument drops
+    between layers in train mode, and train mode changes nothing else in it; MindSpore's recurrent cells hold that
+    dropout as an inner ``nn.Dropout`` cell)."""
+    return isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.RNNBase))
+
+
 def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` with every dropout layer in eval mode (identity); see ``DROPOUT_NOTE`` in
+    """``module`` with every dropout layer (:func:`has_dropout`) in eval mode (identity); see ``DROPOUT_NOTE`` in
     :mod:`parity.engine.comparison`."""
     for m in module.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+        if has_dropout(m):
             m.eval()
     return module
 
 
 def dropout_names(module: torch.nn.Module) -> List[str]:
-    """Names of the dropout modules."""
-    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    """Names of the modules with dropout (:func:`has_dropout`)."""
+    return [n for n, m in module.named_modules() if has_dropout(m)]
 
 
 class TorchSide:

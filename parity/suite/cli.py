@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"bn_eps@layer3.1); training bugs (need --train-steps): {', '.join(sorted(TRAIN_BUGS))}")
     p.add_argument("--localize", action="store_true",
                    help="always report the first diverging layer (accumulated and single-step); by default it is "
-                        "reported when a forward check fails")
+                        "reported when a forward check fails. It runs in the run's mode: with --mode graph the port "
+                        "is compiled as one graph with every layer's output tapped")
     p.add_argument("--sensitivity", action="store_true",
                    help="also print the smallest uniform / single-tensor relative error each check detects on this "
                         "run (the port's outputs scaled by 1+eps after the fact; see parity/engine/sensitivity.py)")
@@ -165,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
                            regimes=tuple(args.regimes) if args.regimes else None, dropout=args.dropout,
                            sensitivity=args.sensitivity,
-                           localize=True if args.localize else "on_failure")
+                           localize=True if args.localize else "on_failure", localize_mode=mode)
         bug = f", injected bug: {args.inject}" if args.inject else ""
         if args.train_steps:
             bug = f" | {args.train_steps} training steps" + bug

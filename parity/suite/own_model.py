@@ -448,7 +448,7 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
                   f"{', '.join(how)} | seed {args.seed}"
                   + (f" | weights from {staged.staging.name} (read back)" if staged else ""), flush=True)
             report = compare_models(torch_model, ms_cell, xs, targets, options,
-                                    config={**options.config, "mode": mode},
+                                    config={**options.config, "mode": mode}, localize_mode=mode,
                                     ms_state=staged.state if staged else None)
             reports.append(report)
             _print_report(report)

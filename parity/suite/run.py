@@ -46,6 +46,7 @@ class ParityConfig:
     train_steps: int = 0     # >0: training-step parity (parity.suite.training) instead of the checks above
     sensitivity: bool = False  # also measure the smallest error each check detects (parity.engine.sensitivity)
     localize: Union[bool, str] = False  # True / "on_failure" (the CLI's default): first diverging layer
+    localize_mode: str = "pynative"     # the MindSpore mode localisation runs the port in (the CLI: the run's mode)
     regimes: Optional[Sequence[str]] = None   # None: every regime that fits the arch (parity.suite.training)
     dropout: Optional[float] = None  # a VGG's classifier dropout (None: its default 0.5)
 
@@ -74,7 +75,7 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
     if cfg.inject:
         inject(cfg.inject, net, ms_state)
     return compare_models(torch_model, net, problem.x, problem.y, compare_options(cfg, log), ms_state=ms_state,
-                          sensitivity=cfg.sensitivity, localize=cfg.localize)
+                          sensitivity=cfg.sensitivity, localize=cfg.localize, localize_mode=cfg.localize_mode)
 
 
 def compare_options(cfg: ParityConfig, log: Callable[[str], None]) -> CompareOptions:
