@@ -134,8 +134,10 @@ def load_factory(spec: str, flag: str) -> Callable[[], Any]:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
+            # what the module defines or re-exports from its own package (not what it imports from libraries)
+            package = module.__name__.split(".")[0]
             defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                             and getattr(v, "__module__", None) == module.__name__)
+                             and str(getattr(v, "__module__", "")).split(".")[0] == package)
             raise UsageError(f"{flag} {spec}: module {module_name} has no attribute {attr!r}; it defines "
                              f"{', '.join(defined) or 'no public class or function'}")
         obj = getattr(obj, part)
