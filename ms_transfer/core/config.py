@@ -89,6 +89,9 @@ class TrainConfig:
                                 "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
     epochs: int = _f(5, "number of epochs")
+    early_stopping_patience: int = _f(0, "stop when the validation accuracy has not improved for this many epochs "
+                                         "(0 = off: train every epoch); either way the test split (test.json) is "
+                                         "evaluated with the best validation epoch's checkpoint (best.ckpt/.pth)")
     batch_size: int = _f(18, "batch size")
     lr: float = _f(0.001, "base learning rate")
     optimizer: str = _f("momentum", "optimizer", ("momentum", "sgd", "adam"))
@@ -147,7 +150,7 @@ class TrainConfig:
         for key in ("lr", "stage2_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{source}: {key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views"):
+        for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views", "early_stopping_patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.head_epochs >= self.epochs:
