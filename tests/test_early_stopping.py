@@ -53,7 +53,6 @@ def test_the_tested_checkpoint_is_the_best_validation_epoch(stopped_run):
         from torch_reference.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(str(run / f"best.{ext}"), str(root), split="test", batch_size=64, num_workers=0)
     assert result["accuracy"] == test["test_acc"]
-    print(result["loss"], test["test_loss"])
     assert result["loss"] == test["test_loss"]  # the same batches (64) through the same weights
     last = evaluate_checkpoint(str(run / f"last.{ext}"), str(root), split="test", batch_size=64, num_workers=0)
     assert last["accuracy"] != test["test_acc"]      # the last model is not what was tested

@@ -89,6 +89,11 @@ class TrainConfig:
                                 "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
     epochs: int = _f(5, "number of epochs")
+    precise_bn: str = _f("auto", "BatchNorm statistics for evaluation: auto recomputes, before every validation, "
+                                 "the moving mean and variance of the BatchNorm layers that train as the population "
+                                 "statistics of their inputs over the whole training split (eval transform; "
+                                 "PreciseBN, as detectron2/timm; frozen BatchNorm layers untouched; saved in the "
+                                 "checkpoints); off keeps the moving averages of training", ("auto", "off"))
     early_stopping_patience: int = _f(0, "stop when the validation accuracy has not improved for this many epochs "
                                          "(0 = off: train every epoch); either way the test split (test.json) is "
                                          "evaluated with the best validation epoch's checkpoint (best.ckpt/.pth)")

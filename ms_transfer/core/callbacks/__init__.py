@@ -26,15 +26,18 @@ from typing import List
 from ..config import TrainConfig
 from .base import Callback, CallbackList, FitState
 from .builtin import CheckpointWriter, EarlyStopping, MetricsWriter, Plots, ProgressBar, TestEvaluation
+from .precise_bn import PreciseBN
 
 __all__ = ["FitState", "Callback", "CallbackList", "ProgressBar", "MetricsWriter", "CheckpointWriter", "Plots",
-           "EarlyStopping", "TestEvaluation", "default_callbacks"]
+           "EarlyStopping", "PreciseBN", "TestEvaluation", "default_callbacks"]
 
 
 def default_callbacks(cfg: TrainConfig) -> List[Callback]:
     """What a run writes and shows, in order: progress, ``metrics.jsonl``, ``best``/``last`` checkpoints, early
-    stopping when ``cfg.early_stopping_patience`` > 0, plots, ``test.json`` of the best validation epoch, and
-    TensorBoard event files when ``cfg.tensorboard`` names a directory."""
+    stopping when ``cfg.early_stopping_patience`` > 0, plots, ``test.json`` of the best validation epoch,
+    TensorBoard event files when ``cfg.tensorboard`` names a directory, and PreciseBN's statistics before every
+    validation unless ``cfg.precise_bn`` is ``off`` (its one hook, ``on_validation_start``, precedes every other
+    callback's ``on_epoch_end``: its place in the list does not matter)."""
     callbacks: List[Callback] = [ProgressBar(), MetricsWriter(), CheckpointWriter()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.early_stopping_patience))
@@ -42,4 +45,6 @@ def default_callbacks(cfg: TrainConfig) -> List[Callback]:
     if cfg.tensorboard:
         from .tensorboard import TensorBoardLogger  # the optional extra: imported only when asked for
         callbacks.append(TensorBoardLogger(cfg.tensorboard))
+    if cfg.precise_bn == "auto":
+        callbacks.append(PreciseBN())
     return callbacks
