@@ -159,7 +159,8 @@ class Study:
         path.parent.mkdir(parents=True, exist_ok=True)
         arch = self.train_cfg.arch
         overrides = transfer_trunk(self.pretrained(), arch) if init == "transfer" else None
-        return save_init(path, arch, len(SOURCE_CLASSES), seed, overrides)
+        classes = self.train_cfg.dataset_classes or SOURCE_CLASSES
+        return save_init(path, arch, len(classes), seed, overrides)
 
     def run_cell(self, cell: Cell) -> Path:
         run_dir = self.out / "cells" / cell.key
