@@ -100,3 +100,11 @@ def test_precise_bn_off_keeps_the_moving_averages_of_training(runs):
     # (measured: the mean off by 0.130 where the population's largest |mean| is 0.134, the variance by 0.970)
     assert np.abs(state["features.bn3.running_mean"] - mean).max() > 0.5 * np.abs(mean).max()
     assert np.abs(state["features.bn3.running_var"] - var).max() > 0.5 * np.abs(var - 1).max()
+
+
+def test_a_bare_yaml_off_turns_it_off(tmp_path):
+    """YAML 1.1 reads ``precise_bn: off`` as false: the schema takes it as ``off`` (as for ``feature_cache``)."""
+    from ms_transfer.core.config import load_yaml
+    path = tmp_path / "run.yaml"
+    path.write_text("precise_bn: off\nfeature_cache: off\n")
+    assert load_yaml(path) == {"precise_bn": "off", "feature_cache": "off"}

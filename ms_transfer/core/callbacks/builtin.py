@@ -156,7 +156,8 @@ class TestEvaluation(Callback):
         row = {"epoch": epoch, "model": model, "val_acc": next((r["val_acc"] for r in state.history
                                                                 if r["epoch"] == epoch), None),
                "test_acc": result["accuracy"], "test_loss": result["loss"], "num_samples": result["num_samples"],
-               "epochs_trained": last, "early_stopping_patience": state.cfg.early_stopping_patience}
+               "epochs_trained": last, "early_stopping_patience": state.cfg.early_stopping_patience,
+               "train_samples": len(state.run.train)}
         atomic_write(state.out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
         log.info(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (the {model} model: epoch "
                  f"{epoch} of {last})")
