@@ -277,6 +277,11 @@ def agreement(groups: Dict[str, Dict]) -> List[Dict]:
     return rows
 
 
+def percent(fraction: float) -> str:
+    """A data fraction as a percentage with up to 3 significant digits: 0.05 -> ``5%``, 1/390 -> ``0.256%``."""
+    return f"{fraction * 100:.3g}%"
+
+
 def markdown_table(results: Dict) -> str:
     """Test accuracy (mean +- std over seeds) per regime and fraction, one column per framework."""
     groups, study = results["groups"], results["study"]
@@ -288,7 +293,7 @@ def markdown_table(results: Dict) -> str:
             for fw in study["frameworks"]:
                 g = groups.get(f"{fw}/{regime}/{fraction:g}")
                 cols.append(f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g else "—")
-            lines.append(f"| {regime} | {fraction:.0%} | " + " | ".join(cols) + " |")
+            lines.append(f"| {regime} | {percent(fraction)} | " + " | ".join(cols) + " |")
     agree = results["agreement"]
     if agree:
         line = (f"MindSpore vs torch: mean |difference of the means| "
@@ -297,7 +302,7 @@ def markdown_table(results: Dict) -> str:
         if spread:
             worst = max(spread, key=lambda a: a["ratio"])
             line += (f"; largest difference / spread over seeds {worst['ratio']:.2f} ({worst['regime']}, "
-                     f"{worst['fraction']:.0%})")
+                     f"{percent(worst['fraction'])})")
         lines += ["", line + "."]
     return "\n".join(lines) + "\n"
 
@@ -333,7 +338,7 @@ def plot_study(results: Dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy (mean ± std over seeds)",
            ylim=ylim, title=f"{Path(study['base']).stem}: transfer vs scratch")
     ax_epochs.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", ylim=ylim,
-                  title=f"per epoch, {smallest:.0%} of the data")
+                  title=f"per epoch, {percent(smallest)} of the data")
     for a in (ax, ax_epochs):
         a.grid(alpha=0.3)
     ax.legend(fontsize=8)

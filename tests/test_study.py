@@ -90,3 +90,8 @@ def test_the_headline_says_what_the_smallest_fraction_shows():
     assert line.startswith("With 50 labelled training images (the smallest fraction)")
     assert "(frozen) reaches 0.900 test accuracy" in line and "from scratch on the same images reaches 0.610: +0.290" in line
     assert headline({"study": {**study, "regimes": {"scratch": regimes["scratch"]}}, "groups": groups}) == ""
+
+
+def test_small_fractions_keep_their_digits_in_the_table():
+    from ms_transfer.study import percent
+    assert [percent(f) for f in (0.0026, 0.0257, 0.05, 0.5, 1.0)] == ["0.26%", "2.57%", "5%", "50%", "100%"]
