@@ -159,7 +159,8 @@ class Study:
         path.parent.mkdir(parents=True, exist_ok=True)
         arch = self.train_cfg.arch
         overrides = transfer_trunk(self.pretrained(), arch) if init == "transfer" else None
-        return save_init(path, arch, len(SOURCE_CLASSES), seed, overrides)
+        classes = self.train_cfg.dataset_classes or SOURCE_CLASSES
+        return save_init(path, arch, len(classes), seed, overrides)
 
     def run_cell(self, cell: Cell) -> Path:
         run_dir = self.out / "cells" / cell.key
@@ -202,18 +203,21 @@ class Study:
             rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
             test = json.loads((run_dir / "test.json").read_text())
             cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows], "test_acc": test["test_acc"],
+                               "test_epoch": test["epoch"], "train_samples": test.get("train_samples"),
                                "train_seconds": sum(r["train_seconds"] for r in rows)}
         groups: Dict[str, Dict] = {}
         for c in cells.values():
             key = f"{c['framework']}/{c['regime']}/{c['fraction']:g}"
             groups.setdefault(key, {"framework": c["framework"], "regime": c["regime"], "fraction": c["fraction"],
-                                    "test_acc": [], "val_curves": []})
+                                    "test_acc": [], "val_curves": [], "train_samples": c["train_samples"]})
             groups[key]["test_acc"].append(c["test_acc"])
             groups[key]["val_curves"].append(c["val_acc"])
         for g in groups.values():
             acc = np.array(g["test_acc"])
             g.update(mean=float(acc.mean()), std=float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, n=len(acc))
-            g["val_mean_per_epoch"] = np.mean(np.array(g.pop("val_curves")), axis=0).tolist()
+            curves = g.pop("val_curves")   # early stopping ends cells at different epochs: mean over those still running
+            g["val_mean_per_epoch"] = [float(np.mean([c[e] for c in curves if len(c) > e]))
+                                       for e in range(max(map(len, curves)))]
         return {"study": asdict(self.cfg), "cells": cells, "groups": groups, "agreement": agreement(groups)}
 
     def write(self, results: Dict) -> None:
@@ -222,6 +226,9 @@ class Study:
         plot_study(results, self.out / "study.png")
         print(markdown_table(results))
         print(f"Results: {self.out / 'results.md'}, {self.out / 'results.json'}, {self.out / 'study.png'}")
+        summary = headline(results)
+        if summary:
+            print(summary)
 
 
 def transfer_trunk(ckpt: Path, arch: str) -> Dict[str, np.ndarray]:
@@ -232,6 +239,25 @@ def transfer_trunk(ckpt: Path, arch: str) -> Dict[str, np.ndarray]:
     state, _ = into_arch(state, report.arch, arch, ckpt)
     to_torch = naming.name_map(arch, "ms_transfer", "torchvision")
     return {to_torch[k]: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def headline(results: Dict) -> str:
+    """One sentence saying what the numbers mean: at the smallest data fraction, the best transfer regime's mean
+    test accuracy against scratch's on the same images (the first framework's); ``""`` without both."""
+    study, groups = results["study"], results["groups"]
+    fw, smallest = study["frameworks"][0], min(study["fractions"])
+    by_init = {init: [groups[k] for r, regime in study["regimes"].items()
+                      if regime["init"] == init and (k := f"{fw}/{r}/{smallest:g}") in groups] for init in INITS}
+    if not by_init["scratch"] or not by_init["transfer"]:
+        return ""
+    scratch, best = by_init["scratch"][0], max(by_init["transfer"], key=lambda g: g["mean"])
+    images = f"{scratch['train_samples']} labelled training images" if scratch.get("train_samples") else \
+        f"{smallest:.1%} of the training images"
+    return (f"With {images} (the smallest fraction), the network that starts from the pretrained trunk "
+            f"({best['regime']}) reaches {best['mean']:.3f} test accuracy where the same network trained from scratch "
+            f"on the same images reaches {scratch['mean']:.3f}: {best['mean'] - scratch['mean']:+.3f}, what was learnt "
+            f"on the pretraining data is worth on this task ({fw}, mean over {best['n']} seed(s); each cell tests "
+            "its best validation epoch).")
 
 
 def agreement(groups: Dict[str, Dict]) -> List[Dict]:
@@ -251,6 +277,11 @@ def agreement(groups: Dict[str, Dict]) -> List[Dict]:
     return rows
 
 
+def percent(fraction: float) -> str:
+    """A data fraction as a percentage with up to 3 significant digits: 0.05 -> ``5%``, 1/390 -> ``0.256%``."""
+    return f"{fraction * 100:.3g}%"
+
+
 def markdown_table(results: Dict) -> str:
     """Test accuracy (mean +- std over seeds) per regime and fraction, one column per framework."""
     groups, study = results["groups"], results["study"]
@@ -262,7 +293,7 @@ def markdown_table(results: Dict) -> str:
             for fw in study["frameworks"]:
                 g = groups.get(f"{fw}/{regime}/{fraction:g}")
                 cols.append(f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g else "—")
-            lines.append(f"| {regime} | {fraction:.0%} | " + " | ".join(cols) + " |")
+            lines.append(f"| {regime} | {percent(fraction)} | " + " | ".join(cols) + " |")
     agree = results["agreement"]
     if agree:
         line = (f"MindSpore vs torch: mean |difference of the means| "
@@ -271,7 +302,7 @@ def markdown_table(results: Dict) -> str:
         if spread:
             worst = max(spread, key=lambda a: a["ratio"])
             line += (f"; largest difference / spread over seeds {worst['ratio']:.2f} ({worst['regime']}, "
-                     f"{worst['fraction']:.0%})")
+                     f"{percent(worst['fraction'])})")
         lines += ["", line + "."]
     return "\n".join(lines) + "\n"
 
@@ -307,7 +338,7 @@ def plot_study(results: Dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy (mean ± std over seeds)",
            ylim=ylim, title=f"{Path(study['base']).stem}: transfer vs scratch")
     ax_epochs.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", ylim=ylim,
-                  title=f"per epoch, {smallest:.0%} of the data")
+                  title=f"per epoch, {percent(smallest)} of the data")
     for a in (ax, ax_epochs):
         a.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -205,3 +205,37 @@ def test_a_missing_array_source_is_a_dataset_error_with_the_fix(tmp_path, monkey
     cfg = TrainConfig(arch="fashion_cnn", image_size=28, dataset="fashion_mnist", data_dir=str(tmp_path)).validate()
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
         recipe.prepare_data(cfg)
+
+
+def test_dataset_classes_keeps_those_classes_relabelled_in_their_splits(tmp_path):
+    """dataset_classes: the named classes only, labelled in the order given; every image stays in the split it has
+    with every class (two selections partition each split); unknown or repeated names, and a selection on an image
+    folder, are clear errors."""
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.core.config import ConfigError, TrainConfig
+    from ms_transfer.core.data import scan_dataset
+
+    ds = _dataset()
+    picked = arrays.select_classes(ds, ["Bag", "Sandal"])
+    assert picked.classes == ["Bag", "Sandal"] and np.bincount(picked.labels).tolist() == [5, 5]
+    assert np.array_equal(picked.images[picked.labels == 0], ds.images[ds.labels == 8])
+    with pytest.raises(ArrayDataError, match=r"\['Boat'\] not among the classes of test"):
+        arrays.select_classes(ds, ["Bag", "Boat"])
+    with pytest.raises(ArrayDataError, match="a class named twice"):
+        arrays.select_classes(ds, ["Bag", "Bag"])
+
+    (tmp_path / "idx").mkdir()
+    _fashion_idx(tmp_path / "idx")
+    cfg = dict(arch="fashion_cnn", image_size=28, dataset="fashion_mnist", data_dir=str(tmp_path / "idx"),
+               val_fraction=0.25)
+    full = arrays.source_splits("fashion_mnist", 0.25, tmp_path / "idx")
+    first, rest = arrays.FASHION_CLASSES[:4], arrays.FASHION_CLASSES[4:]
+    for split, whole in full.items():
+        a, b = (arrays.source_splits("fashion_mnist", 0.25, tmp_path / "idx", c)[split] for c in (first, rest))
+        assert sorted(im.tobytes() for im in np.concatenate([a.images, b.images])) == sorted(
+            im.tobytes() for im in whole.images)
+    root = recipe.prepare_data(TrainConfig(**cfg, dataset_classes=first).validate())
+    classes, scans = scan_dataset(root)
+    assert len(classes) == 4 and len(scans["train"]) == 12 and root != recipe.prepare_data(TrainConfig(**cfg).validate())
+    with pytest.raises(ConfigError, match="dataset_classes selects classes of an array dataset"):
+        TrainConfig(dataset_classes=["a", "b"]).validate()

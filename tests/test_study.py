@@ -73,3 +73,25 @@ def test_bad_study_configs_are_clear_errors(tmp_path, capsys):
                                       "regimes": {"scratch": {"init": "scratch"}}})
     assert main(["--config", str(bad)]) == 2
     assert "a study needs an array dataset" in capsys.readouterr().err
+
+
+def test_the_headline_says_what_the_smallest_fraction_shows():
+    from ms_transfer.study import headline
+
+    def group(regime, fraction, mean):
+        return {"framework": "mindspore", "regime": regime, "fraction": fraction, "mean": mean, "std": 0.0, "n": 1,
+                "train_samples": 50 if fraction == 0.02 else 200}
+    regimes = {"scratch": {"init": "scratch"}, "frozen": {"init": "transfer"}, "tuned": {"init": "transfer"}}
+    groups = {f"mindspore/{g['regime']}/{g['fraction']:g}": g for g in (
+        group("scratch", 0.02, 0.61), group("frozen", 0.02, 0.90), group("tuned", 0.02, 0.87),
+        group("scratch", 0.1, 0.95), group("frozen", 0.1, 0.96))}
+    study = {"frameworks": ["mindspore"], "fractions": [0.1, 0.02], "regimes": regimes}
+    line = headline({"study": study, "groups": groups})
+    assert line.startswith("With 50 labelled training images (the smallest fraction)")
+    assert "(frozen) reaches 0.900 test accuracy" in line and "from scratch on the same images reaches 0.610: +0.290" in line
+    assert headline({"study": {**study, "regimes": {"scratch": regimes["scratch"]}}, "groups": groups}) == ""
+
+
+def test_small_fractions_keep_their_digits_in_the_table():
+    from ms_transfer.study import percent
+    assert [percent(f) for f in (0.0026, 0.0257, 0.05, 0.5, 1.0)] == ["0.26%", "2.57%", "5%", "50%", "100%"]

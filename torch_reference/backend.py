@@ -8,7 +8,7 @@ fast path, torchvision transforms over the shared file scan, and ``.pth`` run ch
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from ._torch import torch
@@ -23,6 +23,7 @@ from ms_transfer.core.distributed import SINGLE, detect, threads_per_rank
 from ms_transfer.core.freeze import FreezeReport, freeze_report, is_frozen, lr_multiplier
 from ms_transfer.core.recipe import Stage, TrainingError
 
+from . import batchnorm
 from .checkpoint import load_pretrained, load_run_checkpoint, save_run_checkpoint
 from .data import build_loader
 from .models import build_model
@@ -292,6 +293,16 @@ class TorchBackend:
         self.model.eval()
         with torch.no_grad():
             return self.model(*_as_tuple(self._tensor(x))).float().cpu().numpy()
+
+    def trainable_batchnorms(self) -> List[str]:
+        return batchnorm.trainable_batchnorms(self.model, self.frozen_bns)
+
+    def batchnorm_moments(self, x) -> List[Tuple[str, int, np.ndarray, np.ndarray]]:
+        inputs = _as_tuple(self._tensor(x))
+        return batchnorm.batchnorm_moments(self.model, self.trainable_batchnorms(), lambda: self.model(*inputs))
+
+    def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        batchnorm.set_batchnorm_statistics(self.model, stats)
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         self.model.eval()  # a VGG head holds Dropout layers

@@ -267,24 +267,44 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-def source_splits(name: str, val_fraction: float, data_dir: Optional[PathLike] = None) -> dict:
+def select_classes(dataset: ArrayDataset, classes: Sequence[str]) -> ArrayDataset:
+    """The samples of ``classes`` only (named as in ``dataset.classes``), labelled ``0..len(classes)-1`` in the order
+    given; an unknown name is an :class:`ArrayDataError` listing the dataset's classes."""
+    unknown = [c for c in classes if c not in dataset.classes]
+    if unknown or len(set(classes)) != len(classes):
+        raise ArrayDataError(f"dataset_classes {list(classes)}: " + (f"{unknown} not among" if unknown else
+                             "a class named twice; choose from") + f" the classes of {dataset.source}: "
+                             f"{dataset.classes}")
+    old = [dataset.classes.index(c) for c in classes]
+    keep = np.isin(dataset.labels, old)
+    relabel = np.full(len(dataset.classes), -1, np.int64)
+    relabel[old] = np.arange(len(old))
+    return ArrayDataset(dataset.images[keep], relabel[dataset.labels[keep]], list(classes), dataset.source)
+
+
+def source_splits(name: str, val_fraction: float, data_dir: Optional[PathLike] = None,
+                  classes: Sequence[str] = ()) -> dict:
     """``{"train", "val", "test"}`` of a source: its own test split when it has one (Fashion-MNIST, MNIST),
     else a stratified :data:`TEST_FRACTION`; val is a stratified ``val_fraction`` of the rest (seed
-    :data:`SPLIT_SEED`)."""
+    :data:`SPLIT_SEED`). ``classes`` (names) keeps those classes only, after the split: an image is in the same
+    split whichever classes are selected (digits 0-4 and 5-9 of ``mnist5k`` partition its splits)."""
     if name == "mnist5k":
         rest, test = split_train_val(load_source(name, "train", data_dir), TEST_FRACTION, SPLIT_SEED)
     else:
         rest, test = load_source(name, "train", data_dir), load_source(name, "test", data_dir)
     train, val = split_train_val(rest, val_fraction, SPLIT_SEED)
-    return {"train": train, "val": val, "test": test}
+    splits = {"train": train, "val": val, "test": test}
+    return {s: select_classes(d, classes) for s, d in splits.items()} if classes else splits
 
 
-def prepare_source(name: str, val_fraction: float, cache_dir: PathLike, data_dir: Optional[PathLike] = None
-                   ) -> Path:
-    """Export a source's train/val/test splits (:func:`source_splits`) as an image folder under ``cache_dir``
-    (reused while the content is the same) and return it: the dataset root a training run reads."""
-    splits = source_splits(name, val_fraction, data_dir)
-    target = Path(cache_dir) / f"{name}-val{val_fraction:g}"
+def prepare_source(name: str, val_fraction: float, cache_dir: PathLike, data_dir: Optional[PathLike] = None,
+                   classes: Sequence[str] = ()) -> Path:
+    """Export a source's train/val/test splits (:func:`source_splits`, ``classes`` only if given) as an image
+    folder under ``cache_dir`` (reused while the content is the same) and return it: the dataset root a training
+    run reads."""
+    splits = source_splits(name, val_fraction, data_dir, classes)
+    selection = "-classes-" + hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()[:8] if classes else ""
+    target = Path(cache_dir) / f"{name}-val{val_fraction:g}{selection}"
     counts = ", ".join(f"{s} {len(d)}" for s, d in splits.items())
     log.info(f"Dataset {name}: {counts} images -> {target}")
     return export_image_folder(splits, target)

@@ -12,7 +12,8 @@ collectives and ``CheckpointIO`` from the step:
   with :mod:`.checkpoint_io` by each backend's format module, so the core reads and writes files of any
   framework without importing one);
 - :class:`Data`: the loader over scanned samples and batches as numpy;
-- :class:`Step`: the model, a stage's freezing and optimizer, the train step, eval logits;
+- :class:`Step`: the model, a stage's freezing and optimizer, the train step, eval logits, the BatchNorm
+  moments and statistics of PreciseBN;
 - :class:`FastPath` (optional): the frozen-trunk steps. :meth:`Step.fast_path` returns it (or ``None``) and the
   loop asks once per stage; a backend without a fast path returns ``None`` and implements none of it.
 
@@ -21,7 +22,7 @@ A new backend implements :class:`Backend` (all four parts) and registers its wei
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -153,6 +154,19 @@ class Step(Protocol):
 
     def logits(self, x: Any) -> np.ndarray:
         """Eval-mode logits of a batch (backend tensor or numpy images)."""
+
+    def trainable_batchnorms(self) -> List[str]:
+        """Names of the BatchNorm layers that train (normalise with batch statistics in training): the layers
+        :class:`~.callbacks.PreciseBN` recomputes; frozen ones (inference mode) are not listed."""
+
+    def batchnorm_moments(self, x: Any) -> List[Tuple[str, int, np.ndarray, np.ndarray]]:
+        """``(layer, elements per channel, mean, biased variance)`` of the input of every layer of
+        :meth:`trainable_batchnorms` (once per call of the layer) in one forward pass of batch ``x``: the model in
+        eval mode except those layers, which normalise with the batch's statistics. Changes no state of the model
+        (moving statistics included)."""
+
+    def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Overwrite the moving ``(mean, unbiased variance)`` of the named BatchNorm layers."""
 
 
 @runtime_checkable

@@ -57,6 +57,9 @@ class TrainConfig:
                                "dataset=fashion_mnist/mnist, the folder with the IDX files")
     val_fraction: float = _f(0.1, "array datasets: share of the train split held out for validation (stratified, "
                                   "fixed seed: the same split in every run)")
+    dataset_classes: List[str] = _f([], "array datasets: keep only these classes, by name, labelled in the order "
+                                        "given (e.g. mnist5k's digits 5 6 7 8 9; Fashion-MNIST's names as in its "
+                                        "table); every image stays in its split; empty = every class")
     data_fraction: float = _f(1.0, "train on this share of the train split (stratified per class, drawn with "
                                    "`seed`): the data-fraction axis of python -m ms_transfer.study")
     normalize: str = _f(AUTO, "input normalisation: auto (the pretrained weights entry's mean/std, else "
@@ -89,6 +92,14 @@ class TrainConfig:
                                 "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
     epochs: int = _f(5, "number of epochs")
+    precise_bn: str = _f("auto", "BatchNorm statistics for evaluation: auto recomputes, before every validation, "
+                                 "the moving mean and variance of the BatchNorm layers that train as the population "
+                                 "statistics of their inputs over the whole training split (eval transform; "
+                                 "PreciseBN, as detectron2/timm; frozen BatchNorm layers untouched; saved in the "
+                                 "checkpoints); off keeps the moving averages of training", ("auto", "off"))
+    early_stopping_patience: int = _f(0, "stop when the validation accuracy has not improved for this many epochs "
+                                         "(0 = off: train every epoch); either way the test split (test.json) is "
+                                         "evaluated with the best validation epoch's checkpoint (best.ckpt/.pth)")
     batch_size: int = _f(18, "batch size")
     lr: float = _f(0.001, "base learning rate")
     optimizer: str = _f("momentum", "optimizer", ("momentum", "sgd", "adam"))
@@ -147,7 +158,7 @@ class TrainConfig:
         for key in ("lr", "stage2_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{source}: {key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views"):
+        for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views", "early_stopping_patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.head_epochs >= self.epochs:
@@ -162,6 +173,12 @@ class TrainConfig:
             example = "features.0.*" if self.arch.startswith("vgg") else "features.conv1.*"
             raise ConfigError(f"{source}: strategy=partial names ResNet stages (layer1-4); {self.arch} has none: "
                               f"use finetune, fixed_feature or freeze patterns (e.g. '{example}')")
+        if self.dataset_classes and self.dataset not in SOURCES:
+            raise ConfigError(f"{source}: dataset_classes selects classes of an array dataset ({', '.join(SOURCES)}), "
+                              f"not of dataset={self.dataset!r}; drop it or sort the image folder's class folders")
+        if len(self.dataset_classes) == 1:
+            raise ConfigError(f"{source}: dataset_classes {self.dataset_classes} keeps one class; a classifier needs "
+                              "at least two")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ConfigError(f"{source}: data_fraction must be in (0, 1], got {self.data_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -188,6 +205,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if "Optional" in str(kind):
             return None
         raise ConfigError(f"{source}: {key} may not be empty")
+    if value is False and "off" in (_FIELDS[key].metadata["choices"] or ()):
+        value = "off"   # YAML 1.1 reads a bare `off` (feature_cache: off, precise_bn: off) as false
     if isinstance(default, bool) or kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "int":
@@ -238,7 +257,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         if kind == "bool":
             p.add_argument(flag, action="store_true", help=help_)
         elif kind.startswith("List"):
-            p.add_argument(flag, nargs="+", metavar="PATTERN", help=help_)
+            p.add_argument(flag, nargs="+", metavar="NAME" if name == "dataset_classes" else "PATTERN", help=help_)
         elif kind.startswith("Dict"):
             p.add_argument(flag, nargs="+", metavar="PATTERN=MULT", type=_pattern_mult, help=help_)
         elif name == "pretrained_url":

@@ -7,7 +7,9 @@ train (through the frozen-trunk fast path and the feature cache when only the he
 writes and shows (``metrics.jsonl``, atomic ``best``/``last`` checkpoints, ``curves.png``, ``predictions.png``,
 ``test.json``, the progress bar and epoch lines) are callbacks (:mod:`.callbacks`); reports go through
 :mod:`logging` (:mod:`.log`). ``--resume`` continues from ``last`` with the same data order as an uninterrupted run
-(data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run.
+(data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run. A callback may end the run
+early (``state.stop``: :class:`~.callbacks.EarlyStopping`); before each validation the ``on_validation_start`` hook
+runs (:class:`~.callbacks.PreciseBN` recomputes the BatchNorm statistics there).
 
 Frozen trunk (only the head trains, ``fc`` or a VGG's ``classifier``: ``fixed_feature``, the head-only stage, or
 equivalent patterns): the trunk runs
@@ -366,6 +368,8 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
     hooks.on_fit_start(state)
     current = None
     for epoch in range(start_epoch, cfg.epochs + 1):
+        if state.stop:   # a callback ended the run (early stopping; a resumed run that had already stopped)
+            break
         state.epoch = epoch
         stage = stage_of(stages, epoch)
         if stage is not current:
@@ -392,6 +396,7 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
             train_result.update(train_loss=float(both[:, 0].mean()), images_per_s=float(both[:, 1].sum()))
         # every rank validates the whole val set (the same weights: rank 0's numbers are a single-process
         # evaluation of the checkpoint it writes); only rank 0's callbacks record and save
+        hooks.on_validation_start(state)
         val = run.validate(len(state.classes))
         row = epoch_row(epoch, stage, train_result, val, state.skipped)
         state.end_epoch(row)

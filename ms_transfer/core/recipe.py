@@ -150,7 +150,7 @@ def prepare_data(cfg: TrainConfig) -> Path:
             if cfg.download:
                 download_idx(cfg.dataset, data_dir)
             return prepare_source(cfg.dataset, cfg.val_fraction, CACHE_DIR / "datasets",
-                                  data_dir if data_dir.is_dir() else None)
+                                  data_dir if data_dir.is_dir() else None, cfg.dataset_classes)
         except ArrayDataError as exc:
             raise DatasetError(f"dataset {cfg.dataset}: {exc}") from None
     if cfg.demo:

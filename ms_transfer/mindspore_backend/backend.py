@@ -8,13 +8,13 @@ checkpoints, behind the :class:`~ms_transfer.core.backend.Backend` protocol.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from . import compile_cache, parallel
+from . import batchnorm, compile_cache, parallel
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
 from .context import prepare_onednn, set_context
 from ..core.archs import task_of
@@ -233,6 +233,16 @@ class MindSporeBackend:
     def logits(self, x) -> np.ndarray:
         self._set_training(False)
         return self.model(*_as_tuple(_images(x))).asnumpy()
+
+    def trainable_batchnorms(self) -> List[str]:
+        return batchnorm.trainable_batchnorms(self.model)
+
+    def batchnorm_moments(self, x) -> List[Tuple[str, int, np.ndarray, np.ndarray]]:
+        self._training = None   # the pass leaves the net in eval mode; the next step sets its mode again
+        return batchnorm.batchnorm_moments(self.model, self.trainable_batchnorms(), _as_tuple(_images(x)))
+
+    def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        batchnorm.set_batchnorm_statistics(self.model, stats)
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         self._set_training(False)  # a VGG head holds Dropout layers

@@ -17,7 +17,9 @@ module, so torch keeps its own (fast) AVX-512 kernels and never has to undo anyt
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import mindspore as ms
 
@@ -80,6 +82,17 @@ def set_context(mode: str = "graph", device: str = "CPU") -> None:
         refused = "runtime has been initialized" in str(exc) or "can not be modified" in str(exc)
         if not refused or ms.get_context("device_target") != device:
             raise
+
+
+@contextlib.contextmanager
+def pynative() -> Iterator[None]:
+    """Run the block in PYNATIVE mode (Cell hooks run only there), then restore the mode it found."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
 
 
 # At import, before any kernel of this process: see the module docstring.

@@ -37,11 +37,21 @@ class FitState:
     meta: Dict
     history: List[Dict] = field(default_factory=list)
     best_acc: float = -1.0
+    #: the epoch of ``best_acc`` (the first one that reached it; 0 before any epoch): the checkpoint that is tested
+    best_epoch: int = 0
     #: the last epoch's val accuracy beat every earlier one
     improved: bool = False
     epoch: int = 0
     stage: Optional[Stage] = None
     stage_lrs: Sequence[float] = ()
+    #: set by a callback (e.g. :class:`~.builtin.EarlyStopping`) to end the run after the current epoch; the loop
+    #: checks it after ``on_fit_start`` and after every ``on_epoch_end``
+    stop: bool = False
+
+    def __post_init__(self) -> None:
+        # a resumed run: the best epoch is the first one of its history that reached the best accuracy
+        if self.history and not self.best_epoch:
+            self.best_epoch = next((r["epoch"] for r in self.history if r["val_acc"] == self.best_acc), 0)
 
     @property
     def is_main(self) -> bool:
@@ -52,13 +62,14 @@ class FitState:
         """Record an epoch's ``metrics.jsonl`` row: history, best accuracy, whether it improved."""
         self.history.append(row)
         self.improved = row["val_acc"] > self.best_acc
-        self.best_acc = max(self.best_acc, row["val_acc"])
+        if self.improved:
+            self.best_acc, self.best_epoch = row["val_acc"], row["epoch"]
 
     def checkpoint_meta(self) -> Dict:
         """The metadata of the last epoch's checkpoints (what ``--resume`` restores the history from)."""
         row = self.history[-1]
         return {**self.meta, "epoch": row["epoch"], "stage": row["stage"], "metrics": row,
-                "best_acc": self.best_acc, "history": self.history}
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "history": self.history}
 
     def global_step(self, batch: int) -> int:
         """1-based count of the optimizer steps of the whole run at ``batch`` of the current epoch."""
@@ -84,6 +95,10 @@ class Callback:
 
     def on_epoch_start(self, state: FitState, cached: bool) -> None:
         """Epoch ``state.epoch``'s train pass begins; ``cached``: the head trains on cached trunk features."""
+
+    def on_validation_start(self, state: FitState) -> None:
+        """Epoch ``state.epoch`` is trained; its validation (and the checkpoints after it) come next: the place to
+        change what evaluation sees (e.g. :class:`~.precise_bn.PreciseBN`)."""
 
     def on_train_batch_end(self, state: FitState, batch: int, loss: float) -> None:
         """Optimizer step ``batch`` (0-based, in this epoch) is done; ``loss`` was its loss before the update."""
@@ -123,6 +138,9 @@ class CallbackList:
 
     def on_train_batch_end(self, state: FitState, batch: int, loss: float) -> None:
         self._call("on_train_batch_end", state, batch, loss)
+
+    def on_validation_start(self, state: FitState) -> None:
+        self._call("on_validation_start", state)
 
     def on_epoch_end(self, state: FitState, epoch: int, metrics: Dict) -> None:
         self._call("on_epoch_end", state, epoch, metrics)

@@ -17,7 +17,7 @@ from ..recipe import format_row, sample_per_class
 from ..tasks import SUM_CLASSES
 from .base import Callback, FitState
 
-__all__ = ["ProgressBar", "MetricsWriter", "CheckpointWriter", "Plots", "TestEvaluation"]
+__all__ = ["ProgressBar", "MetricsWriter", "CheckpointWriter", "Plots", "EarlyStopping", "TestEvaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,43 @@ class Plots(Callback):
         plot_predictions(images, labels, preds, classes, state.out / "predictions.png", mean=pre.mean, std=pre.std)
 
 
+class EarlyStopping(Callback):
+    """Ends the run once the validation accuracy has not improved for ``patience`` epochs (Keras'
+    ``EarlyStopping(monitor="val_accuracy", min_delta=0)``): after epoch ``e`` when ``e - best_epoch >= patience``.
+    Resume-safe: the best accuracy and epoch come back with ``last``'s history, so a resumed run that had already
+    stopped trains no further epoch. Runs on every rank (each validates the whole val set: the same decision)."""
+
+    all_ranks = True
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be >= 1 epoch, got {patience}")
+        self.patience = patience
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._check(state, resumed=True)
+
+    def on_epoch_end(self, state: FitState, epoch: int, metrics: Dict) -> None:
+        self._check(state, resumed=False)
+
+    def _check(self, state: FitState, resumed: bool) -> None:
+        if not state.history:
+            return
+        last = state.history[-1]["epoch"]
+        if last - state.best_epoch >= self.patience and last < state.cfg.epochs:
+            state.stop = True
+            log.info(f"Early stopping{' (the resumed run had stopped)' if resumed else ''} after epoch {last}: "
+                     f"validation accuracy has not improved for {last - state.best_epoch} epoch(s) (patience "
+                     f"{self.patience}); the best is {state.best_acc:.4f} at epoch {state.best_epoch}")
+
+
 class TestEvaluation(Callback):
-    """When the dataset has a ``test/`` split (the array datasets do): the final model's metrics on it, reported
-    and written to ``test.json`` (what ``python -m ms_transfer.study`` reports)."""
+    """When the dataset has a ``test/`` split (the array datasets do): the metrics of the best validation epoch's
+    checkpoint (``best``, written by :class:`CheckpointWriter`) on it, reported and written to ``test.json`` (what
+    ``python -m ms_transfer.study`` reports). When the last epoch is not the best, the backend's model is replaced
+    by ``best``'s (``load_run``) before the test pass: the selection uses validation data only, the test split is
+    seen once. Without a ``best`` file (a run without :class:`CheckpointWriter`) the last model is tested and
+    ``test.json`` says so (``"model": "last"``)."""
 
     __test__ = False  # a pytest collecting a module that imports this class must not take it for a test
 
@@ -107,9 +141,23 @@ class TestEvaluation(Callback):
         if test_classes != classes:
             log.info(f"test/ has classes {test_classes}, not the training classes; no test evaluation")
             return
+        backend = state.backend
+        last = state.history[-1]["epoch"] if state.history else 0
+        epoch, model = state.best_epoch, "best"
+        best = state.out / f"best.{backend.ckpt_ext}"
+        if epoch != last:
+            if best.is_file():
+                backend.load_run(best)
+            else:
+                log.warning(f"no {best.name} in {state.out}: testing the model after epoch {last}, not the best "
+                            f"validation epoch {epoch}")
+                epoch, model = last, "last"
         result = state.run.evaluate(SplitScan(root, "test", classes, samples, skipped))
-        epoch = state.history[-1]["epoch"] if state.history else 0
-        row = {"epoch": epoch, "model": "last", "test_acc": result["accuracy"], "test_loss": result["loss"],
-               "num_samples": result["num_samples"]}
+        row = {"epoch": epoch, "model": model, "val_acc": next((r["val_acc"] for r in state.history
+                                                                if r["epoch"] == epoch), None),
+               "test_acc": result["accuracy"], "test_loss": result["loss"], "num_samples": result["num_samples"],
+               "epochs_trained": last, "early_stopping_patience": state.cfg.early_stopping_patience,
+               "train_samples": len(state.run.train)}
         atomic_write(state.out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
-        log.info(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (model after epoch {epoch})")
+        log.info(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (the {model} model: epoch "
+                 f"{epoch} of {last})")
