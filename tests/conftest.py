@@ -5,6 +5,7 @@ small_config``: the tests folder is on ``sys.path`` under pytest's default impor
 the bug tests compare several ports against one torch reference.
 """
 import shutil
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -77,16 +78,17 @@ def train_digits(arch, tmp_path, out, framework, **overrides):
 class SharedReference:
     """The torch side of one parity comparison -- the float64 reference and the float32 floors of the forward
     checks -- computed once, against which several MindSpore ports are compared (the correct one and each injected
-    bug). What :func:`parity.compare_models` runs per port, without recomputing the torch side each time: it is
-    ~90% of a forward comparison's time (ResNet50, 64 px: 1.3 s of MindSpore in 88 s, measured) and does not
-    depend on the port. Only the forward checks: the gradient checks' scale statistic uses the port's own ReLU
-    masks, so their reference is not the same for every port.
+    bug). What :func:`parity.compare_models` runs per port, without recomputing the torch side each time: that is
+    ~90% of a forward comparison's time (ResNet50, 64 px, PYNATIVE: 1.3 s of MindSpore in 88 s, measured on 2
+    shared cores) and does not depend on the port. Only the forward checks: the gradient checks' scale statistic
+    uses the port's own ReLU masks, so their reference is not the same for every port.
 
     ``torch_model`` holds the compared weights; ``port`` is a cell of the port's architecture (it only names the
     parameters here); ``options`` as :func:`parity.compare_models`'s ``CompareOptions``.
     """
 
-    def __init__(self, torch_model, port, inputs, targets, checks, mode, options=None) -> None:
+    def __init__(self, torch_model, port, inputs, targets: Optional[np.ndarray], checks: Sequence[str], mode: str,
+                 options=None) -> None:
         from parity.engine.comparison import FORWARD_CHECKS, prepare
 
         if not set(checks) <= set(FORWARD_CHECKS):
@@ -96,7 +98,7 @@ class SharedReference:
         self.comparison = prepare(torch_model, port, inputs, targets, options)
         self.checks = {check: self.comparison.reference_floors(check)[:2] for check in checks}
 
-    def compare(self, net, ms_state) -> list:
+    def compare(self, net, ms_state: Dict[str, np.ndarray]) -> list:
         """The rows (``CheckResult``) of the port ``net`` with weights ``ms_state`` (MindSpore names), as
         :func:`parity.compare_models` reports them."""
         from parity.engine.comparison import run_port
