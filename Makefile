@@ -63,13 +63,15 @@ docs-check: venv
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
-## whose results BENCHMARKS.md's "Slow tests" section records, to keep CI near 20 minutes
+## whose results BENCHMARKS.md's "Slow tests" section records
+## each process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
 PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
 VGG_TESTS := tests/test_vgg.py
+MEASURED = $(PY) .ci/measure.py
 test: venv lint docs-check
-	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
-	$(PY) -m pytest -m "not slow" $(PARITY_TESTS)
-	$(PY) -m pytest -m "not slow" $(VGG_TESTS)
+	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
+	$(MEASURED) "pytest, parity" -- $(PY) -m pytest -m "not slow" $(PARITY_TESTS)
+	$(MEASURED) "pytest, VGG" -- $(PY) -m pytest -m "not slow" $(VGG_TESTS)
 
 ## test-slow: only the slow tests, one process per file (every VGG depth's parity needs up to 19 GB; ~1 h 15 min)
 test-slow: venv

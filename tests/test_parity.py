@@ -8,11 +8,17 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SharedReference
 
 from ms_transfer.core.archs import list_archs
+from ms_transfer.models import build_model
 from parity import BUGS, CHECKS, ParityConfig, run_parity
 from parity.__main__ import main as parity_main
+from parity.engine.report import ParityReport
 from parity.engine.tolerance import ABS_TERM, K, compare
+from parity.suite.bugs import inject
+from parity.suite.problems import make_problem
+from parity.suite.run import _model_pair, compare_options
 
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 
@@ -76,18 +82,26 @@ def test_every_bug_has_an_expectation():
 #: resnext50_32x4d: every bug that rebuilds a conv must keep its groups, and still be caught
 @pytest.fixture(scope="module", params=["resnet18", "resnet50", "resnext50_32x4d"])
 def clean_forward(request):
-    """The clean port passes the forward checks (the baseline each bug run is compared with)."""
-    report = run_parity(ParityConfig(arch=request.param, mode="pynative", image_size=64, num_classes=10,
-                                     checks=FORWARD_CHECKS))
+    """The clean port passes the forward checks (the baseline each bug run is compared with). The problem and its
+    torch reference and floors are made once per arch and shared by the clean run and the eight bug runs, which
+    differ only in the port (as ``python -m parity --inject BUG`` builds it: a fresh port, the bug applied)."""
+    cfg = ParityConfig(arch=request.param, mode="pynative", image_size=64, num_classes=10, checks=FORWARD_CHECKS)
+    problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
+    torch_model, port = _model_pair(cfg, problem)
+    shared = SharedReference(torch_model, port, problem.x, problem.y, cfg.checks, cfg.mode,
+                             compare_options(cfg, log=lambda _: None))
+    report = ParityReport(cfg, results=shared.compare(port, dict(problem.ms_state)))
     assert report.passed
-    return request.param
+    return cfg, problem, shared
 
 
 @pytest.mark.parametrize("bug", sorted(EXPECTED_FAILURE))
 def test_injected_bug_is_caught(clean_forward, bug):
-    arch = clean_forward
-    broken = run_parity(ParityConfig(arch=arch, mode="pynative", image_size=64, num_classes=10,
-                                     checks=FORWARD_CHECKS, inject=bug))
+    cfg, problem, shared = clean_forward
+    net = build_model(cfg.arch, problem.num_classes, cfg.padding)
+    ms_state = dict(problem.ms_state)
+    inject(bug, net, ms_state)
+    broken = ParityReport(cfg, results=shared.compare(net, ms_state))
     assert not broken.passed
     assert EXPECTED_FAILURE[bug] in _failures(broken)
     worst = max(r.ratio for r in broken.results)

@@ -1,0 +1,83 @@
+"""Run a command and print its wall time and the peak memory of its whole process tree.
+
+``python .ci/measure.py LABEL -- CMD ...`` runs ``CMD``, samples the resident memory (RSS) of it and every
+descendant (pytest, the msrun/torchrun ranks and CLI subprocesses the tests start) every ``--interval`` seconds,
+and prints one ``[ci] LABEL: wall ..., peak memory ...`` line when it ends; the exit status is ``CMD``'s.
+
+Why sampling: ``/usr/bin/time -v`` reports the largest single process, not the sum of a tree whose children run
+at the same time (a 2-rank data-parallel test is three processes). Shared pages are counted once per process,
+so the sum is an upper bound of what the tree needs. psutil comes with MindSpore (one of its requirements).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+
+def tree_rss(root: psutil.Process) -> int:
+    """Bytes resident in ``root`` and all its descendants now (processes that end while read count 0)."""
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], interval: float = 0.5) -> tuple[int, float, int, float]:
+    """Run ``cmd``; return ``(exit status, wall seconds, peak tree RSS in bytes, CPU seconds)``. The CPU seconds
+    (user + system) count every descendant that was waited for: divided by the wall time, how many cores the
+    command kept busy on average."""
+    start = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = subprocess.Popen(cmd)
+    root = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(root))
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    status = child.wait()
+    done.set()
+    sampler.join()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (cpu.ru_utime - cpu_before.ru_utime) + (cpu.ru_stime - cpu_before.ru_stime)
+    return status, time.monotonic() - start, peak, cpu_seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("label", help="what the line printed at the end calls the command")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
+    args = parser.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser.error("no command given: python .ci/measure.py LABEL -- CMD ...")
+    status, wall, peak, cpu = run_measured(cmd, args.interval)
+    minutes, seconds = divmod(round(wall), 60)
+    print(f"[ci] {args.label}: wall {minutes} min {seconds:02d} s, peak memory {peak / 2**30:.2f} GiB "
+          f"(RSS of the whole process tree, sampled every {args.interval} s), CPU {cpu:.0f} s "
+          f"({cpu / max(wall, 1e-9):.2f} cores busy on average), exit status {status}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
