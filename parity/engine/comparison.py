@@ -42,7 +42,8 @@ from .weight_map import NameMap, NameMapError, NameMatch, match_names, module_pa
 
 #: check groups, in the order they run and print
 CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
-#: forward-only groups (both their floors come from the one-ulp ``output_samples``, see parity/engine/tolerance.py)
+#: forward-only groups (L2 floor from the one-ulp ``output_samples``, scale floor from the rounding samples; see
+#: parity/engine/tolerance.py)
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 #: row labels of each check group (train_forward's buffers row appears only when the model has float buffers)
 LABELS = {"eval_logits": ("eval outputs",), "train_forward": ("train outputs", "train loss", "BN running stats"),
@@ -214,19 +215,20 @@ class Comparison:
 
     def samples(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
         """``(reference rows, scale reference rows or None, samples)``: ``samples`` yields ``(rows, role)``, computed
-        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The forward checks take both
-        floors from the one-ulp output samples; the gradient checks with the port's ReLU ``masks`` measure the scale
-        statistic on rounding samples against a float64 reference that both keep those masks; the others both
-        floors on the floor samples (see :mod:`parity.engine.tolerance`)."""
+        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The forward checks take their
+        L2 floor from the one-ulp output samples; the gradient checks with the port's ReLU ``masks`` measure the scale
+        statistic on rounding samples against a float64 reference that both keep those masks; the forward checks on
+        unmasked rounding samples; the others on the floor samples (see :mod:`parity.engine.tolerance`)."""
         masked = bool(masks) and check in MASKED_CHECKS
         ref = self.runners[check](self.reference, self.xs)
         scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
+        separate = masked or check in FORWARD_CHECKS
 
         def stream():
             for engine, x in (self.output_samples if check in FORWARD_CHECKS else self.floors):
-                yield self.runners[check](engine, x), "floor" if masked else "both"
-            if masked:
-                run = masked_runner(check, self.loss_args, masks)
+                yield self.runners[check](engine, x), "floor" if separate else "both"
+            if separate:
+                run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
                 for engine, x in self.rounding:
                     yield run(engine, x), "scale"
         return ref, scale_ref, stream()
@@ -249,7 +251,7 @@ class Comparison:
         sample is held at a time (what a 133M-parameter VGG needs; the floors are the same numbers)."""
         ref, scale_ref, stream = self.samples(check, masks)
         builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row],
-                                      resolution=check in FORWARD_CHECKS) for row in ref}
+                                      resolution=row in OUTPUT_ROWS) for row in ref}
         for rows, role in stream:
             for row, builder in builders.items():
                 if role == "scale":
@@ -353,6 +355,8 @@ def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> 
 
 #: rows of the forward checks (localisation follows the forward)
 FORWARD_ROWS = LABELS["eval_logits"] + LABELS["train_forward"]
+#: the model's outputs: their rule's absolute term is the resolution term (see parity/engine/tolerance.py)
+OUTPUT_ROWS = ("eval outputs", "train outputs")
 
 
 def make_runners(loss_args: Sequence[np.ndarray], step_grads: Sequence[Mapping[str, np.ndarray]], lr: float,
