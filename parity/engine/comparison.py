@@ -26,7 +26,7 @@ every output (:mod:`parity.engine.loss`). Settings are one :class:`CompareOption
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,12 +36,14 @@ from .localization import localize as run_localize
 from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
 from .report import ParityReport
 from .sensitivity import sensitivity as measure_sensitivity
-from .tolerance import FLOOR_SAMPLES, JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, compare_to_floor, failed
+from .tolerance import FLOOR_SAMPLES, JITTER, OUTPUT_JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, \
+    as_named, compare_to_floor, failed
 from .weight_map import NameMap, NameMapError, NameMatch, match_names, module_pairs
 
 #: check groups, in the order they run and print
 CHECKS = ("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn", "optimizer_step")
-#: forward-only groups (their scale statistic is calibrated on rounding samples, see parity/engine/tolerance.py)
+#: forward-only groups (L2 floor from the one-ulp ``output_samples``, scale floor from the rounding samples; see
+#: parity/engine/tolerance.py)
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 #: row labels of each check group (train_forward's buffers row appears only when the model has float buffers)
 LABELS = {"eval_logits": ("eval outputs",), "train_forward": ("train outputs", "train loss", "BN running stats"),
@@ -158,6 +160,7 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         masks = c.port_masks(check) if ms is not None and o.mask_relus else None
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
         ref, floors, scale_ref = c.reference_floors(check, masks)
+        probes = c.error_probes(check, ref, o.seed) if o.sensitivity else {}
         for name in ref:
             if ms is None:
                 report.results.append(failed(name, error))
@@ -165,7 +168,8 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
             sref = None if scale_ref is None else scale_ref[name]
             report.results.append(compare_to_floor(name, ms[name], ref[name], floors[name], scale_ref=sref))
             if o.sensitivity:
-                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref))
+                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref,
+                                                              *probes.get(name, ())))
         report.seconds[check] = time.perf_counter() - t
     _dropout_row(report, torch_module, ms_cell)
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
@@ -196,8 +200,8 @@ def _dropout_row(report: ParityReport, torch_module, ms_cell) -> None:
 
 @dataclass
 class Comparison:
-    """What every check of one comparison runs on: the engines (torch float64 reference, float32 floor and
-    rounding samples with their jittered inputs, the MindSpore side), the inputs, the loss arguments and the
+    """What every check of one comparison runs on: the engines (torch float64 reference, float32 floor, rounding
+    and output samples with their jittered inputs, the MindSpore side), the inputs, the loss arguments and the
     optimizer check's gradients. Built by :func:`prepare`; reference bundles store what it computes."""
 
     match: NameMatch
@@ -213,20 +217,22 @@ class Comparison:
     loss_args: List[np.ndarray]
     step_grads: List[Dict[str, np.ndarray]]
     runners: Dict[str, Callable]
+    #: the forward checks' samples, jittered by OUTPUT_JITTER (see parity/engine/tolerance.py)
+    output_samples: List[Tuple[Any, List[np.ndarray]]] = field(default_factory=list)
 
     def samples(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
         """``(reference rows, scale reference rows or None, samples)``: ``samples`` yields ``(rows, role)``, computed
-        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The gradient checks with the
-        port's ReLU ``masks`` measure the scale statistic on rounding samples against a float64 reference that both
-        keep those masks; the forward checks on unmasked rounding samples; the others on the floor samples
-        (see :mod:`parity.engine.tolerance`)."""
+        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The forward checks take their
+        L2 floor from the one-ulp output samples; the gradient checks with the port's ReLU ``masks`` measure the scale
+        statistic on rounding samples against a float64 reference that both keep those masks; the forward checks on
+        unmasked rounding samples; the others on the floor samples (see :mod:`parity.engine.tolerance`)."""
         masked = bool(masks) and check in MASKED_CHECKS
         ref = self.runners[check](self.reference, self.xs)
         scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs) if masked else None
         separate = masked or check in FORWARD_CHECKS
 
         def stream():
-            for engine, x in self.floors:
+            for engine, x in (self.output_samples if check in FORWARD_CHECKS else self.floors):
                 yield self.runners[check](engine, x), "floor" if separate else "both"
             if separate:
                 run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
@@ -251,7 +257,8 @@ class Comparison:
         folded into its row's :class:`~parity.engine.tolerance.FloorBuilder` as soon as it is computed, so at most one
         sample is held at a time (what a 133M-parameter VGG needs; the floors are the same numbers)."""
         ref, scale_ref, stream = self.samples(check, masks)
-        builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row]) for row in ref}
+        builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row],
+                                      resolution=row in OUTPUT_ROWS) for row in ref}
         for rows, role in stream:
             for row, builder in builders.items():
                 if role == "scale":
@@ -259,6 +266,21 @@ class Comparison:
                 else:
                     builder.add(rows[row], scale=role == "both")
         return ref, {row: b.floor() for row, b in builders.items()}, scale_ref
+
+    def error_probes(self, check: str, ref: Mapping[str, Any], seed: int) -> Dict[str, Tuple[Any, Tuple[str, Any]]]:
+        """A forward check's rows -> ``(the unjittered float32 torch model's arrays, (layer, the change an error in
+        that layer's output makes))``, for :mod:`parity.engine.sensitivity`; ``{}`` for the other checks."""
+        if check not in FORWARD_CHECKS:
+            return {}
+        from .torch_side import LayerErrorSide, TorchSide, middle_layer
+
+        module = self.reference.module
+        plain = self.runners[check](TorchSide(module, self.torch_state, "float32", self.loss), self.xs)
+        layer = middle_layer(module)
+        # 1e-6 of the layer's output: linear in float64 (what the port's perturbed arrays are built from)
+        bumped = self.runners[check](LayerErrorSide(self.reference, layer, 1e-6, seed), self.xs)
+        return {row: (plain[row], (layer, {n: np.asarray(b, np.float64) - as_named(ref[row])[n]
+                                           for n, b in as_named(bumped[row]).items()})) for row in ref}
 
     def port_masks(self, check: str) -> Optional[Dict[str, List[np.ndarray]]]:
         """The port's ReLU masks for a gradient check (torch module name -> one mask per call), or None."""
@@ -296,9 +318,9 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
         raise NameMapError(f"a parameter on one side is a buffer / frozen on the other: {wrong[:5]} (compare a "
                            "trainable torch parameter with a trainable MindSpore one)")
     reference = TorchSide(torch_module, torch_state, "float64", loss)
-    floors, rounding = [], []
+    floors, rounding, outputs = [], [], []
     for i in range(FLOOR_SAMPLES):
-        for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER)):
+        for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER), (outputs, OUTPUT_JITTER)):
             state = JitteredState(torch_state, o.seed + 100 + i, amount)
             engines.append((TorchSide(torch_module, state, "float32", loss), state.jitter_after(xs)))
     ms_state = dict(o.ms_state if o.ms_state is not None else ported)
@@ -309,7 +331,8 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
         loss_args = projection_weights([out.shape for out in reference.eval_outputs(xs).values()], o.seed)
     step_grads = synthetic_grads({k: torch_state[k] for k in torch_trainable}, o.opt_steps, o.seed)
     return Comparison(match, torch_state, ms_state, torch_trainable, reference, floors, rounding, ms_side, xs, loss,
-                      loss_args, step_grads, make_runners(loss_args, step_grads, o.lr, o.momentum, o.weight_decay))
+                      loss_args, step_grads, make_runners(loss_args, step_grads, o.lr, o.momentum, o.weight_decay),
+                      outputs)
 
 
 #: gradient checks whose scale statistic uses the port's ReLU masks (see :mod:`parity.engine.tolerance`)
@@ -339,6 +362,8 @@ def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> 
 
 #: rows of the forward checks (localisation follows the forward)
 FORWARD_ROWS = LABELS["eval_logits"] + LABELS["train_forward"]
+#: the model's outputs: their rule's absolute term is the resolution term (see parity/engine/tolerance.py)
+OUTPUT_ROWS = ("eval outputs", "train outputs")
 
 
 def make_runners(loss_args: Sequence[np.ndarray], step_grads: Sequence[Mapping[str, np.ndarray]], lr: float,

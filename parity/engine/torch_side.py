@@ -174,3 +174,41 @@ class TorchSide:
         """Module name -> the full names of its parameters and buffers (recursive)."""
         return {name: [f"{name}.{k}" if name else k for k in mod.state_dict()]
                 for name, mod in self.module.named_modules()}
+
+
+def middle_layer(module: torch.nn.Module) -> str:
+    """The middle one, in registration order, of the modules that hold parameters themselves (the layer
+    :mod:`parity.engine.sensitivity` puts its one-layer error in)."""
+    layers = [n for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    if not layers:
+        raise ValueError("the model has no layer with parameters to put a one-layer error in")
+    return layers[len(layers) // 2]
+
+
+class LayerErrorSide(TorchSide):
+    """``side`` with an error confined to one layer's output: on its first call, module ``layer`` adds to each
+    tensor it outputs ``size`` times that tensor's norm in a fixed random direction (seeded). What an error of a
+    given size in one layer does to the outputs, for :mod:`parity.engine.sensitivity`."""
+
+    def __init__(self, side: TorchSide, layer: str, size: float, seed: int) -> None:
+        super().__init__(side.module, side.state, "float64" if side.dtype == torch.float64 else "float32", side.loss)
+        self.layer, self.size, self.seed = layer, size, seed
+
+    def model(self, train: bool = False) -> torch.nn.Module:
+        m = super().model(train)
+        calls = [0]
+        rng = np.random.RandomState(self.seed)
+
+        def bump(out):
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                noise = torch.from_numpy(rng.standard_normal(tuple(out.shape))).to(out.dtype)
+                return out + self.size * out.norm() / noise.norm() * noise
+            if type(out) in (tuple, list):   # an LSTM's (output, (h, c))
+                return type(out)(bump(o) for o in out)
+            return out
+
+        def hook(mod, args, out):
+            calls[0] += 1
+            return bump(out) if calls[0] == 1 else out
+        dict(m.named_modules())[self.layer].register_forward_hook(hook)
+        return m
