@@ -1,10 +1,10 @@
 """``python -m ms_transfer.study --config configs/study_digit_adder.yaml``: transfer vs scratch, both frameworks.
 
 The seeds' headline experiment: for every data fraction, seed and regime (``scratch``, ``transfer_fixed``,
-``transfer_finetune``), train one run per framework and record its per-epoch validation accuracy and its final test
-accuracy; then write ``results.json``, ``results.md`` (mean +- std over seeds, and how far the two frameworks' means
-are apart in units of that spread) and ``study.png`` (test accuracy vs data fraction, one line per regime, MindSpore
-solid and torch dashed).
+``transfer_finetune``), train one run per framework and record its per-epoch validation accuracy and the test
+accuracy of its best validation epoch's checkpoint; then write ``results.json``, ``results.md`` (mean +- std over
+seeds, and how far the two frameworks' means are apart in units of that spread) and ``study.png`` (test accuracy vs
+data fraction, one line per regime, MindSpore solid and torch dashed).
 
 Every cell is an ordinary training run (``python -m ms_transfer.train`` / ``python -m torch_reference.train`` in a
 subprocess, with a config file written next to it), so anything a run can do a cell can do. Same start in both

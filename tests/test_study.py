@@ -95,3 +95,23 @@ def test_the_headline_says_what_the_smallest_fraction_shows():
 def test_small_fractions_keep_their_digits_in_the_table():
     from ms_transfer.study import percent
     assert [percent(f) for f in (0.0026, 0.0257, 0.05, 0.5, 1.0)] == ["0.26%", "2.57%", "5%", "50%", "100%"]
+
+
+def test_the_demo_validates_on_no_more_labels_than_it_trains_on():
+    """make demo's study: at every data fraction each class has at least as many training as validation labels,
+    the smallest fraction uses at most 10 labels per class, and the target digits are not the pretraining ones."""
+    from ms_transfer.core.arrays import source_splits
+    from ms_transfer.core.config import load_yaml
+    from ms_transfer.core.data import SplitScan, subset_split
+    from ms_transfer.study import StudyConfig
+
+    study = StudyConfig.load(CONFIG_DIR / "study_demo.yaml")
+    base = load_yaml(CONFIG_DIR / f"{study.base}.yaml")
+    pretrain = load_yaml(CONFIG_DIR / f"{study.pretrain}.yaml")
+    assert not set(base["dataset_classes"]) & set(pretrain["dataset_classes"])
+    splits = source_splits(base["dataset"], base["val_fraction"], classes=base["dataset_classes"])
+    val = np.bincount(splits["val"].labels)
+    train = SplitScan(CONFIG_DIR, "train", base["dataset_classes"], [("", int(c)) for c in splits["train"].labels], [])
+    per_class = {f: np.bincount(subset_split(train, f, seed).labels) for f in study.fractions for seed in study.seeds}
+    assert all((counts >= val).all() for counts in per_class.values()), (val, per_class)
+    assert per_class[min(study.fractions)].max() <= 10
