@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Collection, List, Mapping, Tuple
 
 import numpy as np
-import torch
+from ._torch import torch
 
 __all__ = ["trainable_batchnorms", "batchnorm_moments", "set_batchnorm_statistics"]
 
