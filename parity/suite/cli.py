@@ -22,9 +22,7 @@ from ms_transfer.core.archs import input_spec
 from ms_transfer.core.naming import ALL_ARCHS
 
 from ..engine.comparison import CHECKS
-from ..engine.localization import format_localization
 from ..engine.report import format_table
-from ..engine.sensitivity import format_sensitivity
 from . import own_model
 from .bugs import BUGS, LAYER_BUGS
 from .run import ParityConfig, run_parity
@@ -177,12 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ValueError as exc:   # e.g. BUG@LAYER at a layer that is not a block
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(format_table(report.results))
-        if report.sensitivity:
-            print(format_sensitivity(report.sensitivity))
-        if report.localization:
-            print(format_localization(report.localization))
-        print(f"{'PASSED' if report.passed else 'FAILED'} in {report.seconds['total']:.1f} s", flush=True)
+        own_model.print_report(report)
         reports.append(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

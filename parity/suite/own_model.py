@@ -453,7 +453,7 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
                                     config={**options.config, "mode": mode}, localize_mode=mode,
                                     ms_state=staged.state if staged else None)
             reports.append(report)
-            _print_report(report)
+            print_report(report)
         passed = all(r.passed for r in reports)
         if args.export_mindir and passed:
             try:
@@ -492,8 +492,8 @@ def _print_rows(rows) -> None:
     print(format_table(rows), flush=True)
 
 
-def _print_report(report) -> None:
-    """The table, then what explains it; the explanations cannot change the verdict (already in ``report``)."""
+def print_report(report) -> None:
+    """A comparison's table, then what explains it (both ``python -m parity`` paths); the explanations cannot change the verdict (already in ``report``)."""
     from ..engine.localization import format_localization
     from ..engine.sensitivity import format_sensitivity
 
