@@ -196,30 +196,22 @@ def test_parity_catches_the_vgg_bugs():
     square hidden classifier layer loaded transposed, and the class layer's weight read in the wrong memory order
     each fail. Every other depth: ``test_cli_catches_the_vgg_bugs_every_depth`` (slow)."""
     arch = "vgg11_bn"
-    from ms_transfer.mindspore_backend.context import set_context
-    from parity.engine.comparison import prepare, run_port
+    from conftest import SharedReference
     from parity.suite.bugs import inject
-    from parity.engine.tolerance import compare_to_floor
-    from parity.engine.mindspore_side import MindSporeSide
     from parity.suite.problems import make_problem
 
-    set_context("graph", "CPU")
     problem = make_problem(arch, 10, 2, 64, 0)
     model = build_torch(arch, 10)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in problem.torch_state.items()})
     port = build_model(arch, 10)
-    c = prepare(model, port, problem.x, problem.y, ms_state=problem.ms_state)
-    ref, floors, _ = c.reference_floors("eval_logits")
-    floor = floors["eval outputs"]
+    shared = SharedReference(model, port, problem.x, problem.y, ["eval_logits"], "graph")
     ratios = {}
     for bug in (None, "pool_bins", "classifier_transposed", "fc_transposed"):
         net, state = build_model(arch, 10) if bug else port, dict(problem.ms_state)
         if bug:
             inject(bug, net, state)
-        side = MindSporeSide(net, state, c.match.ms_to_torch, 1, c.loss)
-        got, error = run_port(c.runners["eval_logits"], side, c.xs)
-        assert not error, error
-        result = compare_to_floor("eval outputs", got["eval outputs"], ref["eval outputs"], floor)
+        (result,) = shared.compare(net, state)
+        assert result.check == "eval outputs" and np.isfinite(result.max_abs), result.worst   # the port ran
         ratios[bug] = (result.passed, result.ratio)
     assert ratios[None][0], ratios
     assert not any(ratios[b][0] for b in ratios if b), ratios
