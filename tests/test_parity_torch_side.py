@@ -7,7 +7,7 @@ import torch
 
 from parity.engine.loss import PROJECTION, projection_weights
 from parity.engine.tolerance import JITTER, JITTER_BLOCK, JitteredState, jitter_fn
-from parity.engine.torch_side import LayerErrorSide, TorchSide, WorkingCopies, numpy_state
+from parity.engine.torch_side import LayerErrorSide, TorchSide, WorkingCopy, numpy_state
 
 
 def _whole_tensor_jitter(seed, amount):
@@ -80,29 +80,33 @@ def _everything(side, x, loss_args):
 
 def test_sides_sharing_a_working_copy_compute_what_fresh_copies_compute(tiny):
     module, state, x, loss_args = tiny
-    copies = WorkingCopies(module)
-    shared = [TorchSide(module, JitteredState(state, seed, JITTER), "float32", PROJECTION, copies)
-              for seed in (100, 101)]
-    reference = TorchSide(module, state, "float64", PROJECTION, copies)
-    assert shared[0].model() is shared[1].model() is not reference.model()
+    working = WorkingCopy(module)
+    sides = [TorchSide(module, JitteredState(state, seed, JITTER), "float32", PROJECTION, working)
+             for seed in (100, 101)] + [TorchSide(module, state, "float64", PROJECTION, working)]
+    assert sides[0].model() is sides[2].model()   # one copy, cast as each side needs
     masks = {"relu": [np.zeros((4, 4, 5, 5), np.float32)]}
-    # whatever ran on the shared copy before (gradients, optimizer steps, BN statistics, masked ReLUs) ...
-    for side in shared + [reference]:
-        _everything(side, x, loss_args)
+    # whatever ran on the shared copy before (gradients, optimizer steps, BN statistics, masked ReLUs, casts) ...
+    earlier = []
+    for side in sides:
+        earlier.append(_everything(side, x, loss_args))
         side.grads([x], loss_args, bn_train=False, masks=masks)
-    # ... each side computes exactly what it computes on a copy of its own
-    for side in shared + [reference]:
+    # ... each side computes exactly what it computes on a copy of its own, and what it returned earlier (numpy
+    # views of the copy's gradients among them) is still intact
+    for side, before in zip(sides, earlier):
         got = _everything(side, x, loss_args)
         alone = _everything(TorchSide(module, side.state, "float64" if side.dtype == torch.float64 else "float32",
                                       PROJECTION), x, loss_args)
-        assert got.keys() == alone.keys()
+        assert got.keys() == alone.keys() == before.keys()
         for k in got:
             np.testing.assert_array_equal(got[k], alone[k], err_msg=k)
-    m = shared[0].model()
+            np.testing.assert_array_equal(before[k], alone[k], err_msg=k)
+    m = sides[0].model()
     assert m.relu.inplace and not any(mod._forward_hooks for mod in m.modules())   # masks undone
     # and the module the user passed is never touched
     for k, v in numpy_state(module).items():
         np.testing.assert_array_equal(v, state[k])
+    with pytest.raises(ValueError, match="another module"):
+        TorchSide(_Tiny(), state, "float32", PROJECTION, working)
 
 
 def test_masks_change_the_gradients_only_while_they_are_forced(tiny):

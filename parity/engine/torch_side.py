@@ -2,7 +2,7 @@
 
 Every computation starts from the module with the side's weights freshly loaded (parameters, buffers, no gradients,
 no hooks left by an earlier computation), so the checks are independent of each other. The module is copied once
-per dtype (:class:`WorkingCopies`) and that copy is shared by every side of a comparison: deep-copying it for each
+(:class:`WorkingCopy`) and that copy is shared by every side of a comparison: deep-copying it for each
 computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22). Results are numpy arrays keyed by torch
 names (parameters and buffers) or by output position.
 """
@@ -83,40 +83,51 @@ def dropout_names(module: torch.nn.Module) -> List[str]:
     return [n for n, m in module.named_modules() if has_dropout(m)]
 
 
-class WorkingCopies:
-    """Copies of ``module``, one per dtype, each made on first use and shared by every :class:`TorchSide` given this
-    object: a side loads its own weights into the copy for each computation instead of deep-copying the module. A
-    model a side returns is valid until the next computation of any side sharing the copy (computations run one at a
-    time). One copy per dtype rather than one per sample: a floor sample's weights exist only while it computes."""
+class WorkingCopy:
+    """One copy of ``module``, made on first use and shared by every :class:`TorchSide` given this object: a side
+    loads its own weights into it for each computation instead of deep-copying the module, and casts it when its
+    dtype differs from the last computation's (about twice per check: the float64 reference, then the float32
+    samples). One copy rather than one per dtype: the process never holds a float64 and a float32 copy at once, as
+    a deep copy per computation never did. A model a side returns is valid until the next computation of any side
+    sharing the copy (computations run one at a time)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
-        self._copies: Dict[torch.dtype, torch.nn.Module] = {}
+        self._copy: Optional[torch.nn.Module] = None
+        self._dtype: Optional[torch.dtype] = None
 
     def get(self, dtype: torch.dtype) -> torch.nn.Module:
-        """The copy in ``dtype`` (float tensors cast, integer buffers kept), with whatever weights it last held."""
-        if dtype not in self._copies:
-            self._copies[dtype] = copy.deepcopy(self.module).to(dtype)
-        return self._copies[dtype]
+        """The copy in ``dtype`` (float tensors cast, integer buffers kept) without gradients, with whatever weights
+        it last held."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.module)
+        for p in self._copy.parameters():
+            # dropped, not zeroed or cast: an earlier computation returned them as numpy views (a cast would swap
+            # their storage under those arrays), and a backward would add to them
+            p.grad = None
+        if dtype != self._dtype:
+            self._copy.to(dtype)
+            self._dtype = dtype
+        return self._copy
 
 
 class TorchSide:
     """``module`` with ``state`` (torch names, numpy) in ``dtype``; ``loss`` is ``"cross_entropy"`` (mean, on the
     first output, integer targets) or ``"projection"`` (sum over outputs of ``mean(output * weight)``). Sides given
-    the same ``copies`` (made from ``module``) share its working copy per dtype; by default a side has its own."""
+    the same ``working`` copy (made from ``module``) share it; by default a side has its own."""
 
     def __init__(self, module: torch.nn.Module, state: Mapping[str, np.ndarray], dtype: str, loss: str,
-                 copies: Optional[WorkingCopies] = None) -> None:
-        if copies is not None and copies.module is not module:
-            raise ValueError("the working copies were made from another module than this side's")
+                 working: Optional[WorkingCopy] = None) -> None:
+        if working is not None and working.module is not module:
+            raise ValueError("the working copy was made from another module than this side's")
         self.module, self.state, self.loss = module, state, loss
-        self.copies = copies or WorkingCopies(module)
+        self.working = working or WorkingCopy(module)
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
 
     def model(self, train: bool = False) -> torch.nn.Module:
         """The working copy in this side's dtype with this side's weights loaded (every parameter and buffer, no
         gradient), in train or eval mode (dropout always off, :func:`without_dropout`)."""
-        m = self.copies.get(self.dtype)
+        m = self.working.get(self.dtype)
         current = m.state_dict()
         if set(current) != set(self.state):
             raise KeyError(f"state and module differ: {sorted(set(current) ^ set(self.state))[:4]}")
@@ -125,8 +136,6 @@ class TorchSide:
         # 0.03-0.05 s (the same values: float32 -> float32 / float64 is exact)
         for k, v in self.state.items():
             np.copyto(current[k].numpy(), v)
-        for p in m.parameters():
-            p.grad = None   # an earlier backward's gradients would be added to
         return without_dropout(m.train(train))
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:
