@@ -36,13 +36,21 @@ def test_jitter_after_continues_the_states_sequence():
     state = {"w": rng.standard_normal((JITTER_BLOCK + 3,)).astype(np.float32), "n": np.arange(3),
              "b": rng.standard_normal((5,)).astype(np.float32)}
     x = rng.standard_normal((2, 3)).astype(np.float32)
+
+    def sequential(amount):
+        """The state then ``x``, in one sequence of whole-tensor draws."""
+        jitter = _whole_tensor_jitter(9, amount)
+        return {k: jitter(v) if v.dtype == np.float32 else v for k, v in state.items()}, jitter(x)
+
     jittered = JitteredState(state, 9, JITTER)
-    sequential = _whole_tensor_jitter(9, JITTER)
-    want_state = {k: sequential(v) if v.dtype == np.float32 else v for k, v in state.items()}
-    want_x = sequential(x)
+    want_state, want_x = sequential(JITTER)
     for k, v in jittered.items():
         np.testing.assert_array_equal(v, want_state[k])
     np.testing.assert_array_equal(jittered.jitter_after([x])[0], want_x)
+    # another amount of the same seed shares the skipped draws (computed once, here by the first state)
+    finer = jittered.with_amount(2.0 ** -24)
+    np.testing.assert_array_equal(finer.jitter_after([x])[0], sequential(2.0 ** -24)[1])
+    np.testing.assert_array_equal(JitteredState(state, 9, 2.0 ** -24).jitter_after([x])[0], sequential(2.0 ** -24)[1])
 
 
 class _Tiny(torch.nn.Module):

@@ -322,8 +322,9 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     reference = TorchSide(torch_module, torch_state, "float64", loss, working)
     floors, rounding, outputs = [], [], []
     for i in range(FLOOR_SAMPLES):
+        jittered = JitteredState(torch_state, o.seed + 100 + i, JITTER)
         for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER), (outputs, OUTPUT_JITTER)):
-            state = JitteredState(torch_state, o.seed + 100 + i, amount)
+            state = jittered.with_amount(amount)
             engines.append((TorchSide(torch_module, state, "float32", loss, working), state.jitter_after(xs)))
     ms_state = dict(o.ms_state if o.ms_state is not None else ported)
     ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)

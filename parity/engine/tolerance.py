@@ -261,6 +261,14 @@ class JitteredState(Mapping):
 
     def __init__(self, state: Mapping[str, np.ndarray], seed: int, amount: float) -> None:
         self.base, self.seed, self.amount = state, seed, amount
+        self._after: Dict[str, dict] = {}   # the generator's state after the state's draws, once known
+
+    def with_amount(self, amount: float) -> "JitteredState":
+        """The same state and seed jittered by ``amount``: the same random numbers, so the draws :meth:`jitter_after`
+        skips are skipped once for both (a comparison jitters each seed by three amounts)."""
+        other = JitteredState(self.base, self.seed, amount)
+        other._after = self._after
+        return other
 
     def items(self):
         jitter = jitter_fn(self.seed, self.amount)
@@ -269,9 +277,13 @@ class JitteredState(Mapping):
     def jitter_after(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         """``arrays`` jittered by the random numbers that follow the state's (as one sequential jitter would)."""
         rng = np.random.RandomState(self.seed)
-        for v in self.base.values():
-            if np.asarray(v).dtype == np.float32:
-                _skip(rng, int(np.size(v)))   # the state's draws
+        if "state" in self._after:
+            rng.set_state(self._after["state"])
+        else:
+            for v in self.base.values():
+                if np.asarray(v).dtype == np.float32:
+                    _skip(rng, int(np.size(v)))   # the state's draws
+            self._after["state"] = rng.get_state(legacy=False)
         return [_jitter(rng, a, self.amount) if a.dtype == np.float32 else a for a in map(np.asarray, arrays)]
 
     def __getitem__(self, key: str) -> np.ndarray:
