@@ -133,3 +133,23 @@ def test_a_layer_error_is_added_once_however_often_its_side_computes(tiny):
     first, again = side.eval_outputs([x])["output"], side.eval_outputs([x])["output"]
     np.testing.assert_array_equal(first, again)
     assert 0 < np.abs(first - reference.eval_outputs([x])["output"]).max() < 1e-2
+
+
+class _ReturnsItsWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.w[:2], x * self.w   # the first output is a view of the parameter
+
+
+def test_outputs_survive_the_next_computation_on_the_shared_copy():
+    module = _ReturnsItsWeight()
+    state = numpy_state(module)
+    working = WorkingCopy(module)
+    a, b = (TorchSide(module, JitteredState(state, seed, JITTER), "float32", PROJECTION, working) for seed in (1, 2))
+    x = np.ones((2, 3), np.float32)
+    first = a.eval_outputs([x])["output[0]"]
+    b.eval_outputs([x])
+    np.testing.assert_array_equal(first, dict(a.state.items())["w"][:2])

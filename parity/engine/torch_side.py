@@ -28,6 +28,12 @@ def flatten_outputs(out) -> List[torch.Tensor]:
     return flatten(out, torch.Tensor)
 
 
+def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
+    """``outs`` as numpy arrays of their own: an output may be a view of a weight (a module returning a parameter
+    or a slice of one), which the next computation on the shared working copy overwrites."""
+    return [o.detach().numpy().copy() for o in outs]
+
+
 def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
     """The module's state dict as numpy copies (torch names)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
@@ -151,7 +157,7 @@ class TorchSide:
         m = self.model(train=False)
         with torch.no_grad():
             outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
-        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs)))
+        return dict(zip(output_names(len(outs)), _owned(outs)))
 
     def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
                       ) -> Tuple[Arrays, np.ndarray, Arrays]:
@@ -161,7 +167,7 @@ class TorchSide:
             outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
             loss = self._loss(outs, loss_args)
         buffers = {k: v.numpy().copy() for k, v in m.named_buffers() if v.is_floating_point()}
-        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs))), loss.numpy(), buffers
+        return dict(zip(output_names(len(outs)), _owned(outs))), loss.numpy(), buffers
 
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
               masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Arrays:
@@ -217,7 +223,7 @@ class TorchSide:
 
         def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:
             with torch.no_grad():
-                return [o.numpy() for o in flatten_outputs(modules[name](*[self.tensor(a) for a in args]))]
+                return _owned(flatten_outputs(modules[name](*[self.tensor(a) for a in args])))
         return run
 
     def module_params(self) -> Dict[str, List[str]]:
