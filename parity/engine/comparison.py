@@ -2,7 +2,7 @@
 
 The port's weights are copied from the torch module through a name map (:mod:`parity.engine.weight_map`), then
 the same computations run on three kinds of engine -- torch float64 (the reference), ``FLOOR_SAMPLES`` torch
-float32 copies with weights and inputs jittered (the noise floor, see :mod:`parity.engine.tolerance`) and the
+float32 samples with weights and inputs jittered (the noise floor, see :mod:`parity.engine.tolerance`) and the
 MindSpore cell -- and every result is compared with the tolerance rule of :mod:`parity.engine.tolerance`:
 
 ``eval_logits``     eval-mode outputs (every output of the model)
@@ -275,7 +275,8 @@ class Comparison:
         from .torch_side import LayerErrorSide, TorchSide, middle_layer
 
         module = self.reference.module
-        plain = self.runners[check](TorchSide(module, self.torch_state, "float32", self.loss), self.xs)
+        plain = self.runners[check](TorchSide(module, self.torch_state, "float32", self.loss, self.reference.working),
+                                    self.xs)
         layer = middle_layer(module)
         # 1e-6 of the layer's output: linear in float64 (what the port's perturbed arrays are built from)
         bumped = self.runners[check](LayerErrorSide(self.reference, layer, 1e-6, seed), self.xs)
@@ -304,7 +305,7 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
         raise ValueError(f"loss={loss!r} with targets={'given' if targets is not None else 'None'}: "
                          f"cross_entropy needs integer targets, projection takes none")
     from .mindspore_side import MindSporeSide
-    from .torch_side import TorchSide, numpy_state
+    from .torch_side import TorchSide, WorkingCopy, numpy_state
 
     xs = _as_inputs(inputs)
     torch_state = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
@@ -317,12 +318,14 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     if wrong:
         raise NameMapError(f"a parameter on one side is a buffer / frozen on the other: {wrong[:5]} (compare a "
                            "trainable torch parameter with a trainable MindSpore one)")
-    reference = TorchSide(torch_module, torch_state, "float64", loss)
+    working = WorkingCopy(torch_module)   # one copy of the module for every engine below
+    reference = TorchSide(torch_module, torch_state, "float64", loss, working)
     floors, rounding, outputs = [], [], []
     for i in range(FLOOR_SAMPLES):
+        jittered = JitteredState(torch_state, o.seed + 100 + i, JITTER)
         for engines, amount in ((floors, JITTER), (rounding, ROUNDING_JITTER), (outputs, OUTPUT_JITTER)):
-            state = JitteredState(torch_state, o.seed + 100 + i, amount)
-            engines.append((TorchSide(torch_module, state, "float32", loss), state.jitter_after(xs)))
+            state = jittered.with_amount(amount)
+            engines.append((TorchSide(torch_module, state, "float32", loss, working), state.jitter_after(xs)))
     ms_state = dict(o.ms_state if o.ms_state is not None else ported)
     ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)
     if loss == CROSS_ENTROPY:

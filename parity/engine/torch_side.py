@@ -1,12 +1,16 @@
 """The torch side of a comparison: any ``torch.nn.Module`` in float64 (the reference) or float32 (the floor).
 
-Every computation starts from a fresh copy of the module with the given weights, so the checks are independent
-of each other. Results are numpy arrays keyed by torch names (parameters and buffers) or by output position.
+Every computation starts from the module with the side's weights freshly loaded (parameters, buffers, no gradients,
+no hooks left by an earlier computation), so the checks are independent of each other. The module is copied once
+(:class:`WorkingCopy`) and that copy is shared by every side of a comparison: deep-copying it for each
+computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22). Results are numpy arrays keyed by torch
+names (parameters and buffers) or by output position.
 """
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torch_reference import require_torch
@@ -24,17 +28,27 @@ def flatten_outputs(out) -> List[torch.Tensor]:
     return flatten(out, torch.Tensor)
 
 
+def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
+    """``outs`` as numpy arrays of their own: an output may be a view of a weight (a module returning a parameter
+    or a slice of one), which the next computation on the shared working copy overwrites."""
+    return [o.detach().numpy().copy() for o in outs]
+
+
 def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
     """The module's state dict as numpy copies (torch names)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray]], dtype) -> list:
-    """Hooks making each listed ReLU output ``input * mask`` for its k-th call (calls beyond the list run as is)."""
+@contextmanager
+def _forced_masks(model: torch.nn.Module, masks: Optional[Mapping[str, Sequence[np.ndarray]]], dtype
+                  ) -> Iterator[None]:
+    """Within the block, each listed ReLU outputs ``input * mask`` for its k-th call (calls beyond the list run as
+    is); the ReLUs are restored afterwards (the model is a shared working copy)."""
     modules = dict(model.named_modules())
-    handles = []
-    for name, per_call in masks.items():
+    handles, inplace = [], {}
+    for name, per_call in (masks or {}).items():
         module = modules[name]
+        inplace[name] = module.inplace
         module.inplace = False   # the pre-activation must survive the call
         calls = [0]
 
@@ -45,7 +59,13 @@ def _force_masks(model: torch.nn.Module, masks: Mapping[str, Sequence[np.ndarray
                 return args[0] * torch.from_numpy(per_call[k]).to(dtype)
             return out
         handles.append(module.register_forward_hook(hook))
-    return handles
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for name, value in inplace.items():
+            modules[name].inplace = value
 
 
 def has_dropout(m: torch.nn.Module) -> bool:
@@ -69,24 +89,59 @@ def dropout_names(module: torch.nn.Module) -> List[str]:
     return [n for n, m in module.named_modules() if has_dropout(m)]
 
 
+class WorkingCopy:
+    """One copy of ``module``, made on first use and shared by every :class:`TorchSide` given this object: a side
+    loads its own weights into it for each computation instead of deep-copying the module, and casts it when its
+    dtype differs from the last computation's (about twice per check: the float64 reference, then the float32
+    samples). One copy rather than one per dtype: the process never holds a float64 and a float32 copy at once, as
+    a deep copy per computation never did. A model a side returns is valid until the next computation of any side
+    sharing the copy (computations run one at a time)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self._copy: Optional[torch.nn.Module] = None
+        self._dtype: Optional[torch.dtype] = None
+
+    def get(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The copy in ``dtype`` (float tensors cast, integer buffers kept) without gradients, with whatever weights
+        it last held."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.module)
+        for p in self._copy.parameters():
+            # dropped, not zeroed or cast: an earlier computation returned them as numpy views (a cast would swap
+            # their storage under those arrays), and a backward would add to them
+            p.grad = None
+        if dtype != self._dtype:
+            self._copy.to(dtype)
+            self._dtype = dtype
+        return self._copy
+
+
 class TorchSide:
     """``module`` with ``state`` (torch names, numpy) in ``dtype``; ``loss`` is ``"cross_entropy"`` (mean, on the
-    first output, integer targets) or ``"projection"`` (sum over outputs of ``mean(output * weight)``)."""
+    first output, integer targets) or ``"projection"`` (sum over outputs of ``mean(output * weight)``). Sides given
+    the same ``working`` copy (made from ``module``) share it; by default a side has its own."""
 
-    def __init__(self, module: torch.nn.Module, state: Mapping[str, np.ndarray], dtype: str, loss: str) -> None:
+    def __init__(self, module: torch.nn.Module, state: Mapping[str, np.ndarray], dtype: str, loss: str,
+                 working: Optional[WorkingCopy] = None) -> None:
+        if working is not None and working.module is not module:
+            raise ValueError("the working copy was made from another module than this side's")
         self.module, self.state, self.loss = module, state, loss
+        self.working = working or WorkingCopy(module)
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
 
     def model(self, train: bool = False) -> torch.nn.Module:
-        """A fresh copy in this side's dtype with its weights (float tensors cast, integer buffers kept)."""
-        m = copy.deepcopy(self.module)
-        m.to(self.dtype)
+        """The working copy in this side's dtype with this side's weights loaded (every parameter and buffer, no
+        gradient), in train or eval mode (dropout always off, :func:`without_dropout`)."""
+        m = self.working.get(self.dtype)
         current = m.state_dict()
-        with torch.no_grad():   # tensor by tensor: no second copy of the whole state (a VGG's is 0.5-1 GB)
-            for k, v in self.state.items():
-                current[k].copy_(torch.from_numpy(np.asarray(v)))
         if set(current) != set(self.state):
             raise KeyError(f"state and module differ: {sorted(set(current) ^ set(self.state))[:4]}")
+        # tensor by tensor: no second copy of the whole state (a VGG's is 0.5-1 GB). numpy's copy, not torch's
+        # copy_: on a loaded 2-core machine torch's threaded copy of ResNet50's weights took 0.05-2.2 s, numpy's
+        # 0.03-0.05 s (the same values: float32 -> float32 / float64 is exact)
+        for k, v in self.state.items():
+            np.copyto(current[k].numpy(), v)
         return without_dropout(m.train(train))
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -102,7 +157,7 @@ class TorchSide:
         m = self.model(train=False)
         with torch.no_grad():
             outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
-        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs)))
+        return dict(zip(output_names(len(outs)), _owned(outs)))
 
     def train_forward(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]
                       ) -> Tuple[Arrays, np.ndarray, Arrays]:
@@ -112,17 +167,15 @@ class TorchSide:
             outs = flatten_outputs(m(*[self.tensor(x) for x in inputs]))
             loss = self._loss(outs, loss_args)
         buffers = {k: v.numpy().copy() for k, v in m.named_buffers() if v.is_floating_point()}
-        return dict(zip(output_names(len(outs)), (o.numpy() for o in outs))), loss.numpy(), buffers
+        return dict(zip(output_names(len(outs)), _owned(outs))), loss.numpy(), buffers
 
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
               masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Arrays:
         """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
         ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
-        handles = _force_masks(m, masks, self.dtype) if masks else []
-        self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
-        for h in handles:
-            h.remove()
+        with _forced_masks(m, masks, self.dtype):
+            self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
         return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
 
     def relu_names(self) -> List[str]:
@@ -155,19 +208,22 @@ class TorchSide:
                 recorder.add(name, [a.detach().numpy().copy() for a in args if isinstance(a, torch.Tensor)]
                              if keep_inputs else [], [o.detach().numpy().copy() for o in flatten_outputs(out)])
             handles.append(modules[name].register_forward_hook(hook))
-        with torch.no_grad():
-            m(*[self.tensor(x) for x in inputs])
-        for h in handles:
-            h.remove()
+        try:
+            with torch.no_grad():
+                m(*[self.tensor(x) for x in inputs])
+        finally:
+            for h in handles:
+                h.remove()
         return recorder.records
 
     def module_runner(self, train: bool):
-        """``run(name, inputs) -> outputs``: one module of a fresh copy, called alone (single-step mode)."""
+        """``run(name, inputs) -> outputs``: one module of this side's model, called alone (single-step mode; valid
+        until the next computation on the same working copy)."""
         modules = dict(self.model(train=train).named_modules())
 
         def run(name: str, args: Sequence[np.ndarray]) -> List[np.ndarray]:
             with torch.no_grad():
-                return [o.numpy() for o in flatten_outputs(modules[name](*[self.tensor(a) for a in args]))]
+                return _owned(flatten_outputs(modules[name](*[self.tensor(a) for a in args])))
         return run
 
     def module_params(self) -> Dict[str, List[str]]:
@@ -188,14 +244,18 @@ def middle_layer(module: torch.nn.Module) -> str:
 class LayerErrorSide(TorchSide):
     """``side`` with an error confined to one layer's output: on its first call, module ``layer`` adds to each
     tensor it outputs ``size`` times that tensor's norm in a fixed random direction (seeded). What an error of a
-    given size in one layer does to the outputs, for :mod:`parity.engine.sensitivity`."""
+    given size in one layer does to the outputs, for :mod:`parity.engine.sensitivity`. Its working copy is its own
+    (the error's hook stays on it between computations; each computation replaces it)."""
 
     def __init__(self, side: TorchSide, layer: str, size: float, seed: int) -> None:
         super().__init__(side.module, side.state, "float64" if side.dtype == torch.float64 else "float32", side.loss)
         self.layer, self.size, self.seed = layer, size, seed
+        self._handle = None
 
     def model(self, train: bool = False) -> torch.nn.Module:
         m = super().model(train)
+        if self._handle is not None:
+            self._handle.remove()
         calls = [0]
         rng = np.random.RandomState(self.seed)
 
@@ -210,5 +270,5 @@ class LayerErrorSide(TorchSide):
         def hook(mod, args, out):
             calls[0] += 1
             return bump(out) if calls[0] == 1 else out
-        dict(m.named_modules())[self.layer].register_forward_hook(hook)
+        self._handle = dict(m.named_modules())[self.layer].register_forward_hook(hook)
         return m

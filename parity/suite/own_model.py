@@ -21,7 +21,6 @@ command line, through the engine's any-model API (:func:`parity.compare_models`,
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -251,7 +250,7 @@ def probe_torch(torch_model, xs: Sequence[np.ndarray]) -> List[Tuple[int, ...]]:
     from ..engine.torch_side import TorchSide, numpy_state
     from ..engine.loss import PROJECTION
 
-    side = TorchSide(copy.deepcopy(torch_model), numpy_state(torch_model), "float32", PROJECTION)
+    side = TorchSide(torch_model, numpy_state(torch_model), "float32", PROJECTION)   # it computes on its own copy
     shown = ", ".join(_describe(x) for x in xs)
     try:
         outs = side.eval_outputs(xs)

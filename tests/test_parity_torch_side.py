@@ -1,0 +1,155 @@
+"""The torch side of a comparison computes on one shared working copy per dtype and jitters block by block: the
+numbers must be exactly those of a fresh deep copy per computation and of one whole-tensor draw (torch only, a
+model of a few hundred parameters: no MindSpore)."""
+import numpy as np
+import pytest
+import torch
+
+from parity.engine.loss import PROJECTION, projection_weights
+from parity.engine.tolerance import JITTER, JITTER_BLOCK, JitteredState, jitter_fn
+from parity.engine.torch_side import LayerErrorSide, TorchSide, WorkingCopy, numpy_state
+
+
+def _whole_tensor_jitter(seed, amount):
+    """The jitter as it was written before it went block by block (the definition the samples must keep)."""
+    rng = np.random.RandomState(seed)
+    return lambda a: (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+
+
+def test_block_jitter_is_bit_identical_to_one_whole_tensor_draw():
+    rng = np.random.RandomState(0)
+    arrays = [rng.standard_normal(shape).astype(np.float32)
+              for shape in [(3, 4), (), (0,), (2 * JITTER_BLOCK + 7,), (8, 3, 3, 3)]]
+    arrays.append(rng.standard_normal((40, 50)).astype(np.float32).T)   # not C-contiguous
+    for amount in (JITTER, 2.0 ** -24):
+        new, old = jitter_fn(5, amount), _whole_tensor_jitter(5, amount)
+        for a in arrays:
+            got, want = new(a), old(a)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    ints = np.arange(4)
+    assert jitter_fn(5)(ints) is ints   # other dtypes pass through, drawing nothing
+
+
+def test_jitter_after_continues_the_states_sequence():
+    rng = np.random.RandomState(1)
+    state = {"w": rng.standard_normal((JITTER_BLOCK + 3,)).astype(np.float32), "n": np.arange(3),
+             "b": rng.standard_normal((5,)).astype(np.float32)}
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+
+    def sequential(amount):
+        """The state then ``x``, in one sequence of whole-tensor draws."""
+        jitter = _whole_tensor_jitter(9, amount)
+        return {k: jitter(v) if v.dtype == np.float32 else v for k, v in state.items()}, jitter(x)
+
+    jittered = JitteredState(state, 9, JITTER)
+    want_state, want_x = sequential(JITTER)
+    for k, v in jittered.items():
+        np.testing.assert_array_equal(v, want_state[k])
+    np.testing.assert_array_equal(jittered.jitter_after([x])[0], want_x)
+    # another amount of the same seed shares the skipped draws (computed once, here by the first state)
+    finer = jittered.with_amount(2.0 ** -24)
+    np.testing.assert_array_equal(finer.jitter_after([x])[0], sequential(2.0 ** -24)[1])
+    np.testing.assert_array_equal(JitteredState(state, 9, 2.0 ** -24).jitter_after([x])[0], sequential(2.0 ** -24)[1])
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    module = _Tiny()
+    state = numpy_state(module)
+    x = np.random.RandomState(2).standard_normal((4, 2, 5, 5)).astype(np.float32)
+    loss_args = projection_weights([(4, 3)], 0)
+    return module, state, x, loss_args
+
+
+def _everything(side, x, loss_args):
+    """Every computation of a side, as numpy copies."""
+    outs, loss, buffers = side.train_forward([x], loss_args)
+    grads = side.grads([x], loss_args, bn_train=True)
+    steps = side.optimizer_steps([grads, grads], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return {**{f"eval {k}": v for k, v in side.eval_outputs([x]).items()},
+            **{f"train {k}": v for k, v in outs.items()}, "loss": loss,
+            **{f"buffer {k}": v for k, v in buffers.items()}, **{f"grad {k}": v for k, v in grads.items()},
+            **{f"step {k}": v for k, v in steps.items()}}
+
+
+def test_sides_sharing_a_working_copy_compute_what_fresh_copies_compute(tiny):
+    module, state, x, loss_args = tiny
+    working = WorkingCopy(module)
+    sides = [TorchSide(module, JitteredState(state, seed, JITTER), "float32", PROJECTION, working)
+             for seed in (100, 101)] + [TorchSide(module, state, "float64", PROJECTION, working)]
+    assert sides[0].model() is sides[2].model()   # one copy, cast as each side needs
+    masks = {"relu": [np.zeros((4, 4, 5, 5), np.float32)]}
+    # whatever ran on the shared copy before (gradients, optimizer steps, BN statistics, masked ReLUs, casts) ...
+    earlier = []
+    for side in sides:
+        earlier.append(_everything(side, x, loss_args))
+        side.grads([x], loss_args, bn_train=False, masks=masks)
+    # ... each side computes exactly what it computes on a copy of its own, and what it returned earlier (numpy
+    # views of the copy's gradients among them) is still intact
+    for side, before in zip(sides, earlier):
+        got = _everything(side, x, loss_args)
+        alone = _everything(TorchSide(module, side.state, "float64" if side.dtype == torch.float64 else "float32",
+                                      PROJECTION), x, loss_args)
+        assert got.keys() == alone.keys() == before.keys()
+        for k in got:
+            np.testing.assert_array_equal(got[k], alone[k], err_msg=k)
+            np.testing.assert_array_equal(before[k], alone[k], err_msg=k)
+    m = sides[0].model()
+    assert m.relu.inplace and not any(mod._forward_hooks for mod in m.modules())   # masks undone
+    # and the module the user passed is never touched
+    for k, v in numpy_state(module).items():
+        np.testing.assert_array_equal(v, state[k])
+    with pytest.raises(ValueError, match="another module"):
+        TorchSide(_Tiny(), state, "float32", PROJECTION, working)
+
+
+def test_masks_change_the_gradients_only_while_they_are_forced(tiny):
+    module, state, x, loss_args = tiny
+    side = TorchSide(module, state, "float64", PROJECTION)
+    plain = side.grads([x], loss_args, bn_train=True)
+    masked = side.grads([x], loss_args, bn_train=True, masks={"relu": [np.zeros((4, 4, 5, 5), np.float32)]})
+    assert np.all(masked["conv.weight"] == 0) and np.any(plain["conv.weight"] != 0)
+    np.testing.assert_array_equal(side.grads([x], loss_args, bn_train=True)["conv.weight"], plain["conv.weight"])
+
+
+def test_a_layer_error_is_added_once_however_often_its_side_computes(tiny):
+    module, state, x, _ = tiny
+    reference = TorchSide(module, state, "float64", PROJECTION)
+    side = LayerErrorSide(reference, "conv", 1e-3, 0)
+    first, again = side.eval_outputs([x])["output"], side.eval_outputs([x])["output"]
+    np.testing.assert_array_equal(first, again)
+    assert 0 < np.abs(first - reference.eval_outputs([x])["output"]).max() < 1e-2
+
+
+class _ReturnsItsWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.w[:2], x * self.w   # the first output is a view of the parameter
+
+
+def test_outputs_survive_the_next_computation_on_the_shared_copy():
+    module = _ReturnsItsWeight()
+    state = numpy_state(module)
+    working = WorkingCopy(module)
+    a, b = (TorchSide(module, JitteredState(state, seed, JITTER), "float32", PROJECTION, working) for seed in (1, 2))
+    x = np.ones((2, 3), np.float32)
+    first = a.eval_outputs([x])["output[0]"]
+    b.eval_outputs([x])
+    np.testing.assert_array_equal(first, dict(a.state.items())["w"][:2])
