@@ -249,6 +249,22 @@ def test_key_changes_with_weights_transform_and_data(tmp_path):
     assert len(set(changed.values())) == len(changed)
 
 
+def test_shifted_views_are_keyed_apart_from_random_and_unshifted_ones_and_by_their_shift(tmp_path):
+    """augment=shift views are random draws (per view and seed), never mistaken for augment=none's one view or
+    for a random crop's, and a different augment_shift is a different view."""
+    data = tmp_path / "data"
+    make_demo_dataset(data, n_train_per_class=2, n_val_per_class=1, image_size=40, seed=0)
+    net = _frozen_net(seed=0)
+    shifted = _cache(net, tmp_path, data, augment="shift", augment_shift=2, views=2)
+    keys = [shifted.key("train", 0), shifted.key("train", 1),
+            _cache(net, tmp_path, data, augment="shift", augment_shift=1, views=2).key("train", 0),
+            _cache(net, tmp_path, data, augment="random", views=2).key("train", 0),
+            _cache(net, tmp_path, data).key("train")]
+    assert len(set(keys)) == len(keys)
+    assert shifted.source_epoch(1) == 2   # view 1 is what epoch 2's pipeline draws, not any epoch's
+    assert shifted.key("val") == _cache(net, tmp_path, data).key("val")   # val is never shifted
+
+
 def test_touched_train_file_is_recomputed_unchanged_val_is_reused(tmp_path):
     data = tmp_path / "data"
     make_demo_dataset(data, n_train_per_class=2, n_val_per_class=1, image_size=40, seed=0)

@@ -338,4 +338,4 @@ class TorchBackend:
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
         return build_loader(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle, seed=seed,
-                            num_workers=cfg.num_workers, augment=cfg.augment)
+                            num_workers=cfg.num_workers, augment=cfg.augment, augment_shift=cfg.augment_shift)

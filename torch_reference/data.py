@@ -8,7 +8,7 @@ sorted order, with the same class indices as the MindSpore dataset. Images are d
 RGB (torchvision's ``pil_loader``, the same conversion as :func:`ms_transfer.core.data.load_rgb`).
 
 The transforms are torchvision's own (the tutorial's recipe): ``RandomResizedCrop`` +
-``RandomHorizontalFlip`` for training; ``Resize(int(S*256/224))`` + ``CenterCrop(S)`` for eval, which
+``RandomHorizontalFlip`` for training (``augment="shift"``: zero-pad + ``RandomCrop``, :func:`shift_transforms`); ``Resize(int(S*256/224))`` + ``CenterCrop(S)`` for eval, which
 on PIL images is Pillow's antialiased bilinear resize; then ``ToTensor`` + ``Normalize`` with the
 ImageNet constants of ``ms_transfer.core.data``.
 """
@@ -71,16 +71,42 @@ def train_transforms(size: Size) -> T.Compose:
                       T.RandomHorizontalFlip()] + _normalize(pre))
 
 
+def _resize(pre: Preprocess) -> List[Callable]:
+    """The val transform's resize and crop to SxS (PIL image in; PIL image or HWC uint8 array out)."""
+    if pre.resize == "exact":
+        return [_ExactResize(pre.image_size)]
+    if pre.resize == "center":
+        return [T.CenterCrop(pre.image_size)]
+    return [T.Resize(pre.eval_resize_size), T.CenterCrop(pre.image_size)]
+
+
 def val_transforms(size: Size) -> T.Compose:
     """Deterministic eval transform: shorter side to ``int(S*256/224)`` (Pillow, antialiased bilinear),
     center crop ``S``, normalise -> float32 CxSxS tensor (``resize: exact``: Pillow resize to SxS; ``center``:
     ``CenterCrop(S)`` of the unresized image, seed 002's transform)."""
     pre = _pre(size)
-    if pre.resize == "exact":
-        return T.Compose([_ExactResize(pre.image_size)] + _normalize(pre))
-    if pre.resize == "center":
-        return T.Compose([T.CenterCrop(pre.image_size)] + _normalize(pre))
-    return T.Compose([T.Resize(pre.eval_resize_size), T.CenterCrop(pre.image_size)] + _normalize(pre))
+    return T.Compose(_resize(pre) + _normalize(pre))
+
+
+def shift_transforms(size: Size, shift: int) -> T.Compose:
+    """``augment="shift"``: the val transform with its SxS image translated by a uniform random whole-pixel
+    ``(dx, dy)`` in ``[-shift, shift]^2`` before normalising: zero-pad ``shift`` pixels on every side, then a
+    uniformly placed SxS crop (vacated pixels are 0, black, before normalisation), as
+    ``ms_transfer.mindspore_backend.data.shift_transforms``. Draws from torch's RNG (see :func:`build_loader`)."""
+    pre = _pre(size)
+    # the crop runs on the [0, 1] tensor (ToTensor first: the exact resize yields an array RandomCrop cannot take);
+    # its zero fill is pixel value 0 either way
+    return T.Compose(_resize(pre) + [T.ToTensor(), T.RandomCrop(pre.image_size, padding=int(shift), fill=0),
+                                     T.Normalize(pre.mean, pre.std)])
+
+
+def _train_transform(size: Size, augment: str, shift: int) -> T.Compose:
+    """The training transform ``augment`` selects (:data:`ms_transfer.core.data.AUGMENTS`)."""
+    if augment == "random":
+        return train_transforms(size)
+    if augment == "shift":
+        return shift_transforms(size, shift)
+    return val_transforms(size)
 
 
 def _loader_of(pre: Preprocess) -> Callable:
@@ -153,18 +179,19 @@ class SampleDataset(Dataset):
 
 
 def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_size: int, *, train: bool,
-                 shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
-                 ) -> Tuple[DataLoader, List[Tuple[str, str]]]:
+                 shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random",
+                 augment_shift: int = 2) -> Tuple[DataLoader, List[Tuple[str, str]]]:
     """A ``DataLoader`` over scanned samples, yielding ``(images float32 Bx3xSxS, labels int64 B)``; returns
-    ``(loader, load_failures)``. The torch counterpart of ``ms_transfer.mindspore_backend.data.build_dataset``.
+    ``(loader, load_failures)``. The torch counterpart of ``ms_transfer.mindspore_backend.data.build_dataset``;
+    ``train`` selects the training transform ``augment`` asks for (``shift``: by up to ``augment_shift`` pixels).
 
     Order: with ``shuffle``, :func:`shuffle_order` ``(n, seed)`` (the MindSpore pipeline's order), else index
     order. Random augmentation draws from torch's global RNG (``num_workers == 0``), which is seeded here with
     ``seed`` for a train loader, so an epoch's augmentation is reproducible; workers are seeded from the loader's
     own generator (also ``seed``). ``load_failures`` records substitutions only with ``num_workers == 0``.
     """
-    check_augment(augment)
-    transform = train_transforms(image_size) if train and augment == "random" else val_transforms(image_size)
+    check_augment(augment, augment_shift)
+    transform = _train_transform(image_size, augment, augment_shift) if train else val_transforms(image_size)
     dataset = SampleDataset(samples, transform, _loader_of(_pre(image_size)))
     if train:
         torch.manual_seed(int(seed))
@@ -175,8 +202,8 @@ def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_siz
 
 
 def create_loader(data_dir: PathLike, split: str, image_size: Size, batch_size: int, *, train: bool,
-                  shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random"
-                  ) -> Tuple[DataLoader, DatasetInfo]:
+                  shuffle: bool, seed: int, num_workers: int = 0, augment: str = "random",
+                  augment_shift: int = 2) -> Tuple[DataLoader, DatasetInfo]:
     """Scan ``data_dir/split`` and build its loader (see :func:`build_loader`); returns ``(loader, DatasetInfo)``.
     The torch counterpart of :func:`ms_transfer.mindspore_backend.data.create_dataset`. Checks that train and val have
     the same classes. Training runs scan once and call :func:`build_loader` per epoch instead."""
@@ -186,7 +213,7 @@ def create_loader(data_dir: PathLike, split: str, image_size: Size, batch_size: 
     check_same_classes(root)
     samples, classes, skipped = scan_split(root, split)
     loader, failures = build_loader(samples, image_size, batch_size, train=train, shuffle=shuffle, seed=seed,
-                                    num_workers=num_workers, augment=augment)
+                                    num_workers=num_workers, augment=augment, augment_shift=augment_shift)
     info = DatasetInfo(classes=classes, num_samples=len(samples), skipped=skipped, root=root,
                        load_failures=failures, samples=list(samples))
     return loader, info

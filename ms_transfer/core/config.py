@@ -15,7 +15,7 @@ import yaml
 
 from .archs import input_spec
 from .arrays import SOURCES
-from .data import AUTO, NORMALIZATIONS, RESIZES
+from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
 from .download import FOLDER_DATASETS
 from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
@@ -114,15 +114,18 @@ class TrainConfig:
                                           "torchvision's, use when exact agreement with torch matters); "
                                           "torch_reference always uses torchvision's Pillow resize",
                              ("mindspore", "pil"))
-    augment: str = _f("random", "training transform: random (RandomResizedCrop + horizontal flip) or none (the "
-                                "deterministic val transform: resize + center crop, honouring resize_backend)",
-                      ("random", "none"))
+    augment: str = _f("random", "training transform: random (RandomResizedCrop + horizontal flip), shift (the val "
+                                "transform's image translated by a random whole-pixel (dx, dy) in "
+                                "[-augment_shift, augment_shift]^2, zero fill: for small array datasets such as "
+                                "digits) or none (the deterministic val transform: resize + center crop, "
+                                "honouring resize_backend)", AUGMENTS)
+    augment_shift: int = _f(2, "augment=shift: the largest translation in pixels, each axis (>= 1)")
     feature_cache: str = _f("auto", "with a frozen trunk (only fc "
                                     "trains) auto caches trunk features (on disk, reused across runs) for the val "
                                     "set and, when augment=none or cache_views>0, for the train set, so later "
                                     "epochs train only the head; off = never cache (the frozen trunk still runs "
                                     "as inference, without backward)", ("auto", "off"))
-    cache_views: int = _f(0, "with augment=random and a frozen trunk, cache this many augmented "
+    cache_views: int = _f(0, "with augment=random or shift and a frozen trunk, cache this many augmented "
                              "views per image and let epoch e train on view (e-1) mod K: K views repeat, they are "
                              "not fresh augmentation every epoch (0 = no train cache, fresh augmentation; ignored "
                              "with augment=none, which has one view)")
@@ -161,6 +164,10 @@ class TrainConfig:
         for key in ("momentum", "weight_decay", "head_epochs", "num_workers", "cache_views", "early_stopping_patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
+        try:
+            check_augment(self.augment, self.augment_shift)
+        except DatasetError as e:
+            raise ConfigError(f"{source}: {e}") from None
         if self.head_epochs >= self.epochs:
             raise ConfigError(f"{source}: head_epochs ({self.head_epochs}) must be < epochs ({self.epochs})")
         _, fixed_size = input_spec(self.arch)

@@ -33,7 +33,9 @@ downscale the two differ by a few grey levels on average and by tens at sharp ed
 and by a whole pixel of shift when ``d-S = 3 (mod 4)`` (measure with ``python -m parity.pipeline``). ``"pil"`` does the
 resize and crop with Pillow and torchvision's exact size/offset arithmetic, so the tensors agree with
 torchvision's to float32 rounding. Training augmentation (``augment="random"``) is random and uses
-MindSpore's ops either way; ``augment="none"`` trains on the deterministic val transform instead.
+MindSpore's ops either way; ``augment="shift"`` randomly translates the val transform's image by up to
+``augment_shift`` pixels (zero fill; for small array datasets such as digits, where crops and flips are wrong);
+``augment="none"`` trains on the deterministic val transform instead.
 
 Shuffling is an explicit permutation, :func:`shuffle_order` ``(num_samples, seed)``, fed to the dataset as a
 ``SubsetSampler``: code that must reproduce an epoch's batch order and composition without decoding a single
@@ -64,8 +66,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 EVAL_SPLITS = SPLITS + ("test",)
 #: how the val/eval transform resizes and crops (see the module docstring)
 RESIZE_BACKENDS = ("mindspore", "pil")
-#: training transforms: the random augmentation, or the deterministic val transform
-AUGMENTS = ("random", "none")
+#: training transforms: ``random`` (RandomResizedCrop + horizontal flip), ``shift`` (the val transform's SxS
+#: image translated by a uniform random (dx, dy) in [-N, N]^2 whole pixels, vacated pixels 0 before
+#: normalisation: zero-pad N then a random SxS crop; N = ``augment_shift``) or ``none`` (the val transform)
+AUGMENTS = ("random", "shift", "none")
 #: eval transform: ``crop`` (shorter side to S*256/224, center crop S), ``exact`` (resize to SxS) or ``center``
 #: (center crop S of the unresized image, zero-padded when smaller: seed 002's ``CenterCrop(224)``)
 RESIZES = ("crop", "exact", "center")
@@ -373,10 +377,14 @@ class PilResizeCenterCrop:
         return f"{type(self).__name__}(resize={self.resize}, crop={self.crop})"
 
 
-def check_augment(augment: str) -> str:
-    """Return ``augment`` if it is one of :data:`AUGMENTS`, else raise :class:`DatasetError`."""
+def check_augment(augment: str, shift: int = 2) -> str:
+    """Return ``augment`` if it is one of :data:`AUGMENTS` (and, for ``shift``, ``shift`` a whole number of
+    pixels >= 1), else raise :class:`DatasetError`."""
     if augment not in AUGMENTS:
         raise DatasetError(f"Unknown augment {augment!r}; expected one of {', '.join(map(repr, AUGMENTS))}.")
+    if augment == "shift" and (isinstance(shift, bool) or not isinstance(shift, int) or shift < 1):
+        raise DatasetError(f"augment_shift must be a whole number of pixels >= 1 for augment='shift', got {shift!r}; "
+                           "set e.g. augment_shift: 2")
     return augment
 
 

@@ -233,8 +233,9 @@ class FeatureCache:
     def __init__(self, trunk: str, *, framework: str, arch: str, image_size: int, resize_backend: str, augment: str,
                  views: int, seed: int, batch_size: int, num_workers: int, device: str, train_samples: Samples,
                  val_samples: Samples, root: Union[str, Path], log: Log = print, normalize: str = "imagenet",
-                 resize: str = "crop", eval_resize: int = DEFAULT_EVAL_RESIZE) -> None:
+                 resize: str = "crop", eval_resize: int = DEFAULT_EVAL_RESIZE, augment_shift: int = 2) -> None:
         self.arch, self.image_size, self.resize_backend, self.augment = arch, image_size, resize_backend, augment
+        self.augment_shift = int(augment_shift)
         self.normalize, self.resize, self.eval_resize = normalize, resize, int(eval_resize)
         self.views, self.seed, self.batch_size, self.num_workers, self.device = (
             int(views), int(seed), int(batch_size), int(num_workers), device)
@@ -250,7 +251,7 @@ class FeatureCache:
     def for_config(cls, trunk: str, framework: str, cfg, train_samples: Samples, val_samples: Samples,
                    root: Union[str, Path], log: Log = print) -> "FeatureCache":
         """The cache a :class:`~ms_transfer.core.config.TrainConfig` asks for (views: 1 with ``augment=none``,
-        ``cache_views`` with random augmentation); ``trunk`` is :func:`trunk_fingerprint` of the frozen trunk,
+        ``cache_views`` with random or shift augmentation); ``trunk`` is :func:`trunk_fingerprint` of the frozen trunk,
         ``framework`` the backend's name and version (features differ across frameworks at float rounding)."""
         views = 1 if cfg.augment == "none" else cfg.cache_views
         pre = Preprocess.from_config(cfg)   # the resolved transform (``auto``: the weights entry's)
@@ -259,7 +260,7 @@ class FeatureCache:
                    augment=cfg.augment, views=views, seed=cfg.seed, batch_size=cfg.batch_size,
                    num_workers=cfg.num_workers, device=cfg.device, train_samples=train_samples,
                    val_samples=val_samples, root=root, log=log, normalize=pre.normalize, resize=pre.resize,
-                   eval_resize=pre.eval_resize)
+                   eval_resize=pre.eval_resize, augment_shift=cfg.augment_shift)
 
     @property
     def train_cached(self) -> bool:
@@ -287,10 +288,12 @@ class FeatureCache:
             spec.update(normalize=self.normalize, resize=self.resize)  # features cached before stay valid)
         if self.resize == "crop" and self.eval_resize != DEFAULT_EVAL_RESIZE:
             spec.update(eval_resize=self.eval_resize)
-        if split == "train" and self.augment == "random":
+        if split == "train" and self.augment != "none":
             # a random view is whatever that epoch's pipeline drew: pin everything that drives the draws
-            spec.update(augment="random", view=int(view), data_seed=self.seed + view + 1,
+            spec.update(augment=self.augment, view=int(view), data_seed=self.seed + view + 1,
                         batch_size=self.batch_size, num_workers=self.num_workers)
+            if self.augment == "shift":   # (absent from random views' keys: those cached before stay valid)
+                spec.update(augment_shift=self.augment_shift)
         else:
             spec.update(augment="none", view=0)
         return spec
@@ -300,7 +303,7 @@ class FeatureCache:
         return hashlib.sha256(json.dumps(self.spec(split, view), sort_keys=True).encode()).hexdigest()
 
     def _what(self, split: str, view: int) -> str:
-        if split == "train" and self.augment == "random":
+        if split == "train" and self.augment != "none":
             return f"train view {view + 1}/{self.views}"
         return split
 
@@ -343,7 +346,7 @@ class FeatureCache:
     def describe(self) -> str:
         """One line: what is cached and where."""
         if not self.train_cached:
-            train = "train set not cached (augment=random, cache_views=0: fresh augmentation every epoch)"
+            train = f"train set not cached (augment={self.augment}, cache_views=0: fresh augmentation every epoch)"
         elif self.augment == "none":
             train = "train set cached (deterministic transform)"
         else:

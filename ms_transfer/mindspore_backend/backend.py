@@ -276,7 +276,7 @@ class MindSporeBackend:
         cfg = self.cfg
         dataset, source = build_dataset(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle,
                                         seed=seed, num_workers=cfg.num_workers, resize_backend=cfg.resize_backend,
-                                        augment=cfg.augment)
+                                        augment=cfg.augment, augment_shift=cfg.augment_shift)
         batches = dataset.create_tuple_iterator(num_epochs=1)
         if is_pair_samples(split.samples):  # digit pairs: ((images_a, images_b), sums)
             batches = (((a, b), y) for a, b, y in batches)
