@@ -135,7 +135,9 @@ class TestEvaluation(Callback):
 
     def on_fit_end(self, state: FitState) -> None:
         root, classes = state.root, state.classes
-        if not (root / "test").is_dir():
+        # a test split belongs to the train/val layout; in a plain folder of class folders, test/ would be a class
+        # (a plain folder has no train/: find_dataset refuses one with train/ alone)
+        if not (root / "test").is_dir() or not (root / "train").is_dir():
             return
         samples, test_classes, skipped = scan_split(root, "test")
         if test_classes != classes:
