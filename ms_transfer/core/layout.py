@@ -35,7 +35,8 @@ def visible_dirs(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def _has_splits(folder: Path) -> bool:
+def has_splits(folder: Path) -> bool:
+    """Whether ``folder`` has both ``train/`` and ``val/``."""
     return all((folder / s).is_dir() for s in SPLITS)
 
 
@@ -51,7 +52,7 @@ def find_dataset(data_dir: PathLike, max_depth: int = 3) -> Tuple[Path, bool]:
         raise DatasetError(f"Data directory {start} does not exist. {LAYOUT_HELP}")
     folder = start
     for _ in range(max_depth + 1):
-        if _has_splits(folder):
+        if has_splits(folder):
             if folder != start:
                 log.info("Using dataset root %s (found inside %s)", folder, start)
             return folder, True
