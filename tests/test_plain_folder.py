@@ -60,11 +60,17 @@ def test_a_plain_folder_is_found_and_split_stratified_and_seeded(folder):
     assert np.bincount(_split(folder, 0.95)["train"].labels).tolist() == [1, 1]
 
 
-def test_a_class_with_fewer_than_two_images_is_a_clear_error(tmp_path):
+def test_a_class_with_fewer_than_two_images_is_a_clear_error(tmp_path, capsys):
+    from torch_reference.train import main as torch_main
+
     root = _make_folder(tmp_path / "data", {"ants": 3, "bees": 1, "wasps": 4})
     with pytest.raises(DatasetError, match=r"'bees' \(1 readable image\) hold fewer than 2 images.*Add images to "
                                            r".*bees, or move that folder out"):
         _split(root)
+    # from the command line: bad input, exit 2 before a model is built, nothing written into the run directory
+    assert torch_main(["--data-dir", str(root), "--output-dir", str(tmp_path / "run"), "--pretrained", "none"]) == 2
+    assert "'bees' (1 readable image)" in capsys.readouterr().err
+    assert not any((tmp_path / "run").glob("*"))
 
 
 def test_val_fraction_defaults_per_kind_of_dataset():
