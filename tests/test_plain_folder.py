@@ -47,6 +47,12 @@ def test_a_plain_folder_is_found_and_split_stratified_and_seeded(folder):
     assert find_dataset(folder.parent.parent) == (folder, False)
     with pytest.raises(DatasetError, match="holds class folders but no train/ and val/"):
         resolve_data_root(folder)   # commands other than training need train/ and val/
+    (folder.parent / "other" / "train").mkdir(parents=True)   # beside another dataset: pets/ is not a class
+    try:
+        with pytest.raises(DatasetError, match=r"holds dataset folders with train/ or val/ \(other\).*--data-dir"):
+            find_dataset(folder.parent)
+    finally:
+        shutil.rmtree(folder.parent / "other")
     scans = _split(folder, 0.4)
     # round(0.4 * 6) = 2 cats and round(0.4 * 5) = 2 dogs validate; labels follow the class folders
     assert np.bincount(scans["val"].labels).tolist() == [2, 2]

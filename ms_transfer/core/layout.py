@@ -60,6 +60,11 @@ def find_dataset(data_dir: PathLike, max_depth: int = 3) -> Tuple[Path, bool]:
         if any((folder / s).is_dir() for s in SPLITS):
             break
         if len(subdirs) > 1:
+            datasets = [d.name for d in subdirs if any((d / s).is_dir() for s in SPLITS)]
+            if datasets:   # several datasets side by side (data/Canidae, data/hymenoptera), not class folders
+                raise DatasetError(f"{folder} holds dataset folders with train/ or val/ ({', '.join(datasets)}), so "
+                                   f"its subfolders are not classes; pass the one to train on, e.g. --data-dir "
+                                   f"{folder / datasets[0]}")
             if folder != start:
                 log.info("Using the class folders of %s (found inside %s)", folder, start)
             return folder, False
