@@ -207,17 +207,27 @@ def split_counts(labels: np.ndarray) -> Tuple[int, ...]:
     return tuple(int(c) for c in np.bincount(labels, minlength=int(labels.max()) + 1 if labels.size else 0))
 
 
+def holdout_mask(labels: np.ndarray, num_classes: int, fraction: float, seed: int, keep_one: bool = False
+                 ) -> np.ndarray:
+    """Which samples a seeded, stratified split holds out: ``round(fraction * n_c)`` of every class ``c`` (one
+    ``RandomState(seed)`` permutes the classes' members in label order); ``keep_one`` clamps that count to
+    ``[1, n_c - 1]`` so that both sides have every class (a plain image folder's split)."""
+    rng = np.random.RandomState(seed)
+    held = np.zeros(len(labels), bool)
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        count = int(round(fraction * members.size))
+        if keep_one:
+            count = min(max(count, 1), members.size - 1)
+        held[rng.permutation(members)[:count]] = True
+    return held
+
+
 def split_train_val(dataset: ArrayDataset, val_fraction: float, seed: int) -> Tuple[ArrayDataset, ArrayDataset]:
     """A seeded, stratified split: ``round(val_fraction * n_c)`` samples of every class ``c`` go to val."""
     if not 0.0 < val_fraction < 1.0:
         raise ArrayDataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    rng = np.random.RandomState(seed)
-    val_idx = []
-    for c in range(len(dataset.classes)):
-        members = np.flatnonzero(dataset.labels == c)
-        val_idx.extend(rng.permutation(members)[: int(round(val_fraction * members.size))])
-    is_val = np.zeros(len(dataset), bool)
-    is_val[np.asarray(val_idx, np.int64)] = True
+    is_val = holdout_mask(dataset.labels, len(dataset.classes), val_fraction, seed)
 
     def part(mask: np.ndarray, name: str) -> ArrayDataset:
         return ArrayDataset(dataset.images[mask], dataset.labels[mask], dataset.classes, f"{dataset.source}:{name}")

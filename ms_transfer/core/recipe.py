@@ -20,6 +20,7 @@ from .checkpoint_io import CheckpointError
 from .config import ConfigError, TrainConfig, resolve_cli
 from .arrays import SOURCES, ArrayDataError, download_idx, prepare_source
 from .data import DatasetError, resolve_data_root
+from .layout import find_dataset
 from .demo_data import make_demo_dataset
 from .download import FOLDER_DATASETS, DownloadError, download_dataset, download_file
 from .freeze import head_patterns, strategy_patterns
@@ -143,13 +144,13 @@ def check_resume(cfg: TrainConfig, meta: Dict, classes: List[str], last_ckpt: Pa
 
 def prepare_data(cfg: TrainConfig) -> Path:
     """Generate (``demo``), download (``download``) or export (an array ``dataset``) the dataset if asked; return
-    the dataset root."""
+    the dataset root (the folder with ``train/`` and ``val/``, or a plain folder of class folders)."""
     data_dir = Path(cfg.data_dir)
     if cfg.dataset in SOURCES:
         try:
             if cfg.download:
                 download_idx(cfg.dataset, data_dir)
-            return prepare_source(cfg.dataset, cfg.val_fraction, CACHE_DIR / "datasets",
+            return prepare_source(cfg.dataset, cfg.holdout_fraction(False), CACHE_DIR / "datasets",
                                   data_dir if data_dir.is_dir() else None, cfg.dataset_classes)
         except ArrayDataError as exc:
             raise DatasetError(f"dataset {cfg.dataset}: {exc}") from None
@@ -164,7 +165,7 @@ def prepare_data(cfg: TrainConfig) -> Path:
         except DatasetError as exc:
             raise DatasetError(f"{exc}\nDataset {cfg.dataset}: pass --download to fetch it ({FOLDER_DATASETS[cfg.dataset][0]}) "
                                f"into {data_dir}") from None
-    return resolve_data_root(data_dir)
+    return find_dataset(data_dir)[0]
 
 
 def pretrained_weights(cfg: TrainConfig) -> Tuple[Optional[str], Optional[WeightsEntry]]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..checkpoint_io import atomic_write
 from ..data import Preprocess, SplitScan, scan_split
+from ..layout import has_splits
 from ..plots import plot_curves, plot_predictions
 from ..recipe import format_row, sample_per_class
 from ..tasks import SUM_CLASSES
@@ -135,7 +136,8 @@ class TestEvaluation(Callback):
 
     def on_fit_end(self, state: FitState) -> None:
         root, classes = state.root, state.classes
-        if not (root / "test").is_dir():
+        # a test split belongs to the train/val layout: in a plain folder of class folders, test/ is a class
+        if not (root / "test").is_dir() or not has_splits(root):
             return
         samples, test_classes, skipped = scan_split(root, "test")
         if test_classes != classes:
