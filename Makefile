@@ -140,7 +140,7 @@ parity-train-vgg: venv
 
 ## bench-vgg: VGG16 at 224 px, batch 4 as in cats vs dogs (see BENCHMARKS.md)
 bench-vgg: venv
-	$(PY) -m ms_transfer.bench --arch vgg16 --batch 4 --steps 4 --no-extras --json runs/bench-vgg16.json
+	$(PY) -m ms_transfer.bench --arch vgg16 --batch-size 4 --steps 4 --no-extras --json runs/bench-vgg16.json
 
 ## parity-reference: re-create the committed reference bundle (ResNet18, 64 px; needs torch and MindSpore)
 REFERENCE := refs/resnet18-64

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
+from .core.flags import add_batch_size
 from .core.log import parse_args, progress_to_stderr
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
@@ -400,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help=f"CI smoke run: {QUICK}, well under a minute")
     p.add_argument("--arch", default=None, help=f"default {d.arch}")
     p.add_argument("--image-size", type=int, default=None, help=f"default {d.image_size}")
-    p.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (the tutorial's)")
+    add_batch_size(p, f"batch size (default {d.batch}, the tutorial's)", dest="batch")
     p.add_argument("--steps", type=int, default=None, help=f"timed steps per workload and round (default {d.steps})")
     p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--data-parallel", type=int, default=0, metavar="W",
                    help="instead: one process vs W ranks under msrun and torchrun, both frameworks, the finetune "
-                        "step on the same global batch (W x --batch), with the all-reduce time per step "
+                        "step on the same global batch (W x --batch-size), with the all-reduce time per step "
                         "(ms_transfer/bench_parallel.py)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)

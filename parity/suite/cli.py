@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ms_transfer.core.archs import input_spec
+from ms_transfer.core.flags import add_batch_size
 from ms_transfer.core.naming import ALL_ARCHS
 
 from ..engine.comparison import CHECKS
@@ -51,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="both", choices=["graph", "pynative", "both"],
                    help="MindSpore execution mode (default: both, one after the other)")
     p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
-    p.add_argument("--batch", type=int, default=None,
-                   help=f"batch size (default: {d.batch}; {TRAIN_BATCH} with --train-steps, see "
-                        "parity/suite/training.py)")
+    add_batch_size(p, f"batch size of the built-in model's inputs (default: {d.batch}; {TRAIN_BATCH} with "
+                      "--train-steps, see parity/suite/training.py); an own model pair: the first dimension of "
+                      "--input-shape")
     p.add_argument("--image-size", type=int, default=None,
                    help=f"default: {d.image_size} (a network with a fixed input size: that size)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --train-steps: any of {', '.join(REGIMES)} (default: finetune, fixed_feature and "
                         "partial for a ResNet; finetune, fixed_feature and last_layer_adam (cats vs dogs'), otherwise)")
     p.add_argument("--world-size", type=int, default=1, metavar="W",
-                   help="with --train-steps: W-rank data-parallel runs under msrun and torchrun (per-rank --batch) "
+                   help="with --train-steps: W-rank data-parallel runs under msrun and torchrun (per-rank --batch-size) "
                         "against one process on the global batch, and every rank's parameters after every step "
                         "(see parity/suite/data_parallel.py)")
     p.add_argument("--launchers", nargs="+", default=["msrun", "torchrun"], choices=["msrun", "torchrun"],
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: flags of the built-in models only (``dest`` names), refused with an own model pair
-ARCH_ONLY = ("arch", "padding", "batch", "image_size", "train_steps", "regimes", "world_size", "launchers",
+ARCH_ONLY = ("arch", "padding", "batch_size", "image_size", "train_steps", "regimes", "world_size", "launchers",
              "dropout", "inject")
 
 
@@ -115,8 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return own_model.run(args)
     if args.num_classes is None:
         args.num_classes = ParityConfig().num_classes
-    if args.batch is None:
-        args.batch = TRAIN_BATCH if args.train_steps else ParityConfig().batch
+    if args.batch_size is None:
+        args.batch_size = TRAIN_BATCH if args.train_steps else ParityConfig().batch
     if args.train_steps < 0:
         print("error: --train-steps must be >= 0", file=sys.stderr)
         return 2
@@ -131,8 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else "a porting bug: drop --train-steps")
         print(f"error: --inject {args.inject} is {kind}", file=sys.stderr)
         return 2
-    if args.batch < 2:
-        print("error: --batch must be >= 2 (train-mode BatchNorm needs more than one sample)", file=sys.stderr)
+    if args.batch_size < 2:
+        print("error: --batch-size must be >= 2 (train-mode BatchNorm needs more than one sample)", file=sys.stderr)
         return 2
     if args.dropout is not None and not (args.arch or "").startswith("vgg"):
         print("error: --dropout sets a VGG's classifier dropout (torchvision's argument); use it with --arch vgg*",
@@ -159,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _save_reference(args)
     reports = []
     for mode in modes:
-        cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch,
+        cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch_size,
                            image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                            checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
                            regimes=tuple(args.regimes) if args.regimes else None, dropout=args.dropout,
@@ -200,7 +201,7 @@ def _data_parallel(args) -> int:
     args.image_size = args.image_size or 64   # 32 px: stage 4 is 1x1, train-mode BN over 4 values, floor 31%
     regimes = args.regimes or [r for r in regimes_for(args.arch)]
     cases = [("finetune", args.inject)] if args.inject else [(r, None) for r in regimes]
-    cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=args.mode, device=args.device, batch=args.batch,
+    cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=args.mode, device=args.device, batch=args.batch_size,
                        image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
                        train_steps=args.train_steps)
     print(f"\n== {cfg.arch} | {args.world_size} ranks x batch {cfg.batch} vs one process x batch "
@@ -223,7 +224,7 @@ def _save_reference(args) -> int:
     from ..engine.bundle import BundleError
     from .run import save_suite_reference
 
-    cfg = ParityConfig(arch=args.arch, padding=args.padding, batch=args.batch, image_size=args.image_size,
+    cfg = ParityConfig(arch=args.arch, padding=args.padding, batch=args.batch_size, image_size=args.image_size,
                        seed=args.seed, num_classes=args.num_classes, checks=tuple(args.checks))
     try:
         out = save_suite_reference(cfg, args.save_reference, log=lambda s: print(s, file=sys.stderr, flush=True))

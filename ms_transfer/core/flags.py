@@ -1,0 +1,74 @@
+"""The one flag convention of every command (``ms-transfer ...``, ``python -m ms_transfer.*``, ``python -m parity``):
+the choices of ``--mode`` / ``--device`` / ``--padding``, ``--batch-size`` (and its hidden old spelling), ``--json
+PATH``, the exit codes, and help text without docstring markup. Plain Python: no MindSpore, no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from .data import IMAGE_EXTENSIONS
+
+__all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_batch_size",
+           "add_json", "json_path", "write_json", "plain"]
+
+#: MindSpore's execution modes (``python -m parity`` adds ``both``: it checks one after the other)
+MODES = ("graph", "pynative")
+#: MindSpore's ``device_target`` values; the torch side maps CPU and GPU (CUDA) and refuses Ascend with the fix
+DEVICES = ("CPU", "GPU", "Ascend")
+#: network padding: ``auto`` is the pretrained weights entry's convention, else torch
+#: (:func:`ms_transfer.core.weights.resolve_padding`)
+PADDINGS = ("auto", "torch", "same")
+#: every command: 0 done, 1 a run or check failed, 2 bad input (a bad flag, config, dataset, checkpoint or image)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+MODE_HELP = "MindSpore execution mode: graph (static graph, compiled once) or pynative (eager)"
+DEVICE_HELP = ("MindSpore device_target: CPU, GPU or Ascend (CPU is what this project runs on; GPU/Ascend are "
+               "checked through reference bundles, see docs/parity-in-ci.md)")
+
+
+def add_batch_size(parser: argparse.ArgumentParser, help: str, dest: str = "batch_size",
+                   default: Any = None) -> None:
+    """``--batch-size N`` and its old spelling ``--batch`` (hidden: it still parses, into the same ``dest``, but
+    ``--help`` and the docs show only ``--batch-size``)."""
+    parser.add_argument("--batch-size", dest=dest, type=int, default=default, metavar="N", help=help)
+    parser.add_argument("--batch", dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def json_path(text: str) -> Path:
+    """``--json PATH``'s type: an output path. A path with an image suffix, or an existing file that is not
+    ``.json``, is refused (exit 2): ``predict --json a.jpg b.jpg`` from before ``--json`` took a path would
+    otherwise overwrite ``a.jpg``."""
+    path = Path(text)
+    if path.suffix.lower() in IMAGE_EXTENSIONS or (path.exists() and path.suffix.lower() != ".json"):
+        what = "an image" if path.suffix.lower() in IMAGE_EXTENSIONS else "an existing file that is not .json"
+        raise argparse.ArgumentTypeError(
+            f"{text} is {what}; --json takes the output path of the JSON result (e.g. --json result.json) and "
+            "never overwrites such a file (python -m ms_transfer.predict: to print JSON use --format json)")
+    return path
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``--json PATH``, the same on every command: write ``what`` as JSON to PATH (folders created)."""
+    parser.add_argument("--json", type=json_path, default=None, metavar="PATH",
+                        help=f"also write {what} as JSON to PATH (an image or an existing non-.json file is refused)")
+
+
+def write_json(path: Optional[Path], data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` (its folder created); nothing for ``None``."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain(text: Optional[str]) -> str:
+    """A docstring as ``--help`` text: Sphinx roles (``:func:`x```) and reStructuredText / markdown backticks
+    removed, the words kept."""
+    return _ROLE.sub(r"\1", text or "").replace("``", "").replace("`", "")
