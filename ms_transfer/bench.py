@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
-from .core.flags import add_batch_size
+from .core.flags import add_batch_size, add_json, write_json
 from .core.log import parse_args, progress_to_stderr
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: all of {', '.join(ENGINES)} (--quick: {', '.join(QUICK['engines'])})")
     p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None)
     p.add_argument("--no-extras", action="store_true", help="skip conversion / parity / data-pipeline timings")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON")
+    add_json(p, "the report")
     p.add_argument("--data-parallel", type=int, default=0, metavar="W",
                    help="instead: one process vs W ranks under msrun and torchrun, both frameworks, the finetune "
                         "step on the same global batch (W x --batch-size), with the all-reduce time per step "
@@ -435,9 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = run_bench(cfg, quick=args.quick, log=progress_to_stderr)
     report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 
@@ -455,9 +453,7 @@ def _data_parallel(cfg: BenchConfig, world: int, args, argv) -> int:
               "command": "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"{report['command']}\nMachine: {machine.get('cpu')}, {machine.get('cores')} cores\n"
           + bench_parallel.format_results(results, cfg.batch, world))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0 if all("error" not in r for r in results.values()) else 1
 
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from mindspore import nn
@@ -13,6 +11,7 @@ from .mindspore_backend.backend import MindSporeBackend
 from .mindspore_backend.context import set_context
 from .core.checkpoint_io import CheckpointError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
+from .core.flags import add_json, write_json
 from .core.log import parse_args
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val resize (default: the run's); pil = exactly torchvision's")
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    add_json(p, "the result")
     return p
 
 
@@ -85,8 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import nn
 
 from .core.checkpoint_io import CheckpointError
+from .core.flags import add_json, write_json
 from .core.log import parse_args
 from .models import load_run_checkpoint
 from .mindspore_backend.context import set_context
@@ -55,15 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="training-run checkpoint (RUN/best.ckpt)")
     p.add_argument("images", nargs="+", metavar="IMG")
     p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    add_json(p, "the list of results")
+    p.add_argument("--format", default="text", choices=["text", "json"],
+                   help="what is printed on stdout: text (one line per image) or json (the list of results, "
+                        "what a bare --json printed before it took a path)")
     p.add_argument("--mode", default="pynative", choices=["graph", "pynative"])
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     return p
 
 
+def _bare_json(argv: Sequence[str]) -> bool:
+    """``--json`` followed by nothing or by another flag: the switch it was before it took a path (argparse's own
+    error would not say what changed)."""
+    return any(a == "--json" and (i + 1 == len(argv) or argv[i + 1].startswith("-")) for i, a in enumerate(argv))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: 0 if every image was classified, 1 if some could not be read, 2 for a bad checkpoint."""
     p = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _bare_json(argv):
+        p.error("--json now takes an output path (--json results.json); to print JSON use --format json")
     args = parse_args(p, argv)
     if args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
@@ -79,12 +92,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pre = Preprocess.from_config({**weights.meta.get("config", {}), "arch": weights.meta["arch"]},
                                  weights.meta.get("image_size", 224))
     results = predict_paths(net, classes, args.images, pre, args.top_k, backend)
-    if args.json:
+    if args.format == "json":
         print(json.dumps(results, indent=2))
+    write_json(args.json, results)
     for r in results:
         if "error" in r:
             print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
-        elif not args.json:
+        elif args.format == "text":
             print(f"{r['path']}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"]))
     return 1 if any("error" in r for r in results) else 0
 

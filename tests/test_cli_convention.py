@@ -22,6 +22,7 @@ def test_batch_size_and_its_hidden_old_spelling_parse_to_the_same_value(build):
     dest = "batch" if build is bench.build_parser else "batch_size"
     assert getattr(new, dest) == getattr(old, dest) == 6
     assert getattr(parser.parse_args([]), dest) is None       # unset: the command's own default applies
+    assert parser.get_default(dest) is None
     shown = parser.format_help()
     assert "--batch-size" in shown and "--batch " not in shown and "--batch\n" not in shown
     hidden = [a for a in parser._actions if "--batch" in a.option_strings]
@@ -34,3 +35,61 @@ def test_the_old_batch_spelling_is_not_an_own_model_flag_either(capsys):
     for flag in ("--batch", "--batch-size"):
         code = parity_cli.main(["--torch-model", "m:f", "--ms-model", "m:g", "--input-shape", "2,3", flag, "4"])
         assert code == 2 and "--batch-size belong(s) to the built-in models" in capsys.readouterr().err
+
+
+# --json PATH ----------------------------------------------------------------------------------------------------
+
+def _reference_parsers():
+    """``(command, parser)`` of every command, from the docs' CLI reference hook (the one list of commands)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "docs" / "hooks" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.parsers())
+
+
+@pytest.fixture(scope="module")
+def parsers():
+    return _reference_parsers()
+
+
+def test_json_takes_an_output_path_on_every_command(parsers):
+    from ms_transfer.core.flags import json_path
+    with_json = {command: a for command, p in parsers for a in p._actions if "--json" in a.option_strings}
+    assert {"python -m ms_transfer.predict", "python -m ms_transfer.evaluate", "python -m parity",
+            "python -m ms_transfer.bench"} <= set(with_json)
+    wrong = {c: a for c, a in with_json.items() if a.type is not json_path or a.nargs is not None or a.metavar != "PATH"}
+    assert not wrong, f"--json that is not the shared output path: {sorted(wrong)}"
+
+
+def test_predict_json_never_overwrites_an_image(tmp_path, capsys):
+    """``predict --ckpt C --json a.jpg b.jpg`` (``--json`` was a switch) is refused before anything runs, and
+    ``a.jpg`` is byte-identical afterwards; so is an existing file that is not ``.json``; a bare ``--json`` names
+    the new spelling."""
+    from ms_transfer.predict import main as predict_main
+    image, notes = tmp_path / "a.jpg", tmp_path / "notes.txt"
+    image.write_bytes(b"\xff\xd8\xff\xe0 a jpeg's bytes")
+    notes.write_text("keep me")
+    before = image.read_bytes()
+    for argv in (["--ckpt", str(tmp_path / "run.ckpt"), "--json", str(image), str(tmp_path / "b.jpg")],
+                 ["--ckpt", str(tmp_path / "run.ckpt"), "--json", str(notes), str(image)],
+                 ["--ckpt", str(tmp_path / "run.ckpt"), "--json", str(tmp_path / "new.png"), str(image)]):
+        with pytest.raises(SystemExit) as exit_:
+            predict_main(argv)
+        assert exit_.value.code == 2
+        assert "--json takes the output path" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        predict_main(["--ckpt", str(tmp_path / "run.ckpt"), "--json", "--top-k", "2", str(image)])
+    assert exit_.value.code == 2 and "to print JSON use --format json" in capsys.readouterr().err
+    assert image.read_bytes() == before and notes.read_text() == "keep me"
+    assert not (tmp_path / "new.png").exists()
+
+
+def test_write_json_creates_its_folder(tmp_path):
+    from ms_transfer.core.flags import json_path, write_json
+    target = json_path(str(tmp_path / "out" / "result.json"))
+    write_json(target, {"accuracy": 1.0})
+    write_json(None, {"ignored": True})
+    assert target.read_text() == '{\n  "accuracy": 1.0\n}'

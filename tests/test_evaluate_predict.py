@@ -107,8 +107,10 @@ def test_evaluate_class_mismatch_names_both(run, tmp_path):
 def test_predict_cli(run, tmp_path, capsys):
     _, ckpt, data = run
     images = sorted((data / "val" / "synthetic_circles").iterdir())[:2]
-    assert predict_main(["--ckpt", str(ckpt), "--json", "--top-k", "2", *map(str, images)]) == 0
+    assert predict_main(["--ckpt", str(ckpt), "--format", "json", "--top-k", "2", "--json",
+                         str(tmp_path / "out" / "predictions.json"), *map(str, images)]) == 0
     results = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == results   # --json PATH: the file
     assert [r["path"] for r in results] == [str(p) for p in images]
     for r in results:
         probs = [t["probability"] for t in r["top"]]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ._torch import torch
@@ -14,6 +12,7 @@ from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
+from ms_transfer.core.flags import add_json, write_json
 from ms_transfer.core.log import parse_args
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    add_json(p, "the result")
     return p
 
 
@@ -83,8 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 

@@ -35,7 +35,8 @@ def add_batch_size(parser: argparse.ArgumentParser, help: str, dest: str = "batc
     """``--batch-size N`` and its old spelling ``--batch`` (hidden: it still parses, into the same ``dest``, but
     ``--help`` and the docs show only ``--batch-size``)."""
     parser.add_argument("--batch-size", dest=dest, type=int, default=default, metavar="N", help=help)
-    parser.add_argument("--batch", dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # the same default: argparse's get_default(dest) returns the first non-None one of the actions sharing dest
+    parser.add_argument("--batch", dest=dest, type=int, default=default, help=argparse.SUPPRESS)
 
 
 def json_path(text: str) -> Path:

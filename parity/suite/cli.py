@@ -13,13 +13,12 @@ bundle). Exit codes: 0 pass, 1 a check failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from ms_transfer.core.archs import input_spec
-from ms_transfer.core.flags import add_batch_size
+from ms_transfer.core.flags import add_batch_size, add_json, write_json
 from ms_transfer.core.naming import ALL_ARCHS
 
 from ..engine.comparison import CHECKS
@@ -94,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-reference", type=Path, default=None, metavar="DIR",
                    help="check the MindSpore port against a bundle written by --save-reference: MindSpore only, "
                         "no torch (e.g. on a GPU / Ascend machine or another MindSpore version)")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
+    add_json(p, "the results")
     own_model.add_arguments(p)
     return p
 
@@ -178,9 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         own_model.print_report(report)
         reports.append(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+    write_json(args.json, [r.as_dict() for r in reports])
     return 0 if all(r.passed for r in reports) else 1
 
 
@@ -214,9 +211,7 @@ def _data_parallel(args) -> int:
     print(format_table(rows))
     passed = bool(rows) and all(r.passed for r in rows)
     print("PASSED" if passed else "FAILED", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"passed": passed, "results": [r.as_dict() for r in rows]}, indent=2))
+    write_json(args.json, {"passed": passed, "results": [r.as_dict() for r in rows]})
     return 0 if passed else 1
 
 
@@ -261,9 +256,7 @@ def _check_reference(args, modes) -> int:
         print(format_table(report.results))
         print("PASSED" if report.passed else "FAILED", flush=True)
         reports.append(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+    write_json(args.json, [r.as_dict() for r in reports])
     return 0 if all(r.passed for r in reports) else 1
 
 

@@ -21,7 +21,6 @@ command line, through the engine's any-model API (:func:`parity.compare_models`,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from importlib import import_module
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ms_transfer.core.flags import write_json
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 #: ``--input-dtype`` choices (MindSpore receives integers as int32, torch as int64: what embeddings take)
@@ -482,7 +483,7 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
             if done is not None:
                 done.discard()
     print("PASSED" if passed else "FAILED", flush=True)
-    _write_json(args.json, [r.as_dict() for r in reports])
+    write_json(args.json, [r.as_dict() for r in reports])
     return EXIT_PASS if passed else EXIT_FAIL
 
 
@@ -507,13 +508,6 @@ def print_report(report) -> None:
     if report.localization_error:
         print(f"(localisation stopped: {report.localization_error}; the verdict above stands)")
     print(f"{'PASSED' if report.passed else 'FAILED'} in {report.seconds.get('total', 0.0):.1f} s", flush=True)
-
-
-def _write_json(path: Optional[Path], data) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def _save_reference(args, torch_model, ms_cell, xs, targets, options) -> int:

@@ -23,7 +23,6 @@ is 1 if any difference exceeds :data:`ROUNDING_BOUND`. Otherwise it is a report 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ms_transfer.core.flags import add_json, write_json
 from ms_transfer.core.data import (IMAGENET_STD, RESIZE_BACKENDS, DatasetError, PathLike, PilResizeCenterCrop,
                                    check_resize_backend, eval_resize_size, resolve_data_root, scan_split)
 from ms_transfer.mindspore_backend.data import load_image_for_eval
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize-backend", default="mindspore", choices=RESIZE_BACKENDS,
                    help="MindSpore side's resize (torchvision always uses Pillow); with pil the run fails "
                         f"(exit 1) if any difference exceeds the rounding bound {ROUNDING_BOUND:.3g}")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write rows and summary as JSON")
+    add_json(p, "the rows and the summary")
     return p
 
 
@@ -163,8 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows, summary))
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    write_json(args.json, {"rows": rows, "summary": summary})
     return 1 if summary["passed"] is False else 0
 
 
