@@ -10,8 +10,9 @@ from mindspore import nn
 from .mindspore_backend.backend import MindSporeBackend
 from .mindspore_backend.context import set_context
 from .core.checkpoint_io import CheckpointError
+from .core.config import ConfigError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
-from .core.flags import add_json, write_json
+from .core.flags import add_device, add_json, add_mode, write_json
 from .core.log import parse_args
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--resize-backend", default=None, choices=["mindspore", "pil"],
                    help="val resize (default: the run's); pil = exactly torchvision's")
-    p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
-    p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    add_mode(p)
+    add_device(p)
     add_json(p, "the result")
     return p
 
@@ -76,11 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: 0 on success, 2 (``error: ...`` on stderr) for a bad checkpoint or dataset."""
     p = build_parser()
     args = parse_args(p, argv)
-    set_context(args.mode, args.device)
     try:
+        set_context(args.mode, args.device)
         result = evaluate_checkpoint(args.ckpt, args.data_dir, args.split, args.batch_size, args.image_size,
                                      resize_backend=args.resize_backend)
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, DatasetError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))

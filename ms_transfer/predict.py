@@ -11,7 +11,8 @@ import numpy as np
 from mindspore import nn
 
 from .core.checkpoint_io import CheckpointError
-from .core.flags import add_json, write_json
+from .core.config import ConfigError
+from .core.flags import add_device, add_json, add_mode, write_json
 from .core.log import parse_args
 from .models import load_run_checkpoint
 from .mindspore_backend.context import set_context
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text", choices=["text", "json"],
                    help="what is printed on stdout: text (one line per image) or json (the list of results, "
                         "what a bare --json printed before it took a path)")
-    p.add_argument("--mode", default="pynative", choices=["graph", "pynative"])
-    p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    add_mode(p, "pynative", why="a few images, one forward each: compiling the graph would cost more than it saves")
+    add_device(p)
     return p
 
 
@@ -80,11 +81,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(p, argv)
     if args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
-    set_context(args.mode, args.device)
     try:
+        set_context(args.mode, args.device)
         net, weights = load_run_checkpoint(args.ckpt)
         check_classifier(weights.meta["arch"], args.ckpt)
-    except CheckpointError as exc:
+    except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     classes = weights.meta["classes"]

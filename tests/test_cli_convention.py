@@ -93,3 +93,56 @@ def test_write_json_creates_its_folder(tmp_path):
     write_json(target, {"accuracy": 1.0})
     write_json(None, {"ignored": True})
     assert target.read_text() == '{\n  "accuracy": 1.0\n}'
+
+
+# --mode, --device, --padding -------------------------------------------------------------------------------------
+
+def _choices(parsers, flag):
+    """``command -> (choices, default, help)`` of ``flag``; the trainers' flags default to "unset" (the config's
+    value applies), so theirs is the schema's."""
+    from ms_transfer.core.config import TrainConfig
+    return {command: (a.choices, getattr(TrainConfig(), a.dest) if a.default == argparse.SUPPRESS else a.default,
+                      a.help) for command, p in parsers for a in p._actions if flag in a.option_strings}
+
+
+def test_mode_device_and_padding_offer_the_same_choices_everywhere(parsers):
+    from ms_transfer.core.flags import DEVICES, MODES, PADDINGS
+    modes, devices, paddings = (_choices(parsers, f) for f in ("--mode", "--device", "--padding"))
+    assert len(modes) >= 5 and len(devices) >= 6 and len(paddings) >= 3, (modes, devices, paddings)
+    for command, (choices, default, help_) in modes.items():
+        assert list(choices) in (list(MODES), [*MODES, "both"]), command
+        # a default other than graph says why, in the help
+        assert default == "graph" or f"default: {default}: " in help_, (command, default, help_)
+        assert "both" not in choices or "checks the two modes" in help_, command
+    for command, (choices, default, _) in devices.items():
+        assert list(choices) == list(DEVICES) == ["CPU", "GPU", "Ascend"] and default == "CPU", command
+    for command, (choices, default, _) in paddings.items():
+        assert list(choices) == list(PADDINGS) and default == "auto", command
+
+
+def test_parity_padding_auto_is_torch():
+    """``auto`` means what it means in training: the weights entry's convention, else torch (parity's seeded weights
+    are no entry)."""
+    from ms_transfer.core.weights import resolve_padding
+    assert resolve_padding("auto", None)[0] == "torch"
+    assert parity_cli.build_parser().parse_args(["--padding", "auto"]).padding == "auto"
+
+
+def test_the_torch_side_refuses_ascend_with_the_fix():
+    from ms_transfer.core.config import ConfigError
+    from torch_reference.backend import torch_device
+    assert str(torch_device("CPU")) == "cpu"
+    with pytest.raises(ConfigError, match=r"Ascend is MindSpore's.*--device CPU.*--check-reference"):
+        torch_device("Ascend")
+
+
+def test_a_device_this_mindspore_cannot_run_on_is_bad_input(tmp_path):
+    """This machine's MindSpore is a CPU build: ``--device Ascend`` exits 2 with the fix, not a traceback (in a
+    subprocess: a refused device_target is process state)."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "ms_transfer.predict", "--ckpt", str(tmp_path / "run.ckpt"),
+                             "--device", "Ascend", str(tmp_path / "a.jpg")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "device Ascend: this MindSpore cannot run on it" in result.stderr and "Traceback" not in result.stderr

@@ -32,7 +32,12 @@ __all__ = ["TorchBackend", "build_torch_optimizer", "torch_device"]
 
 
 def torch_device(device: str) -> torch.device:
-    """``CPU`` / ``GPU`` (the config's names) as a torch device; a clear error when CUDA is missing."""
+    """``CPU`` / ``GPU`` (the config's names) as a torch device; a clear error when CUDA is missing, and for
+    ``Ascend`` (a MindSpore device_target torch has no backend for here)."""
+    if device == "Ascend":
+        raise ConfigError("device Ascend is MindSpore's: the torch side runs on CPU or GPU (CUDA); run it with "
+                          "--device CPU, or check the MindSpore port on Ascend against a reference bundle "
+                          "(python -m parity --check-reference DIR --device Ascend)")
     if device == "GPU":
         if not torch.cuda.is_available():
             raise ConfigError("device GPU requested but torch sees no CUDA device; use --device CPU")

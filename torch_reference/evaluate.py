@@ -12,7 +12,7 @@ from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
-from ms_transfer.core.flags import add_json, write_json
+from ms_transfer.core.flags import add_device, add_json, write_json
 from ms_transfer.core.log import parse_args
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
-    p.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
+    add_device(p, torch_side=True)
     add_json(p, "the result")
     return p
 

@@ -19,6 +19,7 @@ from .arrays import SOURCES
 from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
 from .distributed import detect
 from .download import FOLDER_DATASETS
+from .flags import DEVICE_HELP, DEVICES, MODE_HELP, MODES, PADDINGS
 from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL
@@ -84,7 +85,7 @@ class TrainConfig:
                                          "the weights table (e.g. resnet50_tutorial, resnet50_imagenet1k_v2: "
                                          "downloaded once and verified), or 'none'")
     padding: str = _f("auto", "network padding: torch (torchvision's), same (the MindSpore tutorial's network), "
-                              "auto (the pretrained weights entry's convention, else torch)", ("auto", "torch", "same"))
+                              "auto (the pretrained weights entry's convention, else torch)", PADDINGS)
     pretrained_exclude: List[str] = _f([], "glob patterns of parameter names NOT loaded from the pretrained "
                                             "weights (left at their init, listed in the load report), e.g. "
                                             "'fc.*' for a new head: Keras load_weights(by_name=True) with renamed "
@@ -144,8 +145,8 @@ class TrainConfig:
                                     "step 11.4 s -> 2.7 s), kept under ~/.cache/ms_transfer/compile/KEY; off = "
                                     "compile every run (ignored by torch_reference)", ("auto", "off"))
     num_workers: int = _f(2, "data-pipeline workers")
-    mode: str = _f("graph", "MindSpore execution mode (ignored by torch_reference)", ("graph", "pynative"))
-    device: str = _f("CPU", "device", ("CPU", "GPU"))
+    mode: str = _f("graph", f"{MODE_HELP}; ignored by torch_reference", MODES)
+    device: str = _f("CPU", f"{DEVICE_HELP}; torch_reference maps GPU to CUDA and has no Ascend backend", DEVICES)
     output_dir: str = _f("runs/wolf_dog", "run directory (checkpoints, metrics, plots); {timestamp} in it becomes "
                                           "the start time, YYYYMMDD-HHMMSS (a new folder per run)")
     resume: bool = _f(False, "continue the run in OUTPUT_DIR from its last checkpoint; with a larger --epochs, "

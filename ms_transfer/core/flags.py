@@ -8,11 +8,12 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .data import IMAGE_EXTENSIONS
 
-__all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_batch_size",
+__all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_mode", "add_device",
+           "add_batch_size",
            "add_json", "json_path", "write_json", "plain"]
 
 #: MindSpore's execution modes (``python -m parity`` adds ``both``: it checks one after the other)
@@ -26,8 +27,20 @@ PADDINGS = ("auto", "torch", "same")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 MODE_HELP = "MindSpore execution mode: graph (static graph, compiled once) or pynative (eager)"
-DEVICE_HELP = ("MindSpore device_target: CPU, GPU or Ascend (CPU is what this project runs on; GPU/Ascend are "
-               "checked through reference bundles, see docs/parity-in-ci.md)")
+DEVICE_HELP = ("MindSpore's device_target: CPU, GPU or Ascend (this project runs on CPU; GPU and Ascend are "
+               "reached through reference bundles, docs/parity-in-ci.md)")
+
+
+def add_mode(parser: argparse.ArgumentParser, default: str = "graph", why: str = "", extra: Sequence[str] = ()) -> None:
+    """``--mode``: :data:`MODES` (plus ``extra``, e.g. parity's ``both``); a default other than graph says ``why``."""
+    parser.add_argument("--mode", default=default, choices=[*MODES, *extra],
+                        help=f"{MODE_HELP} (default: {default}{': ' + why if why else ''})")
+
+
+def add_device(parser: argparse.ArgumentParser, torch_side: bool = False) -> None:
+    """``--device``: :data:`DEVICES`, default CPU; ``torch_side``: a torch command (CUDA for GPU, Ascend refused)."""
+    note = "; torch maps GPU to CUDA and has no Ascend backend here" if torch_side else ""
+    parser.add_argument("--device", default="CPU", choices=list(DEVICES), help=f"{DEVICE_HELP}{note} (default: CPU)")
 
 
 def add_batch_size(parser: argparse.ArgumentParser, help: str, dest: str = "batch_size",

@@ -23,6 +23,8 @@ from typing import Iterator
 
 import mindspore as ms
 
+from ..core import flags
+from ..core.config import ConfigError
 from . import onednn
 
 ONEDNN_ISA_VAR = onednn.ISA_VAR
@@ -60,8 +62,8 @@ def prepare_onednn(probe: bool = True, log=print) -> "onednn.Decision":
     return decision
 
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
-DEVICES = ("CPU", "GPU", "Ascend")
+MODES = dict(zip(flags.MODES, (ms.GRAPH_MODE, ms.PYNATIVE_MODE)))
+DEVICES = flags.DEVICES
 
 
 def set_context(mode: str = "graph", device: str = "CPU") -> None:
@@ -75,6 +77,10 @@ def set_context(mode: str = "graph", device: str = "CPU") -> None:
     try:
         ms.set_device(device)
     except RuntimeError as exc:
+        if "Unsupported device target" in str(exc):   # a build or machine without that device: bad input
+            raise ConfigError(f"device {device}: this MindSpore cannot run on it ({str(exc).splitlines()[0][:200]}); "
+                              "use --device CPU here, or check the port on a machine that has it with a reference "
+                              "bundle (python -m parity --check-reference DIR --device ...)") from None
         # MindSpore refuses set_device once a kernel has run ("The runtime has been initialized ...") even for the
         # device already in use, e.g. CPU after a model was built and run without set_context: only the mode
         # changes then. Another device really cannot be had any more.

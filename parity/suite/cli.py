@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ms_transfer.core.archs import input_spec
-from ms_transfer.core.flags import add_batch_size, add_json, write_json
+from ms_transfer.core.config import ConfigError
+from ms_transfer.core.flags import PADDINGS, add_batch_size, add_device, add_json, add_mode, write_json
+from ms_transfer.core.weights import resolve_padding
 from ms_transfer.core.naming import ALL_ARCHS
 
 from ..engine.comparison import CHECKS
@@ -45,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, choices=list(ALL_ARCHS),
                    help=f"default: {d.arch}; the seeds' networks (fashion_cnn, digit_cnn, digit_adder[4]) run at "
                         "their 28 px; with --check-reference: refuse a bundle made for another arch")
-    p.add_argument("--padding", default=d.padding, choices=["torch", "same"],
-                   help="network padding on both sides: torch (torchvision's, default) or same (the MindSpore "
-                        "tutorial's network: asymmetric 'same' padding at stride 2; torch reproduces it explicitly)")
-    p.add_argument("--mode", default="both", choices=["graph", "pynative", "both"],
-                   help="MindSpore execution mode (default: both, one after the other)")
-    p.add_argument("--device", default=d.device, choices=["CPU", "GPU"])
+    p.add_argument("--padding", default="auto", choices=PADDINGS,
+                   help="network padding on both sides: torch (torchvision's), same (the MindSpore tutorial's "
+                        "network: asymmetric 'same' padding at stride 2; torch reproduces it explicitly) or auto "
+                        "(default; as in training, the pretrained weights entry's convention, else torch: the "
+                        "checks run on seeded weights, not a weights entry, so auto is torch here)")
+    add_mode(p, "both", why="parity checks the two modes, one after the other", extra=("both",))
+    add_device(p)
     add_batch_size(p, f"batch size of the built-in model's inputs (default: {d.batch}; {TRAIN_BATCH} with "
                       "--train-steps, see parity/suite/training.py); an own model pair: the first dimension of "
                       "--input-shape")
@@ -113,6 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return own_model.EXIT_USAGE
     if args.torch_model:
         return own_model.run(args)
+    args.padding = resolve_padding(args.padding, None)[0]   # no weights entry: auto is torch
     if args.num_classes is None:
         args.num_classes = ParityConfig().num_classes
     if args.batch_size is None:
@@ -246,7 +250,7 @@ def _check_reference(args, modes) -> int:
         try:
             report = check_reference(args.check_reference, ms_cell, mode=mode, device=args.device, arch=args.arch,
                                      log=lambda s: print(s, file=sys.stderr, flush=True))
-        except BundleError as exc:
+        except (BundleError, ConfigError) as exc:   # ConfigError: a device this MindSpore cannot run on
             print(f"error: {exc}", file=sys.stderr)
             return 2
         made = report.config["made_with"]
