@@ -146,3 +146,50 @@ def test_a_device_this_mindspore_cannot_run_on_is_bad_input(tmp_path):
                             timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "device Ascend: this MindSpore cannot run on it" in result.stderr and "Traceback" not in result.stderr
+
+
+# console scripts -------------------------------------------------------------------------------------------------
+
+def _scripts():
+    """``[project.scripts]`` of pyproject.toml as ``{name: "module:function"}`` (read as text: Python 3.9/3.10 have
+    no tomllib)."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[)", text, re.S | re.M).group(1)
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([\w.:]+)"', section, re.M))
+
+
+def test_console_scripts_point_at_importable_mains():
+    import importlib
+    scripts = _scripts()
+    assert {"ms-transfer": "ms_transfer.cli:main", "ms-parity": "parity.__main__:run"}.items() <= scripts.items()
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_ms_transfer_help_lists_every_subcommand_and_bad_input_exits_2(capsys):
+    from ms_transfer import cli
+    assert set(cli.COMMANDS) == {"train", "evaluate", "predict", "convert", "study", "bench"}
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: ms-transfer")
+    for name, (module, _) in cli.COMMANDS.items():
+        assert f"  {name} " in out and f"python -m {module}" in out, name
+    for argv in ([], ["no-such-command"], ["--epochs", "3"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2, argv
+
+
+def test_ms_transfer_forwards_the_flags_to_the_command(tmp_path, capsys):
+    """``ms-transfer convert --help`` is ``python -m ms_transfer.convert --help``; a bad input there keeps the
+    command's own exit code (convert: a missing source, 2)."""
+    from ms_transfer import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["convert", "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m ms_transfer.convert")
+    assert cli.main(["convert", "no_such_file.pth", str(tmp_path / "out.ckpt")]) == 2
+    assert "no_such_file.pth" in capsys.readouterr().err

@@ -33,6 +33,7 @@ def _trainer_parser(module: str) -> Callable[[], argparse.ArgumentParser]:
 
 #: every command of the project (as a user types it) -> the function that builds its parser
 COMMANDS: Dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "ms-transfer": _module_parser("ms_transfer.cli"),
     "python -m ms_transfer.train": _trainer_parser("ms_transfer.train"),
     "python -m torch_reference.train": _trainer_parser("torch_reference.train"),
     "python -m ms_transfer.evaluate": _module_parser("ms_transfer.evaluate"),
