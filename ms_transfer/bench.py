@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
-from .core.flags import add_batch_size, add_json, write_json
+from .core.flags import add_batch_size, add_json, plain, write_json
 from .core.log import parse_args, progress_to_stderr
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
@@ -395,7 +395,7 @@ def format_report(report: Dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m ms_transfer.bench`` (no side effects: docs/cli.md renders it)."""
-    p = argparse.ArgumentParser(prog="python -m ms_transfer.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.bench", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = BenchConfig()
     p.add_argument("--quick", action="store_true", help=f"CI smoke run: {QUICK}, well under a minute")
@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
                    help=f"default: all of {', '.join(ENGINES)} (--quick: {', '.join(QUICK['engines'])})")
-    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None)
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None, metavar="WORKLOAD",
+                   help=f"default: all of {', '.join(WORKLOADS)} (described above)")
     p.add_argument("--no-extras", action="store_true", help="skip conversion / parity / data-pipeline timings")
     add_json(p, "the report")
     p.add_argument("--data-parallel", type=int, default=0, metavar="W",

@@ -12,7 +12,7 @@ from .mindspore_backend.context import set_context
 from .core.checkpoint_io import CheckpointError
 from .core.config import ConfigError
 from .core.data import DatasetError, check_classes_match, resolve_data_root
-from .core.flags import add_device, add_json, add_mode, write_json
+from .core.flags import add_device, add_json, add_mode, plain, write_json
 from .core.log import parse_args
 from .core.loop import validate
 from .core.metrics import cross_entropy, format_result, positive_int
@@ -59,11 +59,13 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m ms_transfer.evaluate`` (no side effects: docs/cli.md renders it)."""
-    p = argparse.ArgumentParser(prog="python -m ms_transfer.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.evaluate", description=plain(__doc__))
     p.add_argument("--ckpt", required=True, help="training-run checkpoint of either framework (RUN/best.ckpt, RUN/best.pth, ...)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="the split folder of --data-dir to evaluate (default: val)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images per forward; the result does not depend on it (default: 32)")
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     p.add_argument("--resize-backend", default=None, choices=["mindspore", "pil"],
                    help="val resize (default: the run's); pil = exactly torchvision's")

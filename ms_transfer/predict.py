@@ -12,7 +12,7 @@ from mindspore import nn
 
 from .core.checkpoint_io import CheckpointError
 from .core.config import ConfigError
-from .core.flags import add_device, add_json, add_mode, write_json
+from .core.flags import add_device, add_json, add_mode, plain, write_json
 from .core.log import parse_args
 from .models import load_run_checkpoint
 from .mindspore_backend.context import set_context
@@ -53,10 +53,11 @@ def predict_paths(net: nn.Cell, classes: Sequence[str], paths: Sequence[str], im
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m ms_transfer.predict`` (no side effects: docs/cli.md renders it)."""
-    p = argparse.ArgumentParser(prog="python -m ms_transfer.predict", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.predict", description=plain(__doc__))
     p.add_argument("--ckpt", required=True, help="training-run checkpoint (RUN/best.ckpt)")
-    p.add_argument("images", nargs="+", metavar="IMG")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, BMP, WebP)")
+    p.add_argument("--top-k", type=int, default=1, metavar="K",
+                   help="show the K most probable classes per image (default: 1)")
     add_json(p, "the list of results")
     p.add_argument("--format", default="text", choices=["text", "json"],
                    help="what is printed on stdout: text (one line per image) or json (the list of results, "

@@ -38,6 +38,7 @@ from .core.checkpoint_io import read_weights
 from .core.config import ConfigError, TrainConfig, config_path, load_yaml
 from .core.convert import convert_weights, into_arch
 from .core.init import save_init
+from .core.flags import plain
 from .core.log import parse_args
 # the cells' checkpoints of both frameworks are read here (neither module loads its framework)
 from .mindspore_backend import ckpt_format  # noqa: F401
@@ -347,7 +348,7 @@ def plot_study(results: Dict, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m ms_transfer.study`` (no side effects: docs/cli.md renders it)."""
-    p = argparse.ArgumentParser(prog="python -m ms_transfer.study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ms_transfer.study", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, type=Path, help="study YAML (a path, or a shipped config's name)")
     p.add_argument("--output-dir", type=Path, default=None, help="where the study lives (default: its output_dir)")

@@ -193,3 +193,40 @@ def test_ms_transfer_forwards_the_flags_to_the_command(tmp_path, capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m ms_transfer.convert")
     assert cli.main(["convert", "no_such_file.pth", str(tmp_path / "out.ckpt")]) == 2
     assert "no_such_file.pth" in capsys.readouterr().err
+
+
+# --help tells the truth ------------------------------------------------------------------------------------------
+
+MARKUP = r":[a-z]+:`|`"   # Sphinx roles, reStructuredText ``literals`` and markdown `code`
+
+
+def test_every_flag_has_help_and_no_help_has_markup(parsers):
+    import re
+    missing, marked = [], []
+    for command, parser in parsers:
+        missing += [f"{command} {'/'.join(a.option_strings) or a.dest}" for a in parser._actions if not a.help]
+        marked += [f"{command}: ...{m.string[max(0, m.start() - 40):m.end() + 20]}..."
+                   for m in re.finditer(MARKUP, parser.format_help())]
+    assert not missing, f"flags without help: {missing}"
+    assert not marked, "markup in --help:\n" + "\n".join(marked)
+
+
+def test_the_trainers_help_shows_the_defaults_that_apply(parsers):
+    """Without ``--config`` the default config's values apply: every default ``--help`` shows is the value a run
+    with no flags resolves to (the schema's ``None`` is never shown), and ``--lr-mult``'s example is in the flag's
+    own form."""
+    import re
+    from ms_transfer.core.config import DEFAULT_CONFIG, _shown, resolve_config
+    applied = resolve_config([]).to_dict()
+    for command, parser in parsers:
+        if not command.endswith(".train"):
+            continue
+        text = " ".join(parser.format_help().split())
+        assert "default: None" not in text and "(default config: resnet50_tutorial;" in text, command
+        assert "e.g. 'fc.*=10'" in text and DEFAULT_CONFIG.stem in text
+        for action in parser._actions:
+            shown = re.search(r"\((?:default config|default): ([^;)]+)", " ".join(action.help.split()))
+            if action.dest in applied and shown:
+                assert shown.group(1) == _shown(applied[action.dest]), (command, action.dest, shown.group(1))
+        padding = next(a for a in parser._actions if a.dest == "padding")
+        assert " ".join(padding.help.split()).endswith("resnet50_tutorial weights: same)")

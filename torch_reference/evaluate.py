@@ -12,7 +12,7 @@ from ms_transfer.core.checkpoint_io import CheckpointError, read_weights
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.data import DatasetError, Preprocess, check_classes_match, list_classes, resolve_data_root
-from ms_transfer.core.flags import add_device, add_json, write_json
+from ms_transfer.core.flags import add_device, add_json, plain, write_json
 from ms_transfer.core.log import parse_args
 from ms_transfer.core.loop import validate
 from ms_transfer.core.metrics import format_result, positive_int
@@ -60,11 +60,13 @@ def evaluate_checkpoint(ckpt: str, data_dir: str, split: str = "val", batch_size
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m torch_reference.evaluate`` (no side effects: docs/cli.md renders it)."""
-    p = argparse.ArgumentParser(prog="python -m torch_reference.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m torch_reference.evaluate", description=plain(__doc__))
     p.add_argument("--ckpt", required=True, help="run checkpoint of either framework (RUN/best.pth, RUN/best.ckpt)")
     p.add_argument("--data-dir", required=True, help="ImageFolder root with the split to evaluate")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="the split folder of --data-dir to evaluate (default: val)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images per forward; the result does not depend on it (default: 32)")
     p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
     add_device(p, torch_side=True)
     add_json(p, "the result")

@@ -19,10 +19,10 @@ from .arrays import SOURCES
 from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
 from .distributed import detect
 from .download import FOLDER_DATASETS
-from .flags import DEVICE_HELP, DEVICES, MODE_HELP, MODES, PADDINGS
+from .flags import DEVICE_HELP, DEVICES, MODE_HELP, MODES, PADDINGS, plain
 from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
-from .weights import TUTORIAL_CKPT_URL
+from .weights import TUTORIAL_CKPT_URL, find_weights, resolve_padding
 
 #: the configs shipped inside the package (so an installed, non-editable package has them too)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -98,7 +98,8 @@ class TrainConfig:
     partial_from: str = _f("layer4", "first trainable stage for strategy=partial", ("layer1", "layer2", "layer3", "layer4"))
     freeze: List[str] = _f([], "extra glob patterns of parameter names to freeze (e.g. 'layer1.*')")
     unfreeze: List[str] = _f([], "glob patterns that stay trainable (win over freeze), e.g. 'fc.*'")
-    lr_mult: Dict[str, float] = _f({}, "learning-rate multiplier per glob pattern, e.g. {'fc.*': 10}")
+    lr_mult: Dict[str, float] = _f({}, "learning-rate multiplier per glob pattern: PATTERN=MULT, e.g. 'fc.*=10' (in "
+                                       "YAML a mapping, lr_mult: {'fc.*': 10})")
     head_epochs: int = _f(0, "two-stage schedule: first train only the head (fc; VGG: classifier) for this "
                                 "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
@@ -275,17 +276,46 @@ def load_yaml(path: Path) -> Dict[str, Any]:
     return {k: _coerce(k, v, str(path)) for k, v in data.items()}
 
 
+def _shown(value: Any) -> str:
+    """A config value as the flag takes it: ``fc.*=10`` for a mapping, space-separated for a list, ``none``."""
+    if value is None or value in ([], {}):
+        return "none"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v:g}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _default_note(name: str, default_config: Dict[str, Any]) -> str:
+    """What ``--help`` says applies when the flag is not given: without ``--config`` the default config's value
+    (when it sets the key), else the schema's; nothing for a switch and for an unset value the help describes."""
+    schema = getattr(TrainConfig(), name)
+    if name in default_config and default_config[name] != schema:
+        return f" (default config: {_shown(default_config[name])}; a config without it: {_shown(schema)})"
+    if isinstance(schema, bool) or schema is None:
+        return ""
+    if name == "padding" and schema == "auto" and default_config.get("pretrained"):
+        weights = default_config["pretrained"]   # auto follows the weights: say what it becomes without --config
+        return (f" (default: auto; with the default config's {weights} weights: "
+                f"{resolve_padding('auto', find_weights(weights))[0]})")
+    return f" (default: {_shown(schema)})"
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """Flags generated from the schema (``data_dir`` -> ``--data-dir``); every default is "unset"."""
-    p = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    """Flags generated from the schema (``data_dir`` -> ``--data-dir``); every default is "unset" (the config's
+    value applies); ``--help`` shows the default config's values (reading that shipped YAML is all it does)."""
+    p = argparse.ArgumentParser(prog=prog, description=plain(description), argument_default=argparse.SUPPRESS)
+    default_config = load_yaml(DEFAULT_CONFIG)
     add_verbosity_flags(p)
     p.add_argument("--config", type=Path, default=None,
                    help=f"YAML config: a path, or the name of a shipped config ("
                         f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}); default: "
-                        f"{DEFAULT_CONFIG.stem}, or {DEMO_CONFIG.stem} with --demo")
+                        f"{DEFAULT_CONFIG.stem}, or {DEMO_CONFIG.stem} with --demo; the defaults below marked "
+                        f"'default config' are {DEFAULT_CONFIG.stem}'s")
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        kind, help_ = f.type, f"{f.metadata['help']} (default: {getattr(TrainConfig(), name)!r})"
+        kind, help_ = f.type, plain(f.metadata["help"]) + _default_note(name, default_config)
         if kind == "bool":
             p.add_argument(flag, action="store_true", help=help_)
         elif kind.startswith("List"):

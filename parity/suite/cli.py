@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from ms_transfer.core.archs import input_spec
 from ms_transfer.core.config import ConfigError
-from ms_transfer.core.flags import PADDINGS, add_batch_size, add_device, add_json, add_mode, write_json
+from ms_transfer.core.flags import PADDINGS, add_batch_size, add_device, add_json, add_mode, plain, write_json
 from ms_transfer.core.weights import resolve_padding
 from ms_transfer.core.naming import ALL_ARCHS
 
@@ -43,7 +43,7 @@ def _bug(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = ParityConfig()
-    p = argparse.ArgumentParser(prog="python -m parity", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m parity", description=plain(__doc__))
     p.add_argument("--arch", default=None, choices=list(ALL_ARCHS),
                    help=f"default: {d.arch}; the seeds' networks (fashion_cnn, digit_cnn, digit_adder[4]) run at "
                         "their 28 px; with --check-reference: refuse a bundle made for another arch")
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "--input-shape")
     p.add_argument("--image-size", type=int, default=None,
                    help=f"default: {d.image_size} (a network with a fixed input size: that size)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the weights, inputs and targets both sides share (default: {d.seed})")
     p.add_argument("--num-classes", type=int, default=None,
                    help=f"default: {d.num_classes}; an own model pair: cross-entropy on random targets in "
                         "[0, N) (default: a seeded projection of every output)")

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", type=Path, nargs="+", metavar="FILE", help="image files")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split of --data-dir (default: val)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="compare only the first N images")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=224, help="the crop size of the val transform (default: 224)")
     p.add_argument("--resize-backend", default="mindspore", choices=RESIZE_BACKENDS,
                    help="MindSpore side's resize (torchvision always uses Pillow); with pil the run fails "
                         f"(exit 1) if any difference exceeds the rounding bound {ROUNDING_BOUND:.3g}")
