@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence
 from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
 from .core.flags import add_batch_size, add_json, plain, write_json
 from .core.log import parse_args, progress_to_stderr
+from .core.metrics import positive_int
+from .core.naming import ALL_ARCHS
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
 ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
@@ -399,11 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = BenchConfig()
     p.add_argument("--quick", action="store_true", help=f"CI smoke run: {QUICK}, well under a minute")
-    p.add_argument("--arch", default=None, help=f"default {d.arch}")
-    p.add_argument("--image-size", type=int, default=None, help=f"default {d.image_size}")
+    p.add_argument("--arch", default=None, choices=ALL_ARCHS, metavar="ARCH",
+                   help=f"any architecture of python -m ms_transfer.train --arch (default {d.arch})")
+    p.add_argument("--image-size", type=positive_int, default=None, help=f"default {d.image_size}")
     add_batch_size(p, f"batch size (default {d.batch}, the tutorial's)", dest="batch")
-    p.add_argument("--steps", type=int, default=None, help=f"timed steps per workload and round (default {d.steps})")
-    p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"timed steps per workload and round (default {d.steps})")
+    p.add_argument("--rounds", type=positive_int, default=None, help=f"interleaved rounds (default {d.rounds})")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
                    help=f"default: all of {', '.join(ENGINES)} (--quick: {', '.join(QUICK['engines'])})")
     p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=None, metavar="WORKLOAD",

@@ -74,7 +74,8 @@ def _bare_json(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: 0 if every image was classified, 1 if some could not be read, 2 for a bad checkpoint."""
+    """CLI entry point: 0 if every image was classified, 2 (bad input) for a bad checkpoint or an image that cannot
+    be read (the other images are still classified and shown)."""
     p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _bare_json(argv):
@@ -102,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
         elif args.format == "text":
             print(f"{r['path']}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"]))
-    return 1 if any("error" in r for r in results) else 0
+    return 2 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

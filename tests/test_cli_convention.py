@@ -230,3 +230,31 @@ def test_the_trainers_help_shows_the_defaults_that_apply(parsers):
                 assert shown.group(1) == _shown(applied[action.dest]), (command, action.dest, shown.group(1))
         padding = next(a for a in parser._actions if a.dest == "padding")
         assert " ".join(padding.help.split()).endswith("resnet50_tutorial weights: same)")
+
+
+# exit codes ------------------------------------------------------------------------------------------------------
+
+def test_bad_input_exits_2_on_every_command(tmp_path, capsys):
+    """A few bad inputs, one per command, each refused before any model is built: exit 2 with ``error:``
+    (argparse's ``error:`` for a bad flag value). Predict's unreadable image is tests/test_evaluate_predict.py's
+    (it needs a trained checkpoint), ms_transfer.evaluate's is test_evaluate_cli (it sets MindSpore's mode, process
+    state this file leaves alone)."""
+    from ms_transfer import study, train
+    from torch_reference import evaluate
+    from ms_transfer.core.flags import EXIT_BAD_INPUT
+    missing = str(tmp_path / "missing")
+    cases = {
+        "train": lambda: train.main(["--config", missing + ".yaml"]),
+        "torch_reference.evaluate": lambda: evaluate.main(["--ckpt", missing + ".ckpt", "--data-dir", missing]),
+        "study": lambda: study.main(["--config", missing + ".yaml"]),
+        "bench": lambda: bench.main(["--arch", "no_such_arch"]),
+        "bench batch": lambda: bench.main(["--batch-size", "0"]),
+        "parity": lambda: parity_cli.main(["--batch-size", "1"]),
+    }
+    for name, run in cases.items():
+        try:
+            code = run()
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == EXIT_BAD_INPUT == 2, name
+        assert "error: " in capsys.readouterr().err, name

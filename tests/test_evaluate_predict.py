@@ -118,7 +118,7 @@ def test_predict_cli(run, tmp_path, capsys):
         assert {t["class"] for t in r["top"]} == set(CLASSES)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    assert predict_main(["--ckpt", str(ckpt), str(bad), str(images[0])]) == 1
+    assert predict_main(["--ckpt", str(ckpt), str(bad), str(images[0])]) == 2   # bad input (it was 1)
     captured = capsys.readouterr()
     assert "bad.jpg" in captured.err and str(images[0]) in captured.out
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .data import IMAGE_EXTENSIONS
+from .metrics import positive_int
 
 __all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_mode", "add_device",
            "add_batch_size",
@@ -47,9 +48,9 @@ def add_batch_size(parser: argparse.ArgumentParser, help: str, dest: str = "batc
                    default: Any = None) -> None:
     """``--batch-size N`` and its old spelling ``--batch`` (hidden: it still parses, into the same ``dest``, but
     ``--help`` and the docs show only ``--batch-size``)."""
-    parser.add_argument("--batch-size", dest=dest, type=int, default=default, metavar="N", help=help)
+    parser.add_argument("--batch-size", dest=dest, type=positive_int, default=default, metavar="N", help=help)
     # the same default: argparse's get_default(dest) returns the first non-None one of the actions sharing dest
-    parser.add_argument("--batch", dest=dest, type=int, default=default, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", dest=dest, type=positive_int, default=default, help=argparse.SUPPRESS)
 
 
 def json_path(text: str) -> Path:
