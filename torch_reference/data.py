@@ -83,7 +83,7 @@ def _resize(pre: Preprocess) -> List[Callable]:
 def val_transforms(size: Size) -> T.Compose:
     """Deterministic eval transform: shorter side to ``int(S*256/224)`` (Pillow, antialiased bilinear),
     center crop ``S``, normalise -> float32 CxSxS tensor (``resize: exact``: Pillow resize to SxS; ``center``:
-    ``CenterCrop(S)`` of the unresized image, seed 002's transform)."""
+    ``CenterCrop(S)`` of the unresized image, the cats-vs-dogs transform)."""
     pre = _pre(size)
     return T.Compose(_resize(pre) + _normalize(pre))
 

@@ -136,7 +136,7 @@ def into_arch(state: Mapping[str, np.ndarray], src_arch: str, dst_arch: str, whe
     """``state`` (this project's names, of ``src_arch``) made to fit ``dst_arch``; returns ``(state, note)``.
 
     The same architecture passes through. The digit adder takes its recogniser's trunk into each branch
-    (:func:`~ms_transfer.core.naming.branch_copies`) as *independent copies* (seed 000 warns that assigning one
+    (:func:`~ms_transfer.core.naming.branch_copies`) as *independent copies* (the digit-adder article warns that assigning one
     module to both branches shares one set of parameters); the recogniser's head is not used. Anything else is a
     :class:`CheckpointError` naming both architectures.
     """

@@ -71,7 +71,7 @@ RESIZE_BACKENDS = ("mindspore", "pil")
 #: normalisation: zero-pad N then a random SxS crop; N = ``augment_shift``) or ``none`` (the val transform)
 AUGMENTS = ("random", "shift", "none")
 #: eval transform: ``crop`` (shorter side to S*256/224, center crop S), ``exact`` (resize to SxS) or ``center``
-#: (center crop S of the unresized image, zero-padded when smaller: seed 002's ``CenterCrop(224)``)
+#: (center crop S of the unresized image, zero-padded when smaller: the cats-vs-dogs article's ``CenterCrop(224)``)
 RESIZES = ("crop", "exact", "center")
 #: the config's ``normalize`` / ``resize`` default: the pretrained weights entry's eval transform (its mean/std;
 #: ``crop`` with its resize, e.g. 232 for torchvision's ResNet V2 recipes), else ImageNet's and ``crop`` at 256

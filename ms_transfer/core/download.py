@@ -33,9 +33,9 @@ CANIDAE_URL = ("https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/"
 FOLDER_DATASETS = {
     "canidae": (CANIDAE_URL, "Canidae", None, None),                        # the MindSpore tutorial (wolf vs dog)
     "hymenoptera": ("https://download.pytorch.org/tutorial/hymenoptera_data.zip", "hymenoptera_data", None,
-                    None),                                                  # seed 000: ants vs bees
+                    None),                                                  # ants vs bees (the digit adder's article)
     "hotdog": ("https://apache-mxnet.s3-accelerate.amazonaws.com/gluon/dataset/hotdog.zip", "hotdog", "test",
-               None),                                                       # seed 001 (d2l): hotdog vs not
+               None),                                                       # d2l's fine-tuning: hotdog vs not
 }
 _CHUNK = 1 << 20
 

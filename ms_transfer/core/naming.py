@@ -244,7 +244,7 @@ def name_map(arch: str, src: str, dst: str) -> Dict[str, str]:
 
 def branch_copies(src_arch: str, dst_arch: str) -> Dict[str, List[str]]:
     """``{src name: [dst names]}`` (this project's names) when ``dst_arch`` is built from ``src_arch``'s trunk: the
-    digit adder takes the recogniser's trunk into each branch (as independent copies: seed 000 warns that
+    digit adder takes the recogniser's trunk into each branch (as independent copies: the digit-adder article warns that
     assigning one module to both branches shares its storage). Empty for unrelated architectures."""
     spec = pair_spec(dst_arch)
     if spec is None or spec.branch != src_arch:

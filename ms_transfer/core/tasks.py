@@ -1,5 +1,5 @@
 """What a run learns, framework-neutral: ``classify`` (one image -> class logits, cross-entropy) or ``digit_sum``
-(seed 000's adder: a pair of digit images -> their sum, MSE regression, accuracy of the rounded sum).
+(the digit adder: a pair of digit images -> their sum, MSE regression, accuracy of the rounded sum).
 
 The task follows from the architecture (:func:`~ms_transfer.core.archs.task_of`). For ``digit_sum`` the image
 folder's digits are paired *within* a split (:func:`pair_split`), so an image never meets one from another split,

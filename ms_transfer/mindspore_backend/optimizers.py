@@ -8,7 +8,7 @@ them all, which the parity suite's optimizer check verifies.
 ``nn.Adam`` is not ``torch.optim.Adam``: its kernel computes ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m /
 (sqrt(v) + eps)`` (TensorFlow's form), where torch adds ``eps`` to the *bias-corrected* ``sqrt(v / (1 - b2^t))``.
 The same update only when ``eps`` is negligible: at step 1 MindSpore's effective eps is 1/sqrt(1 - 0.999) = 31.6x
-torch's, and seed 002's regime (Adam on VGG16's class layer) failed the training-step parity check by a
+torch's, and the cats-vs-dogs regime (Adam on VGG16's class layer) failed the training-step parity check by a
 systematic update scale of ~7e-4 (ratio 176 against the bound 4). :class:`TorchAdam` is torch's rule.
 """
 from __future__ import annotations

@@ -62,7 +62,7 @@ def strided_conv_same(net: ResNet, state: State) -> None:
 
 def bn_eps_1e3(net: ResNet, state: State, layer: str = "") -> None:
     """Every BatchNorm (of ``layer``, default: all) with the other framework family's eps: 1e-3 (Keras) instead of
-    torch's 1e-5, or 1e-5 where the network has Keras' 1e-3 (seed 004's)."""
+    torch's 1e-5, or 1e-5 where the network has Keras' 1e-3 (the Fashion-MNIST network's)."""
     _replace_batchnorms(net, layer, eps=lambda eps: 1e-5 if abs(eps - 1e-3) < 1e-9 else 1e-3)
 
 
@@ -75,7 +75,7 @@ def conv_padding_shifted(net: ResNet, state: State, layer: str = "layer3.1") -> 
 
 
 def bn_momentum_torch_convention(net: ResNet, state: State) -> None:
-    """torch's BN momentum (0.1; 0.01 for seed 004's Keras constants) passed unchanged to MindSpore, where it weighs
+    """torch's BN momentum (0.1; 0.01 for the Fashion-MNIST network's Keras constants) passed unchanged to MindSpore, where it weighs
     the *old* statistic."""
     _replace_batchnorms(net, momentum=lambda m: 1.0 - m)
 
@@ -126,7 +126,7 @@ def pool_bins(net: VGG, state: State) -> None:
 def dropout_keep_prob(net: nn.Cell, state: State) -> None:
     """Every dropout built as ``nn.Dropout(p)`` with ``p`` positional: MindSpore's first argument is the
     deprecated ``keep_prob``, so the layer drops ``1 - p`` (a no-op at p = 0.5; seen by the dropout check at any
-    other rate, e.g. seed 004's 0.2 or ``--dropout 0.2``)."""
+    other rate, e.g. the Fashion-MNIST network's 0.2 or ``--dropout 0.2``)."""
     for name, cell in [(n, c) for n, c in net.cells_and_names() if isinstance(c, nn.Dropout)]:
         replace_cell(net, name, nn.Dropout(float(cell.p)))
 

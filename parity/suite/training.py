@@ -15,7 +15,7 @@ Updates rather than values are compared because the jitter of the floor samples 
 
 Regimes: ``finetune`` (all trainable, batch-statistics BN), ``fixed_feature`` (trunk frozen, its BNs in eval
 mode, only the head module trains: ``fc``, a VGG's ``classifier``), ``partial`` (ResNets: ``layer4`` + ``fc``
-trainable, ``fc`` at 10x the LR) and ``last_layer_adam`` (seed 002's regime: only the class layer, ``fc`` or
+trainable, ``fc`` at 10x the LR) and ``last_layer_adam`` (cats vs dogs with VGG16's regime: only the class layer, ``fc`` or
 ``classifier.6``, trains, with Adam at its defaults). The first three use momentum SGD with weight decay and a
 cosine per-step schedule, so the momentum convention, which tensors are decayed, the LR multipliers and the
 schedule all reach the compared numbers. :func:`regimes_for` picks the regimes that exist for an arch.
@@ -56,7 +56,7 @@ REGIMES: Mapping[str, Dict] = {
     "finetune": dict(strategy="finetune"),
     "fixed_feature": dict(strategy="fixed_feature"),
     "partial": dict(strategy="partial", partial_from="layer4", lr_mult={"fc.*": 10.0}),
-    # seed 002: everything frozen but the (new) class layer, torch.optim.Adam's defaults; the unfreeze pattern is
+    # cats vs dogs with VGG16: everything frozen but the (new) class layer, torch.optim.Adam's defaults; the unfreeze pattern is
     # the arch's class layer (filled in by regime_config)
     "last_layer_adam": dict(strategy="finetune", freeze=["*"], optimizer="adam", lr=1e-3, weight_decay=0.0,
                             schedule="constant"),
@@ -84,7 +84,7 @@ def regime_config(regime: str, arch: str, batch: int, image_size: int, seed: int
 
 
 def regimes_for(arch: str) -> List[str]:
-    """The default regimes of ``arch``: ``partial`` needs ResNet stages, ``last_layer_adam`` is seed 002's (VGG)."""
+    """The default regimes of ``arch``: ``partial`` needs ResNet stages, ``last_layer_adam`` is cats vs dogs' (VGG16)."""
     if arch.startswith("resnet"):
         return ["finetune", "fixed_feature", "partial"]
     return ["finetune", "fixed_feature", "last_layer_adam"]
