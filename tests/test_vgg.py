@@ -1,5 +1,5 @@
-"""The VGG family (seed 002's cats vs dogs): torchvision's VGG in MindSpore, the naming table, conversion, parity
-(with the dropout check and the VGG-specific injected bugs), seed 002's regime and config in both frameworks.
+"""The VGG family (cats vs dogs with VGG16): torchvision's VGG in MindSpore, the naming table, conversion, parity
+(with the dropout check and the VGG-specific injected bugs), the cats-vs-dogs regime and config in both frameworks.
 
 Every VGG has a 25088 x 4096 classifier layer (133-144M parameters, 0.5 GB in float32) whatever the input size,
 so the parity engine's float32 floor samples make a full comparison cost ~3.5 min per depth and mode: CI runs
@@ -127,7 +127,7 @@ def test_adaptive_pool_follows_torchs_bin_rule_at_any_size():
 
 @pytest.mark.parametrize("size", [(300, 200), (225, 224), (100, 250), (150, 150), (223, 301)])
 def test_center_crop_is_torchvisions(size):
-    """``resize: center`` (seed 002's CenterCrop(224)): the MindSpore pipeline's numpy crop equals torchvision's
+    """``resize: center`` (the cats-vs-dogs article's CenterCrop(224)): the MindSpore pipeline's numpy crop equals torchvision's
     CenterCrop, including its zero padding of images smaller than the crop and its rounding of odd offsets."""
     from PIL import Image
     rng = np.random.RandomState(sum(size))
@@ -138,7 +138,7 @@ def test_center_crop_is_torchvisions(size):
 
 def test_transform_defaults_to_the_weights_entrys_eval_transform():
     """``normalize`` / ``resize`` default to ``auto``: the pretrained entry's eval transform (ResNet V2: resize 232;
-    VGG: 256, ImageNet mean/std), else torchvision's ImageNet recipe; explicit keys win; seed 002's config sets its
+    VGG: 256, ImageNet mean/std), else torchvision's ImageNet recipe; explicit keys win; the cats-vs-dogs config sets its
     own (center crop, mean = std = 0.5)."""
     from ms_transfer.core.config import resolve_config
     from ms_transfer.core.data import Preprocess
@@ -360,7 +360,7 @@ def test_adam_is_torchs_rule_and_mindsporess_own_is_not():
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-# --- seed 002's config, both frameworks ------------------------------------------------------------------------
+# --- the cats-vs-dogs config, both frameworks ---------------------------------------------------------------------
 
 def test_cats_dogs_config_trains_only_the_class_layer_in_both_frameworks(tmp_path, demo_images):
     """configs/cats_dogs_vgg16.yaml (VGG16, classifier.6 only, Adam, center crop, mean = std = 0.5) on a generated
