@@ -87,12 +87,17 @@ def test_predict_json_never_overwrites_an_image(tmp_path, capsys):
     assert not (tmp_path / "new.png").exists()
 
 
-def test_write_json_creates_its_folder(tmp_path):
+def test_write_json_creates_its_folder_and_a_rerun_may_replace_its_result(tmp_path):
     from ms_transfer.core.flags import json_path, write_json
     target = json_path(str(tmp_path / "out" / "result.json"))
     write_json(target, {"accuracy": 1.0})
     write_json(None, {"ignored": True})
     assert target.read_text() == '{\n  "accuracy": 1.0\n}'
+    bare = tmp_path / "result"            # an earlier run's JSON at a path without the suffix: replaced again
+    write_json(json_path(str(bare)), [1])
+    assert json_path(str(bare)) == bare
+    with pytest.raises(argparse.ArgumentTypeError, match="not JSON"):
+        json_path(str(tmp_path))          # a folder
 
 
 # --mode, --device, --padding -------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ PADDINGS = ("auto", "torch", "same")
 #: every command: 0 done, 1 a run or check failed, 2 bad input (a bad flag, config, dataset, checkpoint or image)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
+#: the largest existing file ``--json`` reads to see whether it holds JSON (a result of this project is kilobytes)
+MAX_JSON_BYTES = 64 * 2**20
+
 MODE_HELP = "MindSpore execution mode: graph (static graph, compiled once) or pynative (eager)"
 DEVICE_HELP = ("MindSpore's device_target: CPU, GPU or Ascend (this project runs on CPU; GPU and Ascend are "
                "reached through reference bundles, docs/parity-in-ci.md)")
@@ -53,13 +56,27 @@ def add_batch_size(parser: argparse.ArgumentParser, help: str, dest: str = "batc
     parser.add_argument("--batch", dest=dest, type=positive_int, default=default, help=argparse.SUPPRESS)
 
 
+def _holds_json(path: Path) -> bool:
+    """An existing file that a ``--json`` may replace: a ``.json`` file, or one whose content is JSON (the result
+    of an earlier run written to a path without the suffix)."""
+    if path.suffix.lower() == ".json":
+        return True
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:   # a folder, a device, a checkpoint...
+        return False
+    try:
+        json.loads(path.read_bytes())
+    except ValueError:   # not UTF-8 or not JSON: an image, a log...
+        return False
+    return True
+
+
 def json_path(text: str) -> Path:
     """``--json PATH``'s type: an output path. A path with an image suffix, or an existing file that is not
-    ``.json``, is refused (exit 2): ``predict --json a.jpg b.jpg`` from before ``--json`` took a path would
+    JSON, is refused (exit 2): ``predict --json a.jpg b.jpg`` from before ``--json`` took a path would
     otherwise overwrite ``a.jpg``."""
     path = Path(text)
-    if path.suffix.lower() in IMAGE_EXTENSIONS or (path.exists() and path.suffix.lower() != ".json"):
-        what = "an image" if path.suffix.lower() in IMAGE_EXTENSIONS else "an existing file that is not .json"
+    if path.suffix.lower() in IMAGE_EXTENSIONS or (path.exists() and not _holds_json(path)):
+        what = "an image" if path.suffix.lower() in IMAGE_EXTENSIONS else "an existing file that is not JSON"
         raise argparse.ArgumentTypeError(
             f"{text} is {what}; --json takes the output path of the JSON result (e.g. --json result.json) and "
             "never overwrites such a file (python -m ms_transfer.predict: to print JSON use --format json)")
@@ -69,7 +86,7 @@ def json_path(text: str) -> Path:
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     """``--json PATH``, the same on every command: write ``what`` as JSON to PATH (folders created)."""
     parser.add_argument("--json", type=json_path, default=None, metavar="PATH",
-                        help=f"also write {what} as JSON to PATH (an image or an existing non-.json file is refused)")
+                        help=f"also write {what} as JSON to PATH (an image or an existing file that is not JSON is refused)")
 
 
 def write_json(path: Optional[Path], data: Any) -> None:
