@@ -14,8 +14,7 @@ from .data import IMAGE_EXTENSIONS
 from .metrics import positive_int
 
 __all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_mode", "add_device",
-           "add_batch_size",
-           "add_json", "json_path", "write_json", "plain"]
+           "add_batch_size", "add_json", "json_path", "write_json", "plain"]
 
 #: MindSpore's execution modes (``python -m parity`` adds ``both``: it checks one after the other)
 MODES = ("graph", "pynative")

@@ -29,9 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_transfer.core.flags import write_json
+from ms_transfer.core.flags import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, write_json
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE = EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT   # every command's (ms_transfer.core.flags)
 #: ``--input-dtype`` choices (MindSpore receives integers as int32, torch as int64: what embeddings take)
 DTYPES = ("float32", "int32", "int64")
 #: flags of this path (``dest`` names); any of them without ``--torch-model`` is an error
