@@ -19,7 +19,7 @@ from .arrays import SOURCES
 from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
 from .distributed import detect
 from .download import FOLDER_DATASETS
-from .flags import DEVICE_HELP, DEVICES, MODE_HELP, MODES, PADDINGS, plain
+from .flags import DEVICE_HELP, DEVICES, MODE_HELP, MODES, PADDINGS, ConfigError, plain
 from .log import add_verbosity_flags, verbosity
 from .naming import ALL_ARCHS
 from .weights import TUTORIAL_CKPT_URL, find_weights, resolve_padding
@@ -35,10 +35,6 @@ TIMESTAMP = "{timestamp}"
 #: ``val_fraction``'s default for array datasets (their train split), and for a plain image folder
 ARRAY_VAL_FRACTION = 0.1
 FOLDER_VAL_FRACTION = 0.2
-
-
-class ConfigError(ValueError):
-    """A config key or value is invalid; the message names the key and where it came from."""
 
 
 def _f(default: Any, help: str, choices: Optional[Sequence[str]] = None, **kw):

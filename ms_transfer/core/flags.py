@@ -10,8 +10,14 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .data import IMAGE_EXTENSIONS
 from .metrics import positive_int
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key and where it came from (exit code 2). Defined
+    here, beside the exit codes, so the MindSpore context can raise it without loading the config schema (and with
+    it the architecture registry: ``parity.compare_models`` must load no architecture module)."""
+
 
 __all__ = ["MODES", "DEVICES", "PADDINGS", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "add_mode", "add_device",
            "add_batch_size", "add_json", "json_path", "write_json", "plain"]
@@ -73,6 +79,8 @@ def json_path(text: str) -> Path:
     """``--json PATH``'s type: an output path. A path with an image suffix, or an existing file that is not
     JSON, is refused (exit 2): ``predict --json a.jpg b.jpg`` from before ``--json`` took a path would
     otherwise overwrite ``a.jpg``."""
+    from .data import IMAGE_EXTENSIONS   # here: core.data loads the architecture registry (parity.compare_models must not)
+
     path = Path(text)
     if path.suffix.lower() in IMAGE_EXTENSIONS or (path.exists() and not _holds_json(path)):
         what = "an image" if path.suffix.lower() in IMAGE_EXTENSIONS else "an existing file that is not JSON"

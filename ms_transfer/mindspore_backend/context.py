@@ -24,7 +24,6 @@ from typing import Iterator
 import mindspore as ms
 
 from ..core import flags
-from ..core.config import ConfigError
 from . import onednn
 
 ONEDNN_ISA_VAR = onednn.ISA_VAR
@@ -78,7 +77,7 @@ def set_context(mode: str = "graph", device: str = "CPU") -> None:
         ms.set_device(device)
     except RuntimeError as exc:
         if "Unsupported device target" in str(exc):   # a build or machine without that device: bad input
-            raise ConfigError(f"device {device}: this MindSpore cannot run on it ({str(exc).splitlines()[0][:200]}); "
+            raise flags.ConfigError(f"device {device}: this MindSpore cannot run on it ({str(exc).splitlines()[0][:200]}); "
                               "use --device CPU here, or check the port on a machine that has it with a reference "
                               "bundle (python -m parity --check-reference DIR --device ...)") from None
         # MindSpore refuses set_device once a kernel has run ("The runtime has been initialized ...") even for the
