@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv venv-ms parity-versions lint docs docs-check test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick clean
+.PHONY: help venv venv-ms parity-versions lint docs docs-check test test-slow demo demo-synthetic demo-torch train-msrun train-torchrun parity-dp study-digit-adder study-fashion train parity parity-tutorial parity-train parity-vgg parity-train-vgg parity-gpu parity-reference parity-check-reference bench bench-vgg bench-quick bench-parity clean
 
 ## MS_VERSION: the MindSpore the venv gets (pyproject allows 2.7.2 and 2.10.0; docs/versions.md says
 ## why this is the default); another version gets its own venv: `make venv-ms MS_VERSION=2.7.2` -> .venv-ms2.7.2
@@ -158,6 +158,10 @@ parity-gpu: venv
 ## bench: MindSpore GRAPH / PYNATIVE vs torch eager, ResNet50 at 224 px, batch 18 (see BENCHMARKS.md)
 bench: venv
 	$(PY) -m ms_transfer.bench --json runs/bench.json
+
+## bench-parity: the "Parity cost" table: python -m parity per arch, size and mode, seconds and peak RSS (BENCHMARKS.md)
+bench-parity: venv
+	$(PY) -m ms_transfer.bench --parity --json runs/bench-parity.json
 
 ## bench-quick: the CI smoke run of the same harness (well under a minute)
 bench-quick: venv

@@ -17,22 +17,7 @@ import sys
 import threading
 import time
 
-import psutil
-
-
-def tree_rss(root: psutil.Process) -> int:
-    """Bytes resident in ``root`` and all its descendants now (processes that end while read count 0)."""
-    total = 0
-    try:
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+from ms_transfer.bench_parity import tree_rss   # the one process-tree sampler (python -m ms_transfer.bench --parity)
 
 
 def run_measured(cmd: list[str], interval: float = 0.5) -> tuple[int, float, int, float]:
@@ -42,14 +27,13 @@ def run_measured(cmd: list[str], interval: float = 0.5) -> tuple[int, float, int
     start = time.monotonic()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = subprocess.Popen(cmd)
-    root = psutil.Process(child.pid)
     peak = 0
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss(root))
+            peak = max(peak, tree_rss(child.pid))
             done.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)

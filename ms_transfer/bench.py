@@ -417,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: one process vs W ranks under msrun and torchrun, both frameworks, the finetune "
                         "step on the same global batch (W x --batch-size), with the all-reduce time per step "
                         "(ms_transfer/bench_parallel.py)")
+    p.add_argument("--parity", action="store_true",
+                   help="instead: the \"Parity cost\" table, python -m parity per arch, image size and mode in child "
+                        "processes: seconds, peak RSS of the process tree and the memory the comparison needs "
+                        "(ms_transfer/bench_parity.py); --arch / --image-size narrow it to the matching cases")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
     return p
@@ -436,6 +440,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = BenchConfig(**values)
     if args.data_parallel:
         return _data_parallel(cfg, args.data_parallel, args, argv)
+    if args.parity:
+        return _parity(args)
     report = run_bench(cfg, quick=args.quick, log=progress_to_stderr)
     report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_report(report))
@@ -459,6 +465,26 @@ def _data_parallel(cfg: BenchConfig, world: int, args, argv) -> int:
           + bench_parallel.format_results(results, cfg.batch, world))
     write_json(args.json, report)
     return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def _parity(args) -> int:
+    """``--parity``: the "Parity cost" table (ms_transfer/bench_parity.py); exit 1 if a parity run did not pass."""
+    from . import bench_parity
+    cases = [c for c in bench_parity.DEFAULT_CASES if args.arch in (None, c.arch)
+             and args.image_size in (None, c.image_size)]
+    if not cases:
+        print(f"error: no parity case matches --arch {args.arch} --image-size {args.image_size}; the cases: "
+              + ", ".join(sorted({f"{c.arch} {c.image_size} px" for c in bench_parity.DEFAULT_CASES})),
+              file=sys.stderr)
+        return 2
+    rows = bench_parity.run_parity_bench(cases, log=progress_to_stderr)
+    machine = machine_info()
+    print(bench_parity.format_parity_table(rows, f"{machine['cpu']}, {machine['cores']} cores, MindSpore "
+                                                 f"{machine.get('mindspore')}, torch {machine.get('torch')}"))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "parity_cost": rows}, indent=2))
+    return 0 if all(r["passed"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ plugins.defer("parity.suite.plugins")
 
 _EXPORTS = {"BUGS": ".suite.bugs", "CheckResult": ".engine.report", "format_table": ".engine.report",
             "ParityReport": ".engine.report", "CHECKS": ".engine.comparison", "compare_models": ".engine.comparison",
-            "CompareOptions": ".engine.comparison", "port_weights": ".engine.comparison",
-            "NameMapError": ".engine.weight_map", "register_name_rule": ".engine.weight_map",
-            "ParityConfig": ".suite.run", "run_parity": ".suite.run", "REGIMES": ".suite.training",
-            "TRAIN_BUGS": ".suite.training", "localize": ".engine.localization", "save_reference": ".engine.bundle",
+            "compare_in_modes": ".engine.comparison", "CompareOptions": ".engine.comparison",
+            "port_weights": ".engine.comparison", "NameMapError": ".engine.weight_map",
+            "register_name_rule": ".engine.weight_map", "ParityConfig": ".suite.run", "run_parity": ".suite.run",
+            "run_parity_in_modes": ".suite.run", "REGIMES": ".suite.training", "TRAIN_BUGS": ".suite.training",
+            "localize": ".engine.localization", "save_reference": ".engine.bundle",
             "check_reference": ".engine.bundle", "register_model_builder": ".engine.bundle",
             "port_checkpoint": ".engine.port", "assert_port_matches": ".engine.assertion"}
 

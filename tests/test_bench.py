@@ -43,3 +43,36 @@ def test_data_parallel_bench_reports_one_process_and_two_ranks_of_both_framework
         assert r["images_per_s"] > 0 and r["world"] == (2 if "x2" in engine else 1), (engine, r)
         assert (r["allreduce_s"] > 0) == (r["world"] == 2) and r["grad_mb"] > 40   # ResNet18: 11.7M parameters
     assert "all-reduce ms" in capsys.readouterr().out
+
+
+# --- python -m ms_transfer.bench --parity (ms_transfer/bench_parity.py): the pieces, without a parity run ----------
+
+def test_parity_cost_sampler_counts_the_whole_process_tree():
+    """A child that starts a grandchild holding 300 MB: the peak includes the grandchild (~1.5 s)."""
+    import sys
+
+    from ms_transfer.bench_parity import run_sampled
+    grandchild = "import time; a = bytearray(300 * 2**20); time.sleep(1.0)"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    run = run_sampled([sys.executable, "-c", child])
+    assert run["exit"] == 0 and run["seconds"] >= 1.0
+    assert run["peak_rss"] >= 300 * 2**20, run
+
+
+def test_parity_cost_need_and_table():
+    """The need is 48 bytes per parameter (weights, gradients, momentum: MindSpore and torch float32, torch float64);
+    ResNet18 with 1000 classes has torchvision's 11,689,512 parameters."""
+    from ms_transfer.bench_parity import format_parity_table, need_bytes, parameter_count
+    n = parameter_count("resnet18", 1000)
+    assert n == 11_689_512 and need_bytes(n) == 48 * n
+    row = {"arch": "resnet18", "image_size": 64, "num_classes": 10, "mode": "graph", "passed": True, "exit": 0,
+           "seconds": 41.2, "peak_rss": 3 * 2**30, "need": 2**30}
+    table = format_parity_table([row, {**row, "mode": "pynative", "passed": False, "exit": 1}], "Some CPU")
+    assert table.splitlines()[0] == "Parity cost (Some CPU)"
+    assert "| resnet18 | 64 | 10 | graph | pass | 41 | 3.00 | 1.00 | 3.0x |" in table
+    assert "| pynative | FAIL |" in table
+
+
+def test_parity_cost_refuses_a_case_it_does_not_have(capsys):
+    assert main(["--parity", "--arch", "resnet18", "--image-size", "99"]) == 2
+    assert "no parity case matches" in capsys.readouterr().err

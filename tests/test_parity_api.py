@@ -231,3 +231,28 @@ def test_the_readme_example_passes_and_catches_its_bug(capsys):
     assert "first divergence at bn [MindSpore: bn]" in out
     eval_row = next(line for line in out.splitlines() if line.startswith("eval outputs") and "FAIL" in line)
     assert "100.00%" in eval_row
+
+
+def test_compare_in_modes_gives_what_each_mode_gives_alone():
+    """``compare_in_modes`` (the torch side computed once for both modes): every row of each mode's report is the
+    one ``compare_models`` gives in that mode alone, an injected BN eps fails in both, and the mode is restored.
+    Two checks, the tiny CNN (~10 s)."""
+    import mindspore as ms
+
+    set_context("pynative")
+    x, y = _res_inputs()
+    checks = ("eval_logits", "grads_train_bn")
+    both = parity.compare_in_modes(_torch(TorchResCNN), MsResCNN("bn_eps"), x, y, checks=checks,
+                                   config={"name": "tiny"})
+    assert ms.get_context("mode") == ms.PYNATIVE_MODE
+    assert [r.config for r in both] == [{"name": "tiny", "mode": "graph"}, {"name": "tiny", "mode": "pynative"}]
+
+    def numbers(report):
+        return [(r.check, r.passed, r.ratio, r.rel_l2, r.floor, r.scale, r.scale_floor) for r in report.results]
+    for mode, report in zip(("graph", "pynative"), both):
+        set_context(mode)
+        alone = parity.compare_models(_torch(TorchResCNN), MsResCNN("bn_eps"), x, y, checks=checks)
+        assert numbers(report) == numbers(alone), mode
+        assert "eval outputs" in _failures(report)
+    with pytest.raises(ValueError, match="choose one or more of graph, pynative"):
+        parity.compare_in_modes(_torch(TorchResCNN), MsResCNN(), x, y, modes=("eager",))

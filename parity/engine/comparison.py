@@ -34,6 +34,7 @@ import numpy as np
 from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
 from .localization import localize as run_localize
 from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
+from .memory import release_freed_memory
 from .report import ParityReport
 from .sensitivity import sensitivity as measure_sensitivity
 from .tolerance import FLOOR_SAMPLES, JITTER, OUTPUT_JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, \
@@ -142,36 +143,85 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         a :class:`~parity.engine.report.ParityReport` (``.passed``, ``.results``, ``format_table(report.results)``).
     """
     o = (options or CompareOptions()).with_overrides(**overrides)
+    return _compare(torch_module, ms_cell, inputs, targets, o, [None])[0]
+
+
+#: MindSpore's execution modes, as :func:`compare_in_modes` takes them
+MS_MODES = ("graph", "pynative")
+
+
+def compare_in_modes(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None,
+                     modes: Sequence[str] = MS_MODES, options: Optional[CompareOptions] = None,
+                     **overrides) -> List[ParityReport]:
+    """:func:`compare_models` in each of MindSpore's execution ``modes`` (``"graph"``, ``"pynative"``): one report
+    per mode, each with the rows, numbers and verdicts :func:`compare_models` gives in that mode, its localisation run
+    in that mode and its ``config`` given that mode (:func:`_with_mode`); the mode found is restored afterwards.
+
+    The torch side -- the float64 reference and every float32 floor sample -- does not depend on MindSpore's mode,
+    nor do the port's ReLU masks (always taken in PYNATIVE mode, where hooks run), so each check computes them once
+    for every mode instead of once per mode: they are most of a comparison's time (ResNet50, 224 px: ~90%). Their
+    seconds are counted in the first mode's report."""
+    import mindspore as ms
+
+    o = (options or CompareOptions()).with_overrides(**overrides)
+    unknown = [m for m in modes if m not in MS_MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes {list(modes)}: choose one or more of {', '.join(MS_MODES)}")
+    previous = ms.get_context("mode")
+    try:
+        return _compare(torch_module, ms_cell, inputs, targets, o, list(modes))
+    finally:
+        ms.set_context(mode=previous)
+
+
+def _enter_mode(mode: Optional[str]) -> None:
+    """MindSpore's execution mode ``mode`` (``None``: leave it as it is)."""
+    if mode is not None:
+        import mindspore as ms
+        ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+
+def _with_mode(config: Any, mode: Optional[str]) -> Any:
+    """A run's ``config`` for one mode of :func:`compare_in_modes`: a dataclass with a ``mode`` field (and a
+    ``localize_mode`` one) gets both replaced, a dict its ``"mode"`` key; anything else is kept as it is."""
+    if mode is None:
+        return config
+    if isinstance(config, dict):
+        return {**config, "mode": mode}
+    names = {f.name for f in fields(config)} if hasattr(config, "__dataclass_fields__") else set()
+    if "mode" in names:
+        return replace(config, mode=mode, **({"localize_mode": mode} if "localize_mode" in names else {}))
+    return config
+
+
+def _compare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray], o: CompareOptions,
+             modes: List[Optional[str]]) -> List[ParityReport]:
+    """:func:`compare_models` (``modes == [None]``: the current mode) and :func:`compare_in_modes`."""
     unknown = [c for c in o.checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
     t0 = time.perf_counter()
     c = prepare(torch_module, ms_cell, inputs, targets, o)
     from .torch_side import dropout_names  # torch only when comparing live (bundles are checked without it)
-    report = ParityReport(o.config, names={"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
-                                           "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms],
-                                           "dropout_off": dropout_names(torch_module)})
-    report.seconds["setup"] = time.perf_counter() - t0
+    names = {"rule": c.match.rule, "matched": len(c.match.torch_to_ms),
+             "ignored_torch": [k for k in c.torch_state if k not in c.match.torch_to_ms],
+             "dropout_off": dropout_names(torch_module)}
+    runs = [(mode, ParityReport(_with_mode(o.config, mode), names=dict(names))) for mode in modes]
+    runs[0][1].seconds["setup"] = time.perf_counter() - t0
     for check in o.checks:
+        _run_check(c, check, o, runs)
+    for mode, report in runs:
         t = time.perf_counter()
-        o.log(f"running {check} ...")
-        t_ms = time.perf_counter()
-        ms, error = run_port(c.runners[check], c.ms_side, c.xs)
-        masks = c.port_masks(check) if ms is not None and o.mask_relus else None
-        report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t_ms
-        ref, floors, scale_ref = c.reference_floors(check, masks)
-        probes = c.error_probes(check, ref, o.seed) if o.sensitivity else {}
-        for name in ref:
-            if ms is None:
-                report.results.append(failed(name, error))
-                continue
-            sref = None if scale_ref is None else scale_ref[name]
-            report.results.append(compare_to_floor(name, ms[name], ref[name], floors[name], scale_ref=sref))
-            if o.sensitivity:
-                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref,
-                                                              *probes.get(name, ())))
-        report.seconds[check] = time.perf_counter() - t
-    _dropout_row(report, torch_module, ms_cell)
+        _enter_mode(mode)
+        _dropout_row(report, torch_module, ms_cell)
+        _localize(c, o, report, o.localize_mode if mode is None else mode)
+        report.seconds["total"] = sum(v for k, v in report.seconds.items() if not k.endswith("(mindspore)")
+                                      and k not in ("dropout", "localize")) + time.perf_counter() - t
+    return [report for _, report in runs]
+
+
+def _localize(c: "Comparison", o: CompareOptions, report: ParityReport, ms_mode: str) -> None:
+    """The first diverging layer into ``report`` when ``o.localize`` asks for it (a forward check failed, or always)."""
     forward_failed = any(not r.passed for r in report.results if r.check in FORWARD_ROWS)
     if o.localize is True or (o.localize == "on_failure" and forward_failed):
         t = time.perf_counter()
@@ -181,12 +231,45 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
         try:
             report.localization = run_localize(c.reference, c.floors, c.rounding, c.ms_side, c.xs, c.match,
                                                bn_train=bn_train, module_map=o.module_map, seed=o.seed,
-                                               ms_mode=o.localize_mode)
+                                               ms_mode=ms_mode)
         except Exception as exc:  # a diagnosis after the verdict: it may fail, the verdict stands as computed
             report.localization_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         report.seconds["localize"] = time.perf_counter() - t
-    report.seconds["total"] = time.perf_counter() - t0
-    return report
+
+
+def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tuple[Optional[str], ParityReport]]
+               ) -> None:
+    """One check group: the port in each run's mode, then the torch reference and floor once, then each run's rows
+    (and sensitivity) into its report. A function of its own so that its arrays (a ResNet50's float64 gradients and
+    their masked reference: 0.4 GB) are freed before the next check starts, not when it has computed its own."""
+    o.log(f"running {check} ...")
+    ports, masks, masked = [], None, False
+    for mode, report in runs:
+        t = time.perf_counter()
+        _enter_mode(mode)
+        ms, error = run_port(c.runners[check], c.ms_side, c.xs)
+        if ms is not None and o.mask_relus and not masked:   # the same in every mode: taken in PYNATIVE
+            masks, masked = c.port_masks(check), True
+        release_freed_memory()
+        report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t
+        ports.append((ms, error))
+    t = time.perf_counter()
+    ref, floors, scale_ref = c.reference_floors(check, masks)
+    probes = c.error_probes(check, ref, o.seed) if o.sensitivity else {}
+    shared = time.perf_counter() - t
+    for i, ((_, report), (ms, error)) in enumerate(zip(runs, ports)):
+        t = time.perf_counter()
+        for name in ref:
+            if ms is None:
+                report.results.append(failed(name, error))
+                continue
+            sref = None if scale_ref is None else scale_ref[name]
+            report.results.append(compare_to_floor(name, ms[name], ref[name], floors[name], scale_ref=sref))
+            if o.sensitivity:
+                report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref,
+                                                              *probes.get(name, ())))
+        report.seconds[check] = (report.seconds[f"{check} (mindspore)"] + (shared if i == 0 else 0.0)
+                                 + time.perf_counter() - t)
 
 
 def _dropout_row(report: ParityReport, torch_module, ms_cell) -> None:
@@ -265,6 +348,8 @@ class Comparison:
                     builder.add_scale(rows[row])
                 else:
                     builder.add(rows[row], scale=role == "both")
+            del rows
+            release_freed_memory()   # what the sample's computation freed (parity/engine/memory.py)
         return ref, {row: b.floor() for row, b in builders.items()}, scale_ref
 
     def error_probes(self, check: str, ref: Mapping[str, Any], seed: int) -> Dict[str, Tuple[Any, Tuple[str, Any]]]:

@@ -27,7 +27,7 @@ from ..engine.comparison import CHECKS
 from ..engine.report import format_table
 from . import own_model
 from .bugs import BUGS, LAYER_BUGS
-from .run import ParityConfig, run_parity
+from .run import ParityConfig, run_parity_in_modes
 from .training import REGIMES, TRAIN_BATCH, TRAIN_BUGS
 
 
@@ -162,26 +162,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.arch = args.arch or ParityConfig().arch
     if args.save_reference:
         return _save_reference(args)
-    reports = []
-    for mode in modes:
-        cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=mode, device=args.device, batch=args.batch_size,
-                           image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
-                           checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
-                           regimes=tuple(args.regimes) if args.regimes else None, dropout=args.dropout,
-                           sensitivity=args.sensitivity,
-                           localize=True if args.localize else "on_failure", localize_mode=mode)
-        bug = f", injected bug: {args.inject}" if args.inject else ""
-        if args.train_steps:
-            bug = f" | {args.train_steps} training steps" + bug
+    cfg = ParityConfig(arch=args.arch, padding=args.padding, mode=modes[0], device=args.device, batch=args.batch_size,
+                       image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
+                       checks=tuple(args.checks), inject=args.inject, train_steps=args.train_steps,
+                       regimes=tuple(args.regimes) if args.regimes else None, dropout=args.dropout,
+                       sensitivity=args.sensitivity,
+                       localize=True if args.localize else "on_failure", localize_mode=modes[0])
+    try:   # every mode at once: the torch side is computed once for all of them (run_parity_in_modes)
+        reports = run_parity_in_modes(cfg, modes, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as exc:   # e.g. BUG@LAYER at a layer that is not a block
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bug = f", injected bug: {args.inject}" if args.inject else ""
+    if args.train_steps:
+        bug = f" | {args.train_steps} training steps" + bug
+    for report in reports:
+        mode = report.config.mode
         print(f"\n== {cfg.arch}{' (same padding)' if cfg.padding == 'same' else ''} | {mode.upper()} | {cfg.device} | "
               f"batch {cfg.batch} | {cfg.image_size} px | seed {cfg.seed}{bug}", flush=True)
-        try:
-            report = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-        except ValueError as exc:   # e.g. BUG@LAYER at a layer that is not a block
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         own_model.print_report(report)
-        reports.append(report)
     write_json(args.json, [r.as_dict() for r in reports])
     return 0 if all(r.passed for r in reports) else 1
 

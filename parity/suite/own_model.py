@@ -435,24 +435,22 @@ def _compare(args, modes, torch_model, ms_cell, xs, targets, options, how, porte
     when everything passed."""
     from ms_transfer.mindspore_backend.context import set_context
 
-    from ..engine.comparison import compare_models
+    from ..engine.comparison import compare_in_modes
     from ..engine.port import MINDIR_LABEL, check_mindir, checkpoint_summary, stage_checkpoint, stage_mindir
     from ..engine.tolerance import failed
 
     staged = stage_checkpoint(torch_model, ms_cell, args.write_checkpoint, options.name_map) \
         if args.write_checkpoint else None
     staged_ir = None
-    reports = []
     try:
-        for mode in modes:
-            set_context(mode, args.device)
+        set_context(modes[0], args.device)
+        # every mode at once: the torch side is computed once for all of them
+        reports = compare_in_modes(torch_model, ms_cell, xs, targets, modes, options,
+                                   ms_state=staged.state if staged else None)
+        for mode, report in zip(modes, reports):
             print(f"\n== {args.torch_model} vs {args.ms_model} | {mode.upper()} | {args.device} | inputs "
                   f"{', '.join(how)} | seed {args.seed}"
                   + (f" | weights from {staged.staging.name} (read back)" if staged else ""), flush=True)
-            report = compare_models(torch_model, ms_cell, xs, targets, options,
-                                    config={**options.config, "mode": mode}, localize_mode=mode,
-                                    ms_state=staged.state if staged else None)
-            reports.append(report)
             print_report(report)
         passed = all(r.passed for r in reports)
         if args.export_mindir and passed:

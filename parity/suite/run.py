@@ -4,13 +4,13 @@ both trainers (:mod:`parity.suite.training`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
 from ms_transfer.mindspore_backend.context import set_context
 from ms_transfer.models import build_model
 
-from ..engine.comparison import CHECKS, CompareOptions, compare_models
+from ..engine.comparison import CHECKS, CompareOptions, compare_in_modes, compare_models
 from ..engine.report import CheckResult, ParityReport
 from ..engine.tolerance import FLOOR_SAMPLES, compare, failed, jitter_fn
 from .bugs import inject
@@ -54,6 +54,23 @@ class ParityConfig:
 def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -> ParityReport:
     """Build torchvision's model and the MindSpore port on shared weights and compare them with
     :func:`parity.engine.comparison.compare_models` (the suite is one user of the any-model API)."""
+    return _run(cfg, None, log)[0]
+
+
+def run_parity_in_modes(cfg: ParityConfig, modes: Sequence[str], log: Callable[[str], None] = lambda s: None
+                        ) -> List[ParityReport]:
+    """:func:`run_parity` in each of ``modes`` (``cfg.mode`` and ``cfg.localize_mode`` replaced by each): one report per
+    mode, the same as :func:`run_parity` gives in that mode, the torch side computed once for all of them
+    (:func:`parity.engine.comparison.compare_in_modes`; ``python -m parity --mode both``). Training-step parity runs
+    each mode on its own."""
+    if cfg.train_steps:
+        return [run_parity(replace(cfg, mode=mode, localize_mode=mode), log) for mode in modes]
+    return _run(replace(cfg, mode=modes[0], localize_mode=modes[0]), list(modes), log)
+
+
+def _run(cfg: ParityConfig, modes: Optional[List[str]], log: Callable[[str], None]) -> List[ParityReport]:
+    """:func:`run_parity` (``modes`` None: ``cfg.mode`` alone, localised in ``cfg.localize_mode``) and
+    :func:`run_parity_in_modes`."""
     unknown = [c for c in cfg.checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}")
@@ -69,13 +86,16 @@ def run_parity(cfg: ParityConfig, log: Callable[[str], None] = lambda s: None) -
         report = ParityReport(cfg)
         _run_training(cfg, problem, report, log)
         report.seconds["total"] = time.perf_counter() - t0
-        return report
+        return [report]
     torch_model, net = _model_pair(cfg, problem)
     ms_state = dict(problem.ms_state)
     if cfg.inject:
         inject(cfg.inject, net, ms_state)
-    return compare_models(torch_model, net, problem.x, problem.y, compare_options(cfg, log), ms_state=ms_state,
-                          sensitivity=cfg.sensitivity, localize=cfg.localize, localize_mode=cfg.localize_mode)
+    options = compare_options(cfg, log).with_overrides(ms_state=ms_state, sensitivity=cfg.sensitivity,
+                                                       localize=cfg.localize, localize_mode=cfg.localize_mode)
+    if modes is None:
+        return [compare_models(torch_model, net, problem.x, problem.y, options)]
+    return compare_in_modes(torch_model, net, problem.x, problem.y, modes, options)
 
 
 def compare_options(cfg: ParityConfig, log: Callable[[str], None]) -> CompareOptions:
