@@ -59,9 +59,13 @@ docs-check: venv
 	d=$$(mktemp -d) && $(PY) -m mkdocs build --strict --quiet --site-dir $$d; rc=$$?; rm -rf $$d; exit $$rc
 
 ## test: lint, the strict docs build, then the whole test suite (what CI runs)
-## in three pytest processes: a MindSpore process keeps every graph
+## in three pytest runs: a MindSpore process keeps every graph
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
+## The first run uses two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
+## worker at a time: serially it kept 1.2 of the 2 cores busy (compiles, launches and Python are single-threaded);
+## on two workers 1.9, 10 min 23 s on a quiet machine. The parity and VGG runs stay single: their
+## comparisons already keep both cores busy and their memory is the largest.
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
 ## whose results BENCHMARKS.md's "Slow tests" section records
 ## each process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
@@ -69,7 +73,7 @@ PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
 VGG_TESTS := tests/test_vgg.py
 MEASURED = $(PY) .ci/measure.py
 test: venv lint docs-check
-	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
+	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
 	$(MEASURED) "pytest, parity" -- $(PY) -m pytest -m "not slow" $(PARITY_TESTS)
 	$(MEASURED) "pytest, VGG" -- $(PY) -m pytest -m "not slow" $(VGG_TESTS)
 
