@@ -64,8 +64,8 @@ docs-check: venv
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
 ## The first run uses two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
 ## worker at a time: serially it kept 1.2 of the 2 cores busy (compiles, launches and Python are single-threaded);
-## on two workers 1.9, 10 min 23 s on a quiet machine. The parity and VGG runs stay single: their
-## comparisons already keep both cores busy and their memory is the largest.
+## on two workers 1.91, 11 min 05 s on a quiet fresh clone. The parity run too (1.35 cores busy serially, 8 min 22 s;
+## its depth cases dealt to both workers); the VGG run stays single (its memory beside another run's passes 24 GiB).
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
 ## whose results BENCHMARKS.md's "Slow tests" section records
 ## each process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
@@ -74,7 +74,7 @@ VGG_TESTS := tests/test_vgg.py
 MEASURED = $(PY) .ci/measure.py
 test: venv lint docs-check
 	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
-	$(MEASURED) "pytest, parity" -- $(PY) -m pytest -m "not slow" $(PARITY_TESTS)
+	$(MEASURED) "pytest, parity" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PARITY_TESTS)
 	$(MEASURED) "pytest, VGG" -- $(PY) -m pytest -m "not slow" $(VGG_TESTS)
 
 ## test-slow: only the slow tests, one process per file (every VGG depth's parity needs up to 19 GB; ~1 h 15 min)
