@@ -13,7 +13,7 @@ MindSpore cell -- and every result is compared with the tolerance rule of :mod:`
 
 Dropout (``DROPOUT_NOTE``): the train-mode checks run with every dropout layer as the identity, in all three
 engines. The frameworks draw different random masks, so with dropout active the float32 samples would disagree by
-O(1) as well and the floor would swallow any bug (measured on seed 004's network: train-output floor 0.61, every
+O(1) as well and the floor would swallow any bug (measured on the Fashion-MNIST network: train-output floor 0.61, every
 injected bug inside it). The eval-mode checks cover dropout's inference path; ``report.names["dropout_off"]``
 lists the layers. Dropout's train-mode behaviour (drop probability, ``1 / (1 - p)`` scaling) has its own row,
 ``dropout (train mode)``: each port layer run alone against torch's ``p`` (:mod:`parity.engine.dropout`).
