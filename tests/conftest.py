@@ -169,15 +169,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _return_freed_memory():
-    """After each test file: collect its garbage and give the C heap's free pages back to the system. glibc keeps
-    freed heap memory in the process (parity/engine/memory.py: 0.76 -> 1.60 GiB for five torch gradient runs that kept
-    nothing), so without this a pytest process's resident memory is the sum of every file's high-water marks."""
+def _collect_garbage():
+    """After each test file: collect its reference cycles (a full collection with both frameworks loaded takes long
+    enough not to run after every test)."""
     yield
     import gc
-
-    from parity.engine.memory import release_freed_memory
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _return_freed_memory():
+    """After each test: give the C heap's free pages back to the system (a few ms). glibc keeps freed heap memory in
+    the process (parity/engine/memory.py: 0.76 -> 1.60 GiB for five torch gradient runs that kept nothing), so
+    without this a pytest process's resident memory is the sum of its tests' high-water marks."""
+    yield
+    from parity.engine.memory import release_freed_memory
     release_freed_memory()
 
 
