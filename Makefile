@@ -63,7 +63,7 @@ docs-check: venv
 ## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
 ## the VGG tests (0.5 GB models, one parity comparison) get their own too.
 ## The first run uses two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
-## worker at a time: serially it kept 1.2 of the 2 cores busy (compiles, launches and Python are single-threaded);
+## worker at a time: serially it kept 0.70 of the 2 cores busy in a contended run (compiles, launches and Python are single-threaded);
 ## on two workers 1.91, 11 min 05 s on a quiet fresh clone. The parity run too (1.35 cores busy serially, 8 min 22 s;
 ## its depth cases dealt to both workers); the VGG run stays single (its memory beside another run's passes 24 GiB).
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
