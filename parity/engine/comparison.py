@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
+from .localization import MS_MODES
 from .localization import localize as run_localize
 from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
 from .memory import release_freed_memory
@@ -144,10 +145,6 @@ def compare_models(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.n
     """
     o = (options or CompareOptions()).with_overrides(**overrides)
     return _compare(torch_module, ms_cell, inputs, targets, o, [None])[0]
-
-
-#: MindSpore's execution modes, as :func:`compare_in_modes` takes them
-MS_MODES = ("graph", "pynative")
 
 
 def compare_in_modes(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray] = None,

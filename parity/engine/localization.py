@@ -39,8 +39,9 @@ from .tolerance import JITTER, ROUNDING_JITTER, Floor, compare_to_floor, jitter_
 from .weight_map import NameMatch, module_pairs
 
 MODES = ("accumulated", "single-step")
-#: the MindSpore modes the port can run in (see the module docstring)
-MS_MODES = ("pynative", "graph")
+#: MindSpore's execution modes, the port's run in either (see the module docstring); also what
+#: :func:`~parity.engine.comparison.compare_in_modes` takes
+MS_MODES = ("graph", "pynative")
 #: clean layers listed before the first failing one (all are counted)
 CLEAN_SHOWN = 3
 #: unpaired / one-sided layers listed in the report (all are counted)
