@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))
-    write_json(args.json, result)
+    write_json(args.json, {k: v for k, v in result.items() if k != "predictions"})
     return 0
 
 

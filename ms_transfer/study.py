@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,10 @@ from tqdm import tqdm
 
 from .core import naming
 from .core.arrays import MNIST_CLASSES as SOURCE_CLASSES, SOURCES  # every array source has 10 classes
+from .core.archs import task_of
 from .core.checkpoint_io import read_weights
+from .core.data import SplitScan
+from .core.tasks import SUM_CLASSES, VAL_PAIR_SEED, is_pair_task, pair_split
 from .core.config import ConfigError, TrainConfig, config_path, load_yaml
 from .core.convert import convert_weights, into_arch
 from .core.init import save_init
@@ -49,6 +53,10 @@ FRAMEWORKS = {"mindspore": "ms_transfer.train", "torch": "torch_reference.train"
 #: the checkpoint each framework's runs write
 CKPT = {"mindspore": "best.ckpt", "torch": "best.pth"}
 INITS = ("scratch", "transfer")
+#: a regime sweeps at most this many learning rates
+MAX_SWEEP = 3
+#: the sweep's defaults: the study's first seed and framework, its smallest and largest fraction
+SWEEP_DEFAULTS = {"seed": None, "fractions": None, "framework": None}
 
 
 class StudyError(RuntimeError):
@@ -67,6 +75,10 @@ class StudyConfig:
     frameworks: List[str] = field(default_factory=lambda: list(FRAMEWORKS))
     pretrain_framework: str = "torch"
     epochs: Optional[int] = None                # overrides the base config's epochs
+    train: Dict[str, Any] = field(default_factory=dict)   # training keys of every cell, over the base config's
+    #: where a regime's list of learning rates (``lr: [a, b, c]``) is swept: one seed, two data fractions, one
+    #: framework; the winner (see :meth:`Study.chosen_lr`) trains every cell of that regime
+    sweep: Dict[str, Any] = field(default_factory=dict)
     output_dir: str = "runs/study"
 
     @classmethod
@@ -86,12 +98,23 @@ class StudyConfig:
         if bad:
             raise ConfigError(f"{path}: unknown framework(s) {bad}; use {', '.join(FRAMEWORKS)}")
         fields = set(TrainConfig.__dataclass_fields__)
+        unknown = sorted(set(cfg.train) - fields)
+        if unknown:
+            raise ConfigError(f"{path}: train: unknown training key(s) {unknown}")
         for name, regime in cfg.regimes.items():
             if regime.get("init") not in INITS:
                 raise ConfigError(f"{path}: regime {name!r} needs init: scratch or init: transfer")
             unknown = sorted(set(regime) - fields - {"init"})
             if unknown:
                 raise ConfigError(f"{path}: regime {name!r} sets unknown training key(s) {unknown}")
+        for name, regime in cfg.regimes.items():
+            lrs = regime.get("lr")
+            if isinstance(lrs, list) and not (1 <= len(lrs) <= MAX_SWEEP and all(float(v) > 0 for v in lrs)):
+                raise ConfigError(f"{path}: regime {name!r}: a swept lr is a list of 1 to {MAX_SWEEP} positive "
+                                  f"values, got {lrs}")
+        unknown = sorted(set(cfg.sweep) - set(SWEEP_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"{path}: sweep: unknown key(s) {unknown}; known: {sorted(SWEEP_DEFAULTS)}")
         if not all(0 < f <= 1 for f in cfg.fractions):
             raise ConfigError(f"{path}: fractions must be in (0, 1], got {cfg.fractions}")
         return cfg
@@ -112,10 +135,11 @@ class Cell:
 class Study:
     """Runs the cells of a :class:`StudyConfig` under ``output_dir`` and tabulates them."""
 
-    def __init__(self, cfg: StudyConfig, out: Optional[Path] = None, python: str = sys.executable) -> None:
-        self.cfg, self.python = cfg, python
+    def __init__(self, cfg: StudyConfig, out: Optional[Path] = None, python: str = sys.executable,
+                 command: Optional[str] = None) -> None:
+        self.cfg, self.python, self.command = cfg, python, command
         self.out = Path(out or cfg.output_dir)
-        self.base = load_yaml(config_path(Path(cfg.base)))
+        self.base = {**load_yaml(config_path(Path(cfg.base))), **cfg.train}
         self.train_cfg = TrainConfig(**self.base).validate(source=cfg.base)
         if self.train_cfg.dataset not in SOURCES:
             raise ConfigError(f"{cfg.base}: a study needs an array dataset (dataset: {', '.join(SOURCES)}): its cells "
@@ -152,29 +176,87 @@ class Study:
             self._run(self.cfg.pretrain_framework, config, run_dir, f"pretraining ({self.cfg.pretrain})")
         return ckpt
 
-    def init_file(self, init: str, seed: int) -> Path:
-        """The numpy-drawn start of every cell of ``seed`` (``transfer``: with the pretrained trunk)."""
-        path = self.out / "init" / f"{init}-seed{seed}.safetensors"
+    def init_file(self, init: str, seed: int, arch: Optional[str] = None) -> Path:
+        """The numpy-drawn start of every cell of ``seed`` (``transfer``: with the pretrained trunk) whose network
+        is ``arch`` (default: the base config's; a regime may set another, e.g. a different head)."""
+        arch = arch or self.train_cfg.arch
+        variant = "" if arch == self.train_cfg.arch else f"{arch}-"
+        path = self.out / "init" / f"{variant}{init}-seed{seed}.safetensors"
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        arch = self.train_cfg.arch
         overrides = transfer_trunk(self.pretrained(), arch) if init == "transfer" else None
         classes = self.train_cfg.dataset_classes or SOURCE_CLASSES
         return save_init(path, arch, len(classes), seed, overrides)
+
+    def cell_config(self, cell: Cell, lr: Optional[float] = None) -> Dict[str, Any]:
+        """The training config of ``cell`` (with ``lr``: a sweep cell's)."""
+        regime = dict(self.cfg.regimes[cell.regime])
+        init = regime.pop("init")
+        if isinstance(regime.get("lr"), list):
+            regime["lr"] = lr if lr is not None else self.chosen_lr(cell.regime)
+        config = {**self.base, **regime, "pretrained": str(self.init_file(init, cell.seed, regime.get("arch"))),
+                  "pretrained_url": None,
+                  "pretrained_exclude": [], "data_fraction": cell.fraction, "seed": cell.seed}
+        if self.cfg.epochs:
+            config["epochs"] = self.cfg.epochs
+        return config
 
     def run_cell(self, cell: Cell) -> Path:
         run_dir = self.out / "cells" / cell.key
         if (run_dir / "test.json").exists():
             return run_dir
-        regime = dict(self.cfg.regimes[cell.regime])
-        init = regime.pop("init")
-        config = {**self.base, **regime, "pretrained": str(self.init_file(init, cell.seed)), "pretrained_url": None,
-                  "pretrained_exclude": [], "data_fraction": cell.fraction, "seed": cell.seed}
-        if self.cfg.epochs:
-            config["epochs"] = self.cfg.epochs
+        config = self.cell_config(cell)
+        swept = self.sweep_dir(cell, config["lr"])
+        if swept is not None and (swept / "test.json").exists():   # the sweep ran this very cell: reuse it
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            shutil.copytree(swept, run_dir)
+            return run_dir
         self._run(cell.framework, config, run_dir, f"cell {cell.key}")
         return run_dir
+
+    # --- the learning-rate sweep ---------------------------------------------------------------------------
+    def sweep_plan(self) -> Dict[str, Any]:
+        """Seed, the two fractions and the framework of the sweep (``sweep`` in the study config, else the
+        first seed, the smallest and largest fraction and the first framework)."""
+        c, s = self.cfg, self.cfg.sweep
+        return {"seed": s.get("seed", c.seeds[0]) if s.get("seed") is not None else c.seeds[0],
+                "fractions": sorted(s.get("fractions") or {min(c.fractions), max(c.fractions)}),
+                "framework": s.get("framework") or c.frameworks[0]}
+
+    def swept_regimes(self) -> List[str]:
+        return [r for r, regime in self.cfg.regimes.items() if isinstance(regime.get("lr"), list)]
+
+    def sweep_dir(self, cell: Cell, lr: float) -> Optional[Path]:
+        """The sweep run that trained ``cell`` with ``lr`` (``None`` when the sweep has no such cell)."""
+        plan = self.sweep_plan()
+        if (cell.regime not in self.swept_regimes() or cell.framework != plan["framework"]
+                or cell.seed != plan["seed"] or cell.fraction not in plan["fractions"]):
+            return None
+        return self.out / "sweep" / cell.regime / f"lr{lr:g}" / f"f{cell.fraction:g}-s{cell.seed}"
+
+    def sweep(self, regime: str) -> Dict[str, Any]:
+        """Run (or reuse) the sweep cells of ``regime`` and return every learning rate's best validation accuracy
+        per fraction and the chosen one."""
+        plan, lrs = self.sweep_plan(), [float(v) for v in self.cfg.regimes[regime]["lr"]]
+        best: Dict[str, Dict[str, float]] = {}
+        for lr in lrs:
+            for fraction in plan["fractions"]:
+                cell = Cell(plan["framework"], regime, fraction, plan["seed"])
+                run_dir = self.sweep_dir(cell, lr)
+                if not (run_dir / "test.json").exists():
+                    logger.info(f"Sweeping {regime}: lr {lr:g} at {percent(fraction)} ({plan['framework']}, seed "
+                                f"{plan['seed']})")
+                    self._run(cell.framework, self.cell_config(cell, lr), run_dir, f"sweep cell {run_dir}")
+                rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+                best.setdefault(f"{lr:g}", {})[f"{fraction:g}"] = max(r["val_acc"] for r in rows)
+        return {**plan, "lrs": lrs, "best_val_acc": best, "chosen": choose_lr(best, plan["fractions"])}
+
+    def chosen_lr(self, regime: str) -> float:
+        if regime not in getattr(self, "_chosen", {}):
+            self._chosen = {**getattr(self, "_chosen", {}), regime: self.sweep(regime)["chosen"]}
+        return self._chosen[regime]
 
     def run(self) -> Dict:
         """Run every pending cell (progress bar), then write and return the results."""
@@ -184,6 +266,9 @@ class Study:
         pending = [c for c in cells if not (self.out / "cells" / c.key / "test.json").exists()]
         logger.info(f"Study {self.out}: {len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run")
         start = time.perf_counter()
+        for regime in self.swept_regimes():
+            lr = self.chosen_lr(regime)
+            logger.info(f"{regime}: learning rate {lr:g} (of {self.cfg.regimes[regime]['lr']}, on validation accuracy)")
         bar = tqdm(pending, unit="cell", disable=None if logger.isEnabledFor(logging.INFO) else True)
         for cell in bar:
             bar.set_postfix_str(cell.key)
@@ -219,7 +304,25 @@ class Study:
             curves = g.pop("val_curves")   # early stopping ends cells at different epochs: mean over those still running
             g["val_mean_per_epoch"] = [float(np.mean([c[e] for c in curves if len(c) > e]))
                                        for e in range(max(map(len, curves)))]
-        return {"study": asdict(self.cfg), "cells": cells, "groups": groups, "agreement": agreement(groups)}
+        sweeps = {r: self.sweep(r) for r in self.swept_regimes()}
+        return {"study": asdict(self.cfg), "provenance": provenance(self.command), "sweeps": sweeps,
+                "recogniser_sum_acc": self.recogniser_baseline(), "cells": cells, "groups": groups,
+                "agreement": agreement(groups)}
+
+    def recogniser_baseline(self) -> Optional[float]:
+        """For a digit-adder study: the share of the test pairs whose sum the pretrained recogniser gets right by
+        adding its two predictions (the pairs every cell is tested on); ``None`` for other studies or without
+        the pretraining run's test predictions."""
+        test = self.out / "pretrain" / "test.json"
+        if not is_pair_task(task_of(self.train_cfg.arch)) or not test.exists():
+            return None
+        row = json.loads(test.read_text())
+        if "test_predictions" not in row:
+            return None
+        labels = test_labels(self.base)
+        scan = SplitScan(self.out, "test", SUM_CLASSES, list(zip(row["test_predictions"], labels)), [])
+        pairs = pair_split(scan, VAL_PAIR_SEED)    # as the cells' test pairs: ((pred_a, pred_b), true sum)
+        return float(np.mean([a + b == total for (a, b), total in pairs.samples]))
 
     def write(self, results: Dict) -> None:
         (self.out / "results.json").write_text(json.dumps(results, indent=1))
@@ -230,6 +333,45 @@ class Study:
         summary = headline(results)
         if summary:
             print(summary)
+
+
+def test_labels(base: Dict[str, Any]) -> List[int]:
+    """The labels of the base config's test split, in the order a run evaluates it."""
+    from .core.data import scan_split
+    from .core.recipe import prepare_data
+
+    root = prepare_data(TrainConfig(**{**base, "pretrained": None}).validate())
+    samples, _, _ = scan_split(root, "test")
+    return [label for _, label in samples]
+
+
+def choose_lr(best: Dict[str, Dict[str, float]], fractions: Sequence[float]) -> float:
+    """The learning rate with the highest best-epoch validation accuracy at the smaller sweep fraction, then at the
+    larger, then the smaller rate (the same rule for every regime; validation data only)."""
+    order = sorted(fractions)
+    return min((float(lr) for lr in best),
+               key=lambda lr: tuple(-best[f"{lr:g}"][f"{f:g}"] for f in order) + (lr,))
+
+
+def provenance(command: Optional[str] = None) -> Dict[str, Any]:
+    """What produced a study's numbers: the command line, the frameworks' versions and the CPU."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("mindspore", "torch", "torchvision", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+    return {"command": command, "versions": versions, "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def transfer_trunk(ckpt: Path, arch: str) -> Dict[str, np.ndarray]:
@@ -305,6 +447,14 @@ def markdown_table(results: Dict) -> str:
             line += (f"; largest difference / spread over seeds {worst['ratio']:.2f} ({worst['regime']}, "
                      f"{percent(worst['fraction'])})")
         lines += ["", line + "."]
+    if results.get("recogniser_sum_acc") is not None:
+        lines += ["", f"The pretrained recogniser, adding its two predictions, gets {results['recogniser_sum_acc']:.3f} "
+                      "of the same test pairs right (the bar a digit adder that starts from it can aim at)."]
+    for regime, sweep in results.get("sweeps", {}).items():
+        tried = ", ".join(f"{lr} ({' / '.join(f'{v:.3f}' for v in acc.values())})"
+                          for lr, acc in sweep["best_val_acc"].items())
+        lines += ["", f"{regime}: learning rate {sweep['chosen']:g}, chosen on {sweep['framework']} seed "
+                      f"{sweep['seed']}'s best validation accuracy at {' / '.join(percent(f) for f in sweep['fractions'])}: {tried}."]
     return "\n".join(lines) + "\n"
 
 
@@ -374,7 +524,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if unknown:
                 raise ConfigError(f"unknown regime(s) {unknown}; the study has {list(cfg.regimes)}")
             cfg.regimes = {r: cfg.regimes[r] for r in args.regimes}
-        Study(cfg, args.output_dir).run()
+        command = " ".join(["python -m ms_transfer.study"] + [shlex.quote(a) for a in
+                                                             (sys.argv[1:] if argv is None else argv)])
+        Study(cfg, args.output_dir, command=command).run()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

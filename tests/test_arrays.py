@@ -175,7 +175,7 @@ def test_a_training_config_exports_train_val_test_once(tmp_path, monkeypatch):
     stratified share of train; the export is reused by the next run and both frameworks' loops read it."""
     import ms_transfer.core.recipe as recipe
     from ms_transfer.core.config import TrainConfig
-    from ms_transfer.core.data import scan_dataset, scan_split, subset_split
+    from ms_transfer.core.data import cap_split, scan_dataset, scan_split, subset_split
 
     (tmp_path / "idx").mkdir()
     _fashion_idx(tmp_path / "idx")
@@ -193,6 +193,12 @@ def test_a_training_config_exports_train_val_test_once(tmp_path, monkeypatch):
     assert len(half) == 10 * 2 and sorted(set(half.labels)) == list(range(10))
     assert half.samples == subset_split(scans["train"], 0.5, seed=1).samples
     assert half.samples != subset_split(scans["train"], 0.5, seed=2).samples
+    # val_cap train: validation keeps per class at most the training set's count (here 1 of each class's 1)
+    small = subset_split(scans["train"], 0.1, seed=1)
+    capped = cap_split(scans["val"], small, seed=1)
+    assert np.array_equal(np.bincount(capped.labels, minlength=10), np.bincount(small.labels, minlength=10))
+    assert set(capped.samples) <= set(scans["val"].samples) and capped.samples == cap_split(scans["val"], small, 1).samples
+    assert cap_split(scans["val"], scans["train"], seed=1) is scans["val"]   # nothing to drop: the split itself
 
 
 def test_a_missing_array_source_is_a_dataset_error_with_the_fix(tmp_path, monkeypatch):

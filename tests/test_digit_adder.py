@@ -8,7 +8,7 @@ import torch
 from conftest import train_digits
 
 from ms_transfer.core.data import SplitScan
-from ms_transfer.core.tasks import pair_split, sum_metrics
+from ms_transfer.core.tasks import num_outputs, pair_split, sum_metrics
 from ms_transfer.models import create_model, load_run_checkpoint
 from parity import compare_models
 from torch_reference.checkpoint import load_pretrained as torch_load_pretrained
@@ -46,10 +46,12 @@ def test_sum_metrics_round_the_prediction():
     assert m["per_class_accuracy"][3] == 1.0 and m["per_class_accuracy"][5] is None
 
 
-@pytest.mark.parametrize("arch", ["digit_adder", "digit_adder4"])
+@pytest.mark.parametrize("arch", ["digit_adder", "digit_adder4", "digit_adder_cls"])
 def test_adder_parity_with_two_inputs(arch, ms_mode):
     torch.manual_seed(0)
-    t, m = build_model(arch, 1), create_model(arch, 1)
+    outputs = num_outputs(arch, 10)
+    assert outputs == (19 if arch == "digit_adder_cls" else 1)
+    t, m = build_model(arch, outputs), create_model(arch, outputs)
     rng = np.random.RandomState(0)
     a, b = (rng.rand(4, 1, 28, 28).astype(np.float32) for _ in range(2))
     report = compare_models(t, m, [a, b])
@@ -113,6 +115,18 @@ def test_fixed_mode_trains_the_head_only_and_pretrained_mode_moves_both_branches
              for b in ("branch_a", "branch_b")]
     assert all(moved)  # both branches trained ...
     assert not np.array_equal(state["branch_a.conv1.weight"], state["branch_b.conv1.weight"])  # ... independently
+
+
+@pytest.mark.parametrize("framework", ["mindspore", "torch"])
+def test_the_19_sum_head_classifies_the_sums_of_the_same_pairs(tmp_path, framework):
+    """digit_adder_cls: the seed's pairs, a head with 19 logits trained with cross-entropy (a loss of a few nats,
+    not the squared error of a sum), tested on the 1,000 fixed test pairs with one predicted sum (0..18) each."""
+    train_digits("digit_adder_cls", tmp_path, tmp_path / "cls", framework, pretrained=str(_recogniser(tmp_path)))
+    row = json.loads(open(tmp_path / "cls" / "metrics.jsonl").readline())
+    assert 0 < row["val_loss"] < 10 and 0 <= row["val_acc"] <= 1
+    test = json.loads((tmp_path / "cls" / "test.json").read_text())
+    assert len(test["test_predictions"]) == test["num_samples"] == 1000   # one per test pair, sums 0..18
+    assert set(test["test_predictions"]) <= set(range(19))
 
 
 def test_evaluate_refuses_the_adder_and_says_where_its_results_are(tmp_path, capsys):

@@ -115,3 +115,52 @@ def test_the_demo_validates_on_no_more_labels_than_it_trains_on():
     per_class = {f: np.bincount(subset_split(train, f, seed).labels) for f in study.fractions for seed in study.seeds}
     assert all((counts >= val).all() for counts in per_class.values()), (val, per_class)
     assert per_class[min(study.fractions)].max() <= 10
+
+
+def test_the_learning_rate_is_chosen_on_validation_at_the_smaller_fraction_first():
+    from ms_transfer.study import choose_lr
+    best = {"0.001": {"0.01": 0.80, "1": 0.97}, "0.003": {"0.01": 0.85, "1": 0.96}, "0.0003": {"0.01": 0.85, "1": 0.96}}
+    assert choose_lr(best, [1.0, 0.01]) == 0.0003          # tie at 1% and at 100%: the smaller rate
+    best["0.003"]["1"] = 0.99
+    assert choose_lr(best, [0.01, 1.0]) == 0.003           # tie at 1%: the larger fraction decides
+    best["0.001"]["0.01"] = 0.90
+    assert choose_lr(best, [0.01, 1.0]) == 0.001           # the smaller fraction first
+
+
+def test_a_swept_regime_trains_every_cell_with_the_winner_and_reuses_the_sweep_cell(tmp_path, monkeypatch):
+    """The sweep runs each learning rate on the sweep seed at the smallest and largest fraction in the first
+    framework (val accuracy only); every cell then trains with the winner, and the cells the sweep already ran are
+    copied, not trained again. No training here: a fake run writes what a run writes."""
+    from ms_transfer.study import Study, StudyConfig
+
+    runs = []
+
+    def fake_run(self, framework, config, run_dir, what):
+        runs.append((framework, config["lr"], config["data_fraction"], config["seed"]))
+        run_dir.mkdir(parents=True)
+        val = 0.9 - abs(config["lr"] - 0.003) * 10   # 0.003 is best at every fraction
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"val_acc": val, "train_seconds": 1.0}) + "\n")
+        (run_dir / "test.json").write_text(json.dumps({"test_acc": val, "epoch": 1}))
+
+    monkeypatch.setattr(Study, "_run", fake_run)
+    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None: tmp_path / f"{init}-{seed}.safetensors")
+    monkeypatch.setattr(Study, "write", lambda self, results: None)
+    cfg = StudyConfig.load(_yaml(tmp_path / "s.yaml", {
+        "base": "digit_adder", "pretrain": "digits_pretrain", "fractions": [0.05, 0.5, 1.0], "seeds": [0, 1],
+        "regimes": {"scratch": {"init": "scratch", "lr": [0.001, 0.003]}}}))
+    results = Study(cfg, tmp_path / "study").run()
+    sweep = results["sweeps"]["scratch"]
+    assert sweep["chosen"] == 0.003 and sweep["fractions"] == [0.05, 1.0] and sweep["framework"] == "mindspore"
+    assert sorted(runs[:4]) == sorted(("mindspore", lr, f, 0) for lr in (0.001, 0.003) for f in (0.05, 1.0))
+    trained = runs[4:]
+    assert all(lr == 0.003 for _, lr, _, _ in trained)
+    # 2 frameworks x 3 fractions x 2 seeds = 12 cells, of which mindspore seed 0 at 5% and 100% came from the sweep
+    assert len(trained) == 10 and ("mindspore", 0.003, 0.05, 0) not in trained
+    assert len(results["cells"]) == 12
+
+
+def test_a_sweep_of_more_than_three_rates_is_refused(tmp_path, capsys):
+    bad = _yaml(tmp_path / "s.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain",
+                                      "regimes": {"scratch": {"init": "scratch", "lr": [1e-4, 3e-4, 1e-3, 3e-3]}}})
+    assert main(["--config", str(bad)]) == 2
+    assert "a swept lr is a list of 1 to 3 positive values" in capsys.readouterr().err

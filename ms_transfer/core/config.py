@@ -64,6 +64,10 @@ class TrainConfig:
                                              "split (default 0.1, a fixed seed: the same split in every run), or of a "
                                              "plain image folder DATA_DIR/<class>/<images> without train/ and val/ "
                                              "(default 0.2, drawn with `seed`, listed in the run directory)")
+    val_cap: str = _f("none", "train: validate on at most as many images of each class as the training set has (after "
+                              "data_fraction; drawn with `seed` from the validation split), so that a model chosen on "
+                              "validation accuracy never saw more labels than it trained on (the studies' small "
+                              "fractions); none: the whole validation split", ("none", "train"))
     dataset_classes: List[str] = _f([], "array datasets: keep only these classes, by name, labelled in the order "
                                         "given (e.g. mnist5k's digits 5 6 7 8 9; Fashion-MNIST's names as in its "
                                         "table); every image stays in its split; empty = every class")

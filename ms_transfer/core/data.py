@@ -446,6 +446,23 @@ def subset_split(scan: SplitScan, fraction: float, seed: int) -> SplitScan:
     return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
 
 
+def cap_split(scan: SplitScan, like: SplitScan, seed: int) -> SplitScan:
+    """At most as many samples of every class as ``like`` holds of it, drawn with ``seed``, in scan order (a
+    validation split no larger, per class, than the training set it selects for). Returns ``scan`` itself when
+    nothing is dropped."""
+    limit = np.bincount(like.labels, minlength=len(scan.classes))
+    labels = scan.labels
+    counts = np.bincount(labels, minlength=len(scan.classes))
+    if np.all(counts <= limit[: len(counts)]):
+        return scan
+    rng = np.random.RandomState(int(seed) + 1)   # not subset_split's stream: val and train draws independent
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep[rng.permutation(members)[: int(limit[c])]] = True
+    return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
+
+
 def scan_dataset(data_dir: PathLike, splits: Sequence[str] = SPLITS) -> Tuple[List[str], Dict[str, SplitScan]]:
     """Check the layout and scan (and verify) every image of ``splits`` once: ``(classes, {split: SplitScan})``.
 

@@ -39,7 +39,7 @@ def _shapes(arch: str, num_classes: int) -> List[Tuple[str, str, Tuple[int, ...]
                         (f"{name}.running_mean", "zeros", (channels,), 0),
                         (f"{name}.running_var", "ones", (channels,), 0),
                         (f"{name}.num_batches_tracked", "count", (), 0)]
-    head = spec.head_layers(num_classes) if spec else pair.head_layers(1)
+    head = spec.head_layers(num_classes) if spec else pair.head_layers(pair.outputs)
     for i, (kind, args) in enumerate(head):
         if kind == "dense":
             fan_in, fan_out = args

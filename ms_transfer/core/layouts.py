@@ -72,6 +72,8 @@ class PairSpec:
     dropout: float
     doc: str
     branches: Tuple[str, str] = ("branch_a", "branch_b")
+    #: 1: regress the sum (the seed's head, MSE); 19: logits over the sums 0..18 (cross-entropy)
+    outputs: int = 1
 
     @property
     def branch(self) -> str:
@@ -82,7 +84,8 @@ class PairSpec:
         return 2 * self.branch_spec.feature_dim()
 
     def head_layers(self, num_outputs: int = 1) -> List[Tuple[str, Tuple]]:
-        """The seed's head: Dense-ReLU-Dropout, then Dense-ReLU per further hidden width, then a linear Dense(1).
+        """The seed's head: Dense-ReLU-Dropout, then Dense-ReLU per further hidden width, then a linear
+        Dense(``num_outputs``): 1 (the sum) or 19 (the sums' logits).
 
         The seed also puts a ReLU on the output. Left out here: whenever the initial output is negative for every
         input, that ReLU passes no gradient and training never starts (measured: the 2-layer head at seed 0 gave 0

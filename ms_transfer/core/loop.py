@@ -36,7 +36,7 @@ from .backend import Backend, FastPath
 from .callbacks import Callback, CallbackList, FitState, default_callbacks
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
-from .data import SplitScan, batch_indices, shuffle_order, subset_split
+from .data import SplitScan, batch_indices, shuffle_order, cap_split, subset_split
 from .distributed import Dist, shard_epoch
 from .holdout import scan_training_data, write_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
@@ -45,7 +45,7 @@ from .metrics import classification_metrics
 from .recipe import (TrainingError, check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
                      pretrained_weights, run_summary, stage_lrs, stage_of)
 from .runlock import RunLock
-from .tasks import VAL_PAIR_SEED, num_outputs, pair_split, task_metrics
+from .tasks import VAL_PAIR_SEED, is_pair_task, num_outputs, pair_split, task_metrics
 from .weights import resolve_padding
 
 __all__ = ["fit", "run_epoch", "validate", "steps_per_epoch"]
@@ -147,11 +147,11 @@ class _Run:
     def eval_split(self, scan: SplitScan) -> SplitScan:
         """A val/test split as evaluated: for the digit adder its fixed pairs (the train pairs are redrawn every
         epoch, :meth:`train_batches`)."""
-        return pair_split(scan, VAL_PAIR_SEED) if self.task == "digit_sum" else scan
+        return pair_split(scan, VAL_PAIR_SEED) if is_pair_task(self.task) else scan
 
     def train_batches(self, epoch: int):
         seed = self.cfg.seed + epoch
-        train = pair_split(self.train, seed) if self.task == "digit_sum" else self.train
+        train = pair_split(self.train, seed) if is_pair_task(self.task) else self.train
         if not self.dist.enabled:
             return self.backend.loader(train, train=True, shuffle=True, seed=seed)
         # this rank's slice of every global batch, in the single-process order (see core.distributed)
@@ -327,7 +327,11 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist, hooks: CallbackList) ->
         train = subset_split(scans["train"], cfg.data_fraction, cfg.seed)
         if train is not scans["train"]:
             log.info(f"data_fraction {cfg.data_fraction:g}: training on {len(train)} of {len(scans['train'])} images")
-        run = _Run(cfg, backend, train, scans["val"], dist, hooks)
+        val = cap_split(scans["val"], train, cfg.seed) if cfg.val_cap == "train" else scans["val"]
+        if val is not scans["val"]:
+            log.info(f"val_cap train: validating on {len(val)} of {len(scans['val'])} images (per class at most the "
+                     "training set's count)")
+        run = _Run(cfg, backend, train, val, dist, hooks)
         history: List[Dict] = []
         best_acc, start_epoch, resumed = -1.0, 1, None
         if cfg.resume:

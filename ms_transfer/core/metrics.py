@@ -16,7 +16,8 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def classification_metrics(logits: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int) -> Dict:
     """``loss`` (mean cross-entropy), ``accuracy``, ``per_class_accuracy`` (``None`` for a class without
-    samples), ``confusion`` (rows: true, columns: predicted) and ``num_samples`` from per-batch arrays."""
+    samples), ``confusion`` (rows: true, columns: predicted), ``num_samples`` and ``predictions`` (the predicted
+    class of every sample, in order: what :class:`~.callbacks.TestEvaluation` records) from per-batch arrays."""
     if not labels:
         raise ValueError("the evaluation set is empty")
     logits_a = np.concatenate([np.asarray(z) for z in logits])
@@ -27,7 +28,8 @@ def classification_metrics(logits: Sequence[np.ndarray], labels: Sequence[np.nda
     support = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / support[i]) if support[i] else None for i in range(num_classes)]
     return {"loss": float(cross_entropy(logits_a, labels_a).mean()), "accuracy": float((preds_a == labels_a).mean()),
-            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "num_samples": int(len(labels_a))}
+            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "num_samples": int(len(labels_a)),
+            "predictions": preds_a.tolist()}
 
 
 def format_result(result: Dict) -> str:

@@ -100,7 +100,7 @@ def _seq_keys(arch: str, include_head: bool) -> List[Key]:
     elif spec is None:
         spec = pair_spec(arch)
         keys = [k for branch in spec.branches for k in _trunk_keys(spec.branch_spec, branch)]
-        layers = spec.head_layers(1)
+        layers = spec.head_layers(spec.outputs)
     else:
         keys, layers = _trunk_keys(spec, "features"), spec.head_layers(2)
     last, head = spec.classifier_index(), head_module(arch)

@@ -21,9 +21,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from .checkpoint_io import CheckpointError
 from .presets import IMAGENET_MEAN, IMAGENET_STD
 
-#: what a run learns: ``classify`` (one image -> class logits, cross-entropy) or ``digit_sum`` (a pair of digit
-#: images -> their sum, MSE)
-TASKS = ("classify", "digit_sum")
+#: what a run learns: ``classify`` (one image -> class logits, cross-entropy), ``digit_sum`` (a pair of digit
+#: images -> their sum, MSE) or ``digit_sum_class`` (a pair of digit images -> logits over the 19 sums,
+#: cross-entropy)
+TASKS = ("classify", "digit_sum", "digit_sum_class")
+#: the tasks whose samples are pairs of digit images
+PAIR_TASKS = ("digit_sum", "digit_sum_class")
 #: how tensor names follow from the layout (:mod:`ms_transfer.core.naming`): ``resnet`` renders structural roles
 #: per scheme (``bn1`` / ``norm`` / ...); ``plain`` uses module paths, where only BatchNorm tensor names differ
 NAMING_RULES = ("resnet", "plain")

@@ -1,7 +1,8 @@
-"""What a run learns, framework-neutral: ``classify`` (one image -> class logits, cross-entropy) or ``digit_sum``
-(the digit adder: a pair of digit images -> their sum, MSE regression, accuracy of the rounded sum).
+"""What a run learns, framework-neutral: ``classify`` (one image -> class logits, cross-entropy), ``digit_sum``
+(the digit adder: a pair of digit images -> their sum, MSE regression, accuracy of the rounded sum) or
+``digit_sum_class`` (the same pairs, logits over the 19 sums, cross-entropy).
 
-The task follows from the architecture (:func:`~ms_transfer.core.archs.task_of`). For ``digit_sum`` the image
+The task follows from the architecture (:func:`~ms_transfer.core.archs.task_of`). For both pair tasks the image
 folder's digits are paired *within* a split (:func:`pair_split`), so an image never meets one from another split,
 and never itself: the train pairs are redrawn every epoch (seed + epoch, as the seed's two independent samplers
 do), the val/test pairs are fixed. A pair sample is ``((path_a, path_b), label_a + label_b)``: both pipelines read
@@ -14,9 +15,10 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .archs import task_of
+from .spec import PAIR_TASKS
 from .data import SplitScan
 
-__all__ = ["task_of", "num_outputs", "pair_split", "sum_metrics", "task_metrics", "SUM_CLASSES", "VAL_PAIR_SEED"]
+__all__ = ["task_of", "is_pair_task", "num_outputs", "pair_split", "sum_metrics", "task_metrics", "SUM_CLASSES", "VAL_PAIR_SEED"]
 
 #: the sums two digits can make (plot titles, per-sum accuracy)
 SUM_CLASSES = [str(s) for s in range(19)]
@@ -31,9 +33,15 @@ def is_pair_samples(samples) -> bool:
     return bool(samples) and isinstance(samples[0][0], tuple)
 
 
+def is_pair_task(task: str) -> bool:
+    """Whether ``task``'s samples are pairs of digit images (the digit adders)."""
+    return task in PAIR_TASKS
+
+
 def num_outputs(arch: str, num_classes: int) -> int:
-    """Width of the network's output: the class count, or 1 (the sum) for ``digit_sum``."""
-    return 1 if task_of(arch) == "digit_sum" else num_classes
+    """Width of the network's output: the class count; 1 (the sum) for ``digit_sum``, 19 for ``digit_sum_class``."""
+    task = task_of(arch)
+    return {"digit_sum": 1, "digit_sum_class": len(SUM_CLASSES)}.get(task, num_classes)
 
 
 def pair_split(scan: SplitScan, seed: int) -> SplitScan:
@@ -79,4 +87,6 @@ def task_metrics(task: str, outputs: Sequence[np.ndarray], targets: Sequence[np.
 
     if task == "digit_sum":
         return sum_metrics(outputs, targets)
+    if task == "digit_sum_class":
+        return classification_metrics(outputs, targets, len(SUM_CLASSES))
     return classification_metrics(outputs, targets, num_classes)

@@ -100,13 +100,14 @@ class PairNet(nn.Cell):
         super().__init__()
         if padding != "torch":
             raise ValueError(f"{spec.name} has only torch-style (explicit) padding, got padding={padding!r}")
-        if num_classes != 1:
-            raise ValueError(f"{spec.name} regresses one number (the sum), got num_classes={num_classes}")
+        if num_classes != spec.outputs:
+            raise ValueError(f"{spec.name} has {spec.outputs} output(s) (the sum, or the 19 sums' logits), got "
+                             f"num_classes={num_classes}")
         self.arch, self.padding, self.spec = spec.name, padding, spec
-        self.num_classes, self.num_features = 1, spec.feature_dim()
+        self.num_classes, self.num_features = spec.outputs, spec.feature_dim()
         self.branch_a = build_trunk(spec.branch_spec)
         self.branch_b = build_trunk(spec.branch_spec)
-        self.fc = build_head(spec, 1)
+        self.fc = build_head(spec, spec.outputs)
         self.concat = ops.Concat(axis=1)
 
     def forward_features(self, a: Tensor, b: Tensor) -> Tensor:

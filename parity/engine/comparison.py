@@ -175,7 +175,9 @@ def _enter_mode(mode: Optional[str]) -> None:
     """MindSpore's execution mode ``mode`` (``None``: leave it as it is)."""
     if mode is not None:
         import mindspore as ms
-        ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+        from ms_transfer.mindspore_backend.context import MODES   # the one name -> MindSpore constant table
+        ms.set_context(mode=MODES[mode])
 
 
 def _with_mode(config: Any, mode: Optional[str]) -> Any:

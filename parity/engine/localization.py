@@ -125,6 +125,7 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
     checks)."""
     import mindspore as ms
 
+    from ms_transfer.mindspore_backend.context import MODES as MS_MODE_CONSTANTS   # the one name -> constant table
     if ms_mode not in MS_MODES:
         raise ValueError(f"unknown MindSpore mode {ms_mode!r} for localisation; choose from {', '.join(MS_MODES)}")
     torch_modules, ms_cells = reference.module_params(), ms_side.module_params()
@@ -133,7 +134,7 @@ def localize(reference, floors: Sequence[Tuple[object, Sequence[np.ndarray]]],
     names = list(pairs)
     unpaired = ([n for n in torch_modules if n not in pairs], [n for n in ms_cells if n not in torch_of])
     previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if ms_mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_context(mode=MS_MODE_CONSTANTS[ms_mode])
     try:
         ref = reference.trace(xs, bn_train, names)
         results = []

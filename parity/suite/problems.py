@@ -13,7 +13,7 @@ from torch_reference._torch import torch
 from ms_transfer.core.archs import input_spec, task_of
 from ms_transfer.core.checkpoint_io import WeightFile
 from ms_transfer.core.convert import convert_weights
-from ms_transfer.core.tasks import num_outputs
+from ms_transfer.core.tasks import is_pair_task, num_outputs
 from torch_reference.models import build_model, numpy_state
 
 from ..engine.bundle import generated_tensor
@@ -62,7 +62,7 @@ def make_problem(arch: str, num_classes: int, batch: int, image_size: int, seed:
     torch.manual_seed(seed)
     num_classes = num_outputs(arch, num_classes)
     channels, _ = input_spec(arch)
-    inputs = 2 if task_of(arch) == "digit_sum" else 1
+    inputs = 2 if is_pair_task(task_of(arch)) else 1
     model = build_model(arch, num_classes, padding)
     generated = _generate_weights(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)

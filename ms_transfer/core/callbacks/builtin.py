@@ -15,7 +15,7 @@ from ..data import Preprocess, SplitScan, scan_split
 from ..layout import has_splits
 from ..plots import plot_curves, plot_predictions
 from ..recipe import format_row, sample_per_class
-from ..tasks import SUM_CLASSES
+from ..tasks import SUM_CLASSES, is_pair_task
 from .base import Callback, FitState
 
 __all__ = ["ProgressBar", "MetricsWriter", "CheckpointWriter", "Plots", "EarlyStopping", "TestEvaluation"]
@@ -84,10 +84,11 @@ class Plots(Callback):
         batches, _ = run.val_batches()
         images, labels = sample_per_class(((backend.images(x), backend.labels(y)) for x, y in batches),
                                           len(classes), per_class=max(1, 8 // len(classes)))
-        if run.task == "digit_sum":
+        if is_pair_task(run.task):
             width = images.shape[3] // 2
             outputs = backend.logits((images[..., :width], images[..., width:]))
-            preds = np.clip(np.rint(outputs[:, 0]), 0, len(SUM_CLASSES) - 1).astype(np.int64)
+            preds = (np.clip(np.rint(outputs[:, 0]), 0, len(SUM_CLASSES) - 1).astype(np.int64)
+                     if run.task == "digit_sum" else outputs.argmax(axis=1))
         else:
             preds = backend.logits(images).argmax(axis=1)
         pre = Preprocess.from_config(state.cfg)
@@ -160,6 +161,8 @@ class TestEvaluation(Callback):
                "test_acc": result["accuracy"], "test_loss": result["loss"], "num_samples": result["num_samples"],
                "epochs_trained": last, "early_stopping_patience": state.cfg.early_stopping_patience,
                "train_samples": len(state.run.train)}
+        if "predictions" in result:   # per test image, in test/'s order: e.g. the digit adder study's recogniser
+            row["test_predictions"] = result["predictions"]   # baseline adds two of them
         atomic_write(state.out / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=1)))
         log.info(f"test accuracy {row['test_acc']:.4f} on {row['num_samples']} samples (the {model} model: epoch "
                  f"{epoch} of {last})")
