@@ -111,10 +111,12 @@ parity-dp: venv
 	$(PY) -m parity --arch resnet18 --train-steps 3 --world-size 2 --num-classes 10
 
 ## study-digit-adder / study-fashion: the two measured studies of docs/studies.md (both frameworks, 3 seeds; resumable)
+## (each also publishes its results.json / results.md / study.png into docs/studies/<name>/)
 study-digit-adder: venv
-	$(PY) -m ms_transfer.study --config configs/study_digit_adder.yaml
+	$(PY) -m ms_transfer.study --config configs/study_digit_adder_seed_head.yaml --publish docs/studies/digit_adder_seed_head
+	$(PY) -m ms_transfer.study --config configs/study_digit_adder.yaml --publish docs/studies/digit_adder
 study-fashion: venv
-	$(PY) -m ms_transfer.study --config configs/study_fashion_to_mnist.yaml
+	$(PY) -m ms_transfer.study --config configs/study_fashion_to_mnist.yaml --publish docs/studies/fashion_to_mnist
 
 ## train: the tutorial's wolf-vs-dog fine-tuning (downloads the Canidae data and the pretrained ResNet50)
 train: venv

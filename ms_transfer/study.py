@@ -319,7 +319,7 @@ class Study:
         row = json.loads(test.read_text())
         if "test_predictions" not in row:
             return None
-        labels = test_labels(self.base)
+        labels = split_labels(self.base)
         scan = SplitScan(self.out, "test", SUM_CLASSES, list(zip(row["test_predictions"], labels)), [])
         pairs = pair_split(scan, VAL_PAIR_SEED)    # as the cells' test pairs: ((pred_a, pred_b), true sum)
         return float(np.mean([a + b == total for (a, b), total in pairs.samples]))
@@ -335,13 +335,21 @@ class Study:
             print(summary)
 
 
-def test_labels(base: Dict[str, Any]) -> List[int]:
-    """The labels of the base config's test split, in the order a run evaluates it."""
+def publish(out: Path, target: Path) -> None:
+    """Copy a study's results (``results.json``, ``results.md``, ``study.png``) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md", "study.png"):
+        shutil.copy2(out / name, target / name)
+    print(f"Published to {target}")
+
+
+def split_labels(base: Dict[str, Any], split: str = "test") -> List[int]:
+    """The labels of the base config's ``split``, in the order a run evaluates it."""
     from .core.data import scan_split
     from .core.recipe import prepare_data
 
     root = prepare_data(TrainConfig(**{**base, "pretrained": None}).validate())
-    samples, _, _ = scan_split(root, "test")
+    samples, _, _ = scan_split(root, split)
     return [label for _, label in samples]
 
 
@@ -507,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORKS), help="override the frameworks")
     p.add_argument("--regimes", nargs="+", help="run only these regimes")
     p.add_argument("--epochs", type=int, help="override the epochs of every cell")
+    p.add_argument("--publish", type=Path, metavar="DIR", help="also copy results.json, results.md and study.png "
+                   "into DIR (e.g. docs/studies/fashion_to_mnist: what the docs show)")
     return p
 
 
@@ -526,7 +536,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cfg.regimes = {r: cfg.regimes[r] for r in args.regimes}
         command = " ".join(["python -m ms_transfer.study"] + [shlex.quote(a) for a in
                                                              (sys.argv[1:] if argv is None else argv)])
-        Study(cfg, args.output_dir, command=command).run()
+        study = Study(cfg, args.output_dir, command=command)
+        study.run()
+        if args.publish:
+            publish(study.out, args.publish)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

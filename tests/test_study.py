@@ -164,3 +164,23 @@ def test_a_sweep_of_more_than_three_rates_is_refused(tmp_path, capsys):
                                       "regimes": {"scratch": {"init": "scratch", "lr": [1e-4, 3e-4, 1e-3, 3e-3]}}})
     assert main(["--config", str(bad)]) == 2
     assert "a swept lr is a list of 1 to 3 positive values" in capsys.readouterr().err
+
+
+def test_the_adder_study_measures_the_recogniser_on_the_cells_test_pairs(tmp_path):
+    """The bar printed beside the digit adder's table: the pretrained recogniser's two test predictions added,
+    on the fixed test pairs every cell is tested on. Right predictions give 1; one wrong image spoils the two
+    pairs it is in (once as the first digit, once as a partner)."""
+    from ms_transfer.study import Study, StudyConfig, split_labels
+
+    study = Study(StudyConfig(base="digit_adder", pretrain="digits_pretrain", regimes={"scratch": {"init": "scratch"}},
+                              output_dir=str(tmp_path)))
+    assert study.recogniser_baseline() is None            # no pretraining run yet
+    labels = split_labels(study.base)
+    (tmp_path / "pretrain").mkdir()
+    test = tmp_path / "pretrain" / "test.json"
+    test.write_text(json.dumps({"test_predictions": labels}))
+    assert study.recogniser_baseline() == 1.0
+    wrong = list(labels)
+    wrong[0] = (wrong[0] + 1) % 10
+    test.write_text(json.dumps({"test_predictions": wrong}))
+    assert study.recogniser_baseline() == pytest.approx(1 - 2 / len(labels))
