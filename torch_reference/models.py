@@ -152,11 +152,12 @@ class PairNet(torch.nn.Module):
 
     def __init__(self, spec: PairSpec, num_classes: int = 1) -> None:
         super().__init__()
-        if num_classes != 1:
-            raise ValueError(f"{spec.name} regresses one number (the sum), got num_classes={num_classes}")
-        self.arch, self.num_classes, self.num_features = spec.name, 1, spec.feature_dim()
+        if num_classes != spec.outputs:
+            raise ValueError(f"{spec.name} has {spec.outputs} output(s) (the sum, or the 19 sums' logits), got "
+                             f"num_classes={num_classes}")
+        self.arch, self.num_classes, self.num_features = spec.name, spec.outputs, spec.feature_dim()
         self.branch_a, self.branch_b = _trunk(spec.branch_spec), _trunk(spec.branch_spec)
-        self.fc = _head(spec.head_layers(1))
+        self.fc = _head(spec.head_layers(spec.outputs))
 
     def forward_features(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.branch_a(a), self.branch_b(b)), dim=1)
