@@ -117,14 +117,14 @@ def test_the_demo_validates_on_no_more_labels_than_it_trains_on():
     assert per_class[min(study.fractions)].max() <= 10
 
 
-def test_the_learning_rate_is_chosen_on_validation_at_the_smaller_fraction_first():
+def test_the_learning_rate_is_chosen_on_mean_validation_accuracy_over_both_fractions():
     from ms_transfer.study import choose_lr
     best = {"0.001": {"0.01": 0.80, "1": 0.97}, "0.003": {"0.01": 0.85, "1": 0.96}, "0.0003": {"0.01": 0.85, "1": 0.96}}
-    assert choose_lr(best, [1.0, 0.01]) == 0.0003          # tie at 1% and at 100%: the smaller rate
+    assert choose_lr(best, [1.0, 0.01]) == 0.0003          # the same mean: the smaller rate
     best["0.003"]["1"] = 0.99
-    assert choose_lr(best, [0.01, 1.0]) == 0.003           # tie at 1%: the larger fraction decides
-    best["0.001"]["0.01"] = 0.90
-    assert choose_lr(best, [0.01, 1.0]) == 0.001           # the smaller fraction first
+    assert choose_lr(best, [0.01, 1.0]) == 0.003           # the best mean
+    best = {"0.001": {"0.01": 0.075, "1": 0.762}, "0.003": {"0.01": 0.100, "1": 0.562}}
+    assert choose_lr(best, [0.01, 1.0]) == 0.001           # one image at 1% does not outweigh 100%
 
 
 def test_a_swept_regime_trains_every_cell_with_the_winner_and_reuses_the_sweep_cell(tmp_path, monkeypatch):
