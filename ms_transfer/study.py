@@ -44,6 +44,7 @@ from .core.convert import convert_weights, into_arch
 from .core.init import save_init
 from .core.flags import plain
 from .core.log import parse_args
+from .core.runlock import RunDirInUse, RunLock
 # the cells' checkpoints of both frameworks are read here (neither module loads its framework)
 from .mindspore_backend import ckpt_format  # noqa: F401
 from torch_reference import pth_format  # noqa: F401
@@ -259,7 +260,13 @@ class Study:
         return self._chosen[regime]
 
     def run(self) -> Dict:
-        """Run every pending cell (progress bar), then write and return the results."""
+        """Run every pending cell (progress bar), then write and return the results. One study process per output
+        directory (a second one would start the first one's running cell over): :class:`RunDirInUse` names the
+        holder."""
+        with RunLock(self.out, "study"):
+            return self._run_cells()
+
+    def _run_cells(self) -> Dict:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "study.yaml").write_text(yaml.safe_dump(asdict(self.cfg), sort_keys=False))
         cells = self.cells()
@@ -544,7 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except StudyError as exc:
+    except (StudyError, RunDirInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -184,3 +184,19 @@ def test_the_adder_study_measures_the_recogniser_on_the_cells_test_pairs(tmp_pat
     wrong[0] = (wrong[0] + 1) % 10
     test.write_text(json.dumps({"test_predictions": wrong}))
     assert study.recogniser_baseline() == pytest.approx(1 - 2 / len(labels))
+
+
+def test_a_second_study_process_on_the_same_directory_is_refused(tmp_path, monkeypatch, capsys):
+    """Two study processes on one output directory would each start the other's running cell over (its run
+    directory is replaced): the second is refused, naming the first, and touches nothing."""
+    from ms_transfer.core.runlock import RunLock
+    from ms_transfer.study import Study
+
+    monkeypatch.setattr(Study, "_run", lambda *a, **k: pytest.fail("a refused study must not train"))
+    config = _yaml(tmp_path / "s.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain", "seeds": [0],
+                                         "fractions": [0.05], "regimes": {"scratch": {"init": "scratch"}},
+                                         "output_dir": str(tmp_path / "study")})
+    with RunLock(tmp_path / "study", "study"):
+        assert main(["--config", str(config)]) == 1
+    assert "is in use by pid" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [".run.lock"]
