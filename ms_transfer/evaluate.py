@@ -27,8 +27,8 @@ __all__ = ["evaluate_net", "evaluate_checkpoint", "cross_entropy", "format_resul
 def evaluate_net(net: nn.Cell, dataset, num_classes: Optional[int] = None) -> Dict:
     """Eval-mode pass over ``dataset`` (batches of ``(image, label)``), the loop's own
     :func:`~ms_transfer.core.loop.validate`: ``loss`` (mean cross-entropy), ``accuracy``, ``per_class_accuracy``
-    (``None`` for a class without samples), ``confusion`` (rows: true, columns: predicted), ``num_samples`` and
-    ``seconds``. The net is left in eval mode."""
+    (``None`` for a class without samples), ``confusion`` (rows: true, columns: predicted), ``num_samples``,
+    ``predictions`` (per image, in the dataset's order) and ``seconds``. The net is left in eval mode."""
     return validate(MindSporeBackend().adopt(net), dataset.create_tuple_iterator(num_epochs=1),
                     num_classes or int(net.num_classes))
 
@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))
-    write_json(args.json, {k: v for k, v in result.items() if k != "predictions"})
+    write_json(args.json, result)
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -108,7 +109,6 @@ class StudyConfig:
             unknown = sorted(set(regime) - fields - {"init"})
             if unknown:
                 raise ConfigError(f"{path}: regime {name!r} sets unknown training key(s) {unknown}")
-        for name, regime in cfg.regimes.items():
             lrs = regime.get("lr")
             if isinstance(lrs, list) and not (1 <= len(lrs) <= MAX_SWEEP and all(float(v) > 0 for v in lrs)):
                 raise ConfigError(f"{path}: regime {name!r}: a swept lr is a list of 1 to {MAX_SWEEP} positive "
@@ -139,6 +139,7 @@ class Study:
     def __init__(self, cfg: StudyConfig, out: Optional[Path] = None, python: str = sys.executable,
                  command: Optional[str] = None) -> None:
         self.cfg, self.python, self.command = cfg, python, command
+        self._sweeps: Dict[str, Dict[str, Any]] = {}   # regime -> :meth:`sweep`'s result, computed once
         self.out = Path(out or cfg.output_dir)
         self.base = {**load_yaml(config_path(Path(cfg.base))), **cfg.train}
         self.train_cfg = TrainConfig(**self.base).validate(source=cfg.base)
@@ -222,7 +223,7 @@ class Study:
         """Seed, the two fractions and the framework of the sweep (``sweep`` in the study config, else the
         first seed, the smallest and largest fraction and the first framework)."""
         c, s = self.cfg, self.cfg.sweep
-        return {"seed": s.get("seed", c.seeds[0]) if s.get("seed") is not None else c.seeds[0],
+        return {"seed": s["seed"] if s.get("seed") is not None else c.seeds[0],
                 "fractions": sorted(s.get("fractions") or {min(c.fractions), max(c.fractions)}),
                 "framework": s.get("framework") or c.frameworks[0]}
 
@@ -254,10 +255,14 @@ class Study:
                 best.setdefault(f"{lr:g}", {})[f"{fraction:g}"] = max(r["val_acc"] for r in rows)
         return {**plan, "lrs": lrs, "best_val_acc": best, "chosen": choose_lr(best, plan["fractions"])}
 
+    def swept(self, regime: str) -> Dict[str, Any]:
+        """:meth:`sweep`'s result for ``regime``, run once per study process."""
+        if regime not in self._sweeps:
+            self._sweeps[regime] = self.sweep(regime)
+        return self._sweeps[regime]
+
     def chosen_lr(self, regime: str) -> float:
-        if regime not in getattr(self, "_chosen", {}):
-            self._chosen = {**getattr(self, "_chosen", {}), regime: self.sweep(regime)["chosen"]}
-        return self._chosen[regime]
+        return self.swept(regime)["chosen"]
 
     def run(self) -> Dict:
         """Run every pending cell (progress bar), then write and return the results. One study process per output
@@ -311,7 +316,7 @@ class Study:
             curves = g.pop("val_curves")   # early stopping ends cells at different epochs: mean over those still running
             g["val_mean_per_epoch"] = [float(np.mean([c[e] for c in curves if len(c) > e]))
                                        for e in range(max(map(len, curves)))]
-        sweeps = {r: self.sweep(r) for r in self.swept_regimes()}
+        sweeps = {r: self.swept(r) for r in self.swept_regimes()}
         return {"study": asdict(self.cfg), "provenance": provenance(self.command), "sweeps": sweeps,
                 "recogniser_sum_acc": self.recogniser_baseline(), "cells": cells, "groups": groups,
                 "agreement": agreement(groups)}
@@ -385,7 +390,6 @@ def provenance(command: Optional[str] = None) -> Dict[str, Any]:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import os
     return {"command": command, "versions": versions, "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version()}
 

@@ -48,7 +48,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -432,18 +432,22 @@ class SplitScan:
         return len(self.samples)
 
 
+def _draw_per_class(scan: SplitScan, take: Callable[[int, int], int], rng: np.random.RandomState) -> SplitScan:
+    """``take(c, n_c)`` samples of every class ``c`` (of ``n_c``), drawn with ``rng``, kept in scan order."""
+    labels = scan.labels
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep[rng.permutation(members)[: take(int(c), members.size)]] = True
+    return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
+
+
 def subset_split(scan: SplitScan, fraction: float, seed: int) -> SplitScan:
     """``round(fraction * n_c)`` samples (at least one) of every class ``c``, drawn with ``seed``, in scan order:
     the data-fraction axis of the transfer-vs-scratch study. ``fraction`` 1 returns ``scan`` itself."""
     if fraction >= 1.0:
         return scan
-    rng = np.random.RandomState(int(seed))
-    labels = scan.labels
-    keep = np.zeros(len(labels), bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        keep[rng.permutation(members)[: max(1, int(round(fraction * members.size)))]] = True
-    return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
+    return _draw_per_class(scan, lambda c, n: max(1, int(round(fraction * n))), np.random.RandomState(int(seed)))
 
 
 def cap_split(scan: SplitScan, like: SplitScan, seed: int) -> SplitScan:
@@ -451,16 +455,10 @@ def cap_split(scan: SplitScan, like: SplitScan, seed: int) -> SplitScan:
     validation split no larger, per class, than the training set it selects for). Returns ``scan`` itself when
     nothing is dropped."""
     limit = np.bincount(like.labels, minlength=len(scan.classes))
-    labels = scan.labels
-    counts = np.bincount(labels, minlength=len(scan.classes))
-    if np.all(counts <= limit[: len(counts)]):
+    if np.all(np.bincount(scan.labels, minlength=len(scan.classes)) <= limit):
         return scan
-    rng = np.random.RandomState(int(seed) + 1)   # not subset_split's stream: val and train draws independent
-    keep = np.zeros(len(labels), bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        keep[rng.permutation(members)[: int(limit[c])]] = True
-    return SplitScan(scan.root, scan.split, scan.classes, [s for s, k in zip(scan.samples, keep) if k], scan.skipped)
+    # seed + 1: not subset_split's stream, so the validation and training draws are independent
+    return _draw_per_class(scan, lambda c, n: int(limit[c]), np.random.RandomState(int(seed) + 1))
 
 
 def scan_dataset(data_dir: PathLike, splits: Sequence[str] = SPLITS) -> Tuple[List[str], Dict[str, SplitScan]]:
