@@ -22,6 +22,18 @@ def test_quick_run_reports_every_engine_and_workload(tmp_path, capsys):
     assert "vs torch" in text and text.strip() == format_report(report).strip()
 
 
+def test_conversion_extra_runs_in_a_fresh_process():
+    """The extras' conversion timing converts a torchvision .pth in a process that imported nothing else of the
+    project (it needs the .pth reader registered: ``bench --quick`` failed there while this test suite, which
+    imports it elsewhere, passed)."""
+    import subprocess
+    import sys
+    code = "from ms_transfer.bench import time_conversion; print(time_conversion())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) > 0
+
+
 def test_machine_info_and_compute_limit():
     info = machine_info()
     assert info["cores"] >= 1 and info["cpu"]
