@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -297,7 +297,7 @@ class Comparison:
     xs: List[np.ndarray]
     loss: str
     loss_args: List[np.ndarray]
-    step_grads: List[Dict[str, np.ndarray]]
+    step_grads: "SyntheticGrads"
     runners: Dict[str, Callable]
     #: the forward checks' samples, jittered by OUTPUT_JITTER (see parity/engine/tolerance.py)
     output_samples: List[Tuple[Any, List[np.ndarray]]] = field(default_factory=list)
@@ -433,18 +433,38 @@ def masked_runner(check: str, loss_args: Sequence[np.ndarray], masks: Mapping[st
     return lambda side, xs: {label: side.grads(xs, loss_args, bn_train=check == "grads_train_bn", masks=masks)}
 
 
-def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> List[Dict[str, np.ndarray]]:
-    """Seeded gradients (0.1 x each parameter's RMS) fed identically to both optimizers.
+class SyntheticGrads:
+    """Seeded gradients (0.1 x each parameter's RMS) fed identically to both optimizers, ``steps`` of them.
 
     The optimizer is checked on shared gradients so that its update rule (learning rate, momentum convention,
     which tensors get weight decay) is compared at float32 rounding precision, instead of drowning in the ~2%
     train-mode gradient noise; the gradients themselves have their own checks. Plain numpy, in ``params``' order,
     so a reference bundle regenerates them without storing them.
+
+    Drawn again on every pass over the steps (iteration yields one step's ``{name: gradient}`` at a time, the same
+    numbers on every pass) rather than stored: a VGG16's three steps are 1.5 GiB of float32 that a comparison held
+    from its set-up to its end, most of its set-up's memory beside the models (issue 22).
     """
-    rng = np.random.RandomState(seed + 3)
-    rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
-    return [{k: (0.1 * rms[k] * rng.standard_normal(np.shape(v))).astype(np.float32) for k, v in params.items()}
-            for _ in range(steps)]
+
+    def __init__(self, params: Mapping[str, np.ndarray], steps: int, seed: int) -> None:
+        self.names = list(params)
+        self.shapes = {k: np.shape(v) for k, v in params.items()}
+        self.rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
+        self.steps, self.seed = steps, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+        rng = np.random.RandomState(self.seed + 3)
+        for _ in range(self.steps):
+            yield {k: (0.1 * self.rms[k] * rng.standard_normal(self.shapes[k])).astype(np.float32)
+                   for k in self.names}
+
+
+def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> SyntheticGrads:
+    """The optimizer check's gradients (:class:`SyntheticGrads`)."""
+    return SyntheticGrads(params, steps, seed)
 
 
 #: rows of the forward checks (localisation follows the forward)
@@ -453,7 +473,7 @@ FORWARD_ROWS = LABELS["eval_logits"] + LABELS["train_forward"]
 OUTPUT_ROWS = ("eval outputs", "train outputs")
 
 
-def make_runners(loss_args: Sequence[np.ndarray], step_grads: Sequence[Mapping[str, np.ndarray]], lr: float,
+def make_runners(loss_args: Sequence[np.ndarray], step_grads: "SyntheticGrads", lr: float,
                  momentum: float, weight_decay: float) -> Dict[str, Callable]:
     """check group -> ``run(side, inputs) -> {row label: arrays}``, the same for every engine (either side)."""
     def train_forward(side, xs):

@@ -134,16 +134,19 @@ class MindSporeSide:
         _, grads = self.grad_net(*self._args(inputs, loss_args))
         return self._torch_names({p.name: g.asnumpy() for p, g in zip(self.net.trainable_params(), grads)})
 
-    def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
-                        weight_decay: float) -> Arrays:
-        """The same steps with MindSpore's momentum SGD set up as torch's (:func:`momentum_sgd`)."""
+    def optimizer_steps(self, grads, lr: float, momentum: float, weight_decay: float) -> Arrays:
+        """The same steps with MindSpore's momentum SGD set up as torch's (:func:`momentum_sgd`); ``grads`` as
+        :meth:`parity.engine.torch_side.TorchSide.optimizer_steps` takes them."""
         self.reset()
         params = self.net.trainable_params()
         before = {p.name: p.asnumpy().copy() for p in params}
         opt = momentum_sgd(params, lr, momentum, weight_decay)
         for step_grads in grads:
             opt(tuple(self.tensor(step_grads[self.ms_to_torch[p.name]]) for p in params))
-        return self._torch_names({p.name: p.asnumpy() - before[p.name] for p in params})
+        del opt
+        # after - before into the copy taken before (the same float operation, no further copy of the weights)
+        return self._torch_names({p.name: np.subtract(p.asnumpy(), before[p.name], out=before[p.name])
+                                  for p in params})
 
     # --- localisation (parity.engine.localization) ---------------------------------------------------------
 

@@ -182,18 +182,24 @@ class TorchSide:
         """Names of the ``nn.ReLU`` modules (the activations whose masks can be shared)."""
         return [n for n, mod in self.module.named_modules() if isinstance(mod, torch.nn.ReLU)]
 
-    def optimizer_steps(self, grads: Sequence[Mapping[str, np.ndarray]], lr: float, momentum: float,
-                        weight_decay: float) -> Arrays:
-        """``len(grads)`` steps of torch SGD (momentum, weight decay) on the given gradients: the updates."""
+    def optimizer_steps(self, grads, lr: float, momentum: float, weight_decay: float) -> Arrays:
+        """One step of torch SGD (momentum, weight decay) per element of ``grads`` (``{torch name: gradient}`` each:
+        a list, or :class:`~parity.engine.comparison.SyntheticGrads`, which names them in ``names`` and draws each
+        step as it is used): the updates."""
         m = self.model()
-        params = {k: p for k, p in m.named_parameters() if k in grads[0]}
+        wanted = set(grads.names if hasattr(grads, "names") else grads[0])
+        params = {k: p for k, p in m.named_parameters() if k in wanted}
         before = {k: p.detach().clone() for k, p in params.items()}
         opt = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         for step_grads in grads:
             for k, p in params.items():
                 p.grad = self.tensor(step_grads[k])
             opt.step()
-        return {k: (p.detach() - before[k]).numpy() for k, p in params.items()}
+        del opt   # its momentum buffers (a model's worth) go before the updates are formed
+        for p in params.values():
+            p.grad = None
+        # the update in the copy taken before (``after - before``, the same float operation): no third model's worth
+        return {k: torch.sub(p.detach(), before[k], out=before[k]).numpy() for k, p in params.items()}
 
     # --- localisation (parity.engine.localization) -----------------------------------------------------------
 
