@@ -75,3 +75,25 @@ def test_a_forward_floor_sees_a_few_ulps_and_a_scalar_keeps_the_absolute_term():
     assert compare_to_floor("forward", ref + 0.5 * np.spacing(ref.astype(np.float32)), ref, exact).passed
     # a floor stored by an older reference bundle has no resolution flag: the old rule
     assert Floor(**{"per_tensor": {"": 0.0}, "pooled": 0.0, "scale": 0.0}).resolution is False
+
+
+def test_block_by_block_sums_give_the_whole_tensor_numbers(monkeypatch):
+    """The rule's sums run block by block (``ERROR_BLOCK`` elements: no float64 temporaries of a whole VGG
+    classifier layer); cut into blocks of 7, every number of a comparison and of the absolute term is the
+    whole-tensor one up to the rounding of a different summation order (float64: 1e-12 relative is 10^4 ulps of
+    slack for sums of ~100 terms), and a non-finite element still fails the check."""
+    from parity.engine import tolerance
+    rng = np.random.RandomState(0)
+    ref = {"a": rng.standard_normal((5, 13)), "b": rng.standard_normal(40), "c": np.float64(0.5)}
+    port = {k: (v * (1 + 1e-5 * rng.standard_normal(np.shape(v)))).astype(np.float32) for k, v in ref.items()}
+    floor = Floor({k: 1e-5 for k in ref}, 1e-5, 1e-6, resolution=True)
+    whole = compare_to_floor("x", port, ref, floor)
+    terms = [absolute_term(v, True) for v in ref.values()]
+    monkeypatch.setattr(tolerance, "ERROR_BLOCK", 7)
+    blocked = compare_to_floor("x", port, ref, floor)
+    for name in ("max_abs", "rel_l2", "ratio", "scale", "scale_ratio", "cosine", "allclose"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-12, err_msg=name)
+    assert blocked.passed == whole.passed and blocked.worst == whole.worst
+    np.testing.assert_allclose([absolute_term(v, True) for v in ref.values()], terms, rtol=1e-12)
+    broken = {**port, "b": np.where(np.arange(40) == 33, np.nan, port["b"]).astype(np.float32)}
+    assert not compare_to_floor("x", broken, ref, floor).passed

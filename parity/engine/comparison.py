@@ -392,7 +392,7 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     from .torch_side import TorchSide, WorkingCopy, numpy_state
 
     xs = _as_inputs(inputs)
-    torch_state = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+    torch_state = {k: (v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v)
                    for k, v in numpy_state(torch_module).items()}
     ms_params = {p.name: p.shape for p in ms_cell.get_parameters()}
     ported, match = port_weights(torch_state, ms_params, o.name_map)

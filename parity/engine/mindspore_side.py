@@ -43,8 +43,11 @@ def load_weights(net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
         raise WeightsMismatch(f"weights do not fit the cell: missing {missing[:4]}, unexpected {unexpected[:4]}, "
                               f"shape-mismatched {mismatched[:4]} (pass weights named and shaped as the cell's "
                               "parameters)")
+    # copied into each parameter's own memory, not swapped for a new tensor (set_data): every compiled graph that had
+    # run kept the data it last ran with alive, one model's worth per graph (VGG16, 64 px, GRAPH: 3.85 GiB after the
+    # eval, train and gradient graphs with set_data, 2.31 GiB with copy_; the same outputs)
     for name, value in state.items():
-        params[name].set_data(ms.Tensor(np.asarray(value), dtype=params[name].dtype))
+        params[name].copy_(ms.Tensor(np.ascontiguousarray(value), dtype=params[name].dtype))
 
 
 class Objective(nn.Cell):
@@ -97,7 +100,8 @@ class MindSporeSide:
     @staticmethod
     def tensor(a: np.ndarray) -> ms.Tensor:
         a = np.asarray(a)
-        return ms.Tensor(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32))
+        return ms.Tensor(a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating)
+                         else a.astype(np.int32, copy=False))
 
     def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> List[ms.Tensor]:
         return [self.tensor(x) for x in list(inputs) + list(loss_args)]

@@ -301,23 +301,64 @@ def absolute_term(ref: np.ndarray, resolution: bool) -> float:
     ``ABS_TERM``, or with ``resolution`` (a floor measured at ``OUTPUT_JITTER``) and at least ``MIN_RESOLVED``
     elements, ``RESOLUTION_ULPS`` float32 ulps of each element, ``||spacing(r)|| / ||r||`` of them (see the module
     docstring)."""
-    r = np.abs(np.asarray(ref, np.float64))
-    norm = float(np.sqrt(np.sum(r ** 2)))
-    if not resolution or r.size < MIN_RESOLVED or norm == 0:
+    if not resolution or np.size(ref) < MIN_RESOLVED:
         return ABS_TERM
-    ulps = np.spacing(r.astype(np.float32)).astype(np.float64)
-    return RESOLUTION_ULPS * float(np.sqrt(np.sum(ulps ** 2))) / norm
+    norm_sq = ulps_sq = 0.0
+    for (r,) in _blocks(ref):
+        r = np.abs(np.asarray(r, np.float64))
+        norm_sq += float(np.sum(r ** 2))
+        ulps_sq += float(np.sum(np.spacing(r.astype(np.float32)).astype(np.float64) ** 2))
+    norm = float(np.sqrt(norm_sq))
+    if norm == 0:
+        return ABS_TERM
+    return RESOLUTION_ULPS * float(np.sqrt(ulps_sq)) / norm
+
+
+#: elements per block of the sums over a tensor below (errors, norms, projections): their float64 temporaries are a
+#: block's, not the tensor's (VGG16's first classifier weight, 102.8M elements, took 2.4 GB of temporaries per sum).
+#: Every tensor of a ResNet fits in one block, where each sum is the whole-tensor expression it replaces, bit for bit.
+ERROR_BLOCK = 1 << 22
+
+
+def _blocks(*arrays):
+    """The arrays (of one size) flattened and cut into the same ``ERROR_BLOCK``-element pieces (views where the
+    arrays are contiguous); a single piece for a tensor of at most one block, an empty one included."""
+    flat = [np.ravel(np.asarray(a)) for a in arrays]
+    for start in range(0, max(flat[0].size, 1), ERROR_BLOCK):
+        yield [f[start:start + ERROR_BLOCK] for f in flat]
 
 
 def _ref_sq(ref_d: Mapping[str, np.ndarray]) -> Dict[str, float]:
-    return {n: float(np.sum(np.asarray(r, np.float64) ** 2)) for n, r in ref_d.items()}
+    return {n: _sum_sq(r) for n, r in ref_d.items()}
+
+
+def _sum_sq(r: np.ndarray) -> float:
+    total = 0.0
+    for (b,) in _blocks(r):
+        total += float(np.sum(np.asarray(b, np.float64) ** 2))
+    return total
 
 
 def _sq_err(a: np.ndarray, r: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    if a.shape != np.shape(r) or not np.all(np.isfinite(a)):
+    if np.shape(a) != np.shape(r):
         return np.inf
-    return float(np.sum((a - r) ** 2))
+    total = 0.0
+    for ab, rb in _blocks(a, r):
+        ab = np.asarray(ab, dtype=np.float64)
+        if not np.all(np.isfinite(ab)):
+            return np.inf
+        total += float(np.sum((ab - rb) ** 2))
+    return total
+
+
+def _max_abs(a: np.ndarray, r: np.ndarray) -> float:
+    return max(float(np.max(np.abs(np.asarray(ab, np.float64) - rb))) if np.size(ab) else 0.0
+               for ab, rb in _blocks(a, r))
+
+
+def _close_count(a: np.ndarray, r: np.ndarray) -> int:
+    return sum(int(np.sum(np.isclose(np.asarray(ab, np.float64), rb, rtol=ALLCLOSE_TOL, atol=ALLCLOSE_TOL)))
+               for ab, rb in _blocks(a, r))
 
 
 def compare(check: str, ms: Arrays, ref: Arrays, floor_samples: Sequence[Arrays],
@@ -343,8 +384,7 @@ def compare_to_floor(check: str, ms: Arrays, ref: Arrays, floor: Floor, details:
     ref_sq = _ref_sq(ref_d)
     ms_sq = {n: _sq_err(ms_d[n], ref_d[n]) for n in names}
     rel_global = _rel(sum(ms_sq.values()), sum(ref_sq.values()))
-    max_abs = max((float(np.max(np.abs(np.asarray(ms_d[n], np.float64) - ref_d[n])))
-                   if np.isfinite(ms_sq[n]) else np.inf) for n in names)
+    max_abs = max((_max_abs(ms_d[n], ref_d[n]) if np.isfinite(ms_sq[n]) else np.inf) for n in names)
 
     # ratio to the effective floor: passing means ratio <= K (the absolute term is folded in).
     absolute = {n: absolute_term(ref_d[n], floor.resolution) for n in names}
@@ -368,8 +408,7 @@ def compare_to_floor(check: str, ms: Arrays, ref: Arrays, floor: Floor, details:
     cosine = allclose = float("nan")
     if details:
         cosine = min(_cosine(ms_d[n], ref_d[n]) for n in names)
-        close = sum(int(np.sum(np.isclose(np.asarray(ms_d[n], np.float64), ref_d[n], rtol=ALLCLOSE_TOL,
-                                          atol=ALLCLOSE_TOL))) for n in names)
+        close = sum(_close_count(ms_d[n], ref_d[n]) for n in names)
         allclose = close / max(1, sum(int(np.size(ref_d[n])) for n in names))
     return CheckResult(check, max_abs, rel_global, floor.pooled, float(worst_ratio), K, passed, worst,
                        float(scale), float(floor.scale), float(scale_ratio), float(cosine), float(allclose))
@@ -380,14 +419,20 @@ def _scale(d: Mapping[str, np.ndarray], ref_d: Mapping[str, np.ndarray], ref_sq:
     values = []
     for n, r in ref_d.items():
         if ref_sq[n] > 0:
-            r64 = np.asarray(r, np.float64).ravel()
-            values.append(float((np.asarray(d[n], np.float64).ravel() - r64) @ r64) / ref_sq[n])
+            dot = 0.0
+            for ab, rb in _blocks(d[n], r):
+                r64 = np.asarray(rb, np.float64)
+                dot += float((np.asarray(ab, np.float64) - r64) @ r64)
+            values.append(dot / ref_sq[n])
     return float(np.median(values)) if values else 0.0
 
 
 def _cosine(a: np.ndarray, r: np.ndarray) -> float:
-    a64, r64 = np.asarray(a, np.float64).ravel(), np.asarray(r, np.float64).ravel()
-    na, nr = float(np.linalg.norm(a64)), float(np.linalg.norm(r64))
+    aa = rr = ar = 0.0
+    for ab, rb in _blocks(a, r):
+        a64, r64 = np.asarray(ab, np.float64), np.asarray(rb, np.float64)
+        aa, rr, ar = aa + float(a64 @ a64), rr + float(r64 @ r64), ar + float(a64 @ r64)
+    na, nr = float(np.sqrt(aa)), float(np.sqrt(rr))
     if na == 0 or nr == 0:
         return 1.0 if na == nr else 0.0
-    return float(a64 @ r64) / (na * nr)
+    return ar / (na * nr)
