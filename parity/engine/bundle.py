@@ -309,6 +309,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     for check in manifest["checks"]:
         log(f"checking {check} ...")
         ms, error = run_port(runners[check], side, xs)
+        side.release_graphs()   # each check's graphs are its own (MindSporeSide.release_graphs)
         for row in manifest["rows"][check]:
             if ms is None or row not in ms:
                 report.results.append(failed(row, error or f"the port produced no {row!r}"))

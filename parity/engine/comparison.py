@@ -249,6 +249,7 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
         ms, error = run_port(c.runners[check], c.ms_side, c.xs)
         if ms is not None and o.mask_relus and not masked:   # the same in every mode: taken in PYNATIVE
             masks, masked = c.port_masks(check), True
+        c.ms_side.release_graphs()
         release_freed_memory()
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t
         ports.append((ms, error))
