@@ -116,8 +116,8 @@ def machine_info() -> Dict:
 
 def forward_flops(arch: str, image_size: int) -> float:
     """Forward FLOPs per image (2 x multiply-accumulates of every conv and linear layer; BN/ReLU/add ignored)."""
-    from torch_reference import pth_format  # noqa: F401  (registers the .pth reader this conversion needs)
     from torch_reference._torch import torch
+
     from torch_reference.models import build_model
     model = build_model(arch, 1000).eval()
     total = [0]
@@ -156,8 +156,8 @@ def _timed(step, steps: int) -> Dict[str, float]:
 
 def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
     import numpy as np
-    from torch_reference import pth_format  # noqa: F401  (registers the .pth reader this conversion needs)
     from torch_reference._torch import torch
+
     from torch_reference.models import build_model
     rng = np.random.RandomState(0)
     x = torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
