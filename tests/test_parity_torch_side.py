@@ -1,6 +1,8 @@
 """The torch side of a comparison computes on one shared working copy per dtype and jitters block by block: the
 numbers must be exactly those of a fresh deep copy per computation and of one whole-tensor draw (torch only, a
 model of a few hundred parameters: no MindSpore)."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -172,13 +174,25 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
     params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
     lazy, stored = synthetic_grads(params, 3, 7), _stored_synthetic_grads(params, 3, 7)
     assert len(lazy) == 3 and lazy.names == list(params)
-    for _ in range(2):
-        passes = list(lazy)
-        assert len(passes) == 3
-        for got, want in zip(passes, stored):
+    def assert_stored(steps):
+        steps = list(steps)
+        assert len(steps) == 3
+        for got, want in zip(steps, stored):
             assert list(got) == list(want)
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k])
+
+    early = iter(lazy)
+    next(early)                  # a pass abandoned after one step: nothing kept from it
+    early.close()
+    assert lazy._spill is None
+    outer = iter(lazy)
+    first = next(outer)          # the first complete pass writes the steps; a pass inside it draws them
+    assert_stored(lazy)
+    assert_stored([first, *outer])
+    assert lazy._spill is not None
+    assert_stored(lazy)          # read back from the file, twice
+    assert_stored(lazy)
     for dtype in ("float32", "float64"):
         side = TorchSide(module, state, dtype, PROJECTION)
         a = side.optimizer_steps(lazy, lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -186,3 +200,27 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
         assert set(a) == set(params)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_synthetic_grads_draw_on_every_pass_when_the_disk_is_full(tiny, monkeypatch):
+    """A disk that cannot take the steps' file costs time, not the check: every pass draws the same numbers."""
+    import errno
+
+    from parity.engine import comparison
+
+    class FullDisk(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(comparison, "_temporary_file", FullDisk)
+    module, state, _, _ = tiny
+    params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
+    lazy, stored = comparison.synthetic_grads(params, 2, 3), _stored_synthetic_grads(params, 2, 3)
+    for _ in range(2):
+        for got, want in zip(lazy, stored, strict=True):
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k])
+    assert lazy._spill is None
