@@ -149,20 +149,22 @@ HEAVY_FILES = ("test_parity_localize.py", "test_parity_graph_localize.py", "test
                "test_parity_reference.py", "test_study.py")
 
 
-#: tests whose cases build their own models (no module fixture): dealt alternately to two groups, so the parity run's
-#: 20 depth cases (wide_resnet50_2 alone 62-74 s per mode) are shared by both workers
+#: tests whose cases build their own models (no module fixture): dealt alternately to two groups by architecture (an
+#: arch's two modes stay together: they share one torch side), so the parity run's depth cases (wide_resnet50_2 alone
+#: 62-74 s per mode) are shared by both workers
 SPREAD = ("test_every_depth_passes_at_small_size",)
 
 
 def pytest_collection_modifyitems(config, items):
     """One xdist group per test file (a file's module-scoped fixtures are built once, on one worker), the
-    :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two. Without xdist the marks do
+    :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two by architecture. Without xdist the marks do
     nothing."""
-    dealt = 0
+    dealt: Dict[str, str] = {}
     for item in items:
         name = item.path.name
         if item.originalname in SPREAD:
-            group, dealt = f"{name}-{dealt % 2}", dealt + 1
+            arch = item.callspec.params["arch"]
+            group = dealt.setdefault(arch, f"{name}-{len(dealt) % 2}")
         else:
             group = "heavy" if name in HEAVY_FILES else name
         item.add_marker(pytest.mark.xdist_group(group))

@@ -5,6 +5,7 @@ every listed bug is visible there with a ratio of 10^2..10^13 against the bound 
 seconds. ``python -m parity --inject BUG`` runs all checks (see README).
 """
 import json
+from typing import Dict, Tuple
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from parity.engine.report import ParityReport
 from parity.engine.tolerance import ABS_TERM, K, compare
 from parity.suite.bugs import inject
 from parity.suite.problems import make_problem
-from parity.suite.run import _model_pair, compare_options
+from parity.suite.run import _model_pair, compare_options, run_parity_in_modes
 
 FORWARD_CHECKS = ("eval_logits", "train_forward")
 
@@ -36,9 +37,28 @@ DEPTH_CASES = [pytest.param(arch, mode, marks=pytest.mark.slow) if arch in SLOW_
                (arch, mode) for arch in list_archs("resnet") for mode in ("graph", "pynative")]
 
 
+#: (arch, mode) -> the report computed beside the other mode's case, for that case to check
+_OTHER_MODE_REPORTS: Dict[Tuple[str, str], ParityReport] = {}
+
+
+def _depth_report(arch: str, mode: str, request) -> ParityReport:
+    """``arch``'s parity report in ``mode``. When the other mode's case of the same arch runs too (the default), the
+    first of the two computes both with one torch side (``python -m parity --mode both``; the same reports as one mode
+    at a time, tests/test_parity_api.py) and leaves the other's report for it: 30-40% less time for the pair."""
+    if (arch, mode) in _OTHER_MODE_REPORTS:
+        return _OTHER_MODE_REPORTS.pop((arch, mode))
+    cfg = ParityConfig(arch=arch, mode=mode, image_size=64, num_classes=10)
+    other = "pynative" if mode == "graph" else "graph"
+    sibling = request.node.nodeid.replace(f"[{arch}-{mode}]", f"[{arch}-{other}]")
+    if not any(item.nodeid == sibling for item in request.session.items):
+        return run_parity(cfg)
+    report, _OTHER_MODE_REPORTS[(arch, other)] = run_parity_in_modes(cfg, [mode, other])
+    return report
+
+
 @pytest.mark.parametrize("arch, mode", DEPTH_CASES)
-def test_every_depth_passes_at_small_size(arch, mode):
-    report = run_parity(ParityConfig(arch=arch, mode=mode, image_size=64, num_classes=10))
+def test_every_depth_passes_at_small_size(arch, mode, request):
+    report = _depth_report(arch, mode, request)
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
     assert [r.check for r in report.results][:4] == ["eval outputs", "train outputs", "train loss", "BN running stats"]
 
