@@ -421,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the \"Parity cost\" table, python -m parity per arch, image size and mode in child "
                         "processes: seconds, peak RSS of the process tree and the memory the comparison needs "
                         "(ms_transfer/bench_parity.py); --arch / --image-size narrow it to the matching cases")
+    p.add_argument("--kernels", action="store_true",
+                   help="instead: where a small model's MindSpore time goes, a 3x3 convolution at each ResNet18 stage's "
+                        "shape and one operator's launch, both frameworks (--image-size, default 64, and "
+                        "--batch-size, default 8; ms_transfer/bench_kernels.py)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
     return p
@@ -442,6 +446,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _data_parallel(cfg, args.data_parallel, args, argv)
     if args.parity:
         return _parity(args)
+    if args.kernels:
+        return _kernels(args)
     report = run_bench(cfg, quick=args.quick, log=progress_to_stderr)
     report["command"] = "python -m ms_transfer.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_report(report))
@@ -465,6 +471,19 @@ def _data_parallel(cfg: BenchConfig, world: int, args, argv) -> int:
           + bench_parallel.format_results(results, cfg.batch, world))
     write_json(args.json, report)
     return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def _kernels(args) -> int:
+    """``--kernels``: per-convolution and per-operator times of both frameworks (ms_transfer/bench_kernels.py)."""
+    from . import bench_kernels
+    size, batch = args.image_size or QUICK["image_size"], args.batch or QUICK["batch"]
+    results = bench_kernels.run_kernels(size, batch, log=progress_to_stderr)
+    machine = machine_info()
+    print(f"{machine['cpu']}, {machine['cores']} cores, MindSpore {machine.get('mindspore')} (oneDNN "
+          f"{machine.get('onednn')}, ISA cap {machine.get('onednn_isa_cap') or 'none'}), torch {machine.get('torch')}\n"
+          + bench_kernels.format_kernels(results, size, batch))
+    write_json(args.json, {"machine": machine, "image_size": size, "batch": batch, "kernels": results})
+    return 0
 
 
 def _parity(args) -> int:

@@ -34,6 +34,23 @@ def test_conversion_extra_runs_in_a_fresh_process():
     assert float(proc.stdout.strip().splitlines()[-1]) > 0
 
 
+def test_kernels_report_both_frameworks_per_stage_and_per_operator(tmp_path, capsys):
+    """``--kernels`` (where a small model's MindSpore time goes): every stage's convolution timed in both
+    frameworks, each in its own process, and the one-operator launch cost; the printed table is the JSON's."""
+    from ms_transfer.bench_kernels import format_kernels, stage_shapes
+    assert stage_shapes(64) == [(64, 16), (128, 8), (256, 4), (512, 2)]
+    out = tmp_path / "kernels.json"
+    assert main(["--kernels", "--image-size", "16", "--batch-size", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["image_size"], report["batch"]) == (16, 2)
+    for engine in ("torch", "mindspore"):
+        got = report["kernels"][engine]
+        assert [(r["channels"], r["side"]) for r in got["conv"]] == stage_shapes(16)
+        assert all(r["ms"] > 0 for r in got["conv"]) and got["op_ms"] > 0
+    text = capsys.readouterr().out
+    assert format_kernels(report["kernels"], 16, 2) in text and "MS / torch" in text
+
+
 def test_machine_info_and_compute_limit():
     info = machine_info()
     assert info["cores"] >= 1 and info["cpu"]
