@@ -155,6 +155,7 @@ HEAVY_FILES = ("test_parity_localize.py", "test_parity_graph_localize.py", "test
 SPREAD = ("test_every_depth_passes_at_small_size",)
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the marks into the node ids it schedules by
 def pytest_collection_modifyitems(config, items):
     """One xdist group per test file (a file's module-scoped fixtures are built once, on one worker), the
     :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two by architecture. Without xdist the marks do

@@ -59,3 +59,23 @@ def test_torch_is_an_extra_that_the_venv_installs(tmp_path):
     (venv / "bin" / "python").touch(mode=0o755)
     extras = re.search(r'-e "\.\[([\w,]+)\]"', _dry_run(venv, "MS_VERSION=2.7.2")).group(1).split(",")
     assert "torch" in extras
+
+
+def test_two_workers_run_each_test_file_on_one_worker():
+    """``make test`` runs ``pytest -n 2 --dist loadgroup`` and relies on tests/conftest.py's groups: a file's
+    module-scoped fixtures built once, on one worker, and the memory-heavy files one after another. pytest-xdist 3.8
+    groups by writing the group into a test's node id, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386): every
+    test was dealt on its own, silently. This runs two small files the way ``make test`` does and checks that each
+    ran whole on one worker, under its group."""
+    import sys
+    files = ["tests/test_config.py", "tests/test_onednn.py"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p",
+                           "no:cacheprovider", *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    ran = re.findall(r"^\[(gw\d)\] .*?PASSED (tests/\S+?)::\S+?(@\S+)?\s*$", proc.stdout, re.M)
+    assert len(ran) >= 8, proc.stdout[-3000:]
+    for path in files:
+        name = Path(path).name
+        mine = [(worker, group) for worker, file, group in ran if file == path]
+        assert mine and {group for _, group in mine} == {f"@{name}"}, (path, mine)   # grouped by its file
+        assert len({worker for worker, _ in mine}) == 1, (path, mine)               # on one worker
