@@ -59,23 +59,21 @@ docs-check: venv
 	d=$$(mktemp -d) && $(PY) -m mkdocs build --strict --quiet --site-dir $$d; rc=$$?; rm -rf $$d; exit $$rc
 
 ## test: lint, the strict docs build, then the whole test suite (what CI runs)
-## in three pytest runs: a MindSpore process keeps every graph
-## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed);
-## the VGG tests (0.5 GB models, one parity comparison) get their own too.
-## The first run uses two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
+## in two pytest runs: a MindSpore process keeps every graph
+## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed).
+## Both run on two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
 ## worker at a time: serially it kept 0.70 of the 2 cores busy in a contended run (compiles, launches and Python are single-threaded);
-## on two workers 1.91, 11 min 05 s on a quiet fresh clone. The parity run too (1.35 cores busy serially, 8 min 22 s;
-## its depth cases dealt to both workers); the VGG run stays single (its memory beside another run's passes 24 GiB).
+## on two workers 1.92, 12 min 57 s on a quiet machine. The parity run holds the VGG tests too (one file, one worker):
+## 5 min 55 s and 10.4 GiB peak together, against 7 min 40 s + 2 min 50 s as two runs (2026-12-06; the depth cases of
+## an arch share one worker and one torch side).
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
 ## whose results BENCHMARKS.md's "Slow tests" section records
 ## each process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
-PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py
-VGG_TESTS := tests/test_vgg.py
+PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py tests/test_vgg.py
 MEASURED = $(PY) .ci/measure.py
 test: venv lint docs-check
-	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS) $(VGG_TESTS))
-	$(MEASURED) "pytest, parity" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PARITY_TESTS)
-	$(MEASURED) "pytest, VGG" -- $(PY) -m pytest -m "not slow" $(VGG_TESTS)
+	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS))
+	$(MEASURED) "pytest, parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PARITY_TESTS)
 
 ## test-slow: only the slow tests, one process per file (every VGG depth's parity needs up to 19 GB; ~1 h 15 min)
 test-slow: venv
