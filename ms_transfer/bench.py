@@ -276,16 +276,22 @@ def _worker_main(engine: str, cfg_json: str) -> None:
     print("BENCH_RESULT " + json.dumps({"results": result, "peak_rss_mb": peak_mb}), flush=True)
 
 
-def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
-    payload = json.dumps({k: v for k, v in asdict(cfg).items()})
-    # the parent never imports MindSpore, so its environment is the user's: each worker applies its own cap
-    proc = subprocess.run([sys.executable, "-m", "ms_transfer.bench", "--worker", engine, "--worker-config", payload],
-                          capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+def run_worker(module_args: Sequence[str], marker: str, name: str) -> Dict:
+    """``python -m <module_args>`` in a child process; the JSON it printed after ``marker`` on one stdout line.
+    Raises ``RuntimeError`` with the child's last stderr lines if it failed or printed none. The parent never imports
+    MindSpore, so the child's environment is the user's: each worker applies its own oneDNN cap."""
+    proc = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker + " ")), None)
     if proc.returncode != 0 or line is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"benchmark worker {engine} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(line[len("BENCH_RESULT "):])
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(line[len(marker) + 1:])
+
+
+def _run_engine(engine: str, cfg: BenchConfig) -> Dict:
+    payload = json.dumps({k: v for k, v in asdict(cfg).items()})
+    return run_worker(["ms_transfer.bench", "--worker", engine, "--worker-config", payload], "BENCH_RESULT",
+                      f"benchmark worker {engine}")
 
 
 # --- extras ------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ every chain is one GRAPH-mode cell (MindSpore) or one eager ``nn.Sequential`` (t
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Tuple
@@ -77,13 +76,9 @@ def _mindspore_worker(image_size: int, batch: int) -> Dict:
 
 
 def _run(engine: str, image_size: int, batch: int) -> Dict:
-    proc = subprocess.run([sys.executable, "-m", "ms_transfer.bench_kernels", engine, str(image_size), str(batch)],
-                          capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("KERNELS ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"kernel benchmark worker {engine} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(line[len("KERNELS "):])
+    from .bench import run_worker
+    return run_worker(["ms_transfer.bench_kernels", engine, str(image_size), str(batch)], "KERNELS",
+                      f"kernel benchmark worker {engine}")
 
 
 def run_kernels(image_size: int, batch: int, log: Callable[[str], None] = print) -> Dict:
