@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field, fields, replace
 from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -484,6 +485,7 @@ class SyntheticGrads:
             if spill is not None:
                 spill.flush()
                 self._spill, spill = spill, None
+                weakref.finalize(self, self._spill.close)   # closed with this object, not left to the collector
         finally:
             if spill is not None:   # the pass stopped early: what was written is incomplete
                 spill.close()
