@@ -38,6 +38,7 @@ from .mindspore_backend import onednn   # reads MindSpore's libdnnl without impo
 from .core.flags import add_batch_size, add_json, plain, write_json
 from .core.log import parse_args, progress_to_stderr
 from .core.metrics import positive_int
+from .core.workers import run_worker
 from .core.naming import ALL_ARCHS
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
@@ -274,18 +275,6 @@ def _worker_main(engine: str, cfg_json: str) -> None:
         result = _mindspore_worker(cfg, engine.split("_", 1)[1])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("BENCH_RESULT " + json.dumps({"results": result, "peak_rss_mb": peak_mb}), flush=True)
-
-
-def run_worker(module_args: Sequence[str], marker: str, name: str) -> Dict:
-    """``python -m <module_args>`` in a child process; the JSON it printed after ``marker`` on one stdout line.
-    Raises ``RuntimeError`` with the child's last stderr lines if it failed or printed none. The parent never imports
-    MindSpore, so the child's environment is the user's: each worker applies its own oneDNN cap."""
-    proc = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker + " ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(line[len(marker) + 1:])
 
 
 def _run_engine(engine: str, cfg: BenchConfig) -> Dict:

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
+from .core.workers import run_worker
+
 #: calls timed per chain, after WARMUP untimed ones (the first compiles the MindSpore graph)
 REPEATS, WARMUP = 20, 3
 #: convolutions per chain (one launch): per-launch costs spread over them
@@ -76,7 +78,6 @@ def _mindspore_worker(image_size: int, batch: int) -> Dict:
 
 
 def _run(engine: str, image_size: int, batch: int) -> Dict:
-    from .bench import run_worker
     return run_worker(["ms_transfer.bench_kernels", engine, str(image_size), str(batch)], "KERNELS",
                       f"kernel benchmark worker {engine}")
 
