@@ -77,17 +77,13 @@ def _mindspore_worker(image_size: int, batch: int) -> Dict:
     return out
 
 
-def _run(engine: str, image_size: int, batch: int) -> Dict:
-    return run_worker(["ms_transfer.bench_kernels", engine, str(image_size), str(batch)], "KERNELS",
-                      f"kernel benchmark worker {engine}")
-
-
 def run_kernels(image_size: int, batch: int, log: Callable[[str], None] = print) -> Dict:
     """Both frameworks' per-convolution and per-operator times (milliseconds), each from its own child process."""
     results = {}
     for engine in ("torch", "mindspore"):
         log(f"kernels: {engine} ...")
-        results[engine] = _run(engine, image_size, batch)
+        results[engine] = run_worker(["ms_transfer.bench_kernels", engine, str(image_size), str(batch)], "KERNELS",
+                                     f"kernel benchmark worker {engine}")
     return results
 
 

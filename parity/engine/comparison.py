@@ -459,7 +459,7 @@ class SyntheticGrads:
         self.rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
         self.steps, self.seed = steps, seed
         self._spill: Optional[IO[bytes]] = None   # the steps, once a pass has written all of them
-        self._writing = False
+        self._writing = False   # a pass is writing the file, or one found the disk full
 
     def __len__(self) -> int:
         return self.steps
@@ -468,7 +468,10 @@ class SyntheticGrads:
         if self._spill is not None:
             yield from self._read(self._spill.fileno())
             return
-        spill, self._writing = (None, True) if self._writing else (_temporary_file(), True)
+        spill = None
+        if not self._writing:   # one pass writes the file; a pass inside it, or after a failed write, draws
+            spill = _temporary_file()
+            self._writing = spill is not None
         rng = np.random.RandomState(self.seed + 3)
         try:
             for _ in range(self.steps):
