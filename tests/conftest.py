@@ -162,6 +162,9 @@ def pytest_collection_modifyitems(config, items):
     nothing."""
     dealt: Dict[str, str] = {}
     for item in items:
+        if "\\x" in item.nodeid:   # a bytes parameter in the id: xdist's workers must collect identical ids
+            raise pytest.UsageError(f"{item.nodeid[:120]}...: a test id holds raw bytes (their content may differ "
+                                    "per process, e.g. a zip's timestamp); give the parametrize explicit ids=")
         name = item.path.name
         if item.originalname in SPREAD:
             arch = item.callspec.params["arch"]

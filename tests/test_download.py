@@ -119,7 +119,8 @@ HYMENOPTERA_ZIP = _zip({f"hymenoptera_data/{split}/{cls}/{i}.jpg": _jpeg_bytes(i
 
 
 @pytest.mark.parametrize("name, zip_bytes, classes", [("hotdog", HOTDOG_ZIP, ["hotdog", "not-hotdog"]),
-                                                      ("hymenoptera", HYMENOPTERA_ZIP, ["ants", "bees"])])
+                                                      ("hymenoptera", HYMENOPTERA_ZIP, ["ants", "bees"])],
+                         ids=["hotdog", "hymenoptera"])   # not the zip bytes: their timestamps differ per xdist worker
 def test_seed_datasets_download_from_their_config(serve_files, tmp_path, monkeypatch, name, zip_bytes, classes):
     """configs/hotdog_resnet18.yaml and ants_bees_resnet18.yaml with --download: the archive (served on loopback
     under the real file name) unpacks into DATA_DIR; hotdog's test/ split becomes val/; a second run is a no-op."""
