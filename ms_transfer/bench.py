@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .mindspore_backend import onednn   # reads MindSpore's libdnnl without importing MindSpore
 from .core.flags import add_batch_size, add_json, plain, write_json
@@ -40,6 +40,7 @@ from .core.log import parse_args, progress_to_stderr
 from .core.metrics import positive_int
 from .core.workers import run_worker
 from .core.naming import ALL_ARCHS
+from .core.archs import find_arch, input_spec
 
 #: ``torch_avx2``: torch eager under the same AVX2 cap as MindSpore, to separate ISA from framework overhead
 ENGINES = ("torch", "torch_avx2", "ms_graph", "ms_pynative")
@@ -131,7 +132,7 @@ def forward_flops(arch: str, image_size: int) -> float:
             total[0] += 2 * module.in_features * module.out_features
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
+        model(torch.zeros(1, input_spec(arch)[0], image_size, image_size))
     for h in hooks:
         h.remove()
     return float(total[0])
@@ -143,6 +144,29 @@ def _class_layer(arch: str, scheme: str) -> str:
     """The class layer's module name (``fc``; VGG: ``classifier.6``), the only layer the frozen workloads train."""
     from .core.naming import head_names
     return head_names(scheme, arch)[0].rsplit(".", 1)[0]
+
+
+def _images(cfg: BenchConfig, rng) -> Any:
+    """A batch of standard-normal float32 images (numpy) with the architecture's channel count (3; the seeds' networks 1)."""
+    import numpy as np
+    shape = (cfg.batch, input_spec(cfg.arch)[0], cfg.image_size, cfg.image_size)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def check_arch(values: Dict) -> Optional[str]:
+    """Fills in the image size of an architecture that has a fixed one (the seeds' networks: 28 px) and returns
+    what is wrong with ``values`` for this bench, or ``None``."""
+    arch = values.get("arch", BenchConfig.arch)
+    spec = find_arch(arch)
+    if spec is not None and spec.input.count != 1:
+        return (f"--arch {arch} takes {spec.input.count} images per example; the bench times one-image models "
+                "(a ResNet, a VGG, fashion_cnn or digit_cnn)")
+    fixed = input_spec(arch)[1]
+    if fixed is not None:
+        if values.get("image_size", fixed) != fixed:
+            return f"--arch {arch} takes {fixed} px images, not --image-size {values['image_size']}; drop the flag"
+        values["image_size"] = fixed
+    return None
 
 
 def _timed(step, steps: int) -> Dict[str, float]:
@@ -161,7 +185,7 @@ def _torch_worker(cfg: BenchConfig) -> Dict[str, Dict[str, float]]:
 
     from torch_reference.models import build_model
     rng = np.random.RandomState(0)
-    x = torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
+    x = torch.from_numpy(_images(cfg, rng))
     y = torch.from_numpy(rng.randint(0, 2, cfg.batch))
     out = {}
     from ms_transfer.core.archs import head_module
@@ -226,7 +250,7 @@ def _mindspore_worker(cfg: BenchConfig, mode: str) -> Dict[str, Dict[str, float]
     prepare_onednn(log=progress_to_stderr)
     set_context(mode, "CPU")
     rng = np.random.RandomState(0)
-    x = ms.Tensor(rng.standard_normal((cfg.batch, 3, cfg.image_size, cfg.image_size)).astype(np.float32))
+    x = ms.Tensor(_images(cfg, rng))
     y = ms.Tensor(rng.randint(0, 2, cfg.batch).astype(np.int32))
     out = {}
     class_layer = (["*"], [_class_layer(cfg.arch, "ms_transfer") + ".*"])
@@ -436,6 +460,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["extras"] = not args.no_extras
+    problem = check_arch(values)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cfg = BenchConfig(**values)
     if args.data_parallel:
         return _data_parallel(cfg, args.data_parallel, args, argv)

@@ -22,6 +22,30 @@ def test_quick_run_reports_every_engine_and_workload(tmp_path, capsys):
     assert "vs torch" in text and text.strip() == format_report(report).strip()
 
 
+def test_a_seed_network_runs_at_its_own_size_and_channels():
+    """fashion_cnn (one channel, 28 px) through both frameworks' workers (in this process, one step each): the
+    workers fed every arch three-channel images until the seeds' row was measured."""
+    from ms_transfer.bench import BenchConfig, _mindspore_worker, _torch_worker, check_arch
+    from ms_transfer.mindspore_backend.context import set_context
+
+    values = {"arch": "fashion_cnn"}
+    assert check_arch(values) is None and values["image_size"] == 28
+    cfg = BenchConfig(arch="fashion_cnn", image_size=28, batch=4, steps=1, workloads=("inference", "cached_head"))
+    try:
+        results = [_torch_worker(cfg), _mindspore_worker(cfg, "graph")]
+    finally:
+        set_context("pynative", "CPU")
+    for result in results:
+        assert set(result) == {"inference", "cached_head"} and all(r["seconds"] > 0 for r in result.values())
+
+
+@pytest.mark.parametrize("args, message", [(["--arch", "fashion_cnn", "--image-size", "64"], "takes 28 px"),
+                                           (["--arch", "digit_adder"], "2 images per example")])
+def test_a_seed_network_it_cannot_time_is_refused(capsys, args, message):
+    assert main([*args, "--no-extras"]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_conversion_extra_runs_in_a_fresh_process():
     """The extras' conversion timing converts a torchvision .pth in a process that imported nothing else of the
     project (it needs the .pth reader registered: ``bench --quick`` failed there while this test suite, which
