@@ -161,7 +161,7 @@ def check_arch(values: Dict) -> Optional[str]:
     if spec is not None and spec.input.count != 1:
         return (f"--arch {arch} takes {spec.input.count} images per example; the bench times one-image models "
                 "(a ResNet, a VGG, fashion_cnn or digit_cnn)")
-    fixed = input_spec(arch)[1]
+    fixed = spec.input.size if spec is not None else None
     if fixed is not None:
         if values.get("image_size", fixed) != fixed:
             return f"--arch {arch} takes {fixed} px images, not --image-size {values['image_size']}; drop the flag"

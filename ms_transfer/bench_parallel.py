@@ -37,6 +37,7 @@ def worker(framework: str, spec: Dict) -> None:
     of the gradients' size; rank 0 writes ``spec["out"]``."""
     import numpy as np
 
+    from .core.archs import input_spec
     from .core.distributed import detect
     from .core.recipe import plan_stages, stage_lrs
 
@@ -45,7 +46,8 @@ def worker(framework: str, spec: Dict) -> None:
     batch = spec["batch"] if dist.enabled else spec["batch"] * spec["world"]
     cfg = _config(spec["arch"], spec["image_size"], batch, spec["mode"])
     rng = np.random.RandomState(dist.rank)
-    x = rng.standard_normal((batch, 3, spec["image_size"], spec["image_size"])).astype(np.float32)
+    channels = input_spec(spec["arch"])[0]   # the seeds' networks take one channel
+    x = rng.standard_normal((batch, channels, spec["image_size"], spec["image_size"])).astype(np.float32)
     y = rng.randint(0, 10, size=batch)
     if framework == "mindspore":
         import mindspore as ms
