@@ -223,7 +223,6 @@ def test_importing_the_models_applies_the_onednn_decision_whatever_came_first():
         assert applied == [decided] * len(ISA_VARS), (first, line)
 
 
-
 def test_importing_the_models_makes_cpu_dispatch_synchronous_before_any_kernel():
     """On the CPU, operators run in the calling thread (``mindspore.runtime.launch_blocking``; why: the module
     docstring of ``ms_transfer.mindspore_backend.context``), set at import because it only works before the first
@@ -232,6 +231,7 @@ def test_importing_the_models_makes_cpu_dispatch_synchronous_before_any_kernel()
     plain = _python("import mindspore\n" + read)
     ours = _python("from ms_transfer.models import create_model\n" + read)
     assert "BLOCKING False" in plain.stdout and "BLOCKING True" in ours.stdout, (plain.stdout[-500:], ours.stdout[-500:])
+
 
 #: old module paths kept for users (README, earlier examples): the moved module itself, not a copy
 OLD_PATHS = {"ms_transfer.context": "ms_transfer.mindspore_backend.context",
