@@ -40,8 +40,7 @@ def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
 
 
 @contextmanager
-def _forced_masks(model: torch.nn.Module, masks: Optional[Mapping[str, Sequence[np.ndarray]]], dtype
-                  ) -> Iterator[None]:
+def _forced_masks(model: torch.nn.Module, masks: Optional[Mapping[str, Sequence[np.ndarray]]]) -> Iterator[None]:
     """Within the block, each listed ReLU outputs ``input * mask`` for its k-th call (calls beyond the list run as
     is); the ReLUs are restored afterwards (the model is a shared working copy)."""
     modules = dict(model.named_modules())
@@ -56,7 +55,9 @@ def _forced_masks(model: torch.nn.Module, masks: Optional[Mapping[str, Sequence[
             k = calls[0]
             calls[0] += 1
             if k < len(per_call) and tuple(per_call[k].shape) == tuple(args[0].shape):
-                return args[0] * torch.from_numpy(per_call[k]).to(dtype)
+                # the mask as bool: autograd keeps it (1 byte an element) for the backward rather than a float64
+                # copy (8); the product is the same (bool promotes to exactly 0.0 / 1.0)
+                return args[0] * torch.from_numpy(per_call[k])
             return out
         handles.append(module.register_forward_hook(hook))
     try:
@@ -174,7 +175,7 @@ class TorchSide:
         """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
         ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
-        with _forced_masks(m, masks, self.dtype):
+        with _forced_masks(m, masks):
             self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
         return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
 
