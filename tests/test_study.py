@@ -90,6 +90,11 @@ def test_the_headline_says_what_the_smallest_fraction_shows():
     assert line.startswith("With 50 labelled training images (the smallest fraction)")
     assert "(frozen) reaches 0.900 test accuracy" in line and "from scratch on the same images reaches 0.610: +0.290" in line
     assert headline({"study": {**study, "regimes": {"scratch": regimes["scratch"]}}, "groups": groups}) == ""
+    # with the cells, the sentence also says how far the difference moves from one seed's draw to another's
+    cells = {f"{r}/{s}": {"framework": "mindspore", "regime": r, "fraction": 0.02, "seed": s, "test_acc": a}
+             for r, accs in (("scratch", (0.5, 0.7)), ("frozen", (0.9, 0.9))) for s, a in enumerate(accs)}
+    line = headline({"study": study, "groups": groups, "cells": cells})
+    assert "reaches 0.610: +0.290; per seed +0.200 to +0.400, what" in line
 
 
 def test_small_fractions_keep_their_digits_in_the_table():
@@ -200,3 +205,53 @@ def test_a_second_study_process_on_the_same_directory_is_refused(tmp_path, monke
         assert main(["--config", str(config)]) == 1
     assert "is in use by pid" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [".run.lock"]
+
+
+def test_cells_run_side_by_side_with_jobs_and_a_failure_stops_the_queue(tmp_path, monkeypatch):
+    """``jobs: 2`` trains two cells at once (each fake run waits at a barrier only two concurrent runs pass), with
+    the shared dataset exported once before; the results are the serial run's. A failing cell stops the queue:
+    the error names it, the cells that finished keep their results and the rest stay pending."""
+    import threading
+
+    import ms_transfer.core.recipe as recipe
+    from ms_transfer.study import Study, StudyConfig, StudyError
+
+    exported, barrier, fail = [], threading.Barrier(2, timeout=20), set()
+
+    def fake_run(self, framework, config, run_dir, what):
+        barrier.wait()   # a BrokenBarrierError after 20 s if the cells ran one at a time
+        if config["seed"] in fail:
+            raise StudyError(f"{what} failed (exit 1)")
+        run_dir.mkdir(parents=True)
+        val = 0.5 + 0.1 * config["seed"]
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"val_acc": val, "train_seconds": 1.0}) + "\n")
+        (run_dir / "test.json").write_text(json.dumps({"test_acc": val, "epoch": 1}))
+
+    monkeypatch.setattr(Study, "_run", fake_run)
+    monkeypatch.setattr(recipe, "prepare_data", lambda cfg: exported.append(cfg.dataset))
+    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None: tmp_path / f"{init}-{seed}.safetensors")
+    monkeypatch.setattr(Study, "write", lambda self, results: None)
+    config = {"base": "digit_adder", "pretrain": "digits_pretrain", "fractions": [0.05], "seeds": [0, 1, 2, 3],
+              "frameworks": ["mindspore"], "regimes": {"scratch": {"init": "scratch"}}, "jobs": 2}
+    results = Study(StudyConfig.load(_yaml(tmp_path / "s.yaml", config)), tmp_path / "study").run()
+    assert exported == ["mnist5k"]
+    assert {k: c["test_acc"] for k, c in results["cells"].items()} == {
+        f"mindspore/scratch/f0.05-s{s}": pytest.approx(0.5 + 0.1 * s) for s in range(4)}
+
+    fail.add(2)
+    with pytest.raises(StudyError, match="f0.05-s2"):
+        Study(StudyConfig.load(_yaml(tmp_path / "s.yaml", {**config, "seeds": [0, 1, 2, 3, 4, 5]})),
+              tmp_path / "study2").run()
+    done = sorted(p.parent.name for p in (tmp_path / "study2" / "cells").rglob("test.json"))
+    assert "f0.05-s2" not in done and {"f0.05-s0", "f0.05-s1"} <= set(done) and len(done) < 5
+
+
+def test_jobs_below_one_are_refused(tmp_path, capsys):
+    bad = _yaml(tmp_path / "s.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain", "jobs": 0,
+                                      "regimes": {"scratch": {"init": "scratch"}}})
+    assert main(["--config", str(bad)]) == 2
+    assert "jobs must be a whole number >= 1" in capsys.readouterr().err
+    good = _yaml(tmp_path / "g.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain",
+                                       "regimes": {"scratch": {"init": "scratch"}}})
+    assert main(["--config", str(good), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
