@@ -186,6 +186,9 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
     next(early)                  # a pass abandoned after one step: nothing kept from it
     early.close()
     assert lazy._spill is None
+    assert not lazy.readable_per_tensor()
+    with pytest.raises(RuntimeError, match="not written yet"):
+        next(lazy.steps_of(next(iter(params))))
     outer = iter(lazy)
     first = next(outer)          # the first complete pass writes the steps; a pass inside it draws them
     assert_stored(lazy)
@@ -193,10 +196,16 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
     assert lazy._spill is not None
     assert_stored(lazy)          # read back from the file, twice
     assert_stored(lazy)
+    assert lazy.readable_per_tensor()   # and one parameter's steps on their own, as the torch optimizer reads them
+    for k in params:
+        got = list(lazy.steps_of(k))
+        assert len(got) == 3
+        for g, want in zip(got, stored):
+            np.testing.assert_array_equal(g, want[k])
     for dtype in ("float32", "float64"):
         side = TorchSide(module, state, dtype, PROJECTION)
-        a = side.optimizer_steps(lazy, lr=0.1, momentum=0.9, weight_decay=1e-4)
-        b = side.optimizer_steps(stored, lr=0.1, momentum=0.9, weight_decay=1e-4)
+        a = side.optimizer_steps(lazy, lr=0.1, momentum=0.9, weight_decay=1e-4)     # parameter by parameter
+        b = side.optimizer_steps(stored, lr=0.1, momentum=0.9, weight_decay=1e-4)   # step by step
         assert set(a) == set(params)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])

@@ -464,6 +464,10 @@ class SyntheticGrads:
         self.shapes = {k: np.shape(v) for k, v in params.items()}
         self.rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
         self.steps, self.seed = steps, seed
+        # where each parameter's float32 gradient starts within a step in the file, and a step's length
+        sizes = [4 * int(np.prod(self.shapes[k], dtype=np.int64)) for k in self.names]
+        self._offsets = dict(zip(self.names, np.cumsum([0] + sizes[:-1]).tolist()))
+        self._step_bytes = sum(sizes)
         self._spill: Optional[IO[bytes]] = None   # the steps, once a pass has written all of them
         self._writing = False   # a pass is writing the file, or one found the disk full
 
@@ -499,6 +503,21 @@ class SyntheticGrads:
             if spill is not None:   # the pass stopped early: what was written is incomplete
                 spill.close()
                 self._writing = False
+
+    def readable_per_tensor(self) -> bool:
+        """Whether :meth:`steps_of` can read one parameter's steps on their own (a pass has written the file)."""
+        return self._spill is not None
+
+    def steps_of(self, name: str) -> Iterator[np.ndarray]:
+        """Parameter ``name``'s gradient of each step, in step order, read from the file one at a time (only when
+        :meth:`readable_per_tensor`): an optimizer that updates each parameter on its own then holds one tensor's
+        gradient and momentum instead of a model's worth."""
+        if self._spill is None:
+            raise RuntimeError("the steps are not written yet: iterate over the object once first")
+        for step in range(self.steps):
+            a = np.empty(self.shapes[name], np.float32)
+            os.preadv(self._spill.fileno(), [_bytes(a)], step * self._step_bytes + self._offsets[name])
+            yield a
 
     def _read(self, fd: int) -> Iterator[Dict[str, np.ndarray]]:
         offset = 0

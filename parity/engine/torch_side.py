@@ -194,13 +194,26 @@ class TorchSide:
         # one optimizer per parameter, given its gradient only while it steps: SGD updates each parameter on its own,
         # so the updates are the same, and no whole model's worth of gradients is held at once (VGG16's float64
         # reference: 1.1 GB at the optimizer check's peak)
-        opts = {k: torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay) for k, p in params.items()}
-        for step_grads in grads:
+        if getattr(grads, "readable_per_tensor", lambda: False)():
+            # parameter by parameter, each through all its steps: one tensor's momentum and gradient at a time
+            # instead of a model's worth of each (ResNet50's float64 reference: the optimizer check's peak, see
+            # BENCHMARKS.md "Parity cost"); each parameter sees the same steps in the same order: the same updates
             for k, p in params.items():
-                p.grad = self.tensor(step_grads[k])
-                opts[k].step()
-                p.grad = None
-        del opts   # their momentum buffers (a model's worth) go before the updates are formed
+                opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
+                for g in grads.steps_of(k):
+                    p.grad = self.tensor(g)
+                    opt.step()
+                    p.grad = None
+                del opt
+        else:
+            opts = {k: torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
+                    for k, p in params.items()}
+            for step_grads in grads:
+                for k, p in params.items():
+                    p.grad = self.tensor(step_grads[k])
+                    opts[k].step()
+                    p.grad = None
+            del opts   # their momentum buffers (a model's worth) go before the updates are formed
         # the update in the copy taken before (``after - before``, the same float operation): no third model's worth
         return {k: torch.sub(p.detach(), before[k], out=before[k]).numpy() for k, p in params.items()}
 
