@@ -289,15 +289,14 @@ class Study:
         for regime in self.swept_regimes():
             lr = self.chosen_lr(regime)
             logger.info(f"{regime}: learning rate {lr:g} (of {self.cfg.regimes[regime]['lr']}, on validation accuracy)")
-        bar = tqdm(total=len(pending), unit="cell", disable=None if logger.isEnabledFor(logging.INFO) else True)
-        if self.cfg.jobs > 1 and len(pending) > 1:
-            self._run_side_by_side(pending, bar)
-        else:
-            for cell in pending:
-                bar.set_postfix_str(cell.key)
-                self.run_cell(cell)
-                bar.update()
-        bar.close()
+        with tqdm(total=len(pending), unit="cell", disable=None if logger.isEnabledFor(logging.INFO) else True) as bar:
+            if self.cfg.jobs > 1 and len(pending) > 1:
+                self._run_side_by_side(pending, bar)
+            else:
+                for cell in pending:
+                    bar.set_postfix_str(cell.key)
+                    self.run_cell(cell)
+                    bar.update()
         results = self.collect()
         results["wall_seconds_this_invocation"] = time.perf_counter() - start
         self.write(results)
@@ -305,13 +304,18 @@ class Study:
 
     def _run_side_by_side(self, pending: Sequence[Cell], bar: tqdm) -> None:
         """``jobs`` cells at a time, each in its own process. What cells share is made first, one at a time: the
-        exported dataset (its build folder has one name), the pretrained network and every cell's start. The first
-        failure stops the queue: the running cells finish (their results are kept), the rest stay pending."""
+        exported datasets (an export's build folder has one name), the pretrained network and every cell's start.
+        The first failure (or an interrupt) stops the queue: the running cells finish and keep their results, the
+        rest stay pending for the next run; every failure is logged, the first is raised."""
         from .core.recipe import prepare_data
 
-        prepare_data(TrainConfig(**{**self.base, "pretrained": None}).validate())
+        exported = set()
         for cell in pending:
-            self.cell_config(cell)
+            config = TrainConfig(**{**self.cell_config(cell), "pretrained": None}).validate()
+            data = (config.dataset, tuple(config.dataset_classes or ()), config.val_fraction, config.data_dir)
+            if data not in exported:
+                prepare_data(config)
+                exported.add(data)
         stop = threading.Event()
 
         def run(cell: Cell) -> bool:
@@ -326,13 +330,21 @@ class Study:
 
         with ThreadPoolExecutor(self.cfg.jobs) as pool:
             futures = {pool.submit(run, cell): cell for cell in pending}
-            for future in as_completed(futures):
-                if future.exception() is None and future.result():
-                    bar.set_postfix_str(futures[future].key)
-                    bar.update()
-        failures = [f.exception() for f in futures if f.exception() is not None]
-        if failures:
-            raise failures[0]
+            try:
+                for future in as_completed(futures):
+                    if future.exception() is None and future.result():
+                        bar.set_postfix_str(futures[future].key)
+                        bar.update()
+            except BaseException:   # e.g. KeyboardInterrupt in this thread: no new cell starts
+                stop.set()
+                raise
+        failed = [(futures[f], f.exception()) for f in futures if f.exception() is not None]
+        if failed:
+            skipped = sum(1 for f in futures if f.exception() is None and not f.result())
+            for cell, exc in failed:
+                logger.error(f"cell {cell.key} failed: {str(exc).splitlines()[0]}")
+            logger.error(f"{len(failed)} cell(s) failed, {skipped} not started (they run when the study runs again)")
+            raise failed[0][1]
 
     # --- results -------------------------------------------------------------------------------------------
     def collect(self) -> Dict:

@@ -233,3 +233,18 @@ def test_synthetic_grads_draw_on_every_pass_when_the_disk_is_full(tiny, monkeypa
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k])
     assert lazy._spill is None
+
+
+def test_a_steps_file_cut_short_is_an_error_not_uninitialised_gradients(tiny):
+    """Reading the optimizer check's gradients back checks every byte count: a file cut short under the check
+    raises instead of handing ``np.empty`` leftovers to the optimizers."""
+    from parity.engine.comparison import synthetic_grads
+    module, state, _, _ = tiny
+    params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
+    lazy = synthetic_grads(params, 2, 7)
+    list(lazy)                          # the first complete pass writes the file
+    lazy._spill.truncate(8)
+    with pytest.raises(OSError, match="ended early"):
+        list(lazy)
+    with pytest.raises(OSError, match="ended early"):
+        list(lazy.steps_of(list(params)[-1]))

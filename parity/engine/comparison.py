@@ -315,7 +315,7 @@ class Comparison:
         masked = bool(masks) and check in MASKED_CHECKS
         ref = self.runners[check](self.reference, self.xs)
         # each float64 computation frees its activations before the next one starts: trimmed between them too, not
-        # only after each sample (ResNet50, 224 px, GRAPH: peak 3.21 -> 3.03 GiB, the same time; BENCHMARKS.md)
+        # only after each sample (ResNet50, 224 px, GRAPH: peak 3.21 -> 2.96 GiB, the same time; BENCHMARKS.md)
         release_freed_memory()
         scale_ref = None
         if masked:
@@ -516,7 +516,7 @@ class SyntheticGrads:
             raise RuntimeError("the steps are not written yet: iterate over the object once first")
         for step in range(self.steps):
             a = np.empty(self.shapes[name], np.float32)
-            os.preadv(self._spill.fileno(), [_bytes(a)], step * self._step_bytes + self._offsets[name])
+            _read_fully(self._spill.fileno(), a, step * self._step_bytes + self._offsets[name])
             yield a
 
     def _read(self, fd: int) -> Iterator[Dict[str, np.ndarray]]:
@@ -525,8 +525,17 @@ class SyntheticGrads:
             step = {}
             for k in self.names:
                 step[k] = a = np.empty(self.shapes[k], np.float32)
-                offset += os.preadv(fd, [_bytes(a)], offset)
+                offset += _read_fully(fd, a, offset)
             yield step
+
+
+def _read_fully(fd: int, a: np.ndarray, offset: int) -> int:
+    """Fill ``a`` from the file at ``offset``; its byte count. A short read (a file cut short under us) is an
+    error, not a gradient with uninitialised values in it."""
+    got = os.preadv(fd, [_bytes(a)], offset)
+    if got != a.nbytes:
+        raise OSError(f"the optimizer check's gradients file ended early: {got} of {a.nbytes} bytes at {offset}")
+    return got
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:

@@ -185,8 +185,8 @@ class TorchSide:
 
     def optimizer_steps(self, grads, lr: float, momentum: float, weight_decay: float) -> Arrays:
         """One step of torch SGD (momentum, weight decay) per element of ``grads`` (``{torch name: gradient}`` each:
-        a list, or :class:`~parity.engine.comparison.SyntheticGrads`, which names them in ``names`` and draws each
-        step as it is used): the updates."""
+        a list, or :class:`~parity.engine.comparison.SyntheticGrads`, which names them in ``names``; once its steps
+        are in its file, each parameter is stepped through all of them on its own): the updates."""
         m = self.model()
         wanted = set(grads.names if hasattr(grads, "names") else grads[0])
         params = {k: p for k, p in m.named_parameters() if k in wanted}
@@ -196,8 +196,9 @@ class TorchSide:
         # reference: 1.1 GB at the optimizer check's peak)
         if getattr(grads, "readable_per_tensor", lambda: False)():
             # parameter by parameter, each through all its steps: one tensor's momentum and gradient at a time
-            # instead of a model's worth of each (ResNet50's float64 reference: the optimizer check's peak, see
-            # BENCHMARKS.md "Parity cost"); each parameter sees the same steps in the same order: the same updates
+            # instead of a model's worth of each (with both modes the optimizer check's float64 reference was the
+            # peak; ResNet50 224 px, side by side: 3.15 -> 3.09 GiB, BENCHMARKS.md "Parity cost"); each parameter
+            # sees the same steps in the same order: the same updates
             for k, p in params.items():
                 opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
                 for g in grads.steps_of(k):
