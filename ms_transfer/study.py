@@ -342,7 +342,7 @@ class Study:
         if failed:
             skipped = sum(1 for f in futures if f.exception() is None and not f.result())
             for cell, exc in failed:
-                logger.error(f"cell {cell.key} failed: {str(exc).splitlines()[0]}")
+                logger.error(f"cell {cell.key} failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             logger.error(f"{len(failed)} cell(s) failed, {skipped} not started (they run when the study runs again)")
             raise failed[0][1]
 
