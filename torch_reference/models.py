@@ -96,13 +96,23 @@ def numpy_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
 
 
-def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
-    """Load a numpy state dict (torchvision names), casting to each tensor's dtype."""
+def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], strict: bool = True,
+                     share: bool = False) -> None:
+    """Load a numpy state dict (torchvision names), casting to each tensor's dtype. ``share=True``: each tensor
+    whose array already has its dtype and shape (C-contiguous, writable) then uses the array's memory instead of a
+    copy of it, so the model and the arrays are one set of weights: for callers that change neither."""
     current = model.state_dict()
     tensors: Dict[str, torch.Tensor] = {
         k: torch.from_numpy(np.asarray(v)).to(current[k].dtype) if k in current else torch.from_numpy(np.asarray(v))
         for k, v in state.items()}
     model.load_state_dict(tensors, strict=strict)
+    if share:
+        with torch.no_grad():
+            for k, t in model.state_dict(keep_vars=True).items():
+                a = state.get(k)
+                if (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
+                        and torch.from_numpy(np.empty(0, a.dtype)).dtype == t.dtype and tuple(a.shape) == tuple(t.shape)):
+                    t.data = torch.from_numpy(a)
 
 
 def _trunk(spec: SeqSpec) -> torch.nn.Sequential:

@@ -241,26 +241,26 @@ def _localize(c: "Comparison", o: CompareOptions, report: ParityReport, ms_mode:
 
 def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tuple[Optional[str], ParityReport]]
                ) -> None:
-    """One check group: the port in each run's mode, then the torch reference and floor once, then each run's rows
-    (and sensitivity) into its report. A function of its own so that its arrays (a ResNet50's float64 gradients and
-    their masked reference: 0.4 GB) are freed before the next check starts, not when it has computed its own."""
+    """One check group: the torch reference and floor once, then the port in each run's mode, each compared into its
+    run's report (and sensitivity) and dropped before the next mode runs. A function of its own so that its arrays
+    (a ResNet50's float64 gradients and their masked reference: 0.4 GB) are freed before the next check starts.
+
+    The reference comes first so that one port's results are held at a time: with both modes, the first mode's
+    gradients or updates were held through the float64 reference and the second port (ResNet50, 224 px: 0.1 GB
+    at the peak; BENCHMARKS.md "Parity cost")."""
     o.log(f"running {check} ...")
-    ports, masks, masked = [], None, False
-    for mode, report in runs:
-        t = time.perf_counter()
-        _enter_mode(mode)
-        ms, error = run_port(c.runners[check], c.ms_side, c.xs)
-        if ms is not None and o.mask_relus and not masked:   # the same in every mode: taken in PYNATIVE
-            masks, masked = c.port_masks(check), True
-        c.ms_side.release_graphs()
-        release_freed_memory()
-        report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t
-        ports.append((ms, error))
     t = time.perf_counter()
+    masks = c.port_masks(check) if o.mask_relus else None   # the same in every mode: taken in PYNATIVE
     ref, floors, scale_ref = c.reference_floors(check, masks)
     probes = c.error_probes(check, ref, o.seed) if o.sensitivity else {}
     shared = time.perf_counter() - t
-    for i, ((_, report), (ms, error)) in enumerate(zip(runs, ports)):
+    for i, (mode, report) in enumerate(runs):
+        t = time.perf_counter()
+        _enter_mode(mode)
+        ms, error = run_port(c.runners[check], c.ms_side, c.xs)
+        c.ms_side.release_graphs()
+        release_freed_memory()
+        report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t
         t = time.perf_counter()
         for name in ref:
             if ms is None:
@@ -271,6 +271,7 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
             if o.sensitivity:
                 report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref,
                                                               *probes.get(name, ())))
+        del ms
         report.seconds[check] = (report.seconds[f"{check} (mindspore)"] + (shared if i == 0 else 0.0)
                                  + time.perf_counter() - t)
 
@@ -378,7 +379,8 @@ class Comparison:
                                            for n, b in as_named(bumped[row]).items()})) for row in ref}
 
     def port_masks(self, check: str) -> Optional[Dict[str, List[np.ndarray]]]:
-        """The port's ReLU masks for a gradient check (torch module name -> one mask per call), or None."""
+        """The port's ReLU masks for a gradient check (torch module name -> one mask per call), or None (not a
+        gradient check, no ReLUs matched, or a port whose forward fails)."""
         if check not in MASKED_CHECKS:
             return None
         pairs = module_pairs(self.reference.module_params(), self.ms_side.module_params(), self.match)
@@ -386,7 +388,10 @@ class Comparison:
         relus = {t: m for t, m in pairs.items() if t in set(self.reference.relu_names()) and m in ms_relus}
         if not relus:
             return None
-        ms_masks = self.ms_side.relu_masks(self.xs, check == "grads_train_bn", list(relus.values()))
+        try:
+            ms_masks = self.ms_side.relu_masks(self.xs, check == "grads_train_bn", list(relus.values()))
+        except Exception:  # a port whose forward does not run: its rows fail when it runs (run_port says why)
+            return None
         return {t: ms_masks[m] for t, m in relus.items() if m in ms_masks} or None
 
 
@@ -402,8 +407,10 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     from .torch_side import TorchSide, WorkingCopy, numpy_state
 
     xs = _as_inputs(inputs)
+    # views of the module's tensors, not copies: every engine computes on its own working copy and leaves the module
+    # as it was, so they stay the module's weights (a VGG16's 0.55 GB less from set-up to the end)
     torch_state = {k: (v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v)
-                   for k, v in numpy_state(torch_module).items()}
+                   for k, v in numpy_state(torch_module, copy=False).items()}
     ms_params = {p.name: p.shape for p in ms_cell.get_parameters()}
     ported, match = port_weights(torch_state, ms_params, o.name_map)
     trainable = {p.name for p in ms_cell.trainable_params()}
@@ -454,9 +461,10 @@ class SyntheticGrads:
     Not held in memory (issue 22): a VGG16's three steps are 1.5 GiB of float32 that a comparison held from its
     set-up to its end, most of its set-up's memory beside the models. Drawing them again on every pass instead cost
     ~0.47 s per pass at ResNet50's 25.6M parameters (``RandomState.standard_normal``; a comparison passes over them 7
-    times: 9.5 of its 44 s), so the first complete pass writes each step to an unnamed temporary file and later passes
-    read it back, one tensor at a time: the same float32 numbers, at page-cache speed, without the memory. If the file
-    cannot be written (a full disk), every pass draws again.
+    times: 9.5 of its 44 s), so the first use draws them once, one tensor at a time, into an unnamed temporary file,
+    and every pass reads them back: the same float32 numbers, at page-cache speed, without the memory; and an
+    optimizer that steps each parameter (or each slice of one) on its own reads just that (:meth:`steps_of`). If
+    the file cannot be written (a full disk), every pass draws again.
     """
 
     def __init__(self, params: Mapping[str, np.ndarray], steps: int, seed: int) -> None:
@@ -468,55 +476,66 @@ class SyntheticGrads:
         sizes = [4 * int(np.prod(self.shapes[k], dtype=np.int64)) for k in self.names]
         self._offsets = dict(zip(self.names, np.cumsum([0] + sizes[:-1]).tolist()))
         self._step_bytes = sum(sizes)
-        self._spill: Optional[IO[bytes]] = None   # the steps, once a pass has written all of them
-        self._writing = False   # a pass is writing the file, or one found the disk full
+        self._spill: Optional[IO[bytes]] = None   # the steps, once written
+        self._tried = False                        # the first use tried to write them
 
     def __len__(self) -> int:
         return self.steps
 
+    def _draw(self, rng: np.random.RandomState, name: str) -> np.ndarray:
+        return (0.1 * self.rms[name] * rng.standard_normal(self.shapes[name])).astype(np.float32)
+
+    def _write(self) -> None:
+        """On first use: every step into the file, drawn one tensor at a time (the same random sequence as a whole
+        step drawn at once: the same order of draws)."""
+        if self._tried:
+            return
+        spill = _temporary_file()
+        try:
+            if spill is not None:
+                rng = np.random.RandomState(self.seed + 3)
+                for _ in range(self.steps):
+                    for k in self.names:
+                        spill.write(_bytes(self._draw(rng, k)))
+                spill.flush()
+        except OSError:   # a full disk: this object draws on every pass
+            spill.close()
+            spill = None
+        except BaseException:   # interrupted: nothing kept, the next use tries again
+            spill.close()
+            raise
+        self._tried = True
+        if spill is not None:
+            self._spill = spill
+            weakref.finalize(self, spill.close)   # closed with this object, not left to the collector
+
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+        self._write()
         if self._spill is not None:
             yield from self._read(self._spill.fileno())
             return
-        spill = None
-        if not self._writing:   # one pass writes the file; a pass inside it, or after a failed write, draws
-            spill = _temporary_file()
-            self._writing = spill is not None
         rng = np.random.RandomState(self.seed + 3)
-        try:
-            for _ in range(self.steps):
-                step = {k: (0.1 * self.rms[k] * rng.standard_normal(self.shapes[k])).astype(np.float32)
-                        for k in self.names}
-                if spill is not None:
-                    try:
-                        for k in self.names:
-                            spill.write(_bytes(step[k]))
-                    except OSError:   # a full disk: this object keeps drawing
-                        spill.close()
-                        spill = None
-                yield step
-            if spill is not None:
-                spill.flush()
-                self._spill, spill = spill, None
-                weakref.finalize(self, self._spill.close)   # closed with this object, not left to the collector
-        finally:
-            if spill is not None:   # the pass stopped early: what was written is incomplete
-                spill.close()
-                self._writing = False
+        for _ in range(self.steps):
+            yield {k: self._draw(rng, k) for k in self.names}
 
     def readable_per_tensor(self) -> bool:
-        """Whether :meth:`steps_of` can read one parameter's steps on their own (a pass has written the file)."""
+        """Whether :meth:`steps_of` can read one parameter's steps on their own (the file was written)."""
+        self._write()
         return self._spill is not None
 
-    def steps_of(self, name: str) -> Iterator[np.ndarray]:
+    def steps_of(self, name: str, start: int = 0, stop: Optional[int] = None) -> Iterator[np.ndarray]:
         """Parameter ``name``'s gradient of each step, in step order, read from the file one at a time (only when
-        :meth:`readable_per_tensor`): an optimizer that updates each parameter on its own then holds one tensor's
-        gradient and momentum instead of a model's worth."""
-        if self._spill is None:
-            raise RuntimeError("the steps are not written yet: iterate over the object once first")
+        :meth:`readable_per_tensor`); with ``start``/``stop``, elements ``[start, stop)`` of the flattened gradient
+        only: an optimizer that updates each parameter, or each slice of one, on its own holds that much gradient
+        and momentum instead of a model's worth."""
+        if not self.readable_per_tensor():
+            raise RuntimeError("the steps could not be written to a file (a full disk?): iterate over the object")
+        size = int(np.prod(self.shapes[name], dtype=np.int64))
+        stop = size if stop is None else min(stop, size)
+        whole = start == 0 and stop == size
         for step in range(self.steps):
-            a = np.empty(self.shapes[name], np.float32)
-            _read_fully(self._spill.fileno(), a, step * self._step_bytes + self._offsets[name])
+            a = np.empty(self.shapes[name] if whole else (max(stop - start, 0),), np.float32)
+            _read_fully(self._spill.fileno(), a, step * self._step_bytes + self._offsets[name] + 4 * start)
             yield a
 
     def _read(self, fd: int) -> Iterator[Dict[str, np.ndarray]]:

@@ -21,6 +21,10 @@ from .loss import CROSS_ENTROPY, flatten, output_names
 torch = require_torch("comparing a port with its torch original (parity.compare_models, parity.save_reference)")
 
 Arrays = Dict[str, np.ndarray]
+#: elements of a parameter stepped together by :meth:`TorchSide.optimizer_steps` (a multiple of every SIMD width:
+#: each slice runs the same vector loops as the whole tensor would); 4M: 32 MB of float64 per slice
+STEP_SLICE = 1 << 22
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}   # a side's dtype in numpy
 
 
 def flatten_outputs(out) -> List[torch.Tensor]:
@@ -34,9 +38,11 @@ def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
     return [o.detach().numpy().copy() for o in outs]
 
 
-def numpy_state(module: torch.nn.Module) -> Dict[str, np.ndarray]:
-    """The module's state dict as numpy copies (torch names)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+def numpy_state(module: torch.nn.Module, copy: bool = True) -> Dict[str, np.ndarray]:
+    """The module's state dict as numpy copies (torch names); ``copy=False``: views of the module's own tensors (on
+    the CPU), for callers that only read them while the module is left alone."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return {k: v.copy() for k, v in arrays.items()} if copy else arrays
 
 
 @contextmanager
@@ -146,6 +152,12 @@ class TorchSide:
         return without_dropout(m.train(train))
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:
+        """``a`` as a tensor of its own memory: floats in this side's dtype, integers as int64."""
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and a.dtype != _NUMPY[self.dtype] and a.flags.writeable:
+            # the cast is the copy: no float32 copy first (VGG16's classifier weight's gradient in the float64
+            # optimizer reference: 0.4 GB less at that check's peak)
+            return torch.from_numpy(a).to(self.dtype)
         t = torch.from_numpy(np.array(a))
         return t.to(self.dtype) if t.is_floating_point() else t.long()
 
@@ -185,37 +197,49 @@ class TorchSide:
 
     def optimizer_steps(self, grads, lr: float, momentum: float, weight_decay: float) -> Arrays:
         """One step of torch SGD (momentum, weight decay) per element of ``grads`` (``{torch name: gradient}`` each:
-        a list, or :class:`~parity.engine.comparison.SyntheticGrads`, which names them in ``names``; once its steps
-        are in its file, each parameter is stepped through all of them on its own): the updates."""
-        m = self.model()
+        a list, or :class:`~parity.engine.comparison.SyntheticGrads`, which names them in ``names``): the updates.
+
+        Each parameter's steps run on a tensor of its own, made from this side's weights, not on the model: SGD
+        updates every element on its own, so a parameter stepped alone, or in slices (:data:`STEP_SLICE` elements at
+        a time), takes the same float operations on each element. With gradients readable per tensor, each slice
+        goes through all its steps before the next: one slice's momentum and gradient at a time instead of a
+        model's worth of each (VGG16's float64 reference, the peak of its comparison: 10.2 -> 7.x GiB, BENCHMARKS.md
+        "Parity cost")."""
         wanted = set(grads.names if hasattr(grads, "names") else grads[0])
-        params = {k: p for k, p in m.named_parameters() if k in wanted}
-        before = {k: p.detach().clone() for k, p in params.items()}
-        # one optimizer per parameter, given its gradient only while it steps: SGD updates each parameter on its own,
-        # so the updates are the same, and no whole model's worth of gradients is held at once (VGG16's float64
-        # reference: 1.1 GB at the optimizer check's peak)
+        dtype = _NUMPY[self.dtype]
+        updates: Arrays = {}
         if getattr(grads, "readable_per_tensor", lambda: False)():
-            # parameter by parameter, each through all its steps: one tensor's momentum and gradient at a time
-            # instead of a model's worth of each (with both modes the optimizer check's float64 reference was the
-            # peak; ResNet50 224 px, side by side: 3.15 -> 3.09 GiB, BENCHMARKS.md "Parity cost"); each parameter
-            # sees the same steps in the same order: the same updates
+            for k, w in self.state.items():   # one pass (a floor sample's jittered weights are drawn as they come)
+                if k not in wanted:
+                    continue
+                flat = np.asarray(w).reshape(-1)
+                out = np.empty(flat.shape, dtype)
+                for start in range(0, max(flat.size, 1), STEP_SLICE):
+                    stop = min(start + STEP_SLICE, flat.size)
+                    p = torch.tensor(flat[start:stop], dtype=self.dtype, requires_grad=True)
+                    opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
+                    for g in grads.steps_of(k, start, stop):
+                        p.grad = self.tensor(g.reshape(-1))
+                        opt.step()
+                        p.grad = None
+                    del opt
+                    # after - before, the before cast again from float32 (exact): the same float operation
+                    torch.sub(p.detach(), torch.from_numpy(flat[start:stop]).to(self.dtype),
+                              out=torch.from_numpy(out[start:stop]))
+                updates[k] = out.reshape(np.shape(w))
+            return updates
+        # step by step (steps given as a list, or no file to read them from): every parameter at once
+        params = {k: torch.tensor(np.asarray(w), dtype=self.dtype, requires_grad=True)
+                  for k, w in self.state.items() if k in wanted}
+        before = {k: p.detach().clone() for k, p in params.items()}
+        opts = {k: torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
+                for k, p in params.items()}
+        for step_grads in grads:
             for k, p in params.items():
-                opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
-                for g in grads.steps_of(k):
-                    p.grad = self.tensor(g)
-                    opt.step()
-                    p.grad = None
-                del opt
-        else:
-            opts = {k: torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
-                    for k, p in params.items()}
-            for step_grads in grads:
-                for k, p in params.items():
-                    p.grad = self.tensor(step_grads[k])
-                    opts[k].step()
-                    p.grad = None
-            del opts   # their momentum buffers (a model's worth) go before the updates are formed
-        # the update in the copy taken before (``after - before``, the same float operation): no third model's worth
+                p.grad = self.tensor(step_grads[k])
+                opts[k].step()
+                p.grad = None
+        del opts   # their momentum buffers (a model's worth) go before the updates are formed
         return {k: torch.sub(p.detach(), before[k], out=before[k]).numpy() for k, p in params.items()}
 
     # --- localisation (parity.engine.localization) -----------------------------------------------------------
