@@ -203,8 +203,8 @@ class TorchSide:
         updates every element on its own, so a parameter stepped alone, or in slices (:data:`STEP_SLICE` elements at
         a time), takes the same float operations on each element. With gradients readable per tensor, each slice
         goes through all its steps before the next: one slice's momentum and gradient at a time instead of a
-        model's worth of each (VGG16's float64 reference, the peak of its comparison: 10.2 -> 7.x GiB, BENCHMARKS.md
-        "Parity cost")."""
+        model's worth of each (VGG16's float64 reference had been the peak of its comparison: 9.4 -> 7.9 GiB,
+        BENCHMARKS.md "Parity cost")."""
         wanted = set(grads.names if hasattr(grads, "names") else grads[0])
         dtype = _NUMPY[self.dtype]
         updates: Arrays = {}
