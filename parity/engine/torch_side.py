@@ -123,6 +123,10 @@ class WorkingCopy:
             self._dtype = dtype
         return self._copy
 
+    def release(self) -> None:
+        """Drop the copy (made again on next use): while the port runs, nothing of the torch side computes."""
+        self._copy, self._dtype = None, None
+
 
 class TorchSide:
     """``module`` with ``state`` (torch names, numpy) in ``dtype``; ``loss`` is ``"cross_entropy"`` (mean, on the
