@@ -47,6 +47,8 @@ class MsResCNN(nn.Cell):
         self.mean = ops.ReduceMean(keep_dims=False)
 
     def construct(self, x):
+        if self.bug == "raises":
+            raise ValueError("a port that does not run")
         h = self.relu(self.bn(self.stem(x)))
         r = self.bn2(self.conv(h))
         if self.bug == "no_residual":
@@ -148,6 +150,22 @@ def test_clean_ports_pass_every_check(mode):
     assert report.names["rule"] == "user dict + generic"
     # two outputs compared each, under torch's names; the projection loss reaches both
     assert {r.check for r in report.results} >= {"eval outputs", "train loss"}
+
+
+def test_a_port_that_does_not_run_fails_every_row_with_its_error():
+    """Its ReLU masks cannot be taken either (before the gradient checks' reference): every row that runs the
+    forward fails, naming the port's error, and the comparison itself does not raise. The optimizer check steps the
+    weights without a forward: it passes."""
+    set_context("pynative")
+    x, y = _res_inputs()
+    report = parity.compare_models(_torch(TorchResCNN), MsResCNN("raises"), x, y)
+    assert not report.passed
+    rows = {r.check: r for r in report.results}
+    forward = [rows[c] for c in ("eval outputs", "train outputs", "train loss", "BN running stats",
+                                 "grads (train-mode BN)", "grads (eval-mode BN)")]
+    assert all(not r.passed and "a port that does not run" in r.worst for r in forward), \
+        parity.format_table(report.results)
+    assert rows["param update, 3 steps"].passed
 
 
 @pytest.mark.parametrize("bug, failing", [

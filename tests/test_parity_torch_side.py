@@ -1,6 +1,7 @@
 """The torch side of a comparison computes on one shared working copy per dtype and jitters block by block: the
 numbers must be exactly those of a fresh deep copy per computation and of one whole-tensor draw (torch only, a
 model of a few hundred parameters: no MindSpore)."""
+import copy
 import io
 
 import numpy as np
@@ -207,6 +208,17 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
     for dtype in ("float32", "float64"):
         side = TorchSide(module, state, dtype, PROJECTION)
         b = side.optimizer_steps(stored, lr=0.1, momentum=0.9, weight_decay=1e-4)   # step by step
+        # what neither path shares: one SGD over the module's own parameters, in the side's dtype
+        model = copy.deepcopy(module).to(getattr(torch, dtype))
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        for step in stored:
+            for k, p in model.named_parameters():
+                p.grad = torch.from_numpy(step[k]).to(p.dtype)
+            opt.step()
+        for k, p in model.named_parameters():
+            np.testing.assert_array_equal(b[k], (p.detach() - before[k]).numpy())
         for step_slice in (torch_side.STEP_SLICE, 7):   # parameter by parameter; then in slices of 7 elements
             monkeypatch.setattr(torch_side, "STEP_SLICE", step_slice)
             a = side.optimizer_steps(lazy, lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -248,9 +260,40 @@ def test_a_steps_file_cut_short_is_an_error_not_uninitialised_gradients(tiny):
     module, state, _, _ = tiny
     params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
     lazy = synthetic_grads(params, 2, 7)
-    list(lazy)                          # the first complete pass writes the file
+    list(lazy)                          # the first use writes the file
     lazy._spill.truncate(8)
     with pytest.raises(OSError, match="ended early"):
         list(lazy)
     with pytest.raises(OSError, match="ended early"):
         list(lazy.steps_of(list(params)[-1]))
+
+
+def test_a_side_takes_arrays_of_any_layout_as_tensors_of_their_own(tiny):
+    """A flipped (negative strides) or transposed input becomes a tensor of the side's dtype with its values; it
+    never shares the caller's array (a module writing into its input must not change the inputs)."""
+    module, state, x, _ = tiny
+    for dtype in ("float32", "float64"):
+        side = TorchSide(module, state, dtype, PROJECTION)
+        for a in (x, x[:, ::-1], x.transpose(0, 1, 3, 2)):
+            t = side.tensor(a)
+            assert t.dtype == getattr(torch, dtype)
+            np.testing.assert_array_equal(t.numpy(), a)
+            assert not np.shares_memory(t.numpy(), a)
+
+
+def test_a_model_loaded_with_share_is_its_arrays():
+    """``load_numpy_state(share=True)`` (the parity suite's torch model): the model's tensors are the arrays
+    themselves, with their values; without it, copies."""
+    from torch_reference.models import load_numpy_state
+
+    torch.manual_seed(0)
+    module = _Tiny()
+    state = {k: v + 1 if v.dtype.kind == "f" else v for k, v in numpy_state(module).items()}
+    for share in (True, False):
+        model = _Tiny()
+        load_numpy_state(model, state, share=share)
+        got = model.state_dict()
+        for k, v in state.items():
+            np.testing.assert_array_equal(got[k].numpy(), v)
+            assert np.shares_memory(got[k].numpy(), v) == (share and v.dtype.kind == "f" or share and v.ndim == 0
+                                                           and got[k].dtype == torch.int64)

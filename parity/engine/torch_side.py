@@ -2,8 +2,8 @@
 
 Every computation starts from the module with the side's weights freshly loaded (parameters, buffers, no gradients,
 no hooks left by an earlier computation), so the checks are independent of each other. The module is copied once
-(:class:`WorkingCopy`) and that copy is shared by every side of a comparison: deep-copying it for each
-computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22). Results are numpy arrays keyed by torch
+per check (:class:`WorkingCopy`; dropped while the port runs) and that copy is shared by every side of a comparison:
+deep-copying it for each computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22). Results are numpy arrays keyed by torch
 names (parameters and buffers) or by output position.
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ class TorchSide:
     def tensor(self, a: np.ndarray) -> torch.Tensor:
         """``a`` as a tensor of its own memory: floats in this side's dtype, integers as int64."""
         a = np.asarray(a)
-        if a.dtype.kind == "f" and a.dtype != _NUMPY[self.dtype] and a.flags.writeable:
+        if a.dtype.kind == "f" and a.dtype != _NUMPY[self.dtype] and a.flags.writeable and a.flags.c_contiguous:
             # the cast is the copy: no float32 copy first (VGG16's classifier weight's gradient in the float64
             # optimizer reference: 0.4 GB less at that check's peak)
             return torch.from_numpy(a).to(self.dtype)
@@ -220,16 +220,15 @@ class TorchSide:
                 out = np.empty(flat.shape, dtype)
                 for start in range(0, max(flat.size, 1), STEP_SLICE):
                     stop = min(start + STEP_SLICE, flat.size)
-                    p = torch.tensor(flat[start:stop], dtype=self.dtype, requires_grad=True)
+                    before = torch.tensor(flat[start:stop], dtype=self.dtype)   # a copy, cast (exact)
+                    p = before.clone().requires_grad_()
                     opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
                     for g in grads.steps_of(k, start, stop):
                         p.grad = self.tensor(g.reshape(-1))
                         opt.step()
                         p.grad = None
                     del opt
-                    # after - before, the before cast again from float32 (exact): the same float operation
-                    torch.sub(p.detach(), torch.from_numpy(flat[start:stop]).to(self.dtype),
-                              out=torch.from_numpy(out[start:stop]))
+                    torch.sub(p.detach(), before, out=torch.from_numpy(out[start:stop]))   # after - before
                 updates[k] = out.reshape(np.shape(w))
             return updates
         # step by step (steps given as a list, or no file to read them from): every parameter at once
