@@ -75,7 +75,7 @@ test: venv lint docs-check
 	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS))
 	$(MEASURED) "pytest, parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PARITY_TESTS)
 
-## test-slow: only the slow tests, one process per file (every VGG depth's parity needs up to 19 GB; ~1 h 15 min)
+## test-slow: only the slow tests, one process per file (~1 h 15 min; VGG19-BN's parity, both modes, peaks at 6.4 GiB)
 test-slow: venv
 	for f in tests/test_*.py; do $(PY) -m pytest -m slow -q $$f; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 
