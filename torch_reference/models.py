@@ -110,9 +110,10 @@ def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], st
         with torch.no_grad():
             for k, t in model.state_dict(keep_vars=True).items():
                 a = state.get(k)
-                if (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
-                        and torch.from_numpy(np.empty(0, a.dtype)).dtype == t.dtype and tuple(a.shape) == tuple(t.shape)):
-                    t.data = torch.from_numpy(a)
+                if isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable:
+                    view = torch.from_numpy(a)   # no copy
+                    if view.dtype == t.dtype and view.shape == t.shape:
+                        t.data = view
 
 
 def _trunk(spec: SeqSpec) -> torch.nn.Sequential:

@@ -2,9 +2,9 @@
 
 Every computation starts from the module with the side's weights freshly loaded (parameters, buffers, no gradients,
 no hooks left by an earlier computation), so the checks are independent of each other. The module is copied once
-per check (:class:`WorkingCopy`; dropped while the port runs) and that copy is shared by every side of a comparison:
-deep-copying it for each computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22). Results are numpy arrays keyed by torch
-names (parameters and buffers) or by output position.
+per check (:class:`WorkingCopy`; dropped while the port runs) and that copy is shared by every side of a
+comparison: deep-copying it for each computation was ~23% of a comparison's time (ResNet18, 64 px; issue 22).
+Results are numpy arrays keyed by torch names (parameters and buffers) or by output position.
 """
 from __future__ import annotations
 
