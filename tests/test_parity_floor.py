@@ -97,3 +97,74 @@ def test_block_by_block_sums_give_the_whole_tensor_numbers(monkeypatch):
     np.testing.assert_allclose([absolute_term(v, True) for v in ref.values()], terms, rtol=1e-12)
     broken = {**port, "b": np.where(np.arange(40) == 33, np.nan, port["b"]).astype(np.float32)}
     assert not compare_to_floor("x", broken, ref, floor).passed
+
+
+def test_spilled_arrays_come_back_the_same_in_memory_of_their_own(monkeypatch):
+    """:func:`parity.engine.memory.spill` writes a reference's arrays to a temporary file while a comparison does
+    not need them: they come back, as often as loaded, with their values, dtypes, shapes and nesting, in new memory,
+    whatever their layout; other values pass through; without a file (a full disk) the arrays stay as they are."""
+    from parity.engine import memory
+
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((6, 5))
+    tree = {"grads": {"w": big, "flipped": big[:, ::-1], "0-d": np.array(2.5), "numpy scalar": np.float32(1.5),
+                      "empty": np.zeros((0, 3), np.float32), "ints": np.arange(7, dtype=np.int64)},
+            "outputs": [rng.standard_normal(4).astype(np.float32), (np.ones(2), "kept", 3)]}
+    waiting = memory.spill(tree)
+    back = waiting.load()
+    assert back["outputs"][1][1:] == ("kept", 3) and type(back["outputs"][1]) is tuple
+    assert back["grads"]["numpy scalar"] == np.float32(1.5)   # not an array: passed through
+    pairs = [(back["grads"][k], tree["grads"][k]) for k in tree["grads"] if k != "numpy scalar"] + \
+        [(back["outputs"][0], tree["outputs"][0]), (back["outputs"][1][0], tree["outputs"][1][0])]
+    for got, want in pairs:
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(got, want)
+    again = waiting.load()          # read again, into memory of its own
+    np.testing.assert_array_equal(again["grads"]["w"], big)
+    assert not np.shares_memory(again["grads"]["w"], back["grads"]["w"])
+
+    class FullDisk:
+        def tell(self):
+            return 0
+
+        def write(self, b):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    for no_file in (lambda: None, FullDisk):
+        monkeypatch.setattr(memory, "temporary_file", no_file)
+        assert memory.spill(tree).load() is tree
+
+
+def test_masked_floors_measured_sample_by_sample_are_those_of_every_sample_kept(check="grads_train_bn"):
+    """With the port's ReLU masks, ``reference_floors`` measures the floor samples, then (the unmasked reference
+    spilled to a file) the masked reference and its rounding samples, one sample at a time: the same reference,
+    scale reference and floor, number for number, as ``reference_rows``, which keeps every sample."""
+    from ms_transfer.models import build_model
+    from parity.engine.comparison import prepare
+    from parity.engine.tolerance import as_named
+    from parity.suite.problems import make_problem
+    from torch_reference.models import build_model as build_torch_model, load_numpy_state
+
+    set_context("pynative")
+    problem = make_problem("resnet18", 10, 2, 32, 0)
+    torch_model = build_torch_model("resnet18", problem.num_classes)
+    load_numpy_state(torch_model, problem.torch_state)
+    c = prepare(torch_model, build_model("resnet18", problem.num_classes), problem.x, problem.y, checks=(check,))
+    masks = c.port_masks(check)
+    assert masks
+    ref, floors, scale_ref = c.reference_floors(check, masks)
+    ref2, floor_samples, scale_samples, scale_ref2 = c.reference_rows(check, masks)
+    assert set(ref) == set(ref2) == set(floors) == set(scale_ref)
+    for row in ref:
+        for mine, kept in ((ref[row], ref2[row]), (scale_ref[row], scale_ref2[row])):
+            mine, kept = as_named(mine), as_named(kept)
+            assert set(mine) == set(kept)
+            for n in kept:
+                np.testing.assert_array_equal(mine[n], kept[n])
+        want = Floor.measure(ref2[row], [s[row] for s in floor_samples], [s[row] for s in scale_samples],
+                             scale_ref2[row])
+        assert floors[row] == want

@@ -242,7 +242,7 @@ def test_synthetic_grads_draw_on_every_pass_when_the_disk_is_full(tiny, monkeypa
         def write(self, b):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(comparison, "_temporary_file", FullDisk)
+    monkeypatch.setattr(comparison, "temporary_file", FullDisk)
     module, state, _, _ = tiny
     params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
     lazy, stored = comparison.synthetic_grads(params, 2, 3), _stored_synthetic_grads(params, 2, 3)

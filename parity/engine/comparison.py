@@ -25,8 +25,6 @@ every output (:mod:`parity.engine.loss`). Settings are one :class:`CompareOption
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field, fields, replace
@@ -38,7 +36,7 @@ from .dropout import compare_dropout, ms_dropout_stats, torch_dropout_ps
 from .localization import MS_MODES
 from .localization import localize as run_localize
 from .loss import CROSS_ENTROPY, LOSSES, PROJECTION, projection_weights
-from .memory import release_freed_memory
+from .memory import Spilled, as_bytes, read_fully, release_freed_memory, spill, temporary_file
 from .report import ParityReport
 from .sensitivity import sensitivity as measure_sensitivity
 from .tolerance import FLOOR_SAMPLES, JITTER, OUTPUT_JITTER, ROUNDING_JITTER, FloorBuilder, JitteredState, \
@@ -260,9 +258,12 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
         release_freed_memory()
     mask_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    ref, floors, scale_ref = c.reference_floors(check, masks)
-    probes = c.error_probes(check, ref, o.seed) if o.sensitivity else {}
-    # the torch working copy goes while the port runs (VGG16: 0.55-1.1 GB; a deep copy, ~0.2 s, makes it again)
+    # the torch working copy goes while the port runs (VGG16: 0.55-1.1 GB; a deep copy, ~0.2 s, makes it again),
+    # and the references wait in a temporary file, read back for each mode's comparison: VGG16's float64 gradients
+    # and their masked reference are 2.1 GiB, and the port's backward beside them had become the comparison's peak
+    # (6.04 GiB; BENCHMARKS.md "Parity cost")
+    waiting, floors = c.stored_floors(check, masks)
+    probes = c.error_probes(check, waiting.load()[0], o.seed) if o.sensitivity else {}
     c.reference.working.release()
     release_freed_memory()
     shared = time.perf_counter() - t
@@ -276,6 +277,7 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
             raise mask_error   # the port runs, yet its masks could not be taken: the engine's failure, not the port's
         report.seconds[f"{check} (mindspore)"] = time.perf_counter() - t + (mask_seconds if i == 0 else 0.0)
         t = time.perf_counter()
+        ref, scale_ref = waiting.load()
         for name in ref:
             if ms is None:
                 report.results.append(failed(name, error))
@@ -285,7 +287,8 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
             if o.sensitivity:
                 report.sensitivity.append(measure_sensitivity(name, ms[name], ref[name], floors[name], sref,
                                                               *probes.get(name, ())))
-        del ms
+        del ms, ref, scale_ref
+        release_freed_memory()
         report.seconds[check] = (report.seconds[f"{check} (mindspore)"] + (shared if i == 0 else 0.0)
                                  + time.perf_counter() - t)
 
@@ -321,60 +324,92 @@ class Comparison:
     #: the forward checks' samples, jittered by OUTPUT_JITTER (see parity/engine/tolerance.py)
     output_samples: List[Tuple[Any, List[np.ndarray]]] = field(default_factory=list)
 
-    def samples(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
-        """``(reference rows, scale reference rows or None, samples)``: ``samples`` yields ``(rows, role)``, computed
-        one at a time, with role ``floor`` (also a scale sample: ``both``) or ``scale``. The forward checks take their
-        L2 floor from the one-ulp output samples; the gradient checks with the port's ReLU ``masks`` measure the scale
-        statistic on rounding samples against a float64 reference that both keep those masks; the forward checks on
-        unmasked rounding samples; the others on the floor samples (see :mod:`parity.engine.tolerance`)."""
-        masked = bool(masks) and check in MASKED_CHECKS
-        ref = self.runners[check](self.reference, self.xs)
+    def _reference(self, check: str, run: Optional[Callable] = None):
+        """The float64 reference rows of ``check`` (``run``: another runner, the masked one)."""
+        rows = (run or self.runners[check])(self.reference, self.xs)
         # each float64 computation frees its activations before the next one starts: trimmed between them too, not
         # only after each sample (ResNet50, 224 px, GRAPH: peak 3.21 -> 2.96 GiB, the same time; BENCHMARKS.md)
         release_freed_memory()
-        scale_ref = None
-        if masked:
-            scale_ref = masked_runner(check, self.loss_args, masks)(self.reference, self.xs)
-            release_freed_memory()
-        separate = masked or check in FORWARD_CHECKS
+        return rows
 
-        def stream():
-            for engine, x in (self.output_samples if check in FORWARD_CHECKS else self.floors):
-                yield self.runners[check](engine, x), "floor" if separate else "both"
-            if separate:
-                run = masked_runner(check, self.loss_args, masks) if masked else self.runners[check]
-                for engine, x in self.rounding:
-                    yield run(engine, x), "scale"
-        return ref, scale_ref, stream()
+    def _floor_samples(self, check: str) -> Iterator[Dict[str, Any]]:
+        """The floor samples' rows, one at a time: the forward checks take their L2 floor from the one-ulp output
+        samples, the others from the floor samples (see :mod:`parity.engine.tolerance`)."""
+        for engine, x in (self.output_samples if check in FORWARD_CHECKS else self.floors):
+            yield self.runners[check](engine, x)
+
+    def _rounding_samples(self, run: Callable) -> Iterator[Dict[str, Any]]:
+        """The rounding samples' rows, one at a time (the scale statistic's samples where it has its own)."""
+        for engine, x in self.rounding:
+            yield run(engine, x)
+
+    def _masked(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]]) -> Optional[Callable]:
+        """The runner keeping the port's ReLU ``masks`` when ``check`` is a gradient check given some, else None."""
+        return masked_runner(check, self.loss_args, masks) if masks and check in MASKED_CHECKS else None
 
     def reference_rows(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
         """``(reference rows, floor-sample rows, scale-sample rows, scale reference rows or None)`` of one check
-        group, every sample kept (:meth:`samples`)."""
-        ref, scale_ref, stream = self.samples(check, masks)
-        floor, scale = [], []
-        for rows, role in stream:
-            if role != "scale":
-                floor.append(rows)
-            if role != "floor":
-                scale.append(rows)
-        return ref, floor, scale, scale_ref
+        group, every sample kept. The scale statistic has samples of its own (the rounding samples) in the forward
+        checks and, against a reference keeping the port's ReLU ``masks``, in the gradient checks; the other checks
+        measure it on the floor samples (see :mod:`parity.engine.tolerance`)."""
+        masked = self._masked(check, masks)
+        ref = self._reference(check)
+        floor = list(self._floor_samples(check))
+        if masked is None and check not in FORWARD_CHECKS:
+            return ref, floor, floor, None
+        scale_ref = None if masked is None else self._reference(check, masked)
+        return ref, floor, list(self._rounding_samples(masked or self.runners[check])), scale_ref
 
     def reference_floors(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None):
-        """``(reference rows, {row: Floor}, scale reference rows or None)``: every sample of :meth:`samples`
-        folded into its row's :class:`~parity.engine.tolerance.FloorBuilder` as soon as it is computed, so at most one
-        sample is held at a time (what a 133M-parameter VGG needs; the floors are the same numbers)."""
-        ref, scale_ref, stream = self.samples(check, masks)
-        builders = {row: FloorBuilder(ref[row], None if scale_ref is None else scale_ref[row],
-                                      resolution=row in OUTPUT_ROWS) for row in ref}
-        for rows, role in stream:
+        """``(reference rows, {row: Floor}, scale reference rows or None)``, as :meth:`reference_rows` measures
+        them, each sample folded into its row's :class:`~parity.engine.tolerance.FloorBuilder` as soon as it is
+        computed, so at most one sample is held at a time (what a 133M-parameter VGG needs; the floors are the same
+        numbers)."""
+        stored, floors = self.stored_floors(check, masks)
+        ref, scale_ref = stored.load()
+        return ref, floors, scale_ref
+
+    def stored_floors(self, check: str, masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None
+                      ) -> Tuple[Spilled, Dict[str, Any]]:
+        """:meth:`reference_floors` with the references left in a temporary file
+        (:func:`~parity.engine.memory.spill`; ``load()`` gives ``(reference rows, scale reference rows or None)``),
+        for a caller that runs the port before it compares: the port needs nothing of them.
+
+        With masks, the unmasked reference goes to the file as soon as its floor samples are measured, and waits
+        there while the masked reference and its samples are computed: VGG16's float64 gradients are 1.03 GiB, and
+        the masked reference's computation (the float64 working copy, its gradients) beside them had been the peak
+        of the whole comparison (6.89 GiB; BENCHMARKS.md "Parity cost")."""
+        masked = self._masked(check, masks)
+        separate = masked is not None or check in FORWARD_CHECKS
+        ref = self._reference(check)
+        builders = {row: FloorBuilder(ref[row], resolution=row in OUTPUT_ROWS) for row in ref}
+
+        def fold(samples, add):
+            for rows in samples:
+                for row, builder in builders.items():
+                    add(builder, rows[row])
+                del rows
+                release_freed_memory()   # what the sample's computation freed (parity/engine/memory.py)
+
+        fold(self._floor_samples(check), lambda b, a: b.add(a, scale=not separate))
+        scale_ref = None
+        if masked is not None:
+            ref = spill(ref)
+            for builder in builders.values():
+                builder.drop_reference()
+            scale_ref = self._reference(check, masked)
             for row, builder in builders.items():
-                if role == "scale":
-                    builder.add_scale(rows[row])
-                else:
-                    builder.add(rows[row], scale=role == "both")
-            del rows
-            release_freed_memory()   # what the sample's computation freed (parity/engine/memory.py)
-        return ref, {row: b.floor() for row, b in builders.items()}, scale_ref
+                builder.scale_against(scale_ref[row])
+            fold(self._rounding_samples(masked), FloorBuilder.add_scale)
+        elif separate:
+            fold(self._rounding_samples(self.runners[check]), FloorBuilder.add_scale)
+        floors = {row: b.floor() for row, b in builders.items()}
+        stored = spill((ref, scale_ref))
+        del ref, scale_ref
+        # the references were views of the working copy's gradients: they go with it (made again on next use)
+        self.reference.working.release()
+        release_freed_memory()
+        return stored, floors
 
     def error_probes(self, check: str, ref: Mapping[str, Any], seed: int) -> Dict[str, Tuple[Any, Tuple[str, Any]]]:
         """A forward check's rows -> ``(the unjittered float32 torch model's arrays, (layer, the change an error in
@@ -501,13 +536,13 @@ class SyntheticGrads:
         step drawn at once: the same order of draws)."""
         if self._tried:
             return
-        spill = _temporary_file()
+        spill = temporary_file()
         try:
             if spill is not None:
                 rng = np.random.RandomState(self.seed + 3)
                 for _ in range(self.steps):
                     for k in self.names:
-                        spill.write(_bytes(self._draw(rng, k)))
+                        spill.write(as_bytes(self._draw(rng, k)))
                 spill.flush()
         except OSError:   # a full disk: this object draws on every pass
             spill.close()
@@ -547,7 +582,7 @@ class SyntheticGrads:
         whole = start == 0 and stop == size
         for step in range(self.steps):
             a = np.empty(self.shapes[name] if whole else (max(stop - start, 0),), np.float32)
-            _read_fully(self._spill.fileno(), a, step * self._step_bytes + self._offsets[name] + 4 * start)
+            read_fully(self._spill.fileno(), a, step * self._step_bytes + self._offsets[name] + 4 * start)
             yield a
 
     def _read(self, fd: int) -> Iterator[Dict[str, np.ndarray]]:
@@ -556,30 +591,8 @@ class SyntheticGrads:
             step = {}
             for k in self.names:
                 step[k] = a = np.empty(self.shapes[k], np.float32)
-                offset += _read_fully(fd, a, offset)
+                offset += read_fully(fd, a, offset)
             yield step
-
-
-def _read_fully(fd: int, a: np.ndarray, offset: int) -> int:
-    """Fill ``a`` from the file at ``offset``; its byte count. A short read (a file cut short under us) is an
-    error, not a gradient with uninitialised values in it."""
-    got = os.preadv(fd, [_bytes(a)], offset)
-    if got != a.nbytes:
-        raise OSError(f"the optimizer check's gradients file ended early: {got} of {a.nbytes} bytes at {offset}")
-    return got
-
-
-def _bytes(a: np.ndarray) -> np.ndarray:
-    """A float32 array's bytes, as a flat writable uint8 view (no copy; empty and 0-d arrays included)."""
-    return a.reshape(-1).view(np.uint8)
-
-
-def _temporary_file() -> Optional[IO[bytes]]:
-    """An unnamed temporary file (gone when closed or when the process ends), or None if none can be made."""
-    try:
-        return tempfile.TemporaryFile(prefix="ms_transfer-parity-")
-    except OSError:
-        return None
 
 
 def synthetic_grads(params: Mapping[str, np.ndarray], steps: int, seed: int) -> SyntheticGrads:

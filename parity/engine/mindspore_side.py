@@ -105,13 +105,22 @@ class MindSporeSide:
         ``gc.collect()``, which costs 0.1-0.2 s a call with both frameworks loaded: the CI run that collected after
         every check spent 1,603 s of CPU in the main test process, ~1,320 s before)."""
         self._build_cells()
-        # the collector held off meanwhile: ms_memory_recycle iterates over every cell's compile cache, and a cycle
-        # collection inside that loop deletes cells (Cell.__del__ pops their entries): "dictionary changed size
-        # during iteration" (seen once the float64 reference ran before the port, MindSpore 2.7.2)
+        # ms_memory_recycle iterates over every cell's compile cache, and a cell deleted inside that loop (its
+        # Cell.__del__ pops its entry) stops it: "dictionary changed size during iteration" (MindSpore 2.7.2). A
+        # cycle collection can delete cells there, so the collector is held off; another thread dropping the last
+        # reference to a cell can too (seen under a profiler whose sampling thread read the main thread's frames),
+        # so a stopped loop is run again: the caches it cleared stay cleared, and the dict is stable once the
+        # cell is gone
         collecting = gc.isenabled()
         gc.disable()
         try:
-            ms.ms_memory_recycle()
+            for attempt in range(3):
+                try:
+                    ms.ms_memory_recycle()
+                    break
+                except RuntimeError as exc:
+                    if "changed size during iteration" not in str(exc) or attempt == 2:
+                        raise
         finally:
             if collecting:
                 gc.enable()

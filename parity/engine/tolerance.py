@@ -208,6 +208,19 @@ class FloorBuilder:
         self.scale = max(self.scale, abs(_scale(as_named(sample), self.scale_d, self.scale_sq)))
         self.scale_samples += 1
 
+    def drop_reference(self) -> None:
+        """The floor samples are done: the builder lets go of the reference (:meth:`add` can no longer be called;
+        its squared norms are kept, and the scale statistic's reference until :meth:`scale_against` replaces it)."""
+        if self.scale_d is self.ref_d:
+            self.scale_d = None
+        self.ref_d = None
+
+    def scale_against(self, scale_ref: Arrays) -> None:
+        """Measure the scale statistic of the samples still to come against ``scale_ref`` (the masked reference of
+        the gradient checks, computed after the floor samples)."""
+        self.scale_d = as_named(scale_ref)
+        self.scale_sq = _ref_sq(self.scale_d)
+
     def floor(self) -> "Floor":
         if not (self.samples and self.scale_samples):
             raise ValueError("a floor needs at least one sample of each kind")
