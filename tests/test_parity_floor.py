@@ -101,8 +101,9 @@ def test_block_by_block_sums_give_the_whole_tensor_numbers(monkeypatch):
 
 def test_spilled_arrays_come_back_the_same_in_memory_of_their_own(monkeypatch):
     """:func:`parity.engine.memory.spill` writes a reference's arrays to a temporary file while a comparison does
-    not need them: they come back, as often as loaded, with their values, dtypes, shapes and nesting, in new memory,
-    whatever their layout; other values pass through; without a file (a full disk) the arrays stay as they are."""
+    not need them: they come back, as often as loaded, with their values, dtypes, shapes and nesting, read-only and
+    apart from the originals, whatever their layout, valid after the spill object goes; other values pass through;
+    without a file (a full disk) the arrays stay as they are."""
     from parity.engine import memory
 
     rng = np.random.default_rng(0)
@@ -119,10 +120,11 @@ def test_spilled_arrays_come_back_the_same_in_memory_of_their_own(monkeypatch):
     for got, want in pairs:
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
-        assert not np.shares_memory(got, want)
-    again = waiting.load()          # read again, into memory of its own
+        assert not np.shares_memory(got, want) and not got.flags.writeable
+    again = waiting.load()          # as often as asked
     np.testing.assert_array_equal(again["grads"]["w"], big)
-    assert not np.shares_memory(again["grads"]["w"], back["grads"]["w"])
+    del waiting                     # the file goes; arrays over it stay valid
+    np.testing.assert_array_equal(back["grads"]["flipped"], big[:, ::-1])
 
     class FullDisk:
         def tell(self):
@@ -130,6 +132,9 @@ def test_spilled_arrays_come_back_the_same_in_memory_of_their_own(monkeypatch):
 
         def write(self, b):
             raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
 
         def close(self):
             pass

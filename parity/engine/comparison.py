@@ -263,7 +263,7 @@ def _run_check(c: "Comparison", check: str, o: CompareOptions, runs: Sequence[Tu
     # and their masked reference are 2.1 GiB, and the port's backward beside them had become the comparison's peak
     # (6.04 GiB; BENCHMARKS.md "Parity cost")
     waiting, floors = c.stored_floors(check, masks)
-    probes = c.error_probes(check, waiting.load()[0], o.seed) if o.sensitivity else {}
+    probes = c.error_probes(check, waiting.load()[0], o.seed) if o.sensitivity and check in FORWARD_CHECKS else {}
     c.reference.working.release()
     release_freed_memory()
     shared = time.perf_counter() - t
@@ -375,41 +375,45 @@ class Comparison:
         (:func:`~parity.engine.memory.spill`; ``load()`` gives ``(reference rows, scale reference rows or None)``),
         for a caller that runs the port before it compares: the port needs nothing of them.
 
-        With masks, the unmasked reference goes to the file as soon as its floor samples are measured, and waits
-        there while the masked reference and its samples are computed: VGG16's float64 gradients are 1.03 GiB, and
-        the masked reference's computation (the float64 working copy, its gradients) beside them had been the peak
-        of the whole comparison (6.89 GiB; BENCHMARKS.md "Parity cost")."""
+        Each float64 reference goes to the file as soon as it is computed and is mapped back while its samples are
+        measured: with masks, the unmasked reference waits there while the masked one is computed (VGG16's float64
+        gradients are 1.03 GiB, and the masked reference's computation -- the float64 working copy and its
+        gradients -- beside them had been the peak of the whole comparison: 6.89 GiB; BENCHMARKS.md "Parity cost").
+        Both references come before the float32 samples, so the working copy is cast once each way."""
         masked = self._masked(check, masks)
         separate = masked is not None or check in FORWARD_CHECKS
-        ref = self._reference(check)
-        builders = {row: FloorBuilder(ref[row], resolution=row in OUTPUT_ROWS) for row in ref}
+        stored_ref = spill(self._reference(check))
+        stored_scale = None if masked is None else spill(self._reference(check, masked))
+        # the float64 working copy and its gradients (which the references viewed) go before the samples' float32
+        # copy is made: VGG16's 2.1 GiB had sat beside the reference mapped back (5.87 GiB, the peak)
+        self.reference.working.release()
+        release_freed_memory()
 
-        def fold(samples, add):
+        def fold(builders, samples, add):
             for rows in samples:
                 for row, builder in builders.items():
                     add(builder, rows[row])
                 del rows
                 release_freed_memory()   # what the sample's computation freed (parity/engine/memory.py)
 
-        fold(self._floor_samples(check), lambda b, a: b.add(a, scale=not separate))
-        scale_ref = None
+        ref = stored_ref.load()
+        builders = {row: FloorBuilder(ref[row], resolution=row in OUTPUT_ROWS) for row in ref}
+        fold(builders, self._floor_samples(check), lambda b, a: b.add(a, scale=not separate))
         if masked is not None:
-            ref = spill(ref)
             for builder in builders.values():
                 builder.drop_reference()
-            scale_ref = self._reference(check, masked)
+            del ref   # unmapped: the masked reference's samples need nothing of it
+            scale_ref = stored_scale.load()
             for row, builder in builders.items():
                 builder.scale_against(scale_ref[row])
-            fold(self._rounding_samples(masked), FloorBuilder.add_scale)
+            fold(builders, self._rounding_samples(masked), FloorBuilder.add_scale)
         elif separate:
-            fold(self._rounding_samples(self.runners[check]), FloorBuilder.add_scale)
+            fold(builders, self._rounding_samples(self.runners[check]), FloorBuilder.add_scale)
         floors = {row: b.floor() for row, b in builders.items()}
-        stored = spill((ref, scale_ref))
-        del ref, scale_ref
-        # the references were views of the working copy's gradients: they go with it (made again on next use)
+        # nothing of the torch side runs until the port has: the working copy goes (made again on next use)
         self.reference.working.release()
         release_freed_memory()
-        return stored, floors
+        return spill((stored_ref, stored_scale)), floors
 
     def error_probes(self, check: str, ref: Mapping[str, Any], seed: int) -> Dict[str, Tuple[Any, Tuple[str, Any]]]:
         """A forward check's rows -> ``(the unjittered float32 torch model's arrays, (layer, the change an error in

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import tempfile
 import weakref
@@ -65,8 +66,9 @@ def read_fully(fd: int, a: np.ndarray, offset: int) -> int:
 
 
 class Spilled:
-    """Arrays written to a temporary file by :func:`spill`; :meth:`load` gives them back, the same values in new
-    memory, nested the same way, as often as asked."""
+    """Arrays written to a temporary file by :func:`spill`; :meth:`load` gives them back, nested the same way, as
+    often as asked: read-only arrays over the file mapped into memory, so a load copies nothing and allocates
+    nothing (the file's pages are the page cache's)."""
 
     def __init__(self, tree: Any, file: Optional[IO[bytes]]) -> None:
         self._file = file
@@ -74,7 +76,7 @@ class Spilled:
         self._tree = self._write(tree) if file is not None else tree
         if file is not None:
             file.flush()
-            weakref.finalize(self, file.close)
+            weakref.finalize(self, file.close)   # the file goes with this object; mappings with their arrays
 
     def _write(self, node: Any) -> Any:
         if isinstance(node, Spilled):   # already in a file of its own: read from there
@@ -90,33 +92,49 @@ class Spilled:
             return type(node)(self._write(v) for v in node)
         return node
 
-    def _read(self, node: Any) -> Any:
+    def _read(self, node: Any, mapped: Optional[mmap.mmap]) -> Any:
         if isinstance(node, Spilled):
             return node.load()
         if isinstance(node, _Leaf):
             offset, dtype, shape = self._leaves[node.index]
-            a = np.empty(shape, dtype)
-            read_fully(self._file.fileno(), a, offset)
-            return a
+            count = int(np.prod(shape, dtype=np.int64))
+            if count == 0:
+                a = np.empty(shape, dtype)
+                a.flags.writeable = False   # read-only like the others
+                return a
+            return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
         if isinstance(node, dict):
-            return {k: self._read(v) for k, v in node.items()}
+            return {k: self._read(v, mapped) for k, v in node.items()}
         if isinstance(node, (list, tuple)):
-            return type(node)(self._read(v) for v in node)
+            return type(node)(self._read(v, mapped) for v in node)
         return node
 
     def load(self) -> Any:
-        """The arrays back, in new memory on every call (the file stays until this object goes)."""
-        return self._read(self._tree) if self._file is not None or _holds_spilled(self._tree) else self._tree
+        """The arrays back, read-only, over a mapping of the file made for this call: the mapping (and the resident
+        pages it counts) goes when the last of these arrays does; the file stays until this object goes."""
+        if self._file is None:
+            return self._read(self._tree, None) if _holds_spilled(self._tree) else self._tree
+        # an empty file cannot be mapped (nothing but empty arrays in it)
+        mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self._file.tell() else None
+        return self._read(self._tree, mapped)
+
+
+def _holds(node: Any, kind: type) -> bool:
+    if isinstance(node, kind):
+        return True
+    if isinstance(node, dict):
+        return any(_holds(v, kind) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_holds(v, kind) for v in node)
+    return False
 
 
 def _holds_spilled(node: Any) -> bool:
-    if isinstance(node, Spilled):
-        return True
-    if isinstance(node, dict):
-        return any(_holds_spilled(v) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_holds_spilled(v) for v in node)
-    return False
+    return _holds(node, Spilled)
+
+
+def _holds_arrays(node: Any) -> bool:
+    return _holds(node, np.ndarray)
 
 
 class _Leaf:
@@ -130,7 +148,7 @@ def spill(tree: Any) -> Spilled:
     :meth:`Spilled.load`; a :class:`Spilled` inside ``tree`` stays in its own file and is loaded with the rest.
     Without a file (a full disk, no temporary directory) the arrays stay in memory: the same result, without the
     saving."""
-    file = temporary_file()
+    file = temporary_file() if _holds_arrays(tree) else None   # (only spilled parts, or no arrays: no file)
     if file is None:
         return Spilled(tree, None)
     try:
