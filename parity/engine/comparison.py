@@ -379,7 +379,8 @@ class Comparison:
         measured: with masks, the unmasked reference waits there while the masked one is computed (VGG16's float64
         gradients are 1.03 GiB, and the masked reference's computation -- the float64 working copy and its
         gradients -- beside them had been the peak of the whole comparison: 6.89 GiB; BENCHMARKS.md "Parity cost").
-        Both references come before the float32 samples, so the working copy is cast once each way."""
+        Both references come before the float32 samples, so the float64 working copy is made once per check and
+        dropped before them."""
         masked = self._masked(check, masks)
         separate = masked is not None or check in FORWARD_CHECKS
         stored_ref = spill(self._reference(check))
@@ -410,9 +411,6 @@ class Comparison:
         elif separate:
             fold(builders, self._rounding_samples(self.runners[check]), FloorBuilder.add_scale)
         floors = {row: b.floor() for row, b in builders.items()}
-        # nothing of the torch side runs until the port has: the working copy goes (made again on next use)
-        self.reference.working.release()
-        release_freed_memory()
         return spill((stored_ref, stored_scale)), floors
 
     def error_probes(self, check: str, ref: Mapping[str, Any], seed: int) -> Dict[str, Tuple[Any, Tuple[str, Any]]]:

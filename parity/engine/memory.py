@@ -113,7 +113,7 @@ class Spilled:
         """The arrays back, read-only, over a mapping of the file made for this call: the mapping (and the resident
         pages it counts) goes when the last of these arrays does; the file stays until this object goes."""
         if self._file is None:
-            return self._read(self._tree, None) if _holds_spilled(self._tree) else self._tree
+            return self._read(self._tree, None) if _holds(self._tree, Spilled) else self._tree
         # an empty file cannot be mapped (nothing but empty arrays in it)
         mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self._file.tell() else None
         return self._read(self._tree, mapped)
@@ -129,14 +129,6 @@ def _holds(node: Any, kind: type) -> bool:
     return False
 
 
-def _holds_spilled(node: Any) -> bool:
-    return _holds(node, Spilled)
-
-
-def _holds_arrays(node: Any) -> bool:
-    return _holds(node, np.ndarray)
-
-
 class _Leaf:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -148,7 +140,7 @@ def spill(tree: Any) -> Spilled:
     :meth:`Spilled.load`; a :class:`Spilled` inside ``tree`` stays in its own file and is loaded with the rest.
     Without a file (a full disk, no temporary directory) the arrays stay in memory: the same result, without the
     saving."""
-    file = temporary_file() if _holds_arrays(tree) else None   # (only spilled parts, or no arrays: no file)
+    file = temporary_file() if _holds(tree, np.ndarray) else None   # (only spilled parts, or no arrays: no file)
     if file is None:
         return Spilled(tree, None)
     try:
