@@ -101,32 +101,37 @@ class StudyConfig:
             cfg = cls(**data)
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        bad = [f for f in cfg.frameworks if f not in FRAMEWORKS] + (
-            [cfg.pretrain_framework] if cfg.pretrain_framework not in FRAMEWORKS else [])
+        return cfg.check(str(path))
+
+    def check(self, where: str) -> "StudyConfig":
+        """Check the values (frameworks, training keys, regimes, sweep, jobs, fractions): after :meth:`load`, and
+        again after command-line overrides; :class:`ConfigError` names ``where`` (the file, or the flags)."""
+        bad = [f for f in self.frameworks if f not in FRAMEWORKS] + (
+            [self.pretrain_framework] if self.pretrain_framework not in FRAMEWORKS else [])
         if bad:
-            raise ConfigError(f"{path}: unknown framework(s) {bad}; use {', '.join(FRAMEWORKS)}")
+            raise ConfigError(f"{where}: unknown framework(s) {bad}; use {', '.join(FRAMEWORKS)}")
         fields = set(TrainConfig.__dataclass_fields__)
-        unknown = sorted(set(cfg.train) - fields)
+        unknown = sorted(set(self.train) - fields)
         if unknown:
-            raise ConfigError(f"{path}: train: unknown training key(s) {unknown}")
-        for name, regime in cfg.regimes.items():
+            raise ConfigError(f"{where}: train: unknown training key(s) {unknown}")
+        for name, regime in self.regimes.items():
             if regime.get("init") not in INITS:
-                raise ConfigError(f"{path}: regime {name!r} needs init: scratch or init: transfer")
+                raise ConfigError(f"{where}: regime {name!r} needs init: scratch or init: transfer")
             unknown = sorted(set(regime) - fields - {"init"})
             if unknown:
-                raise ConfigError(f"{path}: regime {name!r} sets unknown training key(s) {unknown}")
+                raise ConfigError(f"{where}: regime {name!r} sets unknown training key(s) {unknown}")
             lrs = regime.get("lr")
             if isinstance(lrs, list) and not (1 <= len(lrs) <= MAX_SWEEP and all(float(v) > 0 for v in lrs)):
-                raise ConfigError(f"{path}: regime {name!r}: a swept lr is a list of 1 to {MAX_SWEEP} positive "
+                raise ConfigError(f"{where}: regime {name!r}: a swept lr is a list of 1 to {MAX_SWEEP} positive "
                                   f"values, got {lrs}")
-        unknown = sorted(set(cfg.sweep) - set(SWEEP_DEFAULTS))
+        unknown = sorted(set(self.sweep) - set(SWEEP_DEFAULTS))
         if unknown:
-            raise ConfigError(f"{path}: sweep: unknown key(s) {unknown}; known: {sorted(SWEEP_DEFAULTS)}")
-        if isinstance(cfg.jobs, bool) or not isinstance(cfg.jobs, int) or cfg.jobs < 1:
-            raise ConfigError(f"{path}: jobs must be a whole number >= 1 (cells run side by side), got {cfg.jobs!r}")
-        if not all(0 < f <= 1 for f in cfg.fractions):
-            raise ConfigError(f"{path}: fractions must be in (0, 1], got {cfg.fractions}")
-        return cfg
+            raise ConfigError(f"{where}: sweep: unknown key(s) {unknown}; known: {sorted(SWEEP_DEFAULTS)}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ConfigError(f"{where}: jobs must be a whole number >= 1 (cells run side by side), got {self.jobs!r}")
+        if not all(0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"{where}: fractions must be in (0, 1], got {self.fractions}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -602,11 +607,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(p, argv)
     try:
         cfg = StudyConfig.load(config_path(args.config))
-        for key in ("fractions", "seeds", "frameworks", "epochs", "jobs"):
-            if getattr(args, key) is not None:
-                setattr(cfg, key, getattr(args, key))
-        if cfg.jobs < 1:
-            raise ConfigError(f"--jobs must be >= 1 (cells trained side by side), got {cfg.jobs}")
+        overrides = [key for key in ("fractions", "seeds", "frameworks", "epochs", "jobs")
+                     if getattr(args, key) is not None]
+        for key in overrides:
+            setattr(cfg, key, getattr(args, key))
+        if overrides:
+            cfg.check("the command line (" + ", ".join(f"--{key}" for key in overrides) + ")")
         if args.regimes:
             unknown = [r for r in args.regimes if r not in cfg.regimes]
             if unknown:

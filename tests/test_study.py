@@ -250,7 +250,7 @@ def test_cells_run_side_by_side_with_jobs_and_a_failure_stops_the_queue(tmp_path
     assert done == ["f0.05-s0"]
 
 
-def test_jobs_below_one_are_refused(tmp_path, capsys):
+def test_jobs_below_one_and_bad_overrides_are_refused(tmp_path, capsys):
     bad = _yaml(tmp_path / "s.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain", "jobs": 0,
                                       "regimes": {"scratch": {"init": "scratch"}}})
     assert main(["--config", str(bad)]) == 2
@@ -258,4 +258,6 @@ def test_jobs_below_one_are_refused(tmp_path, capsys):
     good = _yaml(tmp_path / "g.yaml", {"base": "digit_adder", "pretrain": "digits_pretrain",
                                        "regimes": {"scratch": {"init": "scratch"}}})
     assert main(["--config", str(good), "--jobs", "0"]) == 2
-    assert "--jobs must be >= 1" in capsys.readouterr().err
+    assert "the command line (--jobs): jobs must be a whole number >= 1" in capsys.readouterr().err
+    assert main(["--config", str(good), "--fractions", "0.5", "2"]) == 2   # the other overrides are checked too
+    assert "the command line (--fractions): fractions must be in (0, 1]" in capsys.readouterr().err

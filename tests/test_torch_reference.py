@@ -132,3 +132,27 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         torch_main(["--optimizer", "lbfgs"])
+
+
+def test_loader_workers_start_from_a_forkserver_and_draw_what_forked_workers_draw(data_dir, monkeypatch):
+    """DataLoader workers are forked from a forkserver, never from the training process: forking a process whose
+    other threads are entering Python can copy the interpreter's thread-list lock while it is held, and the worker
+    then waits forever (CPython gh-112275; a torchrun rank's worker hung so here, and a loop of 1-worker loaders
+    beside 3 threads entering Python through ctypes hung at its 164th fork, never with the forkserver). How a worker
+    starts does not change what it draws: the same augmented batches as forked workers."""
+    import torch_reference.data as torch_data
+    from ms_transfer.core.data import resolve_data_root, scan_split
+
+    samples, _, _ = scan_split(resolve_data_root(data_dir), "train")
+
+    def batches():
+        loader, _ = torch_data.build_loader(samples, 32, 4, train=True, shuffle=True, seed=3, num_workers=2,
+                                            augment="random")
+        return loader.multiprocessing_context.get_start_method(), [x.numpy() for x, _ in loader]
+
+    start, served = batches()
+    assert start == "forkserver"
+    monkeypatch.setattr(torch_data, "WORKER_START", "fork")
+    start, forked = batches()
+    assert start == "fork" and len(served) == len(forked) > 1
+    assert all(np.array_equal(a, b) for a, b in zip(served, forked))

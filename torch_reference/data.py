@@ -14,7 +14,13 @@ ImageNet constants of ``ms_transfer.core.data``.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
+import os
+import select
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,6 +40,57 @@ log = logging.getLogger(__name__)
 
 
 Size = Union[int, Preprocess]
+
+#: How DataLoader workers start: from a forkserver (a single-threaded process that imports this module once, the
+#: workers forked from it), never by forking the training process. Forking a process while another of its threads
+#: is entering Python (a C++ thread taking the GIL, as torch's gloo threads do in a DDP rank) can copy the
+#: interpreter's thread-list lock while it is held, and the worker then waits on it forever, before it runs a line:
+#: CPython gh-112275 (fixed in 3.12). Seen here on Python 3.11.7: a torchrun rank's new worker stuck in
+#: ``PyOS_AfterFork_Child`` -> ``_PyThreadState_DeleteExcept``, the run hung with no message; reproduced with
+#: 1-worker loaders beside 3 threads entering Python through ctypes (the 164th fork hung; none from the
+#: forkserver). Cost: the forkserver imports torch once per process (~2.4 s before the first batch), then a
+#: loader's workers start in ~0.05 s.
+WORKER_START = "forkserver"
+
+
+def worker_context() -> Optional[multiprocessing.context.BaseContext]:
+    """The multiprocessing context of DataLoader workers (:data:`WORKER_START`; ``None``, the default start, where
+    the platform has no forkserver)."""
+    if WORKER_START not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context(WORKER_START)
+    context.set_forkserver_preload([__name__])   # read when the server starts: torch imported once, there
+    return context
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def exit_with(trainer_pid: int, worker_id: int) -> None:
+    """A worker's init (``worker_init_fn``): end this worker when the training process ``trainer_pid`` ends.
+
+    A worker started by the forkserver is the forkserver's child, so torch's own check (has my parent changed?)
+    watches the wrong process: after a SIGKILLed trainer, its workers would wait for work forever and, holding the
+    forkserver's liveness pipe, keep it alive too, all holding the run's stdout (a launcher reading it never
+    ends). A thread waits for the trainer's exit (a pidfd, Linux >= 5.3; else a 1 s poll) and ends the worker."""
+    def wait() -> None:
+        try:
+            fd = os.pidfd_open(trainer_pid)
+        except (AttributeError, OSError):   # no pidfd here, or the trainer is already gone
+            while _alive(trainer_pid):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait, name="exit-with-trainer", daemon=True).start()
 
 
 def _pre(size: Size) -> Preprocess:
@@ -196,7 +253,10 @@ def build_loader(samples: Sequence[Tuple[str, int]], image_size: Size, batch_siz
     if train:
         torch.manual_seed(int(seed))
     order = shuffle_order(len(dataset), seed).tolist() if shuffle else list(range(len(dataset)))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=max(0, int(num_workers)),
+    workers = max(0, int(num_workers))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                        multiprocessing_context=worker_context() if workers else None,
+                        worker_init_fn=functools.partial(exit_with, os.getpid()) if workers else None,
                         generator=torch.Generator().manual_seed(int(seed)))
     return loader, dataset.load_failures
 
