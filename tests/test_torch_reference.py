@@ -156,3 +156,46 @@ def test_loader_workers_start_from_a_forkserver_and_draw_what_forked_workers_dra
     start, forked = batches()
     assert start == "fork" and len(served) == len(forked) > 1
     assert all(np.array_equal(a, b) for a, b in zip(served, forked))
+
+
+def test_loader_workers_end_when_their_training_process_is_killed(data_dir, tmp_path):
+    """A forkserver's worker is not the trainer's child, so torch's own check (has my parent changed?) cannot see a
+    SIGKILLed trainer; without ``exit_with`` its workers waited for work forever, kept the forkserver alive, and held
+    the run's stdout open (a torchrun test then timed out reading it). Here: the workers of a killed trainer are
+    gone within seconds, and so is its forkserver."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import sys\n"
+        "from ms_transfer.core.data import resolve_data_root, scan_split\n"
+        "from torch_reference.data import build_loader\n"
+        "if __name__ == '__main__':\n"
+        f"    samples, _, _ = scan_split(resolve_data_root({str(data_dir)!r}), 'train')\n"
+        "    loader, _ = build_loader(samples, 32, 2, train=True, shuffle=True, seed=0, num_workers=2)\n"
+        "    it = iter(loader)\n"
+        "    next(it)\n"
+        "    print(*[w.pid for w in it._workers], flush=True)\n"
+        "    sys.stdin.read()\n")   # waits until killed, its workers idle
+    trainer = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    workers = [int(p) for p in trainer.stdout.readline().split()]
+    server = {int(open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[1]) for w in workers}
+    assert len(workers) == 2 and trainer.pid not in server   # the workers' parent is the forkserver
+
+    def running(pid):
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert all(running(p) for p in workers + list(server))
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    deadline = time.time() + 10   # measured: gone within 0.1 s (a pidfd wakes the waiting thread at once)
+    while any(running(p) for p in workers + list(server)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers + list(server) if running(p)]
