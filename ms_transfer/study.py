@@ -18,6 +18,7 @@ and a half-finished cell is started over (its directory is replaced; nothing els
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from .core.checkpoint_io import read_weights
 from .core.data import SplitScan
 from .core.tasks import SUM_CLASSES, VAL_PAIR_SEED, is_pair_task, pair_split
 from .core.config import ConfigError, TrainConfig, config_path, load_yaml
-from .core.convert import convert_weights, into_arch
+from .core.convert import convert_weights, excluded_names, into_arch
 from .core.init import save_init
 from .core.flags import plain
 from .core.log import parse_args
@@ -120,6 +121,9 @@ class StudyConfig:
             unknown = sorted(set(regime) - fields - {"init"})
             if unknown:
                 raise ConfigError(f"{where}: regime {name!r} sets unknown training key(s) {unknown}")
+            if regime.get("pretrained_exclude") and regime["init"] != "transfer":
+                raise ConfigError(f"{where}: regime {name!r}: pretrained_exclude leaves tensors out of the "
+                                  "pretrained trunk, so it needs init: transfer")
             lrs = regime.get("lr")
             if isinstance(lrs, list) and not (1 <= len(lrs) <= MAX_SWEEP and all(float(v) > 0 for v in lrs)):
                 raise ConfigError(f"{where}: regime {name!r}: a swept lr is a list of 1 to {MAX_SWEEP} positive "
@@ -191,16 +195,19 @@ class Study:
             self._run(self.cfg.pretrain_framework, config, run_dir, f"pretraining ({self.cfg.pretrain})")
         return ckpt
 
-    def init_file(self, init: str, seed: int, arch: Optional[str] = None) -> Path:
-        """The numpy-drawn start of every cell of ``seed`` (``transfer``: with the pretrained trunk) whose network
-        is ``arch`` (default: the base config's; a regime may set another, e.g. a different head)."""
+    def init_file(self, init: str, seed: int, arch: Optional[str] = None, exclude: Sequence[str] = ()) -> Path:
+        """The numpy-drawn start of every cell of ``seed`` (``transfer``: with the pretrained trunk, but for the
+        tensors matching a regime's ``pretrained_exclude`` globs) whose network is ``arch`` (default: the base
+        config's; a regime may set another, e.g. a different head)."""
         arch = arch or self.train_cfg.arch
         variant = "" if arch == self.train_cfg.arch else f"{arch}-"
+        if exclude:   # another trunk: its own file, named by the patterns
+            variant += "x" + hashlib.sha256(json.dumps(sorted(exclude)).encode()).hexdigest()[:8] + "-"
         path = self.out / "init" / f"{variant}{init}-seed{seed}.safetensors"
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        overrides = transfer_trunk(self.pretrained(), arch) if init == "transfer" else None
+        overrides = transfer_trunk(self.pretrained(), arch, exclude) if init == "transfer" else None
         classes = self.train_cfg.dataset_classes or SOURCE_CLASSES
         return save_init(path, arch, len(classes), seed, overrides)
 
@@ -208,10 +215,11 @@ class Study:
         """The training config of ``cell`` (with ``lr``: a sweep cell's)."""
         regime = dict(self.cfg.regimes[cell.regime])
         init = regime.pop("init")
+        exclude = regime.pop("pretrained_exclude", [])   # in the start file: those tensors keep their drawn init
         if isinstance(regime.get("lr"), list):
             regime["lr"] = lr if lr is not None else self.chosen_lr(cell.regime)
-        config = {**self.base, **regime, "pretrained": str(self.init_file(init, cell.seed, regime.get("arch"))),
-                  "pretrained_url": None,
+        start = self.init_file(init, cell.seed, regime.get("arch"), exclude)
+        config = {**self.base, **regime, "pretrained": str(start), "pretrained_url": None,
                   "pretrained_exclude": [], "data_fraction": cell.fraction, "seed": cell.seed}
         if self.cfg.epochs:
             config["epochs"] = self.cfg.epochs
@@ -455,14 +463,16 @@ def provenance(command: Optional[str] = None) -> Dict[str, Any]:
             "cores": os.cpu_count(), "python": platform.python_version()}
 
 
-def transfer_trunk(ckpt: Path, arch: str) -> Dict[str, np.ndarray]:
+def transfer_trunk(ckpt: Path, arch: str, exclude: Sequence[str] = ()) -> Dict[str, np.ndarray]:
     """The trunk of the pretrained checkpoint ``ckpt`` (any framework) fitted to ``arch``, torchvision names; the
-    head is not taken (it starts from the cell's own init)."""
+    head is not taken (it starts from the cell's own init), nor the tensors matching an ``exclude`` glob (this
+    project's names, as ``pretrained_exclude``; a glob that matches nothing is an error)."""
     weights = read_weights(ckpt)
     state, _, report = convert_weights(weights, "ms_transfer")
     state, _ = into_arch(state, report.arch, arch, ckpt)
+    dropped = set(excluded_names(list(state), exclude, ckpt))
     to_torch = naming.name_map(arch, "ms_transfer", "torchvision")
-    return {to_torch[k]: v for k, v in state.items() if not k.startswith("fc.")}
+    return {to_torch[k]: v for k, v in state.items() if not k.startswith("fc.") and k not in dropped}
 
 
 def headline(results: Dict) -> str:

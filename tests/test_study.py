@@ -148,7 +148,7 @@ def test_a_swept_regime_trains_every_cell_with_the_winner_and_reuses_the_sweep_c
         (run_dir / "test.json").write_text(json.dumps({"test_acc": val, "epoch": 1}))
 
     monkeypatch.setattr(Study, "_run", fake_run)
-    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None: tmp_path / f"{init}-{seed}.safetensors")
+    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None, exclude=(): tmp_path / f"{init}-{seed}.safetensors")
     monkeypatch.setattr(Study, "write", lambda self, results: None)
     cfg = StudyConfig.load(_yaml(tmp_path / "s.yaml", {
         "base": "digit_adder", "pretrain": "digits_pretrain", "fractions": [0.05, 0.5, 1.0], "seeds": [0, 1],
@@ -233,7 +233,7 @@ def test_cells_run_side_by_side_with_jobs_and_a_failure_stops_the_queue(tmp_path
 
     monkeypatch.setattr(Study, "_run", fake_run)
     monkeypatch.setattr(recipe, "prepare_data", lambda cfg: exported.append(cfg.dataset))
-    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None: tmp_path / f"{init}-{seed}.safetensors")
+    monkeypatch.setattr(Study, "init_file", lambda self, init, seed, arch=None, exclude=(): tmp_path / f"{init}-{seed}.safetensors")
     monkeypatch.setattr(Study, "write", lambda self, results: None)
     config = {"base": "digit_adder", "pretrain": "digits_pretrain", "fractions": [0.05], "seeds": [0, 1, 2, 3],
               "frameworks": ["mindspore"], "regimes": {"scratch": {"init": "scratch"}}, "jobs": 2}
@@ -261,3 +261,40 @@ def test_jobs_below_one_and_bad_overrides_are_refused(tmp_path, capsys):
     assert "the command line (--jobs): jobs must be a whole number >= 1" in capsys.readouterr().err
     assert main(["--config", str(good), "--fractions", "0.5", "2"]) == 2   # the other overrides are checked too
     assert "the command line (--fractions): fractions must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_regime_s_pretrained_exclude_keeps_those_tensors_at_their_drawn_init(tmp_path, capsys):
+    """A regime's ``pretrained_exclude`` (e.g. transfer only the first two conv blocks) is honoured: the cells start
+    from a file of their own whose excluded tensors are the numpy-drawn ones (the study used to set the cells'
+    ``pretrained_exclude`` to [] and load the whole trunk). A glob that matches nothing and a scratch regime that
+    sets it are errors."""
+    from ms_transfer.core.checkpoint_io import CheckpointError
+    from ms_transfer.core.init import init_state, save_init
+    from ms_transfer.study import Study, StudyConfig, transfer_trunk
+
+    source = save_init(tmp_path / "pre" / "best.safetensors", "fashion_cnn", 10, seed=99)   # stands in for pretraining
+    lower = ["fc.*", "features.conv3.*", "features.bn3.*"]
+    trunk = transfer_trunk(source, "fashion_cnn", lower)
+    assert "features.conv2.weight" in trunk and not [k for k in trunk if "conv3" in k or "bn3" in k or "fc." in k]
+    with pytest.raises(CheckpointError, match="no tensor"):
+        transfer_trunk(source, "fashion_cnn", ["features.conv9.*"])
+
+    config = _yaml(tmp_path / "s.yaml", {"base": "digits_0to4", "pretrain": "digits_5to9", "seeds": [0],
+                                         "regimes": {"full": {"init": "transfer"},
+                                                     "lower": {"init": "transfer", "pretrained_exclude": lower}},
+                                         "output_dir": str(tmp_path / "study")})
+    study = Study(StudyConfig.load(config))
+    study.pretrained = lambda: source
+    cells = {c.regime: c for c in study.cells()}
+    full, part = (read_weights(study.cell_config(cells[r])["pretrained"]).state for r in ("full", "lower"))
+    assert study.cell_config(cells["lower"])["pretrained_exclude"] == []   # already applied, in the file
+    pre, drawn = read_weights(source).state, init_state("fashion_cnn", 5, 0)
+    assert np.array_equal(part["features.conv2.weight"], pre["features.conv2.weight"])
+    assert np.array_equal(part["features.conv3.weight"], drawn["features.conv3.weight"])
+    assert np.array_equal(full["features.conv3.weight"], pre["features.conv3.weight"])
+
+    bad = _yaml(tmp_path / "b.yaml", {"base": "digits_0to4", "pretrain": "digits_5to9",
+                                      "regimes": {"s": {"init": "scratch", "pretrained_exclude": ["fc.*"]}}})
+    assert main(["--config", str(bad)]) == 2
+    assert "pretrained_exclude leaves tensors out of the pretrained trunk, so it needs init: transfer" in \
+        capsys.readouterr().err
