@@ -91,11 +91,9 @@ def build_model(arch: str, num_classes: Optional[int] = None, padding: str = "to
                                         padding, **kwargs)
 
 
-def numpy_state(model: torch.nn.Module, copy: bool = True) -> "OrderedDict[str, np.ndarray]":
-    """The model's state_dict as numpy arrays (torchvision names): copies; ``copy=False``: views of the model's own
-    tensors (on the CPU), for callers that only read them while the model is left alone."""
-    arrays = OrderedDict((k, v.detach().cpu().numpy()) for k, v in model.state_dict().items())
-    return OrderedDict((k, v.copy()) for k, v in arrays.items()) if copy else arrays
+def numpy_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
+    """The model's state_dict as numpy arrays (copies, torchvision names)."""
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
 
 
 def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], strict: bool = True,

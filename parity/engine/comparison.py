@@ -451,10 +451,8 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
     if loss not in LOSSES or (loss == CROSS_ENTROPY) != (targets is not None):
         raise ValueError(f"loss={loss!r} with targets={'given' if targets is not None else 'None'}: "
                          f"cross_entropy needs integer targets, projection takes none")
-    from torch_reference.models import numpy_state
-
     from .mindspore_side import MindSporeSide
-    from .torch_side import TorchSide, WorkingCopy
+    from .torch_side import TorchSide, WorkingCopy, numpy_state
 
     xs = _as_inputs(inputs)
     # views of the module's tensors, not copies: every engine computes on its own working copy and leaves the module

@@ -83,7 +83,7 @@ def stage_checkpoint(torch_module, ms_cell, out: PathLike, name_map: NameMap = N
     """
     import ms_transfer.mindspore_backend.ckpt_format  # noqa: F401  (registers the .ckpt writer and reader)
 
-    from torch_reference.models import numpy_state
+    from .torch_side import numpy_state
 
     out = Path(out)
     if out.suffix.lower() not in CHECKPOINT_EXTS:

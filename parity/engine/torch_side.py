@@ -15,7 +15,6 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from torch_reference import require_torch
 
-
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names
 
@@ -37,6 +36,13 @@ def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
     """``outs`` as numpy arrays of their own: an output may be a view of a weight (a module returning a parameter
     or a slice of one), which the next computation on the shared working copy overwrites."""
     return [o.detach().numpy().copy() for o in outs]
+
+
+def numpy_state(module: torch.nn.Module, copy: bool = True) -> Dict[str, np.ndarray]:
+    """The module's state dict as numpy copies (torch names); ``copy=False``: views of the module's own tensors (on
+    the CPU), for callers that only read them while the module is left alone."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return {k: v.copy() for k, v in arrays.items()} if copy else arrays
 
 
 @contextmanager

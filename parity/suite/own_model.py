@@ -248,9 +248,7 @@ def probe_torch(torch_model, xs: Sequence[np.ndarray]) -> List[Tuple[int, ...]]:
     failing port)."""
     import torch
 
-    from torch_reference.models import numpy_state
-
-    from ..engine.torch_side import TorchSide
+    from ..engine.torch_side import TorchSide, numpy_state
     from ..engine.loss import PROJECTION
 
     side = TorchSide(torch_model, numpy_state(torch_model), "float32", PROJECTION)   # it computes on its own copy
@@ -328,7 +326,7 @@ def load_name_map(path: Optional[Path]) -> Optional[Dict[str, str]]:
 def name_map_hint(torch_model, ms_cell, name_map) -> str:
     """How to fix unmatched names on the command line: a ``--name-map`` file to start from, each unmatched torch
     tensor paired with an unmatched MindSpore parameter of the same shape (a guess, in order)."""
-    from torch_reference.models import numpy_state
+    from ..engine.torch_side import numpy_state
     from ..engine.weight_map import match_names
 
     shapes = {k: tuple(v.shape) for k, v in numpy_state(torch_model).items()}
