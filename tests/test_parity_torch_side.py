@@ -138,6 +138,50 @@ def test_a_layer_error_is_added_once_however_often_its_side_computes(tiny):
     assert 0 < np.abs(first - reference.eval_outputs([x])["output"]).max() < 1e-2
 
 
+class _Shared(torch.nn.Module):
+    """A layer used twice (its gradient summed over both uses), a frozen one and an unused parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+        self.fc = torch.nn.Linear(3, 3)
+        self.unused = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(self.frozen(x))))
+
+
+@pytest.mark.parametrize("disk", ["file", "full disk"])
+def test_gradients_written_as_backward_computes_them_are_the_gradients(tiny, monkeypatch, disk):
+    """``gradients_to_file`` (each float64 gradient written to a temporary file and freed as soon as backward has it:
+    VGG16's peak) gives every gradient ``grads`` gives, bit for bit, under the same names in the same order, masks
+    kept, a parameter used twice summed over both uses, a frozen or unused one absent as before; nothing of it stays
+    on the model; without a file the gradients stay in memory, the same."""
+    from parity.engine import memory
+
+    if disk == "full disk":
+        monkeypatch.setattr(memory, "temporary_file", lambda: None)
+    module, state, x, loss_args = tiny
+    torch.manual_seed(1)
+    shared = _Shared()
+    xs = np.random.RandomState(3).standard_normal((4, 3)).astype(np.float32)
+    cases = [(module, state, x, loss_args, None), (module, state, x, loss_args, {"relu": [(x[:, :1] > 0).repeat(
+        4, 1).astype(np.float32)]}), (shared, numpy_state(shared), xs, projection_weights([(4, 3)], 0), None)]
+    for mod, st, inp, args, masks in cases:
+        side = TorchSide(mod, st, "float64", PROJECTION)
+        plain = {k: v.copy() for k, v in side.grads([inp], args, bn_train=True, masks=masks).items()}
+        with side.gradients_to_file():
+            written = side.grads([inp], args, bn_train=True, masks=masks)
+        back = written.load()
+        assert list(back) == list(plain)
+        for k in plain:
+            np.testing.assert_array_equal(back[k], plain[k], err_msg=k)
+        m = side.model()
+        assert all(not p._post_accumulate_grad_hooks for p in m.parameters())   # hooks removed
+        assert isinstance(side.grads([inp], args, bn_train=True), dict)       # and the mode left
+    assert list(back) == ["fc.weight", "fc.bias"]
+
+
 class _ReturnsItsWeight(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -9,7 +9,7 @@ import importlib
 
 __all__ = ["build_model", "numpy_state", "load_numpy_state", "ScannedImageFolder", "create_loader", "require_torch",
            "TORCH_EXTRA", "is_missing_torch"]
-_HOMES = {"build_model": ".models", "numpy_state": ".models", "load_numpy_state": ".models",
+_HOMES = {"build_model": ".models", "numpy_state": ".state", "load_numpy_state": ".state",
           "ScannedImageFolder": ".data", "create_loader": ".data"}
 
 #: what the MindSpore-only install is told when something needs PyTorch (``{what}``: what needed it)

@@ -1,17 +1,18 @@
 """The torch side of every registered architecture: torchvision's ResNets / ResNeXts / Wide ResNets and VGGs (never a
 re-implementation), optionally with the MindSpore tutorial's ``'same'`` padding; the small networks from their
-shared spec; numpy state-dict exchange. One builder per family (:data:`FAMILY_BUILDERS`)."""
+shared spec. One builder per family (:data:`FAMILY_BUILDERS`). Numpy state dicts: :mod:`.state` (re-exported here)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 from ._torch import torch
 import torch.nn.functional as F
 import torchvision
 
 from ms_transfer.core.archs import ArchSpec, PairSpec, SeqSpec, get_arch
+
+from .state import load_numpy_state, numpy_state  # noqa: F401  (re-exported: the models' weights as numpy)
 
 PADDINGS = ("torch", "same")
 
@@ -89,31 +90,6 @@ def build_model(arch: str, num_classes: Optional[int] = None, padding: str = "to
     spec = get_arch(arch)
     return FAMILY_BUILDERS[spec.family](spec, spec.default_classes if num_classes is None else num_classes,
                                         padding, **kwargs)
-
-
-def numpy_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
-    """The model's state_dict as numpy arrays (copies, torchvision names)."""
-    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
-
-
-def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], strict: bool = True,
-                     share: bool = False) -> None:
-    """Load a numpy state dict (torchvision names), casting to each tensor's dtype. ``share=True``: each tensor
-    whose array already has its dtype and shape (C-contiguous, writable) then uses the array's memory instead of a
-    copy of it, so the model and the arrays are one set of weights: for callers that change neither."""
-    current = model.state_dict()
-    tensors: Dict[str, torch.Tensor] = {
-        k: torch.from_numpy(np.asarray(v)).to(current[k].dtype) if k in current else torch.from_numpy(np.asarray(v))
-        for k, v in state.items()}
-    model.load_state_dict(tensors, strict=strict)
-    if share:
-        with torch.no_grad():
-            for k, t in model.state_dict(keep_vars=True).items():
-                a = state.get(k)
-                if isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable:
-                    view = torch.from_numpy(a)   # no copy
-                    if view.dtype == t.dtype and view.shape == t.shape:
-                        t.data = view
 
 
 def _trunk(spec: SeqSpec) -> torch.nn.Sequential:

@@ -383,8 +383,9 @@ class Comparison:
         dropped before them."""
         masked = self._masked(check, masks)
         separate = masked is not None or check in FORWARD_CHECKS
-        stored_ref = spill(self._reference(check))
-        stored_scale = None if masked is None else spill(self._reference(check, masked))
+        with self.reference.gradients_to_file():   # each gradient goes to the file as backward computes it
+            stored_ref = spill(self._reference(check))
+            stored_scale = None if masked is None else spill(self._reference(check, masked))
         # the float64 working copy and its gradients (which the references viewed) go before the samples' float32
         # copy is made: VGG16's 2.1 GiB had sat beside the reference mapped back (5.87 GiB, the peak)
         self.reference.working.release()

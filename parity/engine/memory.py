@@ -21,7 +21,7 @@ import mmap
 import os
 import tempfile
 import weakref
-from typing import IO, Any, Callable, List, Optional
+from typing import IO, Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -109,11 +109,24 @@ class Spilled:
             return type(node)(self._read(v, mapped) for v in node)
         return node
 
+    def put(self, key: Any, a: np.ndarray) -> None:
+        """Add ``a`` under ``key`` to a dict spilled by :func:`spill_each`, written after the arrays already there, so
+        that the caller can free it at once (kept in memory where there is no file, or the disk is full)."""
+        try:
+            self._tree[key] = self._write(a) if self._file is not None else a
+        except OSError:   # a full disk: this array stays in memory, the ones written stay readable
+            self._tree[key] = a
+
+    def order(self, keys: Sequence[Any]) -> None:
+        """Put a dict spilled by :func:`spill_each` in the order of ``keys`` (the keys it holds; no data moves)."""
+        self._tree = {k: self._tree[k] for k in keys if k in self._tree}
+
     def load(self) -> Any:
         """The arrays back, read-only, over a mapping of the file made for this call: the mapping (and the resident
         pages it counts) goes when the last of these arrays does; the file stays until this object goes."""
         if self._file is None:
             return self._read(self._tree, None) if _holds(self._tree, Spilled) else self._tree
+        self._file.flush()   # what put wrote
         # an empty file cannot be mapped (nothing but empty arrays in it)
         mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self._file.tell() else None
         return self._read(self._tree, mapped)
@@ -148,3 +161,10 @@ def spill(tree: Any) -> Spilled:
     except OSError:   # a full disk: the arrays stay where they are
         file.close()
         return Spilled(tree, None)
+
+
+def spill_each() -> Spilled:
+    """An empty dict spilled to a temporary file, filled one array at a time by :meth:`Spilled.put` as each is
+    computed: what :func:`spill` does for a whole tree, without ever holding the whole tree (a float64 reference's
+    gradients, written as backward computes them)."""
+    return Spilled({}, temporary_file())

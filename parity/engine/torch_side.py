@@ -17,8 +17,10 @@ from torch_reference import require_torch
 
 from .localization import CallRecorder
 from .loss import CROSS_ENTROPY, flatten, output_names
+from .memory import Spilled, spill_each
 
 torch = require_torch("comparing a port with its torch original (parity.compare_models, parity.save_reference)")
+from torch_reference.state import numpy_state  # noqa: E402,F401  (after the error naming what needed torch; re-exported)
 
 Arrays = Dict[str, np.ndarray]
 #: elements of a parameter stepped together by :meth:`TorchSide.optimizer_steps` (a multiple of every SIMD width:
@@ -36,13 +38,6 @@ def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
     """``outs`` as numpy arrays of their own: an output may be a view of a weight (a module returning a parameter
     or a slice of one), which the next computation on the shared working copy overwrites."""
     return [o.detach().numpy().copy() for o in outs]
-
-
-def numpy_state(module: torch.nn.Module, copy: bool = True) -> Dict[str, np.ndarray]:
-    """The module's state dict as numpy copies (torch names); ``copy=False``: views of the module's own tensors (on
-    the CPU), for callers that only read them while the module is left alone."""
-    arrays = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    return {k: v.copy() for k, v in arrays.items()} if copy else arrays
 
 
 @contextmanager
@@ -140,6 +135,7 @@ class TorchSide:
         self.module, self.state, self.loss = module, state, loss
         self.working = working or WorkingCopy(module)
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        self._grads_to_file = False   # see gradients_to_file
 
     def model(self, train: bool = False) -> torch.nn.Module:
         """The working copy in this side's dtype with this side's weights loaded (every parameter and buffer, no
@@ -191,9 +187,42 @@ class TorchSide:
         """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
         ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
+        if self._grads_to_file:
+            return self._grads_written(m, inputs, loss_args, masks)
         with _forced_masks(m, masks):
             self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
         return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
+
+    @contextmanager
+    def gradients_to_file(self) -> Iterator[None]:
+        """Within: :meth:`grads` writes each gradient to a temporary file as soon as backward has computed it, frees
+        it, and returns the :class:`~parity.engine.memory.Spilled` of them all (``load()`` gives the same arrays).
+        The whole model's gradients are never held: VGG16's float64 classifier gradient (0.8 GB) had sat beside
+        the activations of the convolutions' backward, the peak of its comparison (BENCHMARKS.md "Parity cost")."""
+        self._grads_to_file = True
+        try:
+            yield
+        finally:
+            self._grads_to_file = False
+
+    def _grads_written(self, m: torch.nn.Module, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray],
+                       masks: Optional[Mapping[str, Sequence[np.ndarray]]]) -> Spilled:
+        written = spill_each()
+        params = list(m.named_parameters())
+
+        def write(p: torch.Tensor, name: str) -> None:
+            written.put(name, p.grad.numpy())
+            p.grad = None   # (after the autograd engine has summed every use of p: one call per backward)
+        handles = [p.register_post_accumulate_grad_hook(lambda p, name=name: write(p, name))
+                   for name, p in params if p.requires_grad]
+        try:
+            with _forced_masks(m, masks):
+                self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
+        finally:
+            for h in handles:
+                h.remove()
+        written.order([name for name, _ in params])   # backward computed them last layer first
+        return written
 
     def relu_names(self) -> List[str]:
         """Names of the ``nn.ReLU`` modules (the activations whose masks can be shared)."""
