@@ -89,10 +89,32 @@ def test_evaluate_cli(run, tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["classes"] == CLASSES
     assert evaluate_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data-dir", str(data)]) == 2
     assert "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.ckpt"
+    write_weights(junk, {"w": np.zeros(2, np.float32)})
+    assert evaluate_main(["--ckpt", str(junk), "--data-dir", str(data), "--mode", "pynative"]) == 2
+    assert str(junk) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("framework", ["mindspore", "torch"])
+def test_a_plain_weight_file_evaluates_like_its_run_checkpoint(run, tmp_path, framework):
+    """Both evaluate commands take a weight file without run metadata (classes: the split's folders), with the
+    run checkpoint's result; a head of another size is refused, naming both counts."""
+    net, ckpt, data = run
+    if framework == "mindspore":
+        evaluate = evaluate_checkpoint
+    else:
+        from torch_reference.evaluate import evaluate_checkpoint as evaluate
+    state = {p.name: p.asnumpy() for p in net.get_parameters()}
     plain = tmp_path / "plain.ckpt"
-    write_weights(plain, {"w": np.zeros(2, np.float32)})
-    assert evaluate_main(["--ckpt", str(plain), "--data-dir", str(data), "--mode", "pynative"]) == 2
-    assert "not a training-run checkpoint" in capsys.readouterr().err
+    write_weights(plain, state)
+    got = evaluate(str(plain), str(data), image_size=32, num_workers=0)
+    want = evaluate(str(ckpt), str(data), num_workers=0)
+    assert got["classes"] == want["classes"] == CLASSES
+    assert got["confusion"] == want["confusion"] and got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    three = create_model("resnet18", num_classes=3)
+    write_weights(tmp_path / "three.ckpt", {p.name: p.asnumpy() for p in three.get_parameters()})
+    with pytest.raises(ValueError, match="3-class head but .* has 2 class folders"):
+        evaluate(str(tmp_path / "three.ckpt"), str(data), image_size=32, num_workers=0)
 
 
 def test_evaluate_class_mismatch_names_both(run, tmp_path):
