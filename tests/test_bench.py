@@ -124,6 +124,10 @@ def test_parity_cost_need_and_table():
     assert table.splitlines()[0] == "Parity cost (Some CPU)"
     assert "| resnet18 | 64 | 10 | graph | pass | 41 | 3.00 | 1.00 | 3.0x |" in table
     assert "| pynative | FAIL |" in table
+    fixed = {**row, "imports": 2**30}   # the imports' peak: the column is what the comparison adds, against the need
+    table = format_parity_table([fixed], "Some CPU")
+    assert "imports alone (torch, torchvision, MindSpore, the comparison): peak RSS 1.00 GiB" in table
+    assert "| resnet18 | 64 | 10 | graph | pass | 41 | 3.00 | 1.00 | 3.0x | 2.0x |" in table
 
 
 def test_parity_cost_refuses_a_case_it_does_not_have(capsys):
