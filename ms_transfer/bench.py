@@ -438,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ms_transfer/bench_parallel.py)")
     p.add_argument("--parity", action="store_true",
                    help="instead: the \"Parity cost\" table, python -m parity per arch, image size and mode in child "
-                        "processes: seconds, peak RSS of the process tree and the memory the comparison needs "
-                        "(ms_transfer/bench_parity.py); --arch / --image-size narrow it to the matching cases")
+                        "processes: seconds, peak RSS of the process tree and the memory the comparison needs, and the "
+                        "peak above that of a child that only imports (ms_transfer/bench_parity.py); --arch / "
+                        "--image-size narrow it to the matching cases")
     p.add_argument("--kernels", action="store_true",
                    help="instead: where a small model's MindSpore time goes, a 3x3 convolution at each ResNet18 stage's "
                         "shape and one operator's launch, both frameworks (--image-size, default 64, and "

@@ -5,7 +5,9 @@ whole process tree is sampled for its resident memory (RSS) every :data:`SAMPLE_
 does for CI, so a run's peak counts whatever the parity run starts. Beside each peak the table prints the memory the
 comparison cannot do without, :func:`need_bytes`: the model's weights, gradients and optimizer state (momentum) in
 both frameworks, float32, plus the torch float64 reference's (issue 22 asks every arch at its CI size within 1.5x of
-it). Numbers are reported, never asserted: wall times depend on what else the machine runs.
+it). A child that only imports what a parity run imports is sampled first (:func:`imports_rss`): the table also gives
+each peak above it against the need. Numbers are reported, never asserted: wall times depend on what else the machine
+runs.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 #: subcommand -> (the module whose ``main(argv)`` runs it, one line for ``ms-transfer --help``)
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("ms_transfer.train", "train or fine-tune in MindSpore from a config and flags"),
-    "evaluate": ("ms_transfer.evaluate", "accuracy, per-class accuracy and confusion matrix of a run checkpoint"),
+    "evaluate": ("ms_transfer.evaluate", "accuracy, per-class accuracy and confusion matrix of a run checkpoint or a weight file"),
     "predict": ("ms_transfer.predict", "class and probability per image"),
     "convert": ("ms_transfer.convert", "convert weights between .pth, .ckpt and .safetensors and their namings"),
     "study": ("ms_transfer.study", "transfer vs scratch over data fractions and seeds, both frameworks"),

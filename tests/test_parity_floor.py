@@ -144,6 +144,44 @@ def test_spilled_arrays_come_back_the_same_in_memory_of_their_own(monkeypatch):
         assert memory.spill(tree).load() is tree
 
 
+@pytest.mark.parametrize("fails_at", [0, 1, 2])
+def test_arrays_spilled_one_at_a_time_come_back_when_the_disk_fills_between_them(monkeypatch, fails_at):
+    """:func:`parity.engine.memory.spill_each` (a reference's gradients, written as backward computes them): the
+    arrays come back in the order asked, whichever ``put`` meets a full disk (0: the first); those written before it
+    from the file, that one and the later ones from memory."""
+    import tempfile
+
+    from parity.engine import memory
+
+    class FillsUp:   # a real temporary file whose flush fails from the ``fails_at``-th put on
+        def __init__(self):
+            self.real, self.flushes = tempfile.TemporaryFile(), 0
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def flush(self):
+            self.flushes += 1
+            if self.flushes > fails_at + 1:   # (one flush in the constructor)
+                raise OSError(28, "No space left on device")
+            self.real.flush()
+
+    monkeypatch.setattr(memory, "temporary_file", FillsUp)
+    rng = np.random.default_rng(1)
+    arrays = {k: rng.standard_normal(n) for k, n in (("c", 5), ("a", 300), ("b", 7))}
+    written = memory.spill_each()
+    for k, v in arrays.items():
+        written.put(k, v)
+    written.order(["a", "b", "c", "missing"])
+    back = written.load()
+    assert list(back) == ["a", "b", "c"]
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(back[k], v)
+    in_memory = {k for k in back if back[k] is arrays[k]}   # the others are read-only views of the file
+    assert in_memory == set(list(arrays)[fails_at:])
+    assert not any(back[k].flags.writeable for k in set(back) - in_memory)
+
+
 def test_masked_floors_measured_sample_by_sample_are_those_of_every_sample_kept(check="grads_train_bn"):
     """With the port's ReLU masks, ``reference_floors`` measures the floor samples, then (the unmasked reference
     spilled to a file) the masked reference and its rounding samples, one sample at a time: the same reference,

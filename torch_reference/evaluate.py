@@ -1,5 +1,6 @@
 """``python -m torch_reference.evaluate --ckpt RUN/best.pth --data-dir DIR``: the torchvision side of
-``ms_transfer.evaluate`` (same metrics, same output), for run checkpoints of either framework."""
+``ms_transfer.evaluate`` (same metrics, same output), for run checkpoints of either framework and plain weight
+files."""
 from __future__ import annotations
 
 import argparse

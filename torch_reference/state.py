@@ -11,8 +11,8 @@ from ._torch import torch
 
 
 def numpy_state(module: torch.nn.Module, copy: bool = True) -> "OrderedDict[str, np.ndarray]":
-    """The module's state dict as numpy copies (on the CPU); ``copy=False``: views of the module's own tensors, for
-    callers that only read them while the module is left alone."""
+    """The module's state dict as numpy copies (on the CPU); ``copy=False``: views of the module's own tensors where
+    they are on the CPU (copies otherwise), for callers that only read them while the module is left alone."""
     arrays = OrderedDict((k, v.detach().cpu().numpy()) for k, v in module.state_dict().items())
     return OrderedDict((k, v.copy()) for k, v in arrays.items()) if copy else arrays
 

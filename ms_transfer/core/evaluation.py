@@ -23,7 +23,8 @@ from .tasks import check_classifier
 
 #: the ``--ckpt`` help of both commands
 CKPT_HELP = ("a run checkpoint of either framework (RUN/best.ckpt, RUN/best.pth), or a plain weight file of any "
-             "naming whose head has one output per class folder of the split")
+             "naming whose head has one output per class folder of the split (evaluated with torchvision's "
+             "padding: a plain file does not record it)")
 
 
 @dataclass
@@ -76,7 +77,7 @@ def build_parser(prog: str, description: str, add_framework_flags: Callable[[arg
                    help="the split folder of --data-dir to evaluate (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per forward; the result does not depend on it (default: 32)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at")
+    p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at (224 for a plain weight file)")
     add_framework_flags(p)
     add_json(p, "the result")
     return p

@@ -375,7 +375,8 @@ class Comparison:
         (:func:`~parity.engine.memory.spill`; ``load()`` gives ``(reference rows, scale reference rows or None)``),
         for a caller that runs the port before it compares: the port needs nothing of them.
 
-        Each float64 reference goes to the file as soon as it is computed and is mapped back while its samples are
+        Each float64 reference goes to the file as soon as it is computed (gradients as backward computes them,
+        :meth:`TorchSide.gradients_to_file`) and is mapped back while its samples are
         measured: with masks, the unmasked reference waits there while the masked one is computed (VGG16's float64
         gradients are 1.03 GiB, and the masked reference's computation -- the float64 working copy and its
         gradients -- beside them had been the peak of the whole comparison: 6.89 GiB; BENCHMARKS.md "Parity cost").
@@ -386,8 +387,8 @@ class Comparison:
         with self.reference.gradients_to_file():   # each gradient goes to the file as backward computes it
             stored_ref = spill(self._reference(check))
             stored_scale = None if masked is None else spill(self._reference(check, masked))
-        # the float64 working copy and its gradients (which the references viewed) go before the samples' float32
-        # copy is made: VGG16's 2.1 GiB had sat beside the reference mapped back (5.87 GiB, the peak)
+        # the float64 working copy goes before the samples' float32 copy is made (its gradients went to the file
+        # as backward computed them): VGG16's 2.1 GiB had sat beside the reference mapped back (5.87 GiB, the peak)
         self.reference.working.release()
         release_freed_memory()
 

@@ -10,7 +10,7 @@ GiB after, 0.92 GiB once trimmed (``malloc_trim(0)`` after each: the resident si
 time). :func:`release_freed_memory` is that trim; a no-op where the C library has none (musl, macOS, Windows).
 
 Arrays a comparison needs again later, but not for a while, can wait in an unnamed temporary file instead
-(:func:`spill`): the file's pages sit in the page cache, which the kernel may write out and reclaim, not in the
+(:func:`spill`, or one at a time as they are computed: :func:`spill_each`): the file's pages sit in the page cache, which the kernel may write out and reclaim, not in the
 process's resident memory.
 """
 from __future__ import annotations
@@ -66,12 +66,14 @@ def read_fully(fd: int, a: np.ndarray, offset: int) -> int:
 
 
 class Spilled:
-    """Arrays written to a temporary file by :func:`spill`; :meth:`load` gives them back, nested the same way, as
+    """Arrays written to a temporary file by :func:`spill` (or one at a time: :func:`spill_each`, :meth:`put`);
+    :meth:`load` gives them back, nested the same way, as
     often as asked: read-only arrays over the file mapped into memory, so a load copies nothing and allocates
     nothing (the file's pages are the page cache's)."""
 
     def __init__(self, tree: Any, file: Optional[IO[bytes]]) -> None:
         self._file = file
+        self._full = False   # a write failed (a full disk): later puts stay in memory
         self._leaves: List[tuple] = []   # (offset, dtype, shape) of each array, in the order of the walk
         self._tree = self._write(tree) if file is not None else tree
         if file is not None:
@@ -110,12 +112,18 @@ class Spilled:
         return node
 
     def put(self, key: Any, a: np.ndarray) -> None:
-        """Add ``a`` under ``key`` to a dict spilled by :func:`spill_each`, written after the arrays already there, so
-        that the caller can free it at once (kept in memory where there is no file, or the disk is full)."""
-        try:
-            self._tree[key] = self._write(a) if self._file is not None else a
-        except OSError:   # a full disk: this array stays in memory, the ones written stay readable
-            self._tree[key] = a
+        """Add ``a`` under ``key`` to a dict spilled by :func:`spill_each`, written (and flushed) after the arrays
+        already there, so that the caller can free it at once. Where there is no file, or once a write has failed (a
+        full disk), it stays in memory; the arrays written before stay readable from the file."""
+        if self._file is not None and not self._full:
+            try:
+                leaf = self._write(a)
+                self._file.flush()   # on disk now: a later failure cannot take it with it
+                self._tree[key] = leaf
+                return
+            except OSError:
+                self._full = True
+        self._tree[key] = a
 
     def order(self, keys: Sequence[Any]) -> None:
         """Put a dict spilled by :func:`spill_each` in the order of ``keys`` (the keys it holds; no data moves)."""
@@ -126,9 +134,9 @@ class Spilled:
         pages it counts) goes when the last of these arrays does; the file stays until this object goes."""
         if self._file is None:
             return self._read(self._tree, None) if _holds(self._tree, Spilled) else self._tree
-        self._file.flush()   # what put wrote
-        # an empty file cannot be mapped (nothing but empty arrays in it)
-        mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self._file.tell() else None
+        # an empty file cannot be mapped (nothing but empty arrays in it, or nothing written before a full disk)
+        fd = self._file.fileno()
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if os.fstat(fd).st_size else None
         return self._read(self._tree, mapped)
 
 

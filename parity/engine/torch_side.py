@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch_reference import require_torch
@@ -183,8 +183,9 @@ class TorchSide:
         return dict(zip(output_names(len(outs)), _owned(outs))), loss.numpy(), buffers
 
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
-              masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Arrays:
-        """Gradients of every parameter; with ``masks`` (ReLU module name -> the port's mask of each call), those
+              masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Union[Arrays, Spilled]:
+        """Gradients of every parameter (within :meth:`gradients_to_file`: a :class:`~parity.engine.memory.Spilled` of
+        them, written as backward computes them); with ``masks`` (ReLU module name -> the port's mask of each call), those
         ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
         if self._grads_to_file:
