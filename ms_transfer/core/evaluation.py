@@ -77,7 +77,8 @@ def build_parser(prog: str, description: str, add_framework_flags: Callable[[arg
                    help="the split folder of --data-dir to evaluate (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per forward; the result does not depend on it (default: 32)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="default: the size the run was trained at (224 for a plain weight file)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="default: the size the run was trained at (224 for a plain weight file)")
     add_framework_flags(p)
     add_json(p, "the result")
     return p

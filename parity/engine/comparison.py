@@ -376,10 +376,10 @@ class Comparison:
         for a caller that runs the port before it compares: the port needs nothing of them.
 
         Each float64 reference goes to the file as soon as it is computed (gradients as backward computes them,
-        :meth:`TorchSide.gradients_to_file`) and is mapped back while its samples are
-        measured: with masks, the unmasked reference waits there while the masked one is computed (VGG16's float64
-        gradients are 1.03 GiB, and the masked reference's computation -- the float64 working copy and its
-        gradients -- beside them had been the peak of the whole comparison: 6.89 GiB; BENCHMARKS.md "Parity cost").
+        :meth:`TorchSide.gradients_to_file`) and is mapped back while its samples are measured: with masks, the
+        unmasked reference waits there while the masked one is computed (VGG16's float64 gradients are 1.03 GiB, and
+        the masked reference's computation -- the float64 working copy and its gradients -- beside them had been the
+        peak of the whole comparison: 6.89 GiB; BENCHMARKS.md "Parity cost").
         Both references come before the float32 samples, so the float64 working copy is made once per check and
         dropped before them."""
         masked = self._masked(check, masks)

@@ -10,8 +10,8 @@ GiB after, 0.92 GiB once trimmed (``malloc_trim(0)`` after each: the resident si
 time). :func:`release_freed_memory` is that trim; a no-op where the C library has none (musl, macOS, Windows).
 
 Arrays a comparison needs again later, but not for a while, can wait in an unnamed temporary file instead
-(:func:`spill`, or one at a time as they are computed: :func:`spill_each`): the file's pages sit in the page cache, which the kernel may write out and reclaim, not in the
-process's resident memory.
+(:func:`spill`, or one at a time as they are computed: :func:`spill_each`): the file's pages sit in the page cache,
+which the kernel may write out and reclaim, not in the process's resident memory.
 """
 from __future__ import annotations
 
@@ -67,9 +67,8 @@ def read_fully(fd: int, a: np.ndarray, offset: int) -> int:
 
 class Spilled:
     """Arrays written to a temporary file by :func:`spill` (or one at a time: :func:`spill_each`, :meth:`put`);
-    :meth:`load` gives them back, nested the same way, as
-    often as asked: read-only arrays over the file mapped into memory, so a load copies nothing and allocates
-    nothing (the file's pages are the page cache's)."""
+    :meth:`load` gives them back, nested the same way, as often as asked: read-only arrays over the file mapped into
+    memory, so a load copies nothing and allocates nothing (the file's pages are the page cache's)."""
 
     def __init__(self, tree: Any, file: Optional[IO[bytes]]) -> None:
         self._file = file

@@ -20,7 +20,8 @@ from .loss import CROSS_ENTROPY, flatten, output_names
 from .memory import Spilled, spill_each
 
 torch = require_torch("comparing a port with its torch original (parity.compare_models, parity.save_reference)")
-from torch_reference.state import numpy_state  # noqa: E402,F401  (after the error naming what needed torch; re-exported)
+# after the error naming what needed torch; re-exported (the own-model examples import it from here)
+from torch_reference.state import numpy_state  # noqa: E402,F401
 
 Arrays = Dict[str, np.ndarray]
 #: elements of a parameter stepped together by :meth:`TorchSide.optimizer_steps` (a multiple of every SIMD width:
@@ -185,8 +186,8 @@ class TorchSide:
     def grads(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray], bn_train: bool,
               masks: Optional[Mapping[str, Sequence[np.ndarray]]] = None) -> Union[Arrays, Spilled]:
         """Gradients of every parameter (within :meth:`gradients_to_file`: a :class:`~parity.engine.memory.Spilled` of
-        them, written as backward computes them); with ``masks`` (ReLU module name -> the port's mask of each call), those
-        ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
+        them, written as backward computes them); with ``masks`` (ReLU module name -> the port's mask of each call),
+        those ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
         if self._grads_to_file:
             return self._grads_written(m, inputs, loss_args, masks)
