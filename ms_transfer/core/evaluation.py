@@ -29,8 +29,8 @@ CKPT_HELP = ("a run checkpoint of either framework (RUN/best.ckpt, RUN/best.pth)
 
 @dataclass
 class Evaluation:
-    """A checkpoint ready to evaluate on one split: its weights in the naming asked, what to build and how to read
-    the images."""
+    """A checkpoint ready to evaluate: its weights in the naming asked, what to build, where the split's folder is
+    and how to read its images."""
 
     arch: str
     padding: str
@@ -38,7 +38,6 @@ class Evaluation:
     state: Mapping[str, np.ndarray]
     preprocess: Preprocess
     root: Path
-    split: str
     config: Dict   # the run's config ({} for a plain weight file)
 
 
@@ -62,9 +61,8 @@ def prepare(ckpt: str, data_dir: str, split: str, image_size: Optional[int], nam
                                f"{len(classes)} class folders {classes}")
     config = dict(weights.meta.get("config", {}))
     preprocess = Preprocess.from_config({**config, "arch": report.arch},
-                                        image_size or weights.meta.get("image_size") or meta.get("image_size", 224))
-    return Evaluation(report.arch, weights.meta.get("padding", "torch"), classes, state, preprocess, root, split,
-                      config)
+                                        image_size or meta.get("image_size", 224))   # (meta: the file's, renamed)
+    return Evaluation(report.arch, weights.meta.get("padding", "torch"), classes, state, preprocess, root, config)
 
 
 def build_parser(prog: str, description: str, add_framework_flags: Callable[[argparse.ArgumentParser], None]

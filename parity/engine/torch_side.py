@@ -41,6 +41,16 @@ def _owned(outs: Sequence[torch.Tensor]) -> List[np.ndarray]:
     return [o.detach().numpy().copy() for o in outs]
 
 
+def _write_each_gradient(model: torch.nn.Module, written: Spilled) -> list:
+    """Hooks (their handles, to remove) putting each parameter's gradient into ``written`` and dropping it as soon as
+    backward has it: after the autograd engine has summed every use of the parameter, one call per backward."""
+    def write(p: torch.Tensor, name: str) -> None:
+        written.put(name, p.grad.numpy())
+        p.grad = None
+    return [p.register_post_accumulate_grad_hook(lambda p, name=name: write(p, name))
+            for name, p in model.named_parameters() if p.requires_grad]
+
+
 @contextmanager
 def _forced_masks(model: torch.nn.Module, masks: Optional[Mapping[str, Sequence[np.ndarray]]]) -> Iterator[None]:
     """Within the block, each listed ReLU outputs ``input * mask`` for its k-th call (calls beyond the list run as
@@ -189,11 +199,18 @@ class TorchSide:
         them, written as backward computes them); with ``masks`` (ReLU module name -> the port's mask of each call),
         those ReLUs keep exactly the port's zero / non-zero decisions (see :mod:`parity.engine.tolerance`)."""
         m = self.model(train=bn_train)
-        if self._grads_to_file:
-            return self._grads_written(m, inputs, loss_args, masks)
-        with _forced_masks(m, masks):
-            self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
-        return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
+        written = spill_each() if self._grads_to_file else None
+        handles = [] if written is None else _write_each_gradient(m, written)
+        try:
+            with _forced_masks(m, masks):
+                self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
+        finally:
+            for h in handles:
+                h.remove()
+        if written is None:
+            return {k: p.grad.numpy() for k, p in m.named_parameters() if p.grad is not None}
+        written.order([name for name, _ in m.named_parameters()])   # backward computed them last layer first
+        return written
 
     @contextmanager
     def gradients_to_file(self) -> Iterator[None]:
@@ -206,25 +223,6 @@ class TorchSide:
             yield
         finally:
             self._grads_to_file = False
-
-    def _grads_written(self, m: torch.nn.Module, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray],
-                       masks: Optional[Mapping[str, Sequence[np.ndarray]]]) -> Spilled:
-        written = spill_each()
-        params = list(m.named_parameters())
-
-        def write(p: torch.Tensor, name: str) -> None:
-            written.put(name, p.grad.numpy())
-            p.grad = None   # (after the autograd engine has summed every use of p: one call per backward)
-        handles = [p.register_post_accumulate_grad_hook(lambda p, name=name: write(p, name))
-                   for name, p in params if p.requires_grad]
-        try:
-            with _forced_masks(m, masks):
-                self._loss(flatten_outputs(m(*[self.tensor(x) for x in inputs])), loss_args).backward()
-        finally:
-            for h in handles:
-                h.remove()
-        written.order([name for name, _ in params])   # backward computed them last layer first
-        return written
 
     def relu_names(self) -> List[str]:
         """Names of the ``nn.ReLU`` modules (the activations whose masks can be shared)."""
