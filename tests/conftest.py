@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pytest
 
-from ms_transfer.mindspore_backend.context import set_context
+from ms_transfer.mindspore_backend.context import freeze_imported_objects, set_context
 from ms_transfer.core.callbacks import Callback, default_callbacks
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset
@@ -172,6 +172,12 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = "heavy" if name in HEAVY_FILES else name
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported, no fixture built yet: freeze what the imports made (MindSpore collects all
+    garbage before each graph it compiles; see :func:`freeze_imported_objects`)."""
+    freeze_imported_objects()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from parity.engine.loss import PROJECTION, projection_weights
-from parity.engine.tolerance import JITTER, JITTER_BLOCK, JitteredState, jitter_fn
+from parity.engine.tolerance import JITTER, JITTER_BLOCK, JitteredState, jitter_fn, jitter_generator
 from parity.engine.torch_side import LayerErrorSide, TorchSide, WorkingCopy, numpy_state
 
 
 def _whole_tensor_jitter(seed, amount):
-    """The jitter as it was written before it went block by block (the definition the samples must keep)."""
-    rng = np.random.RandomState(seed)
-    return lambda a: (a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)
+    """The jitter in one whole-tensor draw per array (the definition the block-by-block samples must keep)."""
+    rng = jitter_generator(seed)
+    return lambda a: (a * (1.0 - amount + 2.0 * amount * rng.random(a.shape))).astype(np.float32)
 
 
 def test_block_jitter_is_bit_identical_to_one_whole_tensor_draw():

@@ -16,7 +16,7 @@ from mindspore import nn, ops
 
 from . import batchnorm, compile_cache, parallel
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
-from .context import prepare_onednn, set_context
+from .context import freeze_imported_objects, prepare_onednn, set_context
 from ..core.archs import task_of
 from ..core.config import TrainConfig
 from ..core.data import Preprocess, SplitScan
@@ -118,6 +118,8 @@ class MindSporeBackend:
         if cfg.device == "CPU":  # which conv path oneDNN takes (probed once, then cached; not by launched ranks)
             prepare_onednn(probe=not dist.enabled)
         set_context(cfg.mode, cfg.device)
+        if compile_cache.one_run_per_process():   # the training CLI: its imports are done, the process is this run's
+            freeze_imported_objects()             # MindSpore's collection before each compile skips them
         if dist.enabled:  # under msrun: join the cluster, average gradients (see .parallel)
             self.dist = parallel.init_data_parallel(dist)
         self._compile_cache = cfg.compile_cache == "auto"

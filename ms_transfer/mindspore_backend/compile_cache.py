@@ -36,6 +36,11 @@ def allow_for_this_process() -> None:
     _state["allowed"] = True
 
 
+def one_run_per_process() -> bool:
+    """Whether this process runs one training run and ends (:func:`allow_for_this_process` was called)."""
+    return _state["allowed"]
+
+
 def _sources_digest() -> str:
     root = Path(__file__).resolve().parent.parent   # the whole ms_transfer package: every source a graph uses
     h = hashlib.sha256()

@@ -229,35 +229,49 @@ class FloorBuilder:
 
 #: elements jittered (or skipped) per block: the block's float64 temporaries stay in the CPU cache. Whole tensors at a
 #: time spent ~2.5x as long on ResNet50's 25.6M weights (1.9 s vs 0.73 s, most of it memory traffic); the numbers
-#: are the same, since ``RandomState`` fills any block in C order from the same stream.
+#: are the same, since the generator fills any block in C order from the same stream.
 JITTER_BLOCK = 1 << 14
 
 
-def _jitter(rng: np.random.RandomState, a: np.ndarray, amount: float) -> np.ndarray:
-    """``a * (1 + amount * U(-1, 1))`` rounded to float32, the uniform numbers drawn from ``rng`` in C order:
-    bit-identical to ``(a * (1.0 + amount * rng.uniform(-1.0, 1.0, a.shape))).astype(np.float32)`` (the same
-    float64 operations in the same order), block by block and in place."""
+def jitter_generator(seed: int) -> np.random.Generator:
+    """The uniform numbers of the jitter with ``seed``: SFC64, the fastest of numpy's bit generators. A ResNet50
+    comparison draws about a billion of them (each of its 12 jittered states is rebuilt on every pass instead of
+    stored, 36 passes over 25.6M weights): with ``RandomState`` (MT19937) a pass took 0.19 s, 7 s of the default
+    ``python -m parity``'s 62; with SFC64 and the fused arithmetic of :func:`_jitter`, 0.09 s (AMD EPYC, issue 22).
+    The floors are the same statistic of other random numbers (BENCHMARKS.md "Parity cost" gives the change)."""
+    return np.random.Generator(np.random.SFC64(seed))
+
+
+def _jitter(rng: np.random.Generator, a: np.ndarray, amount: float) -> np.ndarray:
+    """``a * (1 + amount * U(-1, 1))`` rounded to float32, the uniform numbers drawn from ``rng`` in C order as
+    ``1 - amount + 2 * amount * U(0, 1)``: bit-identical to
+    ``(a * (1.0 - amount + 2.0 * amount * rng.random(a.shape))).astype(np.float32)`` (the same float64 operations in
+    the same order), block by block into one reused buffer."""
     flat = np.ascontiguousarray(a).reshape(-1)
     out = np.empty(flat.shape, np.float32)
+    buffer = np.empty(min(JITTER_BLOCK, flat.size))
+    low, span = 1.0 - amount, 2.0 * amount
     for start in range(0, flat.size, JITTER_BLOCK):
         stop = min(start + JITTER_BLOCK, flat.size)
-        u = rng.uniform(-1.0, 1.0, stop - start)
-        u *= amount
-        u += 1.0
+        u = buffer[:stop - start]
+        rng.random(out=u)
+        u *= span
+        u += low
         u *= flat[start:stop]
         out[start:stop] = u   # float64 -> float32 rounds to nearest, as astype does
     return out.reshape(np.shape(a))
 
 
-def _skip(rng: np.random.RandomState, size: int) -> None:
+def _skip(rng: np.random.Generator, size: int) -> None:
     """Advance ``rng`` past ``size`` uniform draws (block by block: no array of ``size`` numbers)."""
+    buffer = np.empty(min(JITTER_BLOCK, size))
     for start in range(0, size, JITTER_BLOCK):
-        rng.random_sample(min(JITTER_BLOCK, size - start))   # one double each, like uniform()
+        rng.random(out=buffer[:min(JITTER_BLOCK, size - start)])   # one 64-bit draw each, as in _jitter
 
 
 def jitter_fn(seed: int, amount: float = JITTER) -> Callable[[np.ndarray], np.ndarray]:
     """Scales every float32 array by ``1 + amount * U(-1, 1)`` (other dtypes pass through)."""
-    rng = np.random.RandomState(seed)
+    rng = jitter_generator(seed)
 
     def jitter(a: np.ndarray) -> np.ndarray:
         a = np.asarray(a)
@@ -289,14 +303,14 @@ class JitteredState(Mapping):
 
     def jitter_after(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         """``arrays`` jittered by the random numbers that follow the state's (as one sequential jitter would)."""
-        rng = np.random.RandomState(self.seed)
+        rng = jitter_generator(self.seed)
         if "state" in self._after:
-            rng.set_state(self._after["state"])
+            rng.bit_generator.state = self._after["state"]
         else:
             for v in self.base.values():
                 if np.asarray(v).dtype == np.float32:
                     _skip(rng, int(np.size(v)))   # the state's draws
-            self._after["state"] = rng.get_state(legacy=False)
+            self._after["state"] = rng.bit_generator.state
         return [_jitter(rng, a, self.amount) if a.dtype == np.float32 else a for a in map(np.asarray, arrays)]
 
     def __getitem__(self, key: str) -> np.ndarray:
