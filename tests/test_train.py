@@ -231,3 +231,19 @@ def test_compile_cache_reuses_graphs_across_cli_runs_and_trains_the_same(tmp_pat
         assert compile_cache.cache_dir(cfg, [0.1, 0.1]) != base
     finally:
         compile_cache._sources_digest = real
+
+
+def test_only_a_one_run_process_freezes_its_imports(tmp_path, monkeypatch):
+    """The backend freezes the process's objects out of the garbage collector (MindSpore collects before each
+    compile) only where the training CLI said the process is this one run: in a library or test process a live object
+    frozen there and dropped later in a reference cycle would never be freed."""
+    from ms_transfer.mindspore_backend import backend, compile_cache
+
+    frozen = []
+    monkeypatch.setattr(backend, "freeze_imported_objects", lambda: frozen.append(True))
+    cfg = small_config(tmp_path, tmp_path / "out")
+    backend.MindSporeBackend().setup(cfg)
+    assert frozen == []
+    monkeypatch.setitem(compile_cache._state, "allowed", True)   # what python -m ms_transfer.train does
+    backend.MindSporeBackend().setup(cfg)
+    assert frozen == [True]
