@@ -118,8 +118,9 @@ def freeze_imported_objects() -> None:
     ``mindspore/common/api.py``), and a full collection scans every tracked object: ~456k once MindSpore and torch
     are imported, 0.2 s per collection (AMD EPYC), more as a process grows. Measured: the parity and VGG tests
     spent 16.6 s of CPU in the 55 collections of their graphs, 1.5 s with the imports frozen; the default
-    ``python -m parity`` 1.2 s in its 5. Garbage that exists already is collected first (frozen, it would never be
-    freed); objects made later are collected as before.
+    ``python -m parity`` 1.15 s in its 5, 0.9 s (its models and MindSpore's parse of their cells come after the
+    freeze). Garbage that exists already is collected first (frozen, it would never be freed); objects made later
+    are collected as before.
 
     Call it once, where a process starts its work, not from library code: an object alive when it is frozen and
     later dropped inside a reference cycle is never freed. Callers: ``python -m parity``, the training CLI's run
