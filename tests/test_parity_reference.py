@@ -31,6 +31,7 @@ def test_bundle_is_small_and_self_describing(bundle):
     assert manifest["model"] == {"arch": "resnet18", "num_classes": 10, "padding": "torch"}
     assert {"torch", "mindspore", "numpy"} <= set(manifest["versions"])
     assert manifest["tolerance"]["K"] == 4.0 and "floors" in manifest and len(manifest["generated"]) == 21
+    assert manifest["grads_generator"] == "mt19937"   # regenerated where checked: numpy keeps RandomState's stable
 
 
 BLOCK_TORCH = """
@@ -115,8 +116,13 @@ def _regenerated_weight(directory):
     _rewrite_manifest(directory, edit)
 
 
+def _unknown_grads_generator(directory):
+    _rewrite_manifest(directory, lambda m: m.update(grads_generator="pcg64"))
+
+
 TAMPERING = {
     "manifest edited": (_edit_floor, "was edited after it was written"),
+    "gradients from a generator this parity lacks": (_unknown_grads_generator, "the generator 'pcg64'"),
     "byte flipped": (_flip_byte, "does not match the sha256"),
     "truncated": (_truncate, "does not match the sha256"),
     "tensor missing": (_drop_tensor, "tensors missing from the bundle: weight/"),

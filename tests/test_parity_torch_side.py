@@ -202,16 +202,32 @@ def test_outputs_survive_the_next_computation_on_the_shared_copy():
     np.testing.assert_array_equal(first, dict(a.state.items())["w"][:2])
 
 
-def _stored_synthetic_grads(params, steps, seed):
-    """The optimizer check's gradients as they were written when every step was stored (the definition the lazily
-    drawn ones must keep)."""
-    rng = np.random.RandomState(seed + 3)
+def _stored_synthetic_grads(params, steps, seed, generator="sfc64"):
+    """The optimizer check's gradients, every step drawn whole at once (the definition the lazily drawn ones must
+    keep): float32 normals from SFC64, or the float64 ``RandomState`` normals older reference bundles hold."""
     rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
-    return [{k: (0.1 * rms[k] * rng.standard_normal(np.shape(v))).astype(np.float32) for k, v in params.items()}
-            for _ in range(steps)]
+    if generator == "mt19937":
+        rng = np.random.RandomState(seed + 3)
+        return [{k: (0.1 * rms[k] * rng.standard_normal(np.shape(v))).astype(np.float32) for k, v in params.items()}
+                for _ in range(steps)]
+    rng = np.random.Generator(np.random.SFC64(seed + 3))
+    return [{k: rng.standard_normal(np.shape(v), dtype=np.float32) * np.float32(0.1 * rms[k])
+             for k, v in params.items()} for _ in range(steps)]
 
 
-def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unchanged(tiny, monkeypatch):
+def test_synthetic_grads_of_the_two_generators_differ_and_an_unknown_one_is_refused(tiny):
+    from parity.engine.comparison import synthetic_grads
+    module, state, _, _ = tiny
+    params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
+    new, old = list(synthetic_grads(params, 1, 7))[0], list(synthetic_grads(params, 1, 7, "mt19937"))[0]
+    assert all(new[k].dtype == old[k].dtype == np.float32 for k in params)
+    assert not any(np.array_equal(new[k], old[k]) for k in params)
+    with pytest.raises(ValueError, match="one of sfc64, mt19937"):
+        synthetic_grads(params, 1, 7, "pcg64")
+
+
+@pytest.mark.parametrize("generator", ["sfc64", "mt19937"])
+def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unchanged(tiny, monkeypatch, generator):
     """The optimizer check's gradients are not held (a VGG16's three steps were 1.5 GiB): the first use writes them
     to a file one tensor at a time, and every pass, every parameter's steps and every slice of them read back the
     stored numbers; the optimizer computes the same update step by step, parameter by parameter, or slice by slice."""
@@ -219,7 +235,7 @@ def test_synthetic_grads_drawn_per_pass_are_the_stored_ones_and_the_updates_unch
     from parity.engine.comparison import synthetic_grads
     module, state, _, _ = tiny
     params = {k: v for k, v in state.items() if k in dict(module.named_parameters())}
-    lazy, stored = synthetic_grads(params, 3, 7), _stored_synthetic_grads(params, 3, 7)
+    lazy, stored = synthetic_grads(params, 3, 7, generator), _stored_synthetic_grads(params, 3, 7, generator)
     assert len(lazy) == 3 and lazy.names == list(params)
     assert lazy._spill is None   # nothing drawn until used (a comparison without the optimizer check pays nothing)
     def assert_stored(steps):

@@ -159,7 +159,9 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
         raise BundleError(f"{directory} exists and is not a reference bundle: choose a new or empty directory")
     o = (options or CompareOptions()).with_overrides(**overrides)
     checks, log = tuple(o.checks), o.log
-    c = prepare(torch_module, ms_cell, inputs, targets, o)
+    # the optimizer check's gradients are regenerated where the bundle is checked, maybe under another numpy:
+    # RandomState's stream, which numpy keeps stable (NEP 19)
+    c = prepare(torch_module, ms_cell, inputs, targets, o, grads_generator="mt19937")
     tensors: Dict[str, np.ndarray] = {}
     for i, x in enumerate(c.xs):
         tensors[f"input/{i}"] = np.ascontiguousarray(x)
@@ -193,6 +195,7 @@ def save_reference(directory: PathLike, torch_module, ms_cell, inputs, targets: 
         "format": FORMAT, "versions": _versions(), "model": dict(model) if model else None,
         "config": asdict(o.config) if is_dataclass(o.config) else o.config,
         "loss": c.loss, "checks": list(checks), "rows": rows, "optimizer": opt, "steps": len(c.step_grads),
+        "grads_generator": c.step_grads.generator,
         "seed": o.seed, "inputs": len(c.xs), "name_map": ms_of, "trainable": c.trainable,
         "tolerance": {"rule": "ratio_t = err_t / (max(floor_t, floor_pooled) + ABS_TERM / K) <= K and "
                               "|scale| / (scale_floor + ABS_TERM / K) <= K (parity/engine/tolerance.py)",
@@ -271,11 +274,17 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     """
     from ms_transfer.mindspore_backend.context import set_context
 
-    from .comparison import CompareOptions, make_runners, run_port, synthetic_grads
+    from .comparison import GRADS_GENERATORS, CompareOptions, make_runners, run_port, synthetic_grads
     from .dropout import compare_dropout, ms_dropout_stats
     from .mindspore_side import MindSporeSide, WeightsMismatch, load_weights
 
     manifest, tensors = load_bundle(directory)
+    # a bundle that names no generator was saved before the manifest named it: RandomState's (mt19937)
+    generator = manifest.get("grads_generator", "mt19937")
+    if generator not in GRADS_GENERATORS:
+        raise BundleError(f"{directory}: its optimizer check's gradients come from the generator {generator!r}, "
+                          f"which this version of parity does not have ({', '.join(GRADS_GENERATORS)}): check it "
+                          "with the version that saved it (manifest.json's versions), or save the bundle again")
     model = manifest.get("model")
     if arch is not None and (model or {}).get("arch") != arch:
         raise BundleError(f"{directory} was made for {(model or {}).get('arch') or 'a user model'}, not {arch}: "
@@ -299,7 +308,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
                                             key=lambda k: int(k.split("/")[1]))]
     params = {t: weights[manifest["name_map"][t]] for t in manifest["trainable"]}
     opt = manifest["optimizer"]
-    step_grads = synthetic_grads(params, manifest["steps"], manifest["seed"])
+    step_grads = synthetic_grads(params, manifest["steps"], manifest["seed"], generator)
     defaults = CompareOptions()
     runners = make_runners(loss_args, step_grads, opt.get("lr", defaults.lr), opt.get("momentum", defaults.momentum),
                            opt.get("weight_decay", defaults.weight_decay))
