@@ -146,7 +146,10 @@ def test_optimizer_check_catches_mindspore_default_weight_decay(monkeypatch):
     assert run_parity(cfg).passed
     monkeypatch.setattr(ms_side, "momentum_sgd", naive)
     report = run_parity(cfg)
-    assert not report.passed and ".bn" in report.results[0].worst
+    # the worst tensor is a BatchNorm gamma or beta: the stem's (bn1), a block's (layerN.M.bnK) or a shortcut's
+    # (downsample.1), whichever the seeded gradients make worst
+    layer = report.results[0].worst.rsplit(".", 1)[0]
+    assert not report.passed and (layer.split(".")[-1].startswith("bn") or layer.endswith("downsample.1")), layer
 
 
 def test_cli_exit_codes_and_json(tmp_path, capsys):
