@@ -169,3 +169,45 @@ def _png(tmp_path, i):
     path = tmp_path / f"img{i}.png"
     Image.fromarray(np.full((40, 40, 3), 60 * i, dtype=np.uint8)).save(path)
     return path
+
+
+def test_graph_eval_runs_every_batch_at_one_size_and_a_best_checkpoint_loads_into_the_same_net(run, tmp_path):
+    """In GRAPH mode MindSpore compiles a graph per input shape, so the backend runs every eval batch at one size
+    (the first batch's here; a training run's ``batch_size``): a smaller batch zero-padded, a larger one in pieces.
+    Padding changes no sample's outputs. A run's test pass loads its best checkpoint into the net it trained (whose
+    graphs are compiled), not into a new one; a checkpoint of another model still gets a new net."""
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
+    from ms_transfer.models import load_run_checkpoint
+
+    net, ckpt, _ = run
+    trained = create_model("resnet18", num_classes=2)
+    sizes = []
+
+    class Seen:   # the backend's net, recording the batch size of every call
+        def __call__(self, *inputs):
+            sizes.append(inputs[0].shape[0])
+            return trained(*inputs)
+
+        def __getattr__(self, name):
+            return getattr(trained, name)
+
+    x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    set_context("graph", "CPU")
+    try:
+        backend = MindSporeBackend().adopt(Seen())
+        first, rest, whole = backend.logits(x[:4]), backend.logits(x[4:]), backend.logits(x)
+        assert sizes == [4, 4, 4, 4]   # 4; 3 padded; 7 as 4 + 3 padded
+        # the same graph on the same rows, bit for bit, whatever fills the rest of the batch
+        np.testing.assert_array_equal(whole, np.concatenate([first, rest]))
+        np.testing.assert_array_equal(backend.logits(np.concatenate([x[4:], x[:1]]))[:3], rest)
+        backend.adopt(trained)
+        backend.load_run(ckpt)
+        assert backend.model is trained
+        for mine, saved in zip(trained.get_parameters(), net.get_parameters()):
+            np.testing.assert_array_equal(mine.asnumpy(), saved.asnumpy(), err_msg=mine.name)
+    finally:
+        set_context("pynative", "CPU")
+    other = tmp_path / "three.ckpt"
+    save_run_checkpoint(other, create_model("resnet18", num_classes=3), {"arch": "resnet18", "classes": list("abc")})
+    rebuilt, _ = load_run_checkpoint(other, into=trained)
+    assert rebuilt is not trained and rebuilt.fc.weight.shape[0] == 3 and trained.fc.weight.shape[0] == 2

@@ -46,21 +46,29 @@ def create_model(name: str, num_classes: int = 1000, pretrained: Optional[str] =
     return net
 
 
-def load_run_checkpoint(path: PathLike) -> Tuple[nn.Cell, WeightFile]:
+def load_run_checkpoint(path: PathLike, into: Optional[nn.Cell] = None) -> Tuple[nn.Cell, WeightFile]:
     """Rebuild the model of a training-run checkpoint of either framework; returns ``(net, weights)``.
 
     ``weights.meta`` holds the run metadata (arch, classes, padding, config, epoch, metrics); optimizer entries
-    stay in ``weights.state`` under ``OPTIMIZER_PREFIX`` for ``--resume``.
+    stay in ``weights.state`` under ``OPTIMIZER_PREFIX`` for ``--resume``. ``into``: a net to load the weights into
+    instead, returned as ``net``, if it is the checkpoint's model (its arch, padding and every shape); its compiled
+    graphs stay valid (a run's test pass on its best checkpoint compiles nothing new). Otherwise a new net is built.
     """
     weights = read_weights(path)
     if "arch" not in weights.meta or "classes" not in weights.meta:
         raise CheckpointError(f"{path}: not a training-run checkpoint (no arch/classes metadata); "
                               "use ms_transfer.models.create_model(..., pretrained=PATH) for plain weight files")
-    arch = weights.meta["arch"]
-    net = build_model(arch, num_outputs(arch, len(weights.meta["classes"])), weights.meta.get("padding", "torch"))
+    arch, padding = weights.meta["arch"], weights.meta.get("padding", "torch")
     state = OrderedDict((k, v) for k, v in weights.state.items() if not k.startswith(OPTIMIZER_PREFIX))
     if weights.meta.get("naming", "ms_transfer") != "ms_transfer":  # e.g. torch_reference.train's best.pth
         state, _, _ = convert_weights(WeightFile(state, weights.meta, Path(path)), "ms_transfer")
+    if into is not None and getattr(into, "arch", None) == arch and getattr(into, "padding", "torch") == padding:
+        try:
+            load_state_into(into, state)   # strict: a name or shape that differs changes nothing and raises
+            return into, weights
+        except CheckpointError:
+            pass   # not this checkpoint's model (e.g. other classes): a new net
+    net = build_model(arch, num_outputs(arch, len(weights.meta["classes"])), padding)
     load_state_into(net, state)
     return net, weights
 
