@@ -53,8 +53,8 @@ Size = Union[int, Preprocess]
 #: forkserver). Cost: the forkserver imports torch once per process (~2.4 s before the first batch), then a
 #: loader's workers start in ~0.05 s.
 #:
-#: The forkserver also imports the program's main module (``python -m torch_reference.train``; for a script, what it
-#: imported), once: every new worker re-runs that module as ``__mp_main__`` (multiprocessing's spawn preparation),
+#: The forkserver also imports what the program's main module imported (``python -m torch_reference.train``, or a
+#: script), once: every new worker re-runs that module as ``__mp_main__`` (multiprocessing's spawn preparation),
 #: and without it each worker imported the module's whole import chain again. A loader's workers are new every epoch, so that was
 #: paid per loader: measured, the digits 0-4 from 15 images (``configs/digits_0to4.yaml``, 16 epochs, 2 workers)
 #: took 47 s, ~2 s of waiting per epoch, against 15 s with the main module preloaded (7 s with ``num_workers: 0``).
@@ -73,21 +73,20 @@ def worker_context() -> Optional[multiprocessing.context.BaseContext]:
 
 def _main_imports() -> List[str]:
     """What the forkserver imports so that a worker's re-run of the main module (see :data:`WORKER_START`) finds
-    its imports done: a module run with ``-m``, by name; for a script, the modules it imported (multiprocessing's
-    own ``"__main__"`` preload never receives the script's path on Python 3.11: it looks for a ``main_path`` key
-    that the preparation data names ``init_main_from_path``). A package's ``__main__`` is never re-run in a
-    worker, so it is not imported."""
+    its imports done: the modules the main module imported (a module run with ``-m``, or a script), read from its
+    namespace. Not the main module itself: a worker re-runs it with ``runpy``, which warns ("found in sys.modules
+    ... prior to execution") for a module already imported; and a package's ``__main__`` is never re-run."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None) or ""
-    if name:
-        return [] if name == "__main__" or name.endswith(".__main__") else [name]
+    if main is None or name.endswith(".__main__"):
+        return []
     found = set()
-    for value in vars(main).values() if main is not None else ():
+    for value in vars(main).values():
         if isinstance(value, types.ModuleType):
             found.add(value.__name__)
         elif isinstance(value, (type, types.FunctionType)):
             found.add(value.__module__)
-    return sorted(m for m in found if m != "__main__" and m in sys.modules)
+    return sorted(m for m in found if m not in ("__main__", name) and m in sys.modules)
 
 
 def _alive(pid: int) -> bool:
