@@ -54,10 +54,10 @@ Size = Union[int, Preprocess]
 #: loader's workers start in ~0.05 s.
 #:
 #: The forkserver also imports what the program's main module imported (``python -m torch_reference.train``, or a
-#: script), once: every new worker re-runs that module as ``__mp_main__`` (multiprocessing's spawn preparation),
-#: and without it each worker imported the module's whole import chain again. A loader's workers are new every epoch, so that was
-#: paid per loader: measured, the digits 0-4 from 15 images (``configs/digits_0to4.yaml``, 16 epochs, 2 workers)
-#: took 47 s, ~2 s of waiting per epoch, against 15 s with the main module preloaded (7 s with ``num_workers: 0``).
+#: script), once: every new worker re-runs that module as ``__mp_main__`` (multiprocessing's spawn preparation), and
+#: the workers are new for every loader, three an epoch (train, val, PreciseBN). Without it each worker imported the
+#: module's whole import chain again: the digits 0-4 from 15 images (``configs/digits_0to4.yaml``, 16 epochs, 2
+#: workers) took 51.5 s, 1.7 s an epoch; 15.9 s with it and matplotlib imported only to plot (8.0 s without workers).
 WORKER_START = "forkserver"
 
 

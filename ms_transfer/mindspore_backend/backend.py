@@ -110,7 +110,7 @@ class MindSporeBackend:
         self._fallback_reported = False
         self.dist = SINGLE
         self._compile_cache = False   # set by setup() (the training loop), never by parity's adopt()
-        self._eval_batch = 0   # the batch size of every GRAPH eval pass (see logits), fixed at the first
+        self._eval_batch = 0   # the batch size of every GRAPH eval pass (see logits), fixed at its first call
 
     # --- model -------------------------------------------------------------------------------------------
     def setup(self, cfg: TrainConfig) -> None:
