@@ -66,7 +66,8 @@ class RunIO(Protocol):
         returns the load report."""
 
     def load_run(self, path: Any) -> Dict:
-        """Rebuild the model from a run checkpoint of this backend and keep its optimizer state for
+        """Load the model of a run checkpoint of this backend (into the current model when it is that model, as
+        MindSpore does to keep its compiled graphs; else a new one) and keep its optimizer state for
         :meth:`Step.enter_stage`; returns the checkpoint's metadata."""
 
     def save_run(self, path: Any, meta: Dict, with_optimizer: bool) -> None:
