@@ -59,21 +59,18 @@ docs-check: venv
 	d=$$(mktemp -d) && $(PY) -m mkdocs build --strict --quiet --site-dir $$d; rc=$$?; rm -rf $$d; exit $$rc
 
 ## test: lint, the strict docs build, then the whole test suite (what CI runs)
-## in two pytest runs: a MindSpore process keeps every graph
-## it compiled, and the parity tests (every depth, both modes) on top of the rest passed 24 GiB (OOM-killed).
-## Both run on two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py) per
-## worker at a time: serially it kept 0.70 of the 2 cores busy in a contended run (compiles, launches and Python are single-threaded);
-## on two workers 1.92, 12 min 57 s on a quiet machine. The parity run holds the VGG tests too (one file, one worker):
-## 5 min 55 s and 10.4 GiB peak together, against 7 min 40 s + 2 min 50 s as two runs (2026-12-06; the depth cases of
-## an arch share one worker and one torch side).
+## in one pytest process on two xdist workers, one test file (or the group of memory-heavy files, tests/conftest.py)
+## per worker at a time, the longest groups dealt first: serially it kept 0.70 of the 2 cores busy in a contended run
+## (compiles, launches and Python are single-threaded). Measured side by side (2026-12-07, AMD EPYC, 2 cores): one
+## process 14 min 42 s, 11.99 GiB peak for the tree, against 14 min 37 s and 10.66 GiB as two (the parity and VGG
+## tests apart); three workers took 15 min 04 s and 15.63 GiB. (Before the parity memory work of issue 22 one process
+## passed 24 GiB.)
 ## the slow tests (ResNet50 at 224 px, ResNet101/152 GRAPH parity, every VGG depth) are left to `make test-slow`,
 ## whose results BENCHMARKS.md's "Slow tests" section records
-## each process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
-PARITY_TESTS := tests/test_parity.py tests/test_train_parity.py tests/test_vgg.py
+## the process prints its wall time, CPU time and the peak memory of its process tree (.ci/measure.py)
 MEASURED = $(PY) .ci/measure.py
 test: venv lint docs-check
-	$(MEASURED) "pytest, all but parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(addprefix --ignore=,$(PARITY_TESTS))
-	$(MEASURED) "pytest, parity and VGG" -- $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PARITY_TESTS)
+	$(MEASURED) "pytest" -- $(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow"
 
 ## test-slow: only the slow tests, one process per file (~1 h 15 min; VGG19-BN's parity, both modes, peaks at 6.4 GiB)
 test-slow: venv

@@ -5,6 +5,7 @@ small_config``: the tests folder is on ``sys.path`` under pytest's default impor
 the bug tests compare several ports against one torch reference.
 """
 import shutil
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -14,6 +15,21 @@ from ms_transfer.mindspore_backend.context import freeze_imported_objects, set_c
 from ms_transfer.core.callbacks import Callback, default_callbacks
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset
+
+
+def own_cache(path: Path) -> Path:
+    """``path`` made a test's own ``MS_TRANSFER_CACHE`` for the processes it starts (their compile cache, datasets and
+    downloads apart from the user's), holding this machine's oneDNN decision: without it every training CLI started
+    there measures MindSpore's convolution again before it trains (``ensure_probed``: 13 s wall, 17 s CPU each,
+    AMD EPYC 2 cores, 2026-12-07). Call it before the test points ``MS_TRANSFER_CACHE`` at ``path``."""
+    from ms_transfer.mindspore_backend import onednn
+
+    onednn.ensure_probed(onednn.user_isa(), log=lambda line: None)   # measured once per machine, as the CLI would
+    decision = onednn._cache_file(onednn.bundled_onednn())   # the user's cache: MS_TRANSFER_CACHE is not yet moved
+    if decision.exists():   # none when the ISA is exported or the CPU has no AVX-512: nothing is probed then either
+        (path / "onednn").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(decision, path / "onednn" / decision.name)
+    return path
 
 
 def torch_checkpoint(tmp_path, arch, num_classes=1000, wrap=False, name="src.pth"):
@@ -155,12 +171,22 @@ HEAVY_FILES = ("test_parity_localize.py", "test_parity_graph_localize.py", "test
 SPREAD = ("test_every_depth_passes_at_small_size",)
 
 
+#: the longest xdist groups, longest first: ``make test`` (``--no-loadscope-reorder``) deals them before the rest, so
+#: no long group starts last while the other worker has nothing left (longest-processing-time-first). Wall seconds of
+#: each group in the quiet fresh-clone CI run of 2681ccd (two workers): heavy ~395, test_train.py 182,
+#: test_parity.py-0 149 (wide_resnet50_2 both modes 90), test_vgg.py ~135, test_parity.py ~100, test_parity.py-1 86,
+#: test_seed_networks.py 84; every other file 65 s or less, in collection order after these
+LONGEST_GROUPS = ("heavy", "test_train.py", "test_parity.py-0", "test_vgg.py", "test_parity.py", "test_parity.py-1",
+                  "test_seed_networks.py")
+
+
 @pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the marks into the node ids it schedules by
 def pytest_collection_modifyitems(config, items):
     """One xdist group per test file (a file's module-scoped fixtures are built once, on one worker), the
-    :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two by architecture. Without xdist the marks do
-    nothing."""
+    :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two by architecture; the
+    :data:`LONGEST_GROUPS` first, in that order. Without xdist the marks do nothing."""
     dealt: Dict[str, str] = {}
+    groups: Dict[str, str] = {}
     for item in items:
         if "\\x" in item.nodeid:   # a bytes parameter in the id: xdist's workers must collect identical ids
             raise pytest.UsageError(f"{item.nodeid[:120]}...: a test id holds raw bytes (their content may differ "
@@ -172,6 +198,9 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = "heavy" if name in HEAVY_FILES else name
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    rank = {group: i for i, group in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))   # stable: collection order otherwise
 
 
 def pytest_collection_finish(session):

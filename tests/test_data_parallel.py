@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import own_cache
 
 from ms_transfer.core.data import batch_indices, shuffle_order
 from ms_transfer.core.distributed import Dist, detect, launch_command, launcher_env, shard_epoch, threads_per_rank
@@ -70,7 +71,7 @@ TRAIN = {"msrun": "ms_transfer.train", "torchrun": "torch_reference.train"}
 
 def _launch(launcher, args, tmp_path, **popen):
     cmd = launch_command(launcher, 2, [TRAIN[launcher], *args], tmp_path / "msrun_logs")
-    env = {**launcher_env(), "MS_TRANSFER_CACHE": str(tmp_path / "cache")}
+    env = {**launcher_env(), "MS_TRANSFER_CACHE": str(own_cache(tmp_path / "cache"))}
     return cmd, env
 
 

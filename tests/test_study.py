@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import own_cache
 
 from ms_transfer.core.checkpoint_io import read_weights
 from ms_transfer.core.config import CONFIG_DIR
@@ -18,7 +19,7 @@ def _yaml(path, data):
 
 @pytest.fixture
 def study_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("MS_TRANSFER_CACHE", str(tmp_path / "cache"))  # the cells' subprocesses cache here
+    monkeypatch.setenv("MS_TRANSFER_CACHE", str(own_cache(tmp_path / "cache")))  # the cells' subprocesses cache here
     small = {"epochs": 1, "num_workers": 1}
     pretrain = _yaml(tmp_path / "pretrain.yaml", {**yaml.safe_load((CONFIG_DIR / "digits_pretrain.yaml").read_text()),
                                                   **small, "data_fraction": 0.1})
