@@ -21,14 +21,18 @@ def own_cache(path: Path) -> Path:
     """``path`` made a test's own ``MS_TRANSFER_CACHE`` for the processes it starts (their compile cache, datasets and
     downloads apart from the user's), holding this machine's oneDNN decision: without it every training CLI started
     there measures MindSpore's convolution again before it trains (``ensure_probed``: 13 s wall, 17 s CPU each,
-    AMD EPYC 2 cores, 2026-12-07). Call it before the test points ``MS_TRANSFER_CACHE`` at ``path``."""
+    AMD EPYC 2 cores, 2026-12-07; the first one per cache). ``msrun``'s ranks never probe; with it they use the
+    measured decision, as a user's ranks do, not the rule. Call it before the test points ``MS_TRANSFER_CACHE`` at
+    ``path``."""
     from ms_transfer.mindspore_backend import onednn
 
     onednn.ensure_probed(onednn.user_isa(), log=lambda line: None)   # measured once per machine, as the CLI would
     decision = onednn._cache_file(onednn.bundled_onednn())   # the user's cache: MS_TRANSFER_CACHE is not yet moved
-    if decision.exists():   # none when the ISA is exported or the CPU has no AVX-512: nothing is probed then either
-        (path / "onednn").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(decision, path / "onednn" / decision.name)
+    target = path / "onednn" / decision.name
+    # no file when the CPU has no AVX-512 or the ISA is exported (nothing is probed then either)
+    if decision.exists() and decision.resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(decision, target)
     return path
 
 
@@ -166,7 +170,7 @@ HEAVY_FILES = ("test_parity_localize.py", "test_parity_graph_localize.py", "test
 
 
 #: tests whose cases build their own models (no module fixture): dealt alternately to two groups by architecture (an
-#: arch's two modes stay together: they share one torch side), so the parity run's depth cases (wide_resnet50_2 alone
+#: arch's two modes stay together: they share one torch side), so the parity tests' depth cases (wide_resnet50_2 alone
 #: 62-74 s per mode) are shared by both workers
 SPREAD = ("test_every_depth_passes_at_small_size",)
 
@@ -184,7 +188,7 @@ LONGEST_GROUPS = ("heavy", "test_train.py", "test_parity.py-0", "test_vgg.py", "
 def pytest_collection_modifyitems(config, items):
     """One xdist group per test file (a file's module-scoped fixtures are built once, on one worker), the
     :data:`HEAVY_FILES` sharing one group, the cases of :data:`SPREAD` dealt to two by architecture; the
-    :data:`LONGEST_GROUPS` first, in that order. Without xdist the marks do nothing."""
+    :data:`LONGEST_GROUPS` first, in that order (a serial run too). Without xdist the marks do nothing."""
     dealt: Dict[str, str] = {}
     groups: Dict[str, str] = {}
     for item in items:
