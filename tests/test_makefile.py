@@ -62,15 +62,16 @@ def test_torch_is_an_extra_that_the_venv_installs(tmp_path):
 
 
 def test_two_workers_run_each_test_file_on_one_worker():
-    """``make test`` runs ``pytest -n 2 --dist loadgroup --no-loadscope-reorder`` and relies on tests/conftest.py's groups: a file's
-    module-scoped fixtures built once, on one worker, and the memory-heavy files one after another. pytest-xdist 3.8
-    groups by writing the group into a test's node id, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386): every
-    test was dealt on its own, silently. This runs two small files the way ``make test`` does and checks that each
+    """``make test`` runs ``pytest -n 2 --dist loadgroup --no-loadscope-reorder`` and relies on tests/conftest.py's
+    groups: a file's module-scoped fixtures built once, on one worker, and the memory-heavy files one after another.
+    pytest-xdist 3.8 groups by writing the group into a test's node id, which pytest 9.2 ignores
+    (pytest-dev/pytest-xdist#1386): every test was dealt on its own, silently. This runs two small files the way ``make test`` does and checks that each
     ran whole on one worker, under its group."""
     import sys
     files = ["tests/test_config.py", "tests/test_onednn.py"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--no-loadscope-reorder",
-                           "-v", "-p", "no:cacheprovider", *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "-v", "-p", "no:cacheprovider", *files],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     ran = re.findall(r"^\[(gw\d)\] .*?PASSED (tests/\S+?)::\S+?(@\S+)?\s*$", proc.stdout, re.M)
     assert len(ran) >= 8, proc.stdout[-3000:]

@@ -205,14 +205,13 @@ def test_loader_workers_end_when_their_training_process_is_killed(data_dir, tmp_
 def test_loader_workers_do_not_import_the_main_module_again(data_dir, tmp_path, run_as):
     """Every new worker re-runs the program's main module (multiprocessing's spawn preparation: ``__mp_main__``),
     and a loader's workers are new every epoch. The forkserver imports what the main module imported, once, so
-    those imports are already there in each worker; before, each worker imported them again (a 15-image run of 16 epochs waited ~2 s
-    an epoch: 47 s against 15 s). Here the main module imports a marker module that logs the importing process:
+    those imports are already there in each worker; before, each worker imported them again (a 15-image run of 16
+    epochs waited ~2 s an epoch: 47 s against 15 s). Here the main module imports a marker module that logs the importing process:
     three epochs of 2 workers log 2 processes (the trainer and the forkserver), not 8. Both ways a program runs:
     ``python -m module`` and ``python script.py``."""
+    import os
     import subprocess
     import sys
-
-    import os
 
     log = tmp_path / "imports.log"
     (tmp_path / "marker.py").write_text(f"import os\nopen({str(log)!r}, 'a').write(f'{{os.getpid()}}\\n')\n")
@@ -232,4 +231,5 @@ def test_loader_workers_do_not_import_the_main_module_again(data_dir, tmp_path, 
     done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(set(log.read_text().split())) == 2, log.read_text()
-    assert "RuntimeWarning" not in done.stderr, done.stderr[-3000:]   # runpy warns of a main module imported before its run
+    # runpy warns of a main module imported before its run
+    assert "RuntimeWarning" not in done.stderr, done.stderr[-3000:]
