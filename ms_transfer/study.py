@@ -369,14 +369,17 @@ class Study:
                 continue
             rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
             test = json.loads((run_dir / "test.json").read_text())
-            cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows], "test_acc": test["test_acc"],
+            # val_acc[i] is epoch first_epoch + i: 0 when the run validated its start (head_init: class_means)
+            cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows], "first_epoch": rows[0]["epoch"],
+                               "test_acc": test["test_acc"],
                                "test_epoch": test["epoch"], "train_samples": test.get("train_samples"),
                                "train_seconds": sum(r["train_seconds"] for r in rows)}
         groups: Dict[str, Dict] = {}
         for c in cells.values():
             key = f"{c['framework']}/{c['regime']}/{c['fraction']:g}"
             groups.setdefault(key, {"framework": c["framework"], "regime": c["regime"], "fraction": c["fraction"],
-                                    "test_acc": [], "val_curves": [], "train_samples": c["train_samples"]})
+                                    "test_acc": [], "val_curves": [], "train_samples": c["train_samples"],
+                                    "first_epoch": c["first_epoch"]})
             groups[key]["test_acc"].append(c["test_acc"])
             groups[key]["val_curves"].append(c["val_acc"])
         for g in groups.values():
@@ -477,14 +480,15 @@ def transfer_trunk(ckpt: Path, arch: str, exclude: Sequence[str] = ()) -> Dict[s
 
 def headline(results: Dict) -> str:
     """One sentence saying what the numbers mean: at the smallest data fraction, the best transfer regime's mean
-    test accuracy against scratch's on the same images (the first framework's); ``""`` without both."""
+    test accuracy against the best scratch regime's on the same images (the first framework's); ``""`` without
+    both."""
     study, groups = results["study"], results["groups"]
     fw, smallest = study["frameworks"][0], min(study["fractions"])
     by_init = {init: [groups[k] for r, regime in study["regimes"].items()
                       if regime["init"] == init and (k := f"{fw}/{r}/{smallest:g}") in groups] for init in INITS}
     if not by_init["scratch"] or not by_init["transfer"]:
         return ""
-    scratch, best = by_init["scratch"][0], max(by_init["transfer"], key=lambda g: g["mean"])
+    scratch, best = (max(by_init[init], key=lambda g: g["mean"]) for init in ("scratch", "transfer"))
     images = f"{scratch['train_samples']} labelled training images" if scratch.get("train_samples") else \
         f"{smallest:.1%} of the training images"
     # per seed, the same images: how far one draw of the few labels moves the difference
@@ -494,8 +498,9 @@ def headline(results: Dict) -> str:
             if (best["regime"], s) in acc and (scratch["regime"], s) in acc]
     spread = f"; per seed {min(gaps):+.3f} to {max(gaps):+.3f}" if len(gaps) > 1 else ""
     return (f"With {images} (the smallest fraction), the network that starts from the pretrained trunk "
-            f"({best['regime']}) reaches {best['mean']:.3f} test accuracy where the same network trained from scratch "
-            f"on the same images reaches {scratch['mean']:.3f}: {best['mean'] - scratch['mean']:+.3f}{spread}, what "
+            f"({best['regime']}) reaches {best['mean']:.3f} test accuracy where the same network without pretraining "
+            f"({scratch['regime']}) on the same images reaches {scratch['mean']:.3f}: "
+            f"{best['mean'] - scratch['mean']:+.3f}{spread}, what "
             f"was learnt on the pretraining data is worth on this task ({fw}, mean over {best['n']} seed(s); each "
             "cell tests its best validation epoch).")
 
@@ -578,9 +583,10 @@ def plot_study(results: Dict, path: Path) -> None:
                 f, m, s = map(np.array, zip(*pts))
                 ax.errorbar(f, m, yerr=s, fmt=style, capsize=3, **kw)
                 top = max(top, float((m + s).max()))
-            curve = groups.get(f"{fw}/{regime}/{smallest:g}", {}).get("val_mean_per_epoch")
+            group = groups.get(f"{fw}/{regime}/{smallest:g}", {})
+            curve, first = group.get("val_mean_per_epoch"), group.get("first_epoch", 1)
             if curve:
-                ax_epochs.plot(range(1, len(curve) + 1), curve, style, markersize=3, **kw)
+                ax_epochs.plot(range(first, first + len(curve)), curve, style, markersize=3, **kw)
                 top = max(top, max(curve))
     ylim = (0, min(1.02, top * 1.15 + 0.02))
     ax.set(xscale="log", xlabel="fraction of the training data", ylabel="test accuracy (mean ± std over seeds)",

@@ -340,6 +340,15 @@ class TorchBackend:
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
         return [(k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items() if not self._is_head(k)]
 
+    def head_arrays(self) -> List[Tuple[str, np.ndarray]]:
+        return [(n, p.detach().cpu().numpy()) for n, p in self.model.named_parameters() if self._is_head(n)]
+
+    def set_head_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if self._is_head(n) and n in arrays:
+                    p.copy_(torch.from_numpy(np.asarray(arrays[n])).to(p.dtype))
+
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
         return build_loader(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle, seed=seed,

@@ -105,6 +105,12 @@ class FastPath(Protocol):
     def trunk_arrays(self) -> Iterable[Tuple[str, np.ndarray]]:
         """``(name, array)`` of every trunk parameter and BatchNorm statistic (the feature-cache key)."""
 
+    def head_arrays(self) -> List[Tuple[str, np.ndarray]]:
+        """``(name, array)`` of the head's parameters in layer order (each Dense layer's weight, then its bias)."""
+
+    def set_head_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Overwrite head parameters by name (``head_init: class_means``)."""
+
 
 @runtime_checkable
 class Step(Protocol):

@@ -103,6 +103,12 @@ class TrainConfig:
     head_epochs: int = _f(0, "two-stage schedule: first train only the head (fc; VGG: classifier) for this "
                                 "many epochs (0 = off)")
     stage2_lr_scale: float = _f(0.1, "learning-rate factor after the head-only stage")
+    head_init: str = _f("model", "model: the head as built or loaded; class_means: before epoch 1, with the trunk "
+                                 "frozen (strategy fixed_feature, or head_epochs), set the head to classify by the "
+                                 "nearest class mean of the trunk's features of the training split (eval transform, "
+                                 "cosine similarity: few-shot transfer, SimpleShot / imprinted weights), validated "
+                                 "and saved as epoch 0; the epochs then train it on (early stopping keeps epoch 0 "
+                                 "while nothing beats it)", ("model", "class_means"))
     epochs: int = _f(5, "number of epochs")
     precise_bn: str = _f("auto", "BatchNorm statistics for evaluation: auto recomputes, before every validation, "
                                  "the moving mean and variance of the BatchNorm layers that train as the population "
@@ -181,6 +187,10 @@ class TrainConfig:
             check_augment(self.augment, self.augment_shift)
         except DatasetError as e:
             raise ConfigError(f"{source}: {e}") from None
+        if self.head_init == "class_means" and self.strategy != "fixed_feature" and not self.head_epochs:
+            raise ConfigError(f"{source}: head_init class_means takes the class means of the trunk's features, which "
+                              "must not change while the head trains: use strategy fixed_feature, or head_epochs "
+                              f">= 1 (the head-only stage), not strategy {self.strategy}")
         if self.head_epochs >= self.epochs:
             raise ConfigError(f"{source}: head_epochs ({self.head_epochs}) must be < epochs ({self.epochs})")
         _, fixed_size = input_spec(self.arch)

@@ -10,6 +10,8 @@ writes and shows (``metrics.jsonl``, atomic ``best``/``last`` checkpoints, ``cur
 (data seeded by ``seed + epoch``); with a larger ``--epochs`` it extends a finished run. A callback may end the run
 early (``state.stop``: :class:`~.callbacks.EarlyStopping`); before each validation the ``on_validation_start`` hook
 runs (:class:`~.callbacks.PreciseBN` recomputes the BatchNorm statistics there).
+``head_init: class_means`` sets the head from the class means of the trunk's features before epoch 1
+(:mod:`.class_means`) and records that model as epoch 0, validated and saved like any epoch.
 
 Frozen trunk (only the head trains, ``fc`` or a VGG's ``classifier``: ``fixed_feature``, the head-only stage, or
 equivalent patterns): the trunk runs
@@ -34,6 +36,7 @@ import numpy as np
 from . import recipe
 from .backend import Backend, FastPath
 from .callbacks import Callback, CallbackList, FitState, default_callbacks
+from .class_means import ClassMeansError, class_means, class_means_head
 from .config import TrainConfig, save_config
 from .archs import head_module, task_of
 from .data import SplitScan, batch_indices, shuffle_order, cap_split, subset_split
@@ -374,6 +377,9 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
     cfg, backend, dist, hooks = run.cfg, run.backend, run.dist, run.callbacks
     hooks.on_fit_start(state)
     current = None
+    if cfg.head_init == "class_means" and not state.history:   # (a resumed run has its epoch 0 already)
+        current = _enter_stage(run, state, stages[0], False)
+        _class_means_epoch(run, state)
     for epoch in range(start_epoch, cfg.epochs + 1):
         if state.stop:   # a callback ended the run (early stopping; a resumed run that had already stopped)
             break
@@ -381,17 +387,7 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
         stage = stage_of(stages, epoch)
         if stage is not current:
             restore = resumed is not None and resumed.get("stage") == stage.name and epoch == start_epoch
-            lrs = stage_lrs(cfg, stage, run.steps)
-            report = backend.enter_stage(stage, lrs, restore)
-            log.info(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
-            run.fast = backend.fast_path()
-            if run.fast is not None:
-                log.info("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
-                         f"only the head ({head_module(cfg.arch)}) trains")
-            run.open_cache()
-            current = state.stage = stage
-            state.stage_lrs = lrs
-            hooks.on_stage_start(state)
+            current = _enter_stage(run, state, stage, restore)
         train_result = run.epoch(epoch)
         if dist.enabled:
             if train_result["train_images"] != run.shard_size:   # e.g. a pipeline that shards on its own
@@ -403,9 +399,60 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
             train_result.update(train_loss=float(both[:, 0].mean()), images_per_s=float(both[:, 1].sum()))
         # every rank validates the whole val set (the same weights: rank 0's numbers are a single-process
         # evaluation of the checkpoint it writes); only rank 0's callbacks record and save
-        hooks.on_validation_start(state)
-        val = run.validate(len(state.classes))
-        row = epoch_row(epoch, stage, train_result, val, state.skipped)
-        state.end_epoch(row)
-        hooks.on_epoch_end(state, epoch, row)
+        _end_epoch(run, state, epoch, stage, train_result)
     hooks.on_fit_end(state)
+
+
+def _enter_stage(run: _Run, state: FitState, stage, restore: bool):
+    """Freeze and build the optimizer for ``stage``, find its fast path and feature cache, call the callbacks."""
+    cfg, backend = run.cfg, run.backend
+    lrs = stage_lrs(cfg, stage, run.steps)
+    report = backend.enter_stage(stage, lrs, restore)
+    log.info(f"\nStage '{stage.name}' (epochs {stage.first_epoch}-{stage.last_epoch}):\n{report.table()}")
+    run.fast = backend.fast_path()
+    if run.fast is not None:
+        log.info("Frozen trunk: it runs as inference (no backward, BatchNorm moving statistics); "
+                 f"only the head ({head_module(cfg.arch)}) trains")
+    run.open_cache()
+    state.stage, state.stage_lrs = stage, lrs
+    run.callbacks.on_stage_start(state)
+    return stage
+
+
+def _end_epoch(run: _Run, state: FitState, epoch: int, stage, train_result: Dict) -> None:
+    """Validate, record the epoch's row and call the callbacks (checkpoints, metrics, early stopping)."""
+    run.callbacks.on_validation_start(state)
+    val = run.validate(len(state.classes))
+    row = epoch_row(epoch, stage, train_result, val, state.skipped)
+    state.end_epoch(row)
+    run.callbacks.on_epoch_end(state, epoch, row)
+
+
+def _class_means_epoch(run: _Run, state: FitState) -> None:
+    """``head_init: class_means``: the head set from the trunk's features of the training split (eval transform;
+    see :mod:`.class_means`), then validated, saved and logged as epoch 0 like any epoch."""
+    if run.fast is None:
+        raise TrainingError("head_init class_means needs the first stage to train only the head, with every "
+                            "trunk parameter and BatchNorm frozen (strategy fixed_feature, or head_epochs); "
+                            f"{run.cfg.arch}'s first stage trains more, or its task is not classification")
+    start = time.perf_counter()
+    state.epoch = 0
+    batches, _ = run.backend.loader(run.train, train=False, shuffle=False, seed=run.cfg.seed)
+    features, labels = [], []
+    for x, y in batches:
+        features.append(run.fast.extract(x))
+        labels.append(run.backend.labels(y))
+    features, labels = np.concatenate(features), np.concatenate(labels)
+    try:
+        head = class_means_head(run.fast.head_arrays(), class_means(features, labels, len(state.classes)))
+    except ClassMeansError as e:
+        raise TrainingError(str(e)) from None
+    run.fast.set_head_arrays(head)
+    logits = run.fast.head_logits(features).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    loss = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
+    seconds = time.perf_counter() - start
+    log.info(f"head_init class_means: the head classifies by the nearest of {len(state.classes)} class means of "
+             f"the trunk's features of {len(labels)} training images ({seconds:.1f} s)")
+    _end_epoch(run, state, 0, state.stage, {"train_loss": loss, "images_per_s": len(labels) / seconds,
+                                            "train_seconds": seconds, "train_images": len(labels)})

@@ -296,6 +296,16 @@ class MindSporeBackend:
         head = head_name(self.model)
         return [(p.name, p.asnumpy()) for p in self.model.get_parameters() if not is_head(p.name, head)]
 
+    def head_arrays(self) -> List[Tuple[str, np.ndarray]]:
+        head = head_name(self.model)
+        return [(p.name, p.asnumpy()) for p in self.model.get_parameters() if is_head(p.name, head)]
+
+    def set_head_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        head = head_name(self.model)
+        for p in self.model.get_parameters():
+            if is_head(p.name, head) and p.name in arrays:
+                p.set_data(ms.Tensor(np.asarray(arrays[p.name], p.asnumpy().dtype)))
+
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
         dataset, source = build_dataset(split.samples, Preprocess.from_config(cfg), cfg.batch_size, train=train, shuffle=shuffle,
