@@ -370,8 +370,8 @@ class Study:
             rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
             test = json.loads((run_dir / "test.json").read_text())
             # val_acc[i] is epoch first_epoch + i: 0 when the run validated its start (head_init: class_means)
-            cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows], "first_epoch": rows[0]["epoch"],
-                               "test_acc": test["test_acc"],
+            cells[cell.key] = {**asdict(cell), "val_acc": [r["val_acc"] for r in rows],
+                               "first_epoch": rows[0].get("epoch", 1), "test_acc": test["test_acc"],
                                "test_epoch": test["epoch"], "train_samples": test.get("train_samples"),
                                "train_seconds": sum(r["train_seconds"] for r in rows)}
         groups: Dict[str, Dict] = {}

@@ -51,6 +51,14 @@ def test_the_head_scores_each_class_by_its_mean_and_so_picks_the_nearest_by_cosi
     np.testing.assert_allclose(logits, x @ means.T, rtol=1e-5, atol=1e-6)
     cosine = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ means.T
     assert (logits.argmax(1) == cosine.argmax(1)).all()
+    # the hidden units beyond the 2 x 4 that carry the scores keep their drawn weights (so they output something
+    # and can train; at zero they never would), and the next layer does not read them yet
+    drawn = dict(head)
+    for w, b in zip([n for n, _ in head][0:-2:2], [n for n, _ in head][1:-2:2]):
+        np.testing.assert_array_equal(arrays[w][8:], drawn[w][8:])
+        np.testing.assert_array_equal(arrays[b][8:], drawn[b][8:])
+    for w in [n for n, _ in head][2::2]:
+        assert not arrays[w][:, 8:].any()
 
 
 def test_a_head_that_cannot_hold_the_scores_or_a_class_without_images_is_refused(rng):
@@ -63,9 +71,31 @@ def test_a_head_that_cannot_hold_the_scores_or_a_class_without_images_is_refused
         class_means(rng.normal(size=(6, 12)), np.array([0, 1, 2, 0, 1, 2]), 4)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_each_framework_sets_a_resnet_or_vgg_head_to_score_by_the_class_means(rng, arch):
+    """Through the backends' head_arrays / set_head_arrays / head_logits: a ResNet's one fc, a VGG's three-layer
+    classifier (Dropout off in evaluation)."""
+    from ms_transfer.mindspore_backend.backend import MindSporeBackend
+    from ms_transfer.models import create_model
+    backends = [MindSporeBackend().adopt(create_model(arch, num_classes=3), arch),
+                TorchBackend().adopt(build_model(arch, 3), arch)]
+    dim = backends[1].head_arrays()[0][1].shape[1]   # 512 features, or VGG's 25,088
+    means = class_means(rng.normal(size=(9, dim)), np.arange(9) % 3, 3)
+    x = rng.normal(size=(4, dim)).astype(np.float32)
+    for backend in backends:
+        head = backend.head_arrays()
+        assert [a.ndim for _, a in head] == [2, 1] * (len(head) // 2) and len(head) == (2 if arch == "resnet18" else 6)
+        backend.set_head_arrays(class_means_head(head, means))
+        # float32 weights and features, 512-25,088-term sums of unit-length means: ~1e-6 relative
+        np.testing.assert_allclose(backend.head_logits(x), x.astype(np.float64) @ means.T, rtol=1e-4, atol=1e-4)
+
+
 def test_class_means_need_a_frozen_trunk():
     with pytest.raises(ConfigError, match="head_init class_means .* use strategy fixed_feature, or head_epochs"):
         small_config("data", "out", head_init="class_means", strategy="finetune")
+    with pytest.raises(ConfigError, match="head_init class_means needs a classifier; digit_adder"):
+        small_config("data", "out", head_init="class_means", strategy="fixed_feature", arch="digit_adder",
+                     image_size=28)
     assert small_config("data", "out", head_init="class_means", strategy="finetune", epochs=2, head_epochs=1)
 
 
@@ -77,11 +107,12 @@ RUN = dict(data_fraction=0.02, batch_size=24, epochs=1, strategy="fixed_feature"
 @pytest.mark.parametrize("framework", ["mindspore", "torch"])
 def test_epoch_0_of_a_run_is_the_nearest_class_mean_classifier_of_its_training_images(tmp_path, framework):
     """The run's epoch 0 validation accuracy is that of the nearest class mean (cosine) of the training images'
-    trunk features, computed here independently (the checkpoint's frozen trunk in float64 torch)."""
+    trunk features, computed here independently (the checkpoint's frozen trunk in float64 torch). MindSpore in
+    GRAPH mode, as users and ``make demo`` run it."""
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recipe, "CACHE_DIR", tmp_path / "cache")
-        train_digits("fashion_cnn", tmp_path, out, framework, **RUN)
+        train_digits("fashion_cnn", tmp_path, out, framework, mode="graph", **RUN)
         cfg = small_config(tmp_path, tmp_path / "unused", arch="fashion_cnn", dataset="mnist5k", image_size=28,
                            normalize="none", resize="exact", augment="none", **RUN)
         root = recipe.prepare_data(cfg)
@@ -106,3 +137,6 @@ def test_epoch_0_of_a_run_is_the_nearest_class_mean_classifier_of_its_training_i
     predicted = (features["val"] @ means.T).argmax(1)
     assert rows[0]["val_acc"] == pytest.approx(float(np.mean(predicted == data["val"][1])), abs=1e-9)
     assert rows[0]["val_acc"] > 0.5   # 7 images per class of 10 digits: far above chance (0.1)
+    # epoch 0 is a candidate like any epoch: the test split is evaluated with the best of epochs 0 and 1
+    best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]   # a tie keeps the earlier epoch
+    assert json.loads((out / "test.json").read_text())["epoch"] == best

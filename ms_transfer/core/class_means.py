@@ -4,7 +4,7 @@ framework.
 With few labelled images per class, the trunk's features of each class averaged into one direction classify
 better than a head trained on them: the nearest class mean by cosine similarity (SimpleShot, Wang et al. 2019;
 "imprinted weights", Qi et al. 2018). ``make demo``, the digits 0-4 from the 5-9 network's trunk with 2 labels per
-class: 0.888 against 0.752 for the same network trained from scratch and 0.768 for the class means of a random
+class: 0.882 against 0.752 for the same network trained from scratch and 0.768 for the class means of a random
 trunk (docs/studies.md).
 
 The head keeps the architecture's layers, so the checkpoint, evaluation, prediction and conversion are those of any
@@ -12,7 +12,9 @@ run. Its weights make the logits ``s_c = m_c . f``: ``m_c`` the unit-length mean
 training features, ``f`` a sample's features. For one sample ``|f|`` is common to every class, so the largest
 ``s_c`` is the largest cosine similarity. A head of several Dense layers with ReLU between them (a small network's
 Dense 256, a VGG classifier) passes ``s`` through its hidden layers as ``(relu(s), relu(-s))``: their difference is
-``s`` again, so it needs twice as many hidden units as classes, and its other units start at zero.
+``s`` again, so it needs twice as many hidden units as classes. Its other units keep their drawn weights, and the
+next layer starts by not reading them (zero weights from them): the logits are the class scores alone, and those
+units train from the first step.
 """
 from __future__ import annotations
 
@@ -58,18 +60,24 @@ def class_means_head(head: Sequence[Tuple[str, np.ndarray]], means: np.ndarray) 
         if w.shape[0] < 2 * classes:
             raise ClassMeansError(f"head_init class_means: hidden layer {wname} has {w.shape[0]} units; passing "
                                   f"{classes} class scores through it needs >= {2 * classes}")
-    eye = np.eye(classes)
+    eye, k = np.eye(classes), 2 * classes
     out: Dict[str, np.ndarray] = {}
     for i, (wname, w, bname, b) in enumerate(dense):
-        new = np.zeros(w.shape)
         if len(dense) == 1:
-            new[:] = means
-        elif i == 0:                      # (s, -s)
-            new[:classes], new[classes:2 * classes] = means, -means
-        elif i == len(dense) - 1:         # relu(s) - relu(-s) = s
-            new[:, :classes], new[:, classes:2 * classes] = eye, -eye
-        else:                             # (relu(s) - relu(-s), relu(-s) - relu(s)) = (s, -s)
-            new[:classes, :classes], new[:classes, classes:2 * classes] = eye, -eye
-            new[classes:2 * classes, :classes], new[classes:2 * classes, classes:2 * classes] = -eye, eye
-        out[wname], out[bname] = new.astype(w.dtype), np.zeros_like(b)
+            new, bias = means, np.zeros_like(b)
+        elif i == len(dense) - 1:         # relu(s) - relu(-s) = s; the other units' outputs are not read
+            new, bias = np.zeros(w.shape), np.zeros_like(b)
+            new[:, :classes], new[:, classes:k] = eye, -eye
+        else:
+            # The first 2C units carry (s, -s); the others keep their drawn weights and bias, so that they output
+            # something and train from the first step (at zero they would stay at zero: ReLU's gradient at 0 is 0)
+            new, bias = w.astype(np.float64).copy(), b.copy()
+            bias[:k] = 0
+            if i == 0:                    # (s, -s)
+                new[:classes], new[classes:k] = means, -means
+            else:                         # (relu(s) - relu(-s), relu(-s) - relu(s)) = (s, -s), nothing else read
+                new[:k] = 0
+                new[:classes, :classes], new[:classes, classes:k] = eye, -eye
+                new[classes:k, :classes], new[classes:k, classes:k] = -eye, eye
+        out[wname], out[bname] = new.astype(w.dtype), bias
     return out

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .archs import input_spec
+from .archs import input_spec, task_of
 from .arrays import SOURCES
 from .data import AUGMENTS, AUTO, NORMALIZATIONS, RESIZES, DatasetError, check_augment
 from .distributed import detect
@@ -187,6 +187,9 @@ class TrainConfig:
             check_augment(self.augment, self.augment_shift)
         except DatasetError as e:
             raise ConfigError(f"{source}: {e}") from None
+        if self.head_init == "class_means" and task_of(self.arch) != "classify":
+            raise ConfigError(f"{source}: head_init class_means needs a classifier; {self.arch} is not one (task "
+                              f"{task_of(self.arch)})")
         if self.head_init == "class_means" and self.strategy != "fixed_feature" and not self.head_epochs:
             raise ConfigError(f"{source}: head_init class_means takes the class means of the trunk's features, which "
                               "must not change while the head trains: use strategy fixed_feature, or head_epochs "

@@ -380,6 +380,8 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
     if cfg.head_init == "class_means" and not state.history:   # (a resumed run has its epoch 0 already)
         current = _enter_stage(run, state, stages[0], False)
         _class_means_epoch(run, state)
+        if dist.enabled:
+            check_ranks_agree(backend, "after the class-means head (epoch 0)")
     for epoch in range(start_epoch, cfg.epochs + 1):
         if state.stop:   # a callback ended the run (early stopping; a resumed run that had already stopped)
             break
