@@ -140,3 +140,18 @@ def test_epoch_0_of_a_run_is_the_nearest_class_mean_classifier_of_its_training_i
     # epoch 0 is a candidate like any epoch: the test split is evaluated with the best of epochs 0 and 1
     best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]   # a tie keeps the earlier epoch
     assert json.loads((out / "test.json").read_text())["epoch"] == best
+
+
+def test_a_resumed_run_keeps_its_epoch_0_and_does_not_set_the_head_again(tmp_path, caplog):
+    """``--resume`` of a class-means run continues from its last checkpoint: the head trained in epoch 1 is not
+    replaced by the class means again, and the history keeps epoch 0 (torch: the loop is shared)."""
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recipe, "CACHE_DIR", tmp_path / "cache")
+        train_digits("fashion_cnn", tmp_path, out, "torch", **RUN)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            train_digits("fashion_cnn", tmp_path, out, "torch", **{**RUN, "epochs": 2}, resume=True)
+    assert "head_init class_means" not in caplog.text and "Resuming" in caplog.text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
