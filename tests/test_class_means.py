@@ -71,22 +71,23 @@ def test_a_head_that_cannot_hold_the_scores_or_a_class_without_images_is_refused
         class_means(rng.normal(size=(6, 12)), np.array([0, 1, 2, 0, 1, 2]), 4)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
-def test_each_framework_sets_a_resnet_or_vgg_head_to_score_by_the_class_means(rng, arch):
-    """Through the backends' head_arrays / set_head_arrays / head_logits: a ResNet's one fc, a VGG's three-layer
-    classifier (Dropout off in evaluation)."""
+@pytest.mark.parametrize("arch", ["resnet18"])
+def test_each_framework_sets_a_resnet_head_to_score_by_the_class_means(rng, arch):
+    """Through the backends' head_arrays / set_head_arrays / head_logits: a ResNet's one fc. (A two-layer head goes
+    through both backends in the training runs below; three layers, a VGG classifier's, are checked in numpy above:
+    building a VGG in both frameworks costs 9 s of CI for no other path.)"""
     from ms_transfer.mindspore_backend.backend import MindSporeBackend
     from ms_transfer.models import create_model
     backends = [MindSporeBackend().adopt(create_model(arch, num_classes=3), arch),
                 TorchBackend().adopt(build_model(arch, 3), arch)]
-    dim = backends[1].head_arrays()[0][1].shape[1]   # 512 features, or VGG's 25,088
+    dim = backends[1].head_arrays()[0][1].shape[1]   # 512 features
     means = class_means(rng.normal(size=(9, dim)), np.arange(9) % 3, 3)
     x = rng.normal(size=(4, dim)).astype(np.float32)
     for backend in backends:
         head = backend.head_arrays()
-        assert [a.ndim for _, a in head] == [2, 1] * (len(head) // 2) and len(head) == (2 if arch == "resnet18" else 6)
+        assert [a.ndim for _, a in head] == [2, 1]
         backend.set_head_arrays(class_means_head(head, means))
-        # float32 weights and features, 512-25,088-term sums of unit-length means: ~1e-6 relative
+        # float32 weights and features, 512-term sums of unit-length means: ~1e-6 relative
         np.testing.assert_allclose(backend.head_logits(x), x.astype(np.float64) @ means.T, rtol=1e-4, atol=1e-4)
 
 
