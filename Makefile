@@ -77,7 +77,8 @@ test-slow: venv
 	for f in tests/test_*.py; do $(PY) -m pytest -m slow -q $$f; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 
 ## demo: the main job: transfer vs scratch on real digits, offline (a small CNN trained on the digits 5-9, then the
-## digits 0-4 from 2 and 10 labels per class, five ways with and without that trunk, five draws; configs/study_demo.yaml)
+## digits 0-4 from 2 and 10 labels per class, five ways with and without that trunk, five draws;
+## configs/study_demo.yaml)
 demo: venv
 	$(PY) -m ms_transfer.study --config configs/study_demo.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 

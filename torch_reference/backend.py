@@ -15,6 +15,7 @@ from ._torch import torch
 
 from ms_transfer.core import naming
 from ms_transfer.core.checkpoint_io import CheckpointError
+from ms_transfer.core.class_means import check_head_names
 from ms_transfer.core.config import ConfigError, TrainConfig
 from ms_transfer.core.archs import head_module, task_of
 from ms_transfer.core.tasks import NO_FAST_PATH
@@ -344,10 +345,11 @@ class TorchBackend:
         return [(n, p.detach().cpu().numpy()) for n, p in self.model.named_parameters() if self._is_head(n)]
 
     def set_head_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        params = {n: p for n, p in self.model.named_parameters() if self._is_head(n)}
+        check_head_names(arrays, params)
         with torch.no_grad():
-            for n, p in self.model.named_parameters():
-                if self._is_head(n) and n in arrays:
-                    p.copy_(torch.from_numpy(np.asarray(arrays[n])).to(p.dtype))
+            for name, array in arrays.items():
+                params[name].copy_(torch.from_numpy(np.asarray(array)).to(params[name].dtype))
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg

@@ -1,11 +1,10 @@
-"""A head that classifies by the nearest class mean of the trunk's features (``head_init: class_means``), no
-framework.
+"""A head that classifies by the nearest class mean of the trunk's features (``head_init: class_means``; plain
+numpy).
 
 With few labelled images per class, the trunk's features of each class averaged into one direction classify
 better than a head trained on them: the nearest class mean by cosine similarity (SimpleShot, Wang et al. 2019;
-"imprinted weights", Qi et al. 2018). ``make demo``, the digits 0-4 from the 5-9 network's trunk with 2 labels per
-class: 0.882 against 0.752 for the same network trained from scratch and 0.768 for the class means of a random
-trunk (docs/studies.md).
+"imprinted weights", Qi et al. 2018): ``make demo`` measures it against training from scratch and against the class
+means of a random trunk (docs/studies.md).
 
 The head keeps the architecture's layers, so the checkpoint, evaluation, prediction and conversion are those of any
 run. Its weights make the logits ``s_c = m_c . f``: ``m_c`` the unit-length mean of class ``c``'s unit-length
@@ -18,7 +17,7 @@ units train from the first step.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,14 +26,17 @@ class ClassMeansError(ValueError):
     """The head or the training set cannot hold class means (which, and why)."""
 
 
-def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(num_classes, D)`` unit-length means of the unit-length ``features`` ``(N, D)`` of each class."""
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """``(num_classes, D)`` unit-length means of the unit-length ``features`` ``(N, D)`` of each class (``names``:
+    the classes' names, for the error when one has no image)."""
     flat = features.reshape(len(features), -1).astype(np.float64)
     unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     missing = [c for c in range(num_classes) if not np.any(labels == c)]
     if missing:
-        raise ClassMeansError(f"head_init class_means: the training set has no image of class(es) {missing}; every "
-                              "class needs at least one")
+        shown = [names[c] for c in missing] if names is not None else missing
+        raise ClassMeansError(f"head_init class_means: the training set has no image of class(es) {shown}; every "
+                              "class needs at least one (a larger data_fraction, or head_init model)")
     means = np.stack([unit[labels == c].mean(axis=0) for c in range(num_classes)])
     return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
@@ -59,7 +61,7 @@ def class_means_head(head: Sequence[Tuple[str, np.ndarray]], means: np.ndarray) 
     for wname, w, _, _ in dense[:-1]:
         if w.shape[0] < 2 * classes:
             raise ClassMeansError(f"head_init class_means: hidden layer {wname} has {w.shape[0]} units; passing "
-                                  f"{classes} class scores through it needs >= {2 * classes}")
+                                  f"{classes} class scores through it needs >= {2 * classes} (use head_init model)")
     eye, k = np.eye(classes), 2 * classes
     out: Dict[str, np.ndarray] = {}
     for i, (wname, w, bname, b) in enumerate(dense):
@@ -81,3 +83,10 @@ def class_means_head(head: Sequence[Tuple[str, np.ndarray]], means: np.ndarray) 
                 new[classes:k, :classes], new[classes:k, classes:k] = -eye, eye
         out[wname], out[bname] = new.astype(w.dtype), bias
     return out
+
+
+def check_head_names(arrays: Mapping[str, np.ndarray], head: Mapping[str, object]) -> None:
+    """A backend's check before it sets head parameters: every name in ``arrays`` is one of ``head``'s."""
+    unknown = sorted(set(arrays) - set(head))
+    if unknown:
+        raise ClassMeansError(f"not parameters of the head: {unknown}; the head has {sorted(head)}")

@@ -189,7 +189,7 @@ class TrainConfig:
             raise ConfigError(f"{source}: {e}") from None
         if self.head_init == "class_means" and task_of(self.arch) != "classify":
             raise ConfigError(f"{source}: head_init class_means needs a classifier; {self.arch} is not one (task "
-                              f"{task_of(self.arch)})")
+                              f"{task_of(self.arch)}): use head_init model")
         if self.head_init == "class_means" and self.strategy != "fixed_feature" and not self.head_epochs:
             raise ConfigError(f"{source}: head_init class_means takes the class means of the trunk's features, which "
                               "must not change while the head trains: use strategy fixed_feature, or head_epochs "

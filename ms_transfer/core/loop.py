@@ -44,9 +44,9 @@ from .distributed import Dist, shard_epoch
 from .holdout import scan_training_data, write_split
 from .feature_cache import FeatureCache, FeatureCollector, trunk_fingerprint
 from .log import ensure_logging
-from .metrics import classification_metrics
+from .metrics import classification_metrics, cross_entropy
 from .recipe import (TrainingError, check_finite, check_resume, check_run_dir, epoch_row, plan_stages, prepare_data,
-                     pretrained_weights, run_summary, stage_lrs, stage_of)
+                     pretrained_weights, run_summary, stage_lrs, stage_of, Stage)
 from .runlock import RunLock
 from .tasks import VAL_PAIR_SEED, is_pair_task, num_outputs, pair_split, task_metrics
 from .weights import resolve_padding
@@ -373,7 +373,8 @@ def _fit(cfg: TrainConfig, backend: Backend, dist: Dist, hooks: CallbackList) ->
 
 
 def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed: Optional[Dict]) -> None:
-    """Train epochs ``start_epoch..cfg.epochs`` stage by stage, calling the run's callbacks."""
+    """Train epochs ``start_epoch..cfg.epochs`` stage by stage, calling the run's callbacks; first epoch 0, the
+    class-means head, when ``head_init: class_means`` and the run has no epoch yet."""
     cfg, backend, dist, hooks = run.cfg, run.backend, run.dist, run.callbacks
     hooks.on_fit_start(state)
     current = None
@@ -405,7 +406,7 @@ def _epochs(run: _Run, state: FitState, stages: List, start_epoch: int, resumed:
     hooks.on_fit_end(state)
 
 
-def _enter_stage(run: _Run, state: FitState, stage, restore: bool):
+def _enter_stage(run: _Run, state: FitState, stage: Stage, restore: bool) -> Stage:
     """Freeze and build the optimizer for ``stage``, find its fast path and feature cache, call the callbacks."""
     cfg, backend = run.cfg, run.backend
     lrs = stage_lrs(cfg, stage, run.steps)
@@ -421,7 +422,7 @@ def _enter_stage(run: _Run, state: FitState, stage, restore: bool):
     return stage
 
 
-def _end_epoch(run: _Run, state: FitState, epoch: int, stage, train_result: Dict) -> None:
+def _end_epoch(run: _Run, state: FitState, epoch: int, stage: Stage, train_result: Dict) -> None:
     """Validate, record the epoch's row and call the callbacks (checkpoints, metrics, early stopping)."""
     run.callbacks.on_validation_start(state)
     val = run.validate(len(state.classes))
@@ -435,8 +436,9 @@ def _class_means_epoch(run: _Run, state: FitState) -> None:
     see :mod:`.class_means`), then validated, saved and logged as epoch 0 like any epoch."""
     if run.fast is None:
         raise TrainingError("head_init class_means needs the first stage to train only the head, with every "
-                            "trunk parameter and BatchNorm frozen (strategy fixed_feature, or head_epochs); "
-                            f"{run.cfg.arch}'s first stage trains more, or its task is not classification")
+                            f"trunk parameter and BatchNorm frozen, and {run.cfg.arch}'s first stage trains more "
+                            "(freeze or unfreeze patterns?): use strategy fixed_feature or head_epochs alone, or "
+                            "head_init model")
     start = time.perf_counter()
     state.epoch = 0
     batches, _ = run.backend.loader(run.train, train=False, shuffle=False, seed=run.cfg.seed)
@@ -446,13 +448,12 @@ def _class_means_epoch(run: _Run, state: FitState) -> None:
         labels.append(run.backend.labels(y))
     features, labels = np.concatenate(features), np.concatenate(labels)
     try:
-        head = class_means_head(run.fast.head_arrays(), class_means(features, labels, len(state.classes)))
+        means = class_means(features, labels, len(state.classes), state.classes)
+        head = class_means_head(run.fast.head_arrays(), means)
     except ClassMeansError as e:
         raise TrainingError(str(e)) from None
     run.fast.set_head_arrays(head)
-    logits = run.fast.head_logits(features).astype(np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    loss = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
+    loss = float(cross_entropy(run.fast.head_logits(features), labels).mean())
     seconds = time.perf_counter() - start
     log.info(f"head_init class_means: the head classifies by the nearest of {len(state.classes)} class means of "
              f"the trunk's features of {len(labels)} training images ({seconds:.1f} s)")

@@ -18,6 +18,7 @@ from . import batchnorm, compile_cache, parallel
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
 from .context import freeze_imported_objects, prepare_onednn, set_context
 from ..core.archs import task_of
+from ..core.class_means import check_head_names
 from ..core.config import TrainConfig
 from ..core.data import Preprocess, SplitScan
 from ..core.distributed import SINGLE, detect
@@ -302,9 +303,10 @@ class MindSporeBackend:
 
     def set_head_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         head = head_name(self.model)
-        for p in self.model.get_parameters():
-            if is_head(p.name, head) and p.name in arrays:
-                p.set_data(ms.Tensor(np.asarray(arrays[p.name], p.asnumpy().dtype)))
+        params = {p.name: p for p in self.model.get_parameters() if is_head(p.name, head)}
+        check_head_names(arrays, params)
+        for name, array in arrays.items():
+            params[name].set_data(ms.Tensor(np.asarray(array, params[name].asnumpy().dtype)))
 
     def loader(self, split: SplitScan, *, train: bool, shuffle: bool, seed: int):
         cfg = self.cfg
