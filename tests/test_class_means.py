@@ -14,6 +14,7 @@ from ms_transfer.core.class_means import ClassMeansError, class_means, class_mea
 from ms_transfer.core.config import ConfigError
 from ms_transfer.core.convert import convert_weights
 from ms_transfer.core.data import scan_dataset, subset_split
+from ms_transfer.core.feature_cache import CACHE_STATS
 from torch_reference.backend import TorchBackend
 from torch_reference.models import build_model, load_numpy_state
 
@@ -106,20 +107,28 @@ RUN = dict(data_fraction=0.02, batch_size=24, epochs=1, strategy="fixed_feature"
            num_workers=0)
 
 
-@pytest.mark.parametrize("framework", ["mindspore", "torch"])
-def test_epoch_0_of_a_run_is_the_nearest_class_mean_classifier_of_its_training_images(tmp_path, framework):
+# augment none: the train features come through the feature cache (filled for epoch 1); shift: one plain pass
+@pytest.mark.parametrize("framework, augment", [("mindspore", "none"), ("torch", "shift")])
+def test_epoch_0_of_a_run_is_the_nearest_class_mean_classifier_of_its_training_images(tmp_path, framework, augment,
+                                                                                        capsys):
     """The run's epoch 0 validation accuracy is that of the nearest class mean (cosine) of the training images'
-    trunk features, computed here independently (the checkpoint's frozen trunk in float64 torch). MindSpore in
-    GRAPH mode, as users and ``make demo`` run it."""
+    trunk features under the eval transform, computed here independently (the checkpoint's frozen trunk in float64
+    torch). MindSpore in GRAPH mode, as users and ``make demo`` run it."""
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recipe, "CACHE_DIR", tmp_path / "cache")
-        train_digits("fashion_cnn", tmp_path, out, framework, mode="graph", **RUN)
+        CACHE_STATS.clear()
+        train_digits("fashion_cnn", tmp_path, out, framework, mode="graph", augment=augment, **RUN)
+        reused = CACHE_STATS["reuse"]
         cfg = small_config(tmp_path, tmp_path / "unused", arch="fashion_cnn", dataset="mnist5k", image_size=28,
                            normalize="none", resize="exact", augment="none", **RUN)
         root = recipe.prepare_data(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+    # with augment none epoch 1 reads the train features epoch 0 computed (one miss, then from memory, as the val
+    # features at epoch 1's validation); with shifts the train set is not cached
+    assert capsys.readouterr().out.count("Feature cache: miss for train") == (1 if augment == "none" else 0)
+    assert reused == (2 if augment == "none" else 1)
     _, scans = scan_dataset(root)
     split = {"train": subset_split(scans["train"], cfg.data_fraction, cfg.seed), "val": scans["val"]}
     data = {}

@@ -73,7 +73,7 @@ def class_means_head(head: Sequence[Tuple[str, np.ndarray]], means: np.ndarray) 
         else:
             # The first 2C units carry (s, -s); the others keep their drawn weights and bias, so that they output
             # something and train from the first step (at zero they would stay at zero: ReLU's gradient at 0 is 0)
-            new, bias = w.astype(np.float64).copy(), b.copy()
+            new, bias = w.astype(np.float64), b.copy()
             bias[:k] = 0
             if i == 0:                    # (s, -s)
                 new[:classes], new[classes:k] = means, -means

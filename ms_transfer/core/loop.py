@@ -29,7 +29,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -242,6 +242,24 @@ class _Run:
         result["images_per_s"] = len(labels) / result["train_seconds"]
         return result
 
+    def train_features(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(features, labels)`` of the training split under the eval transform, through the frozen trunk. When
+        the feature cache holds the train set's one deterministic view (``augment: none``, the eval transform), from
+        the cache, filled here on a miss, so that epoch 1 reads these features instead of computing them again."""
+        cache, cfg = self.cache, self.cfg
+        if cache is not None and cache.train_cached and cache.source_epoch(0) is None:
+            labels = cache.labels("train")
+            features = cache.get("train", 0)
+            if features is None:
+                batches, failures = self.backend.loader(self.train, train=False, shuffle=False, seed=cfg.seed)
+                collector = FeatureCollector(labels, batch_indices(len(labels), cfg.batch_size, None))
+                features = cache.put("train", 0, self._extract(batches, failures, collector))
+            if features is not None:
+                return features, labels
+        batches, _ = self.backend.loader(self.train, train=False, shuffle=False, seed=cfg.seed)
+        parts = [(self.fast.extract(x), self.backend.labels(y)) for x, y in batches]
+        return np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts])
+
     def _extract(self, batches, failures: List, collector: FeatureCollector) -> FeatureCollector:
         """One inference pass of the frozen trunk into ``collector`` (no training)."""
         before = len(failures)
@@ -441,12 +459,7 @@ def _class_means_epoch(run: _Run, state: FitState) -> None:
                             "head_init model")
     start = time.perf_counter()
     state.epoch = 0
-    batches, _ = run.backend.loader(run.train, train=False, shuffle=False, seed=run.cfg.seed)
-    features, labels = [], []
-    for x, y in batches:
-        features.append(run.fast.extract(x))
-        labels.append(run.backend.labels(y))
-    features, labels = np.concatenate(features), np.concatenate(labels)
+    features, labels = run.train_features()
     try:
         means = class_means(features, labels, len(state.classes), state.classes)
         head = class_means_head(run.fast.head_arrays(), means)
