@@ -26,7 +26,7 @@ from ..core.freeze import FreezeReport
 from ..core.recipe import Stage, TrainingError
 from ..core.tasks import is_pair_samples
 from .data import build_dataset
-from .frozen_trunk import FrozenTrunkStep, frozen_trunk_reason, head_name, is_head
+from .frozen_trunk import FrozenTrunkStep, TrainStep, frozen_trunk_reason, head_name, is_head
 from ..models.factory import build_model, load_run_checkpoint
 from .optim import apply_freeze, build_optimizer, lr_groups
 
@@ -47,14 +47,15 @@ class SumSquaredError(nn.Cell):
 
 
 class WithLoss(nn.Cell):
-    """``loss(net(*inputs), label)`` for a net of one or more inputs (``nn.WithLossCell`` takes exactly one)."""
+    """``loss(net(*inputs), labels)`` for a net of one or more inputs, ``inputs`` a tuple of tensors
+    (``nn.WithLossCell`` takes exactly one; a fixed signature, not ``*args``: see :class:`TrainStep`)."""
 
     def __init__(self, net: nn.Cell, loss: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.net, self.loss = net, loss
 
-    def construct(self, *args):
-        return self.loss(self.net(*args[:-1]), args[-1])
+    def construct(self, inputs, labels):
+        return self.loss(self.net(*inputs), labels)
 
 
 def make_loss(task: str = "classify") -> nn.Cell:
@@ -183,7 +184,7 @@ class MindSporeBackend:
 
     def compile_step(self) -> None:
         """(Re)build the train step(s) around ``self.optimizer``."""
-        self.step = nn.TrainOneStepCell(WithLoss(self.model, make_loss(self.task)), self.optimizer)
+        self.step = TrainStep(WithLoss(self.model, make_loss(self.task)), self.optimizer)
         self.step.set_train(True)
         self._training = True
         self.fast = FrozenTrunkStep(self.model, self.optimizer, make_loss()) \
@@ -225,7 +226,7 @@ class MindSporeBackend:
                 return float(self.fast.head_step(features, y).asnumpy()), features.asnumpy()
             loss, _ = self.fast.step(x, y)
             return float(loss.asnumpy()), None
-        return float(self.step(*_as_tuple(x), y).asnumpy()), None
+        return float(self.step(_as_tuple(x), y).asnumpy()), None
 
     def extract(self, x) -> np.ndarray:
         return self.fast.extract(_images(x)).asnumpy()

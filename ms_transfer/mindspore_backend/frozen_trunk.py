@@ -20,7 +20,28 @@ from ..core.archs import head_module, task_of
 from ..core.tasks import NO_FAST_PATH
 from .parallel import grad_reducer, is_data_parallel
 
-__all__ = ["FrozenTrunkStep", "frozen_trunk_reason", "head_name", "is_head"]
+__all__ = ["FrozenTrunkStep", "TrainStep", "frozen_trunk_reason", "head_name", "is_head"]
+
+
+class TrainStep(nn.TrainOneStepCell):
+    """``nn.TrainOneStepCell`` called as ``step(inputs, labels)``: ``network(inputs, labels)``'s loss, returned as
+    computed before one optimizer step (the ranks' gradients averaged under data parallelism, as the parent does).
+
+    Why not the parent as it is: its ``construct(self, *inputs)`` takes varargs, and MindSpore 2.7.2 never frees a
+    cell whose top-level ``construct`` takes ``*args`` once it has run in GRAPH mode. Every train step built stayed
+    alive with its network and compiled graph. Measured: six ``train()`` calls of ResNet18 at 32 px in one process
+    left 444 cells alive and grew the process by 0.2 GiB per call. A fixed signature is freed like any other cell
+    (``tests/test_backend_protocol.py`` checks it). ``inputs`` may be a tuple of tensors (a net of several inputs).
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer) -> None:
+        super().__init__(network, optimizer)
+        self.value_and_grad = ops.value_and_grad(self.network, None, self.weights)
+
+    def construct(self, inputs, labels):
+        loss, grads = self.value_and_grad(inputs, labels)
+        grads = self.grad_reducer(grads)
+        return ops.depend(loss, self.optimizer(grads))
 
 
 def head_name(net: nn.Cell) -> str:
@@ -151,7 +172,7 @@ class FrozenTrunkStep:
         was_training = net.training
         self.trunk = _Trunk(net).set_train(False)  # 'predict' phase: an inference graph, no grad bookkeeping
         head = _HeadWithLoss(head_cell, loss_fn)
-        self.head = nn.TrainOneStepCell(head, optimizer).set_train(True)
+        self.head = TrainStep(head, optimizer).set_train(True)
         self.fused = _FusedStep(net, head, optimizer).set_train(True)
         # set_train recurses into net; give the caller its flags back (with every trunk BatchNorm in inference
         # mode, checked above, the flags do not change what the trunk computes)
