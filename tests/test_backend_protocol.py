@@ -194,7 +194,7 @@ def test_train_steps_are_freed_once_they_have_run_in_graph_mode():
             cells = [step.head, step.fused, step.trunk]
         else:
             step = TrainStep(WithLoss(net, make_loss()), nn.Momentum(net.trainable_params(), 0.01, 0.9))
-            loss = step((ms.Tensor(x),), ms.Tensor(y))
+            loss = step(ms.Tensor(x), ms.Tensor(y))
             cells = [step]
         assert np.isfinite(float(loss.asnumpy()))
         return [weakref.ref(c) for c in [*cells, net]]

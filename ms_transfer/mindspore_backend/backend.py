@@ -24,13 +24,13 @@ from ..core.data import Preprocess, SplitScan
 from ..core.distributed import SINGLE, detect
 from ..core.freeze import FreezeReport
 from ..core.recipe import Stage, TrainingError
-from ..core.tasks import is_pair_samples
+from ..core.tasks import is_pair_samples, is_pair_task
 from .data import build_dataset
-from .frozen_trunk import FrozenTrunkStep, TrainStep, frozen_trunk_reason, head_name, is_head
+from .frozen_trunk import FrozenTrunkStep, PairTrainStep, TrainStep, frozen_trunk_reason, head_name, is_head
 from ..models.factory import build_model, load_run_checkpoint
 from .optim import apply_freeze, build_optimizer, lr_groups
 
-__all__ = ["MindSporeBackend", "make_loss", "SumSquaredError", "WithLoss"]
+__all__ = ["MindSporeBackend", "make_loss", "PairWithLoss", "SumSquaredError", "WithLoss"]
 
 
 class SumSquaredError(nn.Cell):
@@ -47,15 +47,23 @@ class SumSquaredError(nn.Cell):
 
 
 class WithLoss(nn.Cell):
-    """``loss(net(*inputs), labels)`` for a net of one or more inputs, ``inputs`` a tuple of tensors
-    (``nn.WithLossCell`` takes exactly one; a fixed signature, not ``*args``: see :class:`TrainStep`)."""
+    """``loss(net(x), labels)``; :class:`PairWithLoss` for a net of two inputs. Fixed arguments, not ``*args``: the
+    cell a train step differentiates is kept alive by MindSpore 2.7.2 otherwise (see
+    :class:`~ms_transfer.mindspore_backend.frozen_trunk.TrainStep`)."""
 
     def __init__(self, net: nn.Cell, loss: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.net, self.loss = net, loss
 
-    def construct(self, inputs, labels):
-        return self.loss(self.net(*inputs), labels)
+    def construct(self, x, labels):
+        return self.loss(self.net(x), labels)
+
+
+class PairWithLoss(WithLoss):
+    """``loss(net(x1, x2), labels)`` (the digit adder's pair of images)."""
+
+    def construct(self, x1, x2, labels):
+        return self.loss(self.net(x1, x2), labels)
 
 
 def make_loss(task: str = "classify") -> nn.Cell:
@@ -184,7 +192,8 @@ class MindSporeBackend:
 
     def compile_step(self) -> None:
         """(Re)build the train step(s) around ``self.optimizer``."""
-        self.step = TrainStep(WithLoss(self.model, make_loss(self.task)), self.optimizer)
+        step, with_loss = (PairTrainStep, PairWithLoss) if is_pair_task(self.task) else (TrainStep, WithLoss)
+        self.step = step(with_loss(self.model, make_loss(self.task)), self.optimizer)
         self.step.set_train(True)
         self._training = True
         self.fast = FrozenTrunkStep(self.model, self.optimizer, make_loss()) \
@@ -226,7 +235,7 @@ class MindSporeBackend:
                 return float(self.fast.head_step(features, y).asnumpy()), features.asnumpy()
             loss, _ = self.fast.step(x, y)
             return float(loss.asnumpy()), None
-        return float(self.step(_as_tuple(x), y).asnumpy()), None
+        return float(self.step(*_as_tuple(x), y).asnumpy()), None
 
     def extract(self, x) -> np.ndarray:
         return self.fast.extract(_images(x)).asnumpy()

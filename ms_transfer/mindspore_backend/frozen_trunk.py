@@ -20,28 +20,43 @@ from ..core.archs import head_module, task_of
 from ..core.tasks import NO_FAST_PATH
 from .parallel import grad_reducer, is_data_parallel
 
-__all__ = ["FrozenTrunkStep", "TrainStep", "frozen_trunk_reason", "head_name", "is_head"]
+__all__ = ["FrozenTrunkStep", "PairTrainStep", "TrainStep", "frozen_trunk_reason", "head_name", "is_head"]
 
 
 class TrainStep(nn.TrainOneStepCell):
-    """``nn.TrainOneStepCell`` called as ``step(inputs, labels)``: ``network(inputs, labels)``'s loss, returned as
-    computed before one optimizer step (the ranks' gradients averaged under data parallelism, as the parent does).
+    """``nn.TrainOneStepCell`` for a network of one input and its labels, ``step(x, labels)``: the loss, returned
+    as computed before one optimizer step (the ranks' gradients averaged under data parallelism, as the parent does).
+    :class:`PairTrainStep` takes two inputs.
 
     Why not the parent as it is: its ``construct(self, *inputs)`` takes varargs, and MindSpore 2.7.2 never frees a
     cell whose top-level ``construct`` takes ``*args`` once it has run in GRAPH mode. Every train step built stayed
     alive with its network and compiled graph. Measured: six ``train()`` calls of ResNet18 at 32 px in one process
     left 444 cells alive and grew the process by 0.2 GiB per call. A fixed signature is freed like any other cell
-    (``tests/test_backend_protocol.py`` checks it). ``inputs`` may be a tuple of tensors (a net of several inputs).
+    (``tests/test_backend_protocol.py`` checks it). The network it differentiates must not take ``*args`` either
+    (:class:`~ms_transfer.mindspore_backend.backend.WithLoss`), nor may a shared helper method. Not one tuple of
+    inputs instead: a tuple of tensors at the top level is compiled again for every new tuple (2.5 s per step of
+    ResNet18 at 32 px).
+
+    The loss and the gradients come from one ``ops.value_and_grad``, one forward pass: the parent's two calls (the
+    loss, then ``GradOperation`` over the same network) updated every BatchNorm's statistics twice per step once the
+    two were written differently (MindSpore merges the forwards only when they match).
     """
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer) -> None:
         super().__init__(network, optimizer)
         self.value_and_grad = ops.value_and_grad(self.network, None, self.weights)
 
-    def construct(self, inputs, labels):
-        loss, grads = self.value_and_grad(inputs, labels)
-        grads = self.grad_reducer(grads)
-        return ops.depend(loss, self.optimizer(grads))
+    def construct(self, x, labels):
+        loss, grads = self.value_and_grad(x, labels)
+        return ops.depend(loss, self.optimizer(self.grad_reducer(grads)))
+
+
+class PairTrainStep(TrainStep):
+    """:class:`TrainStep` for a network of two inputs (the digit adder's pair of images): ``step(x1, x2, labels)``."""
+
+    def construct(self, x1, x2, labels):   # written out, not a shared helper of *inputs: that is kept alive too
+        loss, grads = self.value_and_grad(x1, x2, labels)
+        return ops.depend(loss, self.optimizer(self.grad_reducer(grads)))
 
 
 def head_name(net: nn.Cell) -> str:

@@ -82,9 +82,7 @@ class _Forward(nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, xs):
-        # a tuple, not *xs: MindSpore 2.7.2 never frees a top-level cell whose construct takes *args once it has run
-        # in GRAPH mode, and with it the net (see ms_transfer.mindspore_backend.frozen_trunk.TrainStep)
+    def construct(self, *xs):
         return self.net(*xs)
 
 
@@ -124,7 +122,7 @@ def graph_taps(net: nn.Cell, inputs: Sequence[ms.Tensor], names: Sequence[str], 
             taps[name] = (tap, shapes)
         forward = _Forward(net)
         set_train(forward)
-        out = forward(tuple(inputs))
+        out = forward(*inputs)
         result: Taps = {}
         for name, (tap, shapes) in taps.items():
             for k, outs in enumerate(tap.rows(shapes)):
@@ -161,7 +159,7 @@ class _Calls(nn.Cell):
         self.starts = tuple(int(s) for s in np.cumsum([0] + list(arity[:-1])))
         self.arity = tuple(arity)
 
-    def construct(self, xs):   # a tuple, not *xs: see _Forward
+    def construct(self, *xs):
         outs = ()
         for cell, start, n in zip(self.cell_list, self.starts, self.arity):
             outs = outs + (cell(*xs[start:start + n]),)
@@ -173,5 +171,5 @@ def graph_calls(cells: Sequence[nn.Cell], args: Sequence[Sequence[ms.Tensor]], s
     ``set_train(cell)`` as for :func:`graph_taps`. The cells' parameters and names are untouched."""
     calls = _Calls(cells, [len(a) for a in args])
     set_train(calls)
-    outs = calls(tuple(t for a in args for t in a))
+    outs = calls(*[t for a in args for t in a])
     return [[_at(out, p).asnumpy() for p in output_paths(out)] for out in outs]
