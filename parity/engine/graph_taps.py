@@ -82,7 +82,9 @@ class _Forward(nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, *xs):
+    def construct(self, xs):
+        # a tuple, not *xs: MindSpore 2.7.2 never frees a top-level cell whose construct takes *args once it has run
+        # in GRAPH mode, and with it the net (see ms_transfer.mindspore_backend.frozen_trunk.TrainStep)
         return self.net(*xs)
 
 
@@ -122,7 +124,7 @@ def graph_taps(net: nn.Cell, inputs: Sequence[ms.Tensor], names: Sequence[str], 
             taps[name] = (tap, shapes)
         forward = _Forward(net)
         set_train(forward)
-        out = forward(*inputs)
+        out = forward(ms.mutable(tuple(inputs)))   # mutable: a plain tuple is compiled as a constant
         result: Taps = {}
         for name, (tap, shapes) in taps.items():
             for k, outs in enumerate(tap.rows(shapes)):
@@ -159,7 +161,7 @@ class _Calls(nn.Cell):
         self.starts = tuple(int(s) for s in np.cumsum([0] + list(arity[:-1])))
         self.arity = tuple(arity)
 
-    def construct(self, *xs):
+    def construct(self, xs):   # a tuple, not *xs: see _Forward
         outs = ()
         for cell, start, n in zip(self.cell_list, self.starts, self.arity):
             outs = outs + (cell(*xs[start:start + n]),)
@@ -171,5 +173,5 @@ def graph_calls(cells: Sequence[nn.Cell], args: Sequence[Sequence[ms.Tensor]], s
     ``set_train(cell)`` as for :func:`graph_taps`. The cells' parameters and names are untouched."""
     calls = _Calls(cells, [len(a) for a in args])
     set_train(calls)
-    outs = calls(*[t for a in args for t in a])
+    outs = calls(ms.mutable(tuple(t for a in args for t in a)))
     return [[_at(out, p).asnumpy() for p in output_paths(out)] for out in outs]

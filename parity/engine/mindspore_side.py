@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
 from ms_transfer.mindspore_backend.optimizers import momentum_sgd
@@ -60,14 +60,14 @@ class Objective(nn.Cell):
         # torch's cross_entropy in log-space (SoftmaxCrossEntropyWithLogits returns inf once a softmax underflows)
         self.ce = nn.CrossEntropyLoss(reduction="mean")
 
-    def construct(self, *args):
-        out = self.net(*args[:self.n_inputs])
+    def construct(self, inputs, loss_args):
+        out = self.net(*inputs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if self.cross_entropy:
-            return outs, self.ce(outs[0], args[self.n_inputs])
-        loss = (outs[0] * args[self.n_inputs]).mean()
+            return outs, self.ce(outs[0], loss_args[0])
+        loss = (outs[0] * loss_args[0]).mean()
         for i in range(1, len(outs)):
-            loss = loss + (outs[i] * args[self.n_inputs + i]).mean()
+            loss = loss + (outs[i] * loss_args[i]).mean()
         return outs, loss
 
 
@@ -78,8 +78,24 @@ class LossOnly(nn.Cell):
         super().__init__(auto_prefix=False)
         self.objective = objective
 
-    def construct(self, *args):
-        return self.objective(*args)[1]
+    def construct(self, inputs, loss_args):
+        return self.objective(inputs, loss_args)[1]
+
+
+class ValueAndGrad(nn.Cell):
+    """``(loss, gradients with respect to weights)`` of ``network(inputs, loss_args)``: ``nn.ForwardValueAndGrad``
+    with a fixed signature. MindSpore 2.7.2 never frees a cell whose top-level ``construct`` takes ``*args`` once it
+    has run in GRAPH mode (``ForwardValueAndGrad``'s does), so each comparison's gradient graph, and the net with it,
+    stayed alive for the rest of the process (see ``ms_transfer.mindspore_backend.frozen_trunk.TrainStep``). The
+    tuples come ``mutable`` (:meth:`MindSporeSide._args`)."""
+
+    def __init__(self, network: nn.Cell, weights) -> None:
+        super().__init__(auto_prefix=False)
+        self.network, self.weights = network, ms.ParameterTuple(weights)
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, inputs, loss_args):
+        return self.network(inputs, loss_args), self.grad(self.network, self.weights)(inputs, loss_args)
 
 
 class MindSporeSide:
@@ -93,8 +109,7 @@ class MindSporeSide:
 
     def _build_cells(self) -> None:
         self.objective = Objective(self.net, self.n_inputs, self.loss)
-        self.grad_net = nn.ForwardValueAndGrad(LossOnly(self.objective), weights=self.net.trainable_params(),
-                                               get_by_list=True)
+        self.grad_net = ValueAndGrad(LossOnly(self.objective), self.net.trainable_params())
 
     def release_graphs(self) -> None:
         """Drop the objective's and the gradient's compiled graphs and give their memory back (they are built again
@@ -145,8 +160,11 @@ class MindSporeSide:
             return ms.Tensor.from_numpy(a)
         return cls.tensor(a)
 
-    def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> List[ms.Tensor]:
-        return [self.tensor(x) for x in list(inputs) + list(loss_args)]
+    def _args(self, inputs: Sequence[np.ndarray], loss_args: Sequence[np.ndarray]) -> Tuple[tuple, tuple]:
+        """``(inputs, loss_args)`` as the tuples of tensors :class:`Objective` takes, ``mutable``: a plain tuple of
+        tensors is a constant of the compiled graph, compiled again for every new tuple."""
+        return (ms.mutable(tuple(self.tensor(x) for x in inputs)),
+                ms.mutable(tuple(self.tensor(a) for a in loss_args)))
 
     def train_mode(self, cell: nn.Cell, train: bool) -> None:
         """``cell.set_train(train)`` with every ``nn.Dropout`` of the net left in eval mode (identity): see
