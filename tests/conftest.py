@@ -127,7 +127,7 @@ class SharedReference:
 
         set_context(self.mode, "CPU")   # process-global: another test may have changed it
         c = self.comparison
-        side = MindSporeSide(net, ms_state, c.match.ms_to_torch, len(c.xs), c.loss)
+        side = MindSporeSide(net, ms_state, c.match.ms_to_torch, c.loss)
         rows = []
         for check, (ref, floors) in self.checks.items():
             got, error = run_port(c.runners[check], side, c.xs)

@@ -220,7 +220,7 @@ def test_the_port_side_s_graphs_are_freed_with_their_cells_and_compiled_once():
         net = nn.SequentialCell([nn.Conv2d(1, 2, 3, pad_mode="pad", padding=1), nn.BatchNorm2d(2), nn.ReLU(),
                                  nn.Flatten(), nn.Dense(2 * 6 * 6, 3)])
         state = {p.name: p.asnumpy() for p in net.get_parameters()}
-        side = MindSporeSide(net, state, {k: k for k in state}, n_inputs=1, loss=CROSS_ENTROPY)
+        side = MindSporeSide(net, state, {k: k for k in state}, loss=CROSS_ENTROPY)
         rng = np.random.default_rng(0)
         for _ in range(2):   # new arrays, the same shapes
             x, y = rng.standard_normal((2, 1, 6, 6)).astype(np.float32), np.array([0, 2])

@@ -312,7 +312,7 @@ def check_reference(directory: PathLike, ms_cell=None, *, mode: str = "graph", d
     defaults = CompareOptions()
     runners = make_runners(loss_args, step_grads, opt.get("lr", defaults.lr), opt.get("momentum", defaults.momentum),
                            opt.get("weight_decay", defaults.weight_decay))
-    side = MindSporeSide(ms_cell, weights, ms_to_torch, len(xs), manifest["loss"])
+    side = MindSporeSide(ms_cell, weights, ms_to_torch, manifest["loss"])
     report = ParityReport({"bundle": str(directory), "mode": mode, "device": device, "made_with": manifest["versions"],
                            "model": model}, names={"rule": "bundle", "matched": len(ms_to_torch)})
     for check in manifest["checks"]:

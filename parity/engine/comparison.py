@@ -479,7 +479,7 @@ def prepare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray]
             state = jittered.with_amount(amount)
             engines.append((TorchSide(torch_module, state, "float32", loss, working), state.jitter_after(xs)))
     ms_state = dict(o.ms_state if o.ms_state is not None else ported)
-    ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, len(xs), loss)
+    ms_side = MindSporeSide(ms_cell, ms_state, match.ms_to_torch, loss)
     if loss == CROSS_ENTROPY:
         loss_args = [np.asarray(targets)]
     else:

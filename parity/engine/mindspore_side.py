@@ -52,11 +52,11 @@ def load_weights(net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
 
 
 class Objective(nn.Cell):
-    """The network's outputs and the loss of :mod:`parity.engine.loss`, from ``(*inputs, *loss_args)``."""
+    """The network's outputs and the loss of :mod:`parity.engine.loss`, from ``(inputs, loss_args)``, two tuples."""
 
-    def __init__(self, net: nn.Cell, n_inputs: int, loss: str) -> None:
+    def __init__(self, net: nn.Cell, loss: str) -> None:
         super().__init__(auto_prefix=False)
-        self.net, self.n_inputs, self.cross_entropy = net, n_inputs, loss == CROSS_ENTROPY
+        self.net, self.cross_entropy = net, loss == CROSS_ENTROPY
         # torch's cross_entropy in log-space (SoftmaxCrossEntropyWithLogits returns inf once a softmax underflows)
         self.ce = nn.CrossEntropyLoss(reduction="mean")
 
@@ -102,13 +102,12 @@ class MindSporeSide:
     """``net`` with weights ``state`` (MindSpore names); ``ms_to_torch`` renames results."""
 
     def __init__(self, net: nn.Cell, state: Mapping[str, np.ndarray], ms_to_torch: Mapping[str, str],
-                 n_inputs: int, loss: str) -> None:
+                 loss: str) -> None:
         self.net, self.state, self.ms_to_torch, self.loss = net, state, dict(ms_to_torch), loss
-        self.n_inputs = n_inputs
         self._build_cells()
 
     def _build_cells(self) -> None:
-        self.objective = Objective(self.net, self.n_inputs, self.loss)
+        self.objective = Objective(self.net, self.loss)
         self.grad_net = ValueAndGrad(LossOnly(self.objective), self.net.trainable_params())
 
     def release_graphs(self) -> None:
