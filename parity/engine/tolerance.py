@@ -350,7 +350,8 @@ ERROR_BLOCK = 1 << 22
 def _blocks(*arrays):
     """The arrays (of one size) flattened and cut into the same ``ERROR_BLOCK``-element pieces (views where the
     arrays are contiguous); a single piece for a tensor of at most one block, an empty one included."""
-    flat = [np.ravel(np.asarray(a)) for a in arrays]
+    # reshape, not ravel: a broadcast zero (a frozen tensor's update, parity/suite/training.py) stays a view
+    flat = [np.asarray(a).reshape(-1) for a in arrays]
     for start in range(0, max(flat[0].size, 1), ERROR_BLOCK):
         yield [f[start:start + ERROR_BLOCK] for f in flat]
 
