@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pytest
 
+from ms_transfer.mindspore_backend.context import freeze_imported_objects, set_context
 from ms_transfer.core.callbacks import Callback, default_callbacks
 from ms_transfer.core.config import TrainConfig
 from ms_transfer.core.demo_data import make_demo_dataset
@@ -113,8 +114,6 @@ class SharedReference:
         if not set(checks) <= set(FORWARD_CHECKS):
             raise ValueError(f"SharedReference takes forward checks {FORWARD_CHECKS}, not {checks}")
         self.mode = mode
-        from ms_transfer.mindspore_backend.context import set_context
-
         set_context(mode, "CPU")
         self.comparison = prepare(torch_model, port, inputs, targets, options)
         self.checks = {check: self.comparison.reference_floors(check)[:2] for check in checks}
@@ -125,8 +124,6 @@ class SharedReference:
         from parity.engine.comparison import run_port
         from parity.engine.mindspore_side import MindSporeSide
         from parity.engine.tolerance import compare_to_floor, failed
-
-        from ms_transfer.mindspore_backend.context import set_context
 
         set_context(self.mode, "CPU")   # process-global: another test may have changed it
         c = self.comparison
@@ -160,8 +157,6 @@ def demo_images(tmp_path_factory):
 @pytest.fixture(params=["graph", "pynative"])
 def ms_mode(request):
     """Run the test in both MindSpore execution modes."""
-    from ms_transfer.mindspore_backend.context import set_context
-
     set_context(request.param, "CPU")
     yield request.param
     set_context("pynative", "CPU")
@@ -187,15 +182,6 @@ SPREAD = ("test_every_depth_passes_at_small_size",)
 #: test_seed_networks.py 84; every other file 65 s or less, in collection order after these
 LONGEST_GROUPS = ("heavy", "test_train.py", "test_parity.py-0", "test_vgg.py", "test_parity.py", "test_parity.py-1",
                   "test_seed_networks.py")
-
-
-def pytest_configure(config):
-    """Every process that runs tests imports MindSpore's context first (synchronous CPU dispatch and the oneDNN cap
-    apply before the process's first kernel, ms_transfer/mindspore_backend/context.py); xdist's controller, which
-    runs none, does not: 53 MB resident instead of 465 MB for all of ``make test``."""
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        return
-    import ms_transfer.mindspore_backend.context  # noqa: F401
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the marks into the node ids it schedules by
@@ -224,8 +210,6 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     """Every test module is imported, no fixture built yet: freeze what the imports made (MindSpore collects all
     garbage before each graph it compiles; see :func:`freeze_imported_objects`)."""
-    from ms_transfer.mindspore_backend.context import freeze_imported_objects
-
     freeze_imported_objects()
 
 
