@@ -27,8 +27,12 @@ def train(cfg: TrainConfig, callbacks: Optional[Sequence["Callback"]] = None) ->
     shows, ``None`` for the defaults (see :func:`ms_transfer.core.loop.fit`)."""
     # here, not at the top: --help and bad flags answer fast
     from ms_transfer.mindspore_backend.backend import MindSporeBackend
+    from ms_transfer.mindspore_backend.context import release_compiled_graphs
     from ms_transfer.core.loop import fit
-    return fit(cfg, MindSporeBackend(), callbacks)
+    try:
+        return fit(cfg, MindSporeBackend(), callbacks)
+    finally:
+        release_compiled_graphs()   # the run.s graphs: a process that trains again would keep each run's
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

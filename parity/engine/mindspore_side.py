@@ -6,7 +6,6 @@ the resolved name map) or by output position, so they compare name by name with 
 """
 from __future__ import annotations
 
-import gc
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import mindspore as ms
@@ -14,6 +13,7 @@ import numpy as np
 from mindspore import nn, ops
 
 import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
+from ms_transfer.mindspore_backend.context import release_compiled_graphs
 from ms_transfer.mindspore_backend.optimizers import momentum_sgd
 
 from .graph_taps import graph_calls, graph_taps
@@ -119,25 +119,7 @@ class MindSporeSide:
         ``gc.collect()``, which costs 0.1-0.2 s a call with both frameworks loaded: the CI run that collected after
         every check spent 1,603 s of CPU in the main test process, ~1,320 s before)."""
         self._build_cells()
-        # ms_memory_recycle iterates over every cell's compile cache, and a cell deleted inside that loop (its
-        # Cell.__del__ pops its entry) stops it: "dictionary changed size during iteration" (MindSpore 2.7.2). A
-        # cycle collection can delete cells there, so the collector is held off; another thread dropping the last
-        # reference to a cell can too (seen under a profiler whose sampling thread read the main thread's frames),
-        # so a stopped loop is run again: the caches it cleared stay cleared, and the dict is stable once the
-        # cell is gone
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for attempt in range(3):
-                try:
-                    ms.ms_memory_recycle()
-                    break
-                except RuntimeError as exc:
-                    if "changed size during iteration" not in str(exc) or attempt == 2:
-                        raise
-        finally:
-            if collecting:
-                gc.enable()
+        release_compiled_graphs()
 
     def reset(self) -> None:
         load_weights(self.net, self.state)
