@@ -100,23 +100,30 @@ class SharedReference:
     checks -- computed once, against which several MindSpore ports are compared (the correct one and each injected
     bug). What :func:`parity.compare_models` runs per port, without recomputing the torch side each time: that is
     ~90% of a forward comparison's time (ResNet50, 64 px, PYNATIVE: 1.3 s of MindSpore in 88 s, measured on 2
-    shared cores) and does not depend on the port. Only the forward checks: the gradient checks' scale statistic
-    uses the port's own ReLU masks, so their reference is not the same for every port.
+    shared cores) and does not depend on the port. The gradient checks' scale statistic uses the port's own ReLU
+    masks, so their reference is the same for every port only when the ports share ``port``'s forward (a bug after
+    the forward, as a scaled gradient): ``same_forward=True`` allows them, their masks taken from ``port`` once.
 
     ``torch_model`` holds the compared weights; ``port`` is a cell of the port's architecture (it only names the
-    parameters here); ``options`` as :func:`parity.compare_models`'s ``CompareOptions``.
+    parameters here, and gives the masks with ``same_forward``); ``options`` as :func:`parity.compare_models`'s
+    ``CompareOptions``.
     """
 
     def __init__(self, torch_model, port, inputs, targets: Optional[np.ndarray], checks: Sequence[str], mode: str,
-                 options=None) -> None:
-        from parity.engine.comparison import FORWARD_CHECKS, prepare
+                 options=None, same_forward: bool = False) -> None:
+        from parity.engine.comparison import FORWARD_CHECKS, MASKED_CHECKS, CompareOptions, prepare
 
-        if not set(checks) <= set(FORWARD_CHECKS):
-            raise ValueError(f"SharedReference takes forward checks {FORWARD_CHECKS}, not {checks}")
+        allowed = FORWARD_CHECKS + (MASKED_CHECKS if same_forward else ())
+        if not set(checks) <= set(allowed):
+            raise ValueError(f"SharedReference takes the checks {allowed}, not {checks}")
         self.mode = mode
         set_context(mode, "CPU")
-        self.comparison = prepare(torch_model, port, inputs, targets, options)
-        self.checks = {check: self.comparison.reference_floors(check)[:2] for check in checks}
+        self.comparison = c = prepare(torch_model, port, inputs, targets, options)
+        mask_relus = (options or CompareOptions()).mask_relus
+        self.checks = {}
+        for check in checks:
+            masks = c.port_masks(check) if check in MASKED_CHECKS and mask_relus else None
+            self.checks[check] = c.reference_floors(check, masks)   # (reference, floors, scale reference or None)
 
     def compare(self, net, ms_state: Dict[str, np.ndarray]) -> list:
         """The rows (``CheckResult``) of the port ``net`` with weights ``ms_state`` (MindSpore names), as
@@ -129,9 +136,11 @@ class SharedReference:
         c = self.comparison
         side = MindSporeSide(net, ms_state, c.match.ms_to_torch, c.loss)
         rows = []
-        for check, (ref, floors) in self.checks.items():
+        for check, (ref, floors, scale_ref) in self.checks.items():
             got, error = run_port(c.runners[check], side, c.xs)
-            rows += [failed(name, error) if got is None else compare_to_floor(name, got[name], ref[name], floors[name])
+            rows += [failed(name, error) if got is None else
+                     compare_to_floor(name, got[name], ref[name], floors[name],
+                                      scale_ref=None if scale_ref is None else scale_ref[name])
                      for name in ref]
         return rows
 

@@ -194,22 +194,37 @@ def test_same_padding_network_passes_in_graph_mode():
 
 
 
+@pytest.fixture(scope="module")
+def gradient_reference():
+    """ResNet18's gradient checks (64 px, batch 4, PYNATIVE): the torch reference, its floors and the masked
+    reference made once for the ports of :func:`test_a_uniform_gradient_scale_is_caught`, whose forward is the clean
+    port's (the scale comes after it), so are its ReLU masks."""
+    cfg = ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
+                       checks=("grads_train_bn", "grads_eval_bn"))
+    problem = make_problem(cfg.arch, cfg.num_classes, cfg.batch, cfg.image_size, cfg.seed, cfg.padding)
+    torch_model, port = _model_pair(cfg, problem)
+    shared = SharedReference(torch_model, port, problem.x, problem.y, cfg.checks, cfg.mode,
+                             compare_options(cfg, log=lambda _: None), same_forward=True)
+    assert all(r.passed for r in shared.compare(port, dict(problem.ms_state)))   # the clean port: the baseline
+    return cfg, problem, shared
+
+
 @pytest.mark.parametrize("factor", [1.001, 1.02])
-def test_a_uniform_gradient_scale_is_caught(monkeypatch, factor):
+def test_a_uniform_gradient_scale_is_caught(gradient_reference, monkeypatch, factor):
     """Every MindSpore gradient times ``factor``, the forward unchanged (a loss scale, or a mean over the wrong
     count, left in on one side). The L2 rule's floor is a ReLU-mask flip (~1e-3..1e-2), so alone it passes
     1.001 here (and passed 1.02 at other settings); the scale statistic (median over tensors of the
     least-squares scale error) catches both by a wide margin."""
     from parity.engine.mindspore_side import MindSporeSide
+    cfg, problem, shared = gradient_reference
     real = MindSporeSide.grads
 
     def scaled(self, xs, loss_args, bn_train):
         return {k: v * np.float32(factor) for k, v in real(self, xs, loss_args, bn_train).items()}
     monkeypatch.setattr(MindSporeSide, "grads", scaled)
-    report = run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
-                                     checks=("grads_train_bn", "grads_eval_bn")))
-    assert [r.check for r in report.results] == ["grads (train-mode BN)", "grads (eval-mode BN)"]
-    for result in report.results:
+    results = shared.compare(build_model(cfg.arch, problem.num_classes, cfg.padding), dict(problem.ms_state))
+    assert [r.check for r in results] == ["grads (train-mode BN)", "grads (eval-mode BN)"]
+    for result in results:
         assert not result.passed and result.scale_ratio > 10 * K
         assert result.scale == pytest.approx(factor - 1, rel=1e-2)
         if factor == 1.001:  # below the flip floor: the L2 rule alone would have passed it
