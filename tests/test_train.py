@@ -263,7 +263,7 @@ def test_a_process_that_trains_again_keeps_nothing_of_the_earlier_runs(data_dir,
     from parity.engine.memory import release_freed_memory
 
     def rss_after_a_run(i: int) -> float:
-        train(_cfg(data_dir, tmp_path / f"run{i}", epochs=2))
+        train(_cfg(data_dir, tmp_path / f"run{i}"))   # one epoch: what a run keeps does not grow with its epochs
         gc.collect()
         release_freed_memory()
         return psutil.Process().memory_info().rss / 2**30
