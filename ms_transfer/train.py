@@ -32,7 +32,7 @@ def train(cfg: TrainConfig, callbacks: Optional[Sequence["Callback"]] = None) ->
     try:
         return fit(cfg, MindSporeBackend(), callbacks)
     finally:
-        release_compiled_graphs()   # the run.s graphs: a process that trains again would keep each run's
+        release_compiled_graphs()   # the run's graphs: a process that trains again would keep each run's
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -394,7 +394,7 @@ def test_cats_dogs_config_trains_only_the_class_layer_in_both_frameworks(tmp_pat
         assert state["classifier.6.weight"].shape == (2, 4096)
         rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
         assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
-    del before, state   # VGG16's weights twice (1.1 GB) beside the evaluations' models: the worker's peak
+    del before, state   # VGG16's weights twice (1.1 GB) beside the evaluations' models (5.12 -> 4.83 GiB alone)
     for framework, (out, _) in runs.items():
         ckpt = out / ("best.ckpt" if framework == "mindspore" else "best.pth")
         mine = (evaluate_checkpoint if framework == "mindspore" else torch_evaluate)(str(ckpt), str(data))

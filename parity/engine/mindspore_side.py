@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-import ms_transfer.mindspore_backend.context  # noqa: F401  (the measured oneDNN cap, before MindSpore's first kernel)
+# (importing the context applies the measured oneDNN cap, before MindSpore's first kernel)
 from ms_transfer.mindspore_backend.context import release_compiled_graphs
 from ms_transfer.mindspore_backend.optimizers import momentum_sgd
 
