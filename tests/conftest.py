@@ -124,6 +124,9 @@ class SharedReference:
         for check in checks:
             masks = c.port_masks(check) if check in MASKED_CHECKS and mask_relus else None
             self.checks[check] = c.reference_floors(check, masks)   # (reference, floors, scale reference or None)
+        # the port side was only needed for its names and masks: each compare() brings its own net and weights (the
+        # VGG bugs test: VGG11-BN's cell and its ported weights, 2 x 0.53 GB, are not kept beside each bug's)
+        c.ms_side = c.ms_state = None
 
     def compare(self, net, ms_state: Dict[str, np.ndarray]) -> list:
         """The rows (``CheckResult``) of the port ``net`` with weights ``ms_state`` (MindSpore names), as
@@ -163,6 +166,19 @@ def demo_images(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def resnet18_sensitivity_report():
+    """``python -m parity --sensitivity`` on ResNet18 at the README's detection-power settings (64 px, batch 4, 10
+    classes, PYNATIVE), the forward and gradient checks: computed once for the detection-power tests of
+    ``test_parity.py`` and ``test_parity_floor.py`` (the forward checks' rows, sensitivity included, are the same
+    numbers with the gradient checks as without them: compared row for row; ~25 s)."""
+    from parity import ParityConfig, run_parity
+
+    return run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
+                                   checks=("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn"),
+                                   sensitivity=True))
+
+
 @pytest.fixture(params=["graph", "pynative"])
 def ms_mode(request):
     """Run the test in both MindSpore execution modes."""
@@ -176,6 +192,11 @@ def ms_mode(request):
 #: (make test) they run one after another on one worker, never beside each other
 HEAVY_FILES = ("test_parity_localize.py", "test_parity_graph_localize.py", "test_data_parallel.py",
                "test_parity_reference.py", "test_study.py")
+
+
+#: test files that share another file's xdist group, so that a session fixture both use is made once, on one worker
+#: (:func:`resnet18_sensitivity_report`)
+SHARED_GROUP = {"test_parity_floor.py": "test_parity.py"}
 
 
 #: tests whose cases build their own models (no module fixture): dealt alternately to two groups by architecture (an
@@ -209,7 +230,7 @@ def pytest_collection_modifyitems(config, items):
             arch = item.callspec.params["arch"]
             group = dealt.setdefault(arch, f"{name}-{len(dealt) % 2}")
         else:
-            group = "heavy" if name in HEAVY_FILES else name
+            group = "heavy" if name in HEAVY_FILES else SHARED_GROUP.get(name, name)
         item.add_marker(pytest.mark.xdist_group(group))
         groups[item.nodeid] = group
     rank = {group: i for i, group in enumerate(LONGEST_GROUPS)}

@@ -231,11 +231,9 @@ def test_a_uniform_gradient_scale_is_caught(gradient_reference, monkeypatch, fac
             assert result.ratio <= K and result.worst == "systematic scale error"
 
 
-def test_detection_power_is_measured_and_meets_the_targets():
+def test_detection_power_is_measured_and_meets_the_targets(resnet18_sensitivity_report):
     """``--sensitivity``: the smallest uniform relative error each check detects (ResNet18, 64 px, batch 4)."""
-    report = run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
-                                     checks=("eval_logits", "train_forward", "grads_train_bn", "grads_eval_bn"),
-                                     sensitivity=True))
+    report = resnet18_sensitivity_report
     assert report.passed
     power = {row.check: row for row in report.sensitivity}
     # the issue's targets: 1e-3 for gradients and BN statistics, 1e-5 for outputs and loss

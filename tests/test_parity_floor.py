@@ -13,7 +13,6 @@ from examples.own_models import transformer
 from parity import compare_models
 from parity.engine.sensitivity import format_sensitivity
 from parity.engine.tolerance import ABS_TERM, MIN_RESOLVED, RESOLUTION_ULPS, Floor, absolute_term, compare_to_floor
-from parity.suite.run import ParityConfig, run_parity
 from ms_transfer.mindspore_backend.context import set_context
 
 FORWARD_CHECKS = ("eval_logits", "train_forward")
@@ -35,15 +34,8 @@ def _meets_the_targets(report):
     return power
 
 
-@pytest.fixture(scope="module")
-def resnet18_report():
-    """ResNet18 at the README's sensitivity settings (64 px, batch 4, 10 classes, PYNATIVE), forward checks."""
-    return run_parity(ParityConfig(arch="resnet18", mode="pynative", batch=4, image_size=64, num_classes=10,
-                                   checks=FORWARD_CHECKS, sensitivity=True))
-
-
-def test_resnet18_detects_10x_its_float32_error(resnet18_report):
-    power = _meets_the_targets(resnet18_report)
+def test_resnet18_detects_10x_its_float32_error(resnet18_sensitivity_report):
+    power = _meets_the_targets(resnet18_sensitivity_report)
     # the 128-ulp floor it replaces (4.3e-5 on these logits) passed any one-layer error up to ~K x that, ~120x the
     # float32 error; the middle layer with parameters, in registration order, is where the error goes
     assert power["eval outputs"].layer_name == "layer3.0.conv1"

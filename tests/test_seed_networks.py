@@ -107,14 +107,23 @@ def _seed004(tmp_path, out, framework, **overrides):
     return train_digits("fashion_cnn", tmp_path, out, framework, **overrides)
 
 
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """The MindSpore run the transfer tests start from (a stand-in for the Fashion-MNIST run: same network, other
+    data), trained once for this file (each test had trained the same run: ~14 s each); its ``best.ckpt``, which the
+    tests only read."""
+    root = tmp_path_factory.mktemp("seed004")
+    _seed004(root, root / "pre", "mindspore")
+    return root / "pre" / "best.ckpt"
+
+
 @pytest.mark.parametrize("framework", ["mindspore", "torch"])
-def test_fashion_to_mnist_loads_by_name_freezes_then_unfreezes(tmp_path, framework, capsys):
+def test_fashion_to_mnist_loads_by_name_freezes_then_unfreezes(tmp_path, framework, capsys, pretrained):
     """Seed 004's recipe on real digits: pretrain (a stand-in for the Fashion-MNIST run: same network, other
     data), load it with the head excluded, train the head on a frozen trunk, then everything at 1/10 the LR."""
-    _seed004(tmp_path, tmp_path / "pre", "mindspore")
-    pre = tmp_path / "pre" / "best.ckpt"  # a MindSpore checkpoint, loaded by both frameworks
     capsys.readouterr()
-    summary = _seed004(tmp_path, tmp_path / "tl", framework, pretrained=str(pre), pretrained_exclude=["fc.*"],
+    # a MindSpore checkpoint, loaded by both frameworks
+    summary = _seed004(tmp_path, tmp_path / "tl", framework, pretrained=str(pretrained), pretrained_exclude=["fc.*"],
                        head_epochs=1, epochs=2, stage2_lr_scale=0.1)
     log = capsys.readouterr().out
     assert "not loaded (pretrained_exclude; left at init): fc.0.weight, fc.0.bias, fc.3.weight, fc.3.bias" in log
@@ -124,12 +133,11 @@ def test_fashion_to_mnist_loads_by_name_freezes_then_unfreezes(tmp_path, framewo
     assert summary["best_val_acc"] > 0.1  # 10 classes: above chance after two short epochs
 
 
-def test_head_stage_keeps_the_pretrained_trunk_bit_identical(tmp_path):
+def test_head_stage_keeps_the_pretrained_trunk_bit_identical(tmp_path, pretrained):
     """One head-only epoch: every trunk tensor (conv, BN affine and moving statistics) equals the pretrained one,
     the head does not."""
-    _seed004(tmp_path, tmp_path / "pre", "mindspore")
-    pre = read_weights(tmp_path / "pre" / "best.ckpt").state
-    _seed004(tmp_path, tmp_path / "tl", "mindspore", pretrained=str(tmp_path / "pre" / "best.ckpt"),
+    pre = read_weights(pretrained).state
+    _seed004(tmp_path, tmp_path / "tl", "mindspore", pretrained=str(pretrained),
              pretrained_exclude=["fc.*"], strategy="fixed_feature")
     net, _ = load_run_checkpoint(tmp_path / "tl" / "last.ckpt")
     after = {p.name: p.asnumpy() for p in net.get_parameters()}
@@ -138,10 +146,9 @@ def test_head_stage_keeps_the_pretrained_trunk_bit_identical(tmp_path):
     assert not np.array_equal(after["fc.3.weight"], pre["fc.3.weight"])
 
 
-def test_pretrained_exclude_that_matches_nothing_is_an_error(tmp_path):
-    _seed004(tmp_path, tmp_path / "pre", "mindspore")
+def test_pretrained_exclude_that_matches_nothing_is_an_error(tmp_path, pretrained):
     with pytest.raises(CheckpointError, match="pretrained_exclude \\['head.\\*'\\] match"):
-        _seed004(tmp_path, tmp_path / "tl", "mindspore", pretrained=str(tmp_path / "pre" / "best.ckpt"),
+        _seed004(tmp_path, tmp_path / "tl", "mindspore", pretrained=str(pretrained),
                  pretrained_exclude=["head.*"])
     assert not (tmp_path / "tl" / "config.yaml").exists()  # nothing written for a failed start
 
