@@ -272,3 +272,22 @@ def test_a_process_that_trains_again_keeps_nothing_of_the_earlier_runs(data_dir,
     rss_after_a_run(1)
     third = rss_after_a_run(2)
     assert third - first < 0.1, (first, third)
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_a_finished_run_leaves_none_of_its_parameters_alive(data_dir, tmp_path, mode):
+    """Once ``train()`` returns, no parameter of its network or optimizer is alive. MindSpore's graph executors keep
+    the parameters of the last cell they compiled (GRAPH: the cell executor's, PYNATIVE: the jit executor's) until
+    their next compile; ``release_compiled_graphs`` lets go of them. Without it the ResNet18 run here left 166
+    parameters (85 MiB) alive, and a VGG16 run of the cats-vs-dogs config 0.50 GiB."""
+    import gc
+
+    import mindspore as ms
+
+    def parameters() -> int:
+        gc.collect()
+        return sum(isinstance(o, ms.Parameter) for o in gc.get_objects())
+
+    before = parameters()
+    train(_cfg(data_dir, tmp_path / "run", mode=mode))
+    assert parameters() <= before
