@@ -176,8 +176,12 @@ def _drop_kept_weights() -> None:
         pass
     for executor in executors:
         setter = getattr(executor, "set_weights_values", None)
-        if setter is not None:
+        if setter is None:
+            continue
+        try:
             setter({})
+        except (TypeError, RuntimeError):   # another version's signature: what it keeps stays, as before
+            pass
 
 
 @contextlib.contextmanager
