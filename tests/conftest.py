@@ -66,6 +66,22 @@ def small_config(data_dir, out, **overrides) -> TrainConfig:
     return TrainConfig(**base).validate()
 
 
+def live_parameters() -> int:
+    """How many MindSpore parameters are alive in this process (after a collection)."""
+    import gc
+
+    import mindspore as ms
+
+    gc.collect()
+    count = 0
+    for obj in gc.get_objects():
+        try:
+            count += isinstance(obj, ms.Parameter)
+        except ReferenceError:   # a weak proxy whose object is gone (MindSpore 2.10 leaves some in the collector)
+            pass
+    return count
+
+
 class CrashAfterEpoch(Callback):
     """Simulates a crash (``KeyboardInterrupt``) once epoch ``epoch``'s checkpoints are written."""
 

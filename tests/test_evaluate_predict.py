@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import live_parameters
 from mindspore import Tensor, nn
 from PIL import Image
 
@@ -74,23 +75,15 @@ def test_evaluate_matches_an_independent_count(run):
 def test_evaluate_graph_mode(run):
     """GRAPH mode gives the same numbers, and the network ``evaluate_checkpoint`` built is not kept alive after it
     (MindSpore's graph executor keeps the last compiled cell's parameters: ``release_compiled_graphs``)."""
-    import gc
-
-    import mindspore as ms
-
-    def parameters() -> int:
-        gc.collect()
-        return sum(isinstance(o, ms.Parameter) for o in gc.get_objects())
-
     net, ckpt, data = run
-    before = parameters()
+    before = live_parameters()
     set_context("graph", "CPU")
     try:
         result = evaluate_checkpoint(str(ckpt), str(data), batch_size=5)
     finally:
         set_context("pynative", "CPU")
     _check(result, net, data)
-    assert parameters() <= before
+    assert live_parameters() <= before
 
 
 def test_evaluate_cli(run, tmp_path, capsys):

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import crash_after, own_cache, small_config
+from conftest import crash_after, live_parameters, own_cache, small_config
 
 from ms_transfer.mindspore_backend.ckpt_format import CKPT
 import ms_transfer.core.recipe as recipe
@@ -280,14 +280,6 @@ def test_a_finished_run_leaves_none_of_its_parameters_alive(data_dir, tmp_path, 
     the parameters of the last cell they compiled (GRAPH: the cell executor's, PYNATIVE: the jit executor's) until
     their next compile; ``release_compiled_graphs`` lets go of them. Without it the ResNet18 run here left 166
     parameters (85 MiB) alive, and a VGG16 run of the cats-vs-dogs config 0.50 GiB."""
-    import gc
-
-    import mindspore as ms
-
-    def parameters() -> int:
-        gc.collect()
-        return sum(isinstance(o, ms.Parameter) for o in gc.get_objects())
-
-    before = parameters()
+    before = live_parameters()
     train(_cfg(data_dir, tmp_path / "run", mode=mode))
-    assert parameters() <= before
+    assert live_parameters() <= before
