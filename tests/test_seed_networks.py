@@ -110,8 +110,8 @@ def _seed004(tmp_path, out, framework, **overrides):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """The MindSpore run the transfer tests start from (a stand-in for the Fashion-MNIST run: same network, other
-    data), trained once for this file (each test had trained the same run: ~14 s each); its ``best.ckpt``, which the
-    tests only read."""
+    data), trained once for this file (four tests had each trained the same run: ~3 s of CPU each); its
+    ``best.ckpt``, which the tests only read."""
     root = tmp_path_factory.mktemp("seed004")
     _seed004(root, root / "pre", "mindspore")
     return root / "pre" / "best.ckpt"
