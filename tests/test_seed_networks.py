@@ -121,7 +121,6 @@ def pretrained(tmp_path_factory):
 def test_fashion_to_mnist_loads_by_name_freezes_then_unfreezes(tmp_path, framework, capsys, pretrained):
     """Seed 004's recipe on real digits: pretrain (a stand-in for the Fashion-MNIST run: same network, other
     data), load it with the head excluded, train the head on a frozen trunk, then everything at 1/10 the LR."""
-    capsys.readouterr()
     # a MindSpore checkpoint, loaded by both frameworks
     summary = _seed004(tmp_path, tmp_path / "tl", framework, pretrained=str(pretrained), pretrained_exclude=["fc.*"],
                        head_epochs=1, epochs=2, stage2_lr_scale=0.1)
