@@ -4,6 +4,7 @@
 small_config``: the tests folder is on ``sys.path`` under pytest's default import mode); ``SharedReference`` lets
 the bug tests compare several ports against one torch reference.
 """
+import gc
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -157,6 +158,7 @@ class SharedReference:
         rows = []
         for check, (ref, floors, scale_ref) in self.checks.items():
             got, error = run_port(c.runners[check], side, c.xs)
+            side.release_graphs()   # as the engine does after each check: the port's weights are not kept after it
             rows += [failed(name, error) if got is None else
                      compare_to_floor(name, got[name], ref[name], floors[name],
                                       scale_ref=None if scale_ref is None else scale_ref[name])
@@ -260,26 +262,30 @@ def pytest_collection_finish(session):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _collect_garbage():
-    """After each test file: collect its reference cycles (a full collection with both frameworks loaded takes long
-    enough not to run after every test), and stop the torch DataLoader workers' forkserver if a test started one
+def _stop_forkserver():
+    """After each test file: stop the torch DataLoader workers' forkserver if a test started one
     (torch_reference/data.py): it holds its own torch, 0.69 GB resident, for as long as the process that started it
     lives, in each xdist worker; the next file that needs it starts it again (~2.4 s)."""
     yield
-    import gc
     from multiprocessing import forkserver
 
-    gc.collect()
     forkserver._forkserver._stop()   # private, what CPython's own tests call; nothing when none is running
 
 
 @pytest.fixture(autouse=True)
 def _return_freed_memory():
-    """After each test: give the C heap's free pages back to the system (a few ms). glibc keeps freed heap memory in
-    the process (parity/engine/memory.py: 0.76 -> 1.60 GiB for five torch gradient runs that kept nothing), so
-    without this a pytest process's resident memory is the sum of its tests' high-water marks."""
+    """After each test: collect its reference cycles, then give the C heap's free pages back to the system.
+
+    Every MindSpore ``Parameter`` is in a cycle (its ``ParamInfo`` points back to it), so a test's dropped cells
+    and parameters stay until a full collection: the next test started beside them (the VGG16 round-trip test left
+    107 parameters, 0.9 GiB; collected once per file before, the cats-vs-dogs test began 3 GiB above a fresh
+    process). The imports are frozen out of the collector (:func:`pytest_collection_finish`), so a collection
+    walks only what the tests made: ~1 ms after the imports. glibc keeps freed heap memory in the process
+    (parity/engine/memory.py: 0.76 -> 1.60 GiB for five torch gradient runs that kept nothing), so without the
+    trim a pytest process's resident memory is the sum of its tests' high-water marks."""
     yield
     from parity.engine.memory import release_freed_memory
+    gc.collect()
     release_freed_memory()
 
 

@@ -388,7 +388,9 @@ def test_cats_dogs_config_trains_only_the_class_layer_in_both_frameworks(tmp_pat
         summary = run(cfg)
         runs[framework] = (out, summary)
     from ms_transfer.core.convert import convert_weights
-    before = {k: v.numpy() for k, v in torch.load(pretrained, weights_only=True).items()}
+    # mapped from the file, not read into memory: VGG16's weights held beside each checkpoint read had become the
+    # test's peak (3.28 GiB of anonymous memory alone)
+    before = {k: v.numpy() for k, v in torch.load(pretrained, weights_only=True, mmap=True).items()}
     for framework, (out, _) in runs.items():
         ckpt = out / ("best.ckpt" if framework == "mindspore" else "best.pth")
         state, _, _ = convert_weights(read_weights(ckpt), "torchvision")
@@ -397,7 +399,8 @@ def test_cats_dogs_config_trains_only_the_class_layer_in_both_frameworks(tmp_pat
         assert state["classifier.6.weight"].shape == (2, 4096)
         rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
         assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
-    del before, state   # VGG16's weights twice (1.1 GB) beside the evaluations' models (5.12 -> 4.83 GiB alone)
+        del state   # one framework's weights at a time
+    del before
     for framework, (out, _) in runs.items():
         ckpt = out / ("best.ckpt" if framework == "mindspore" else "best.pth")
         mine = (evaluate_checkpoint if framework == "mindspore" else torch_evaluate)(str(ckpt), str(data))

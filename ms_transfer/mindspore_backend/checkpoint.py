@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor, dtype_to_nptype, nn
 
 from . import context  # noqa: F401  (its import applies the oneDNN cap: ms_transfer.mindspore_backend.context)
 from ..core import naming
@@ -89,7 +89,10 @@ def load_state_into(net: nn.Cell, state: Mapping[str, np.ndarray], strict: bool 
     for name, value in state.items():
         if name in params and name not in mismatched:
             param = params[name]
-            param.set_data(Tensor(np.asarray(value), dtype=param.dtype))
+            # copied into the parameter's own memory (the caller's array is not aliased) from a tensor sharing the
+            # array's: a copy made first stayed until the loop ended (parity's load_weights, the same loop: VGG11-BN
+            # 0.40 GiB above the weights and 0.8 s; 0 and 0.1 s without)
+            param.copy_(Tensor.from_numpy(np.ascontiguousarray(value, dtype=dtype_to_nptype(param.dtype))))
             report.loaded.append(name)
     return report
 

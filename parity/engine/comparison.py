@@ -217,6 +217,7 @@ def _compare(torch_module, ms_cell, inputs: Inputs, targets: Optional[np.ndarray
         _localize(c, o, report, o.localize_mode if mode is None else mode)
         report.seconds["total"] = sum(v for k, v in report.seconds.items() if not k.endswith("(mindspore)")
                                       and k not in ("dropout", "localize")) + time.perf_counter() - t
+    c.ms_side.release_graphs()   # what the dropout row and localisation compiled, and the weights kept with it
     return [report for _, report in runs]
 
 
