@@ -2,6 +2,7 @@
 step in every regime, and each injected training bug is caught by a wide margin."""
 import numpy as np
 import pytest
+from conftest import live_parameters
 
 from ms_transfer.mindspore_backend.context import set_context
 from parity import TRAIN_BUGS, ParityConfig, run_parity
@@ -17,8 +18,12 @@ SMALL = dict(arch="resnet18", image_size=64, num_classes=10, batch=4, train_step
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 def test_three_regimes_pass(mode):
+    before = live_parameters()
     report = run_parity(ParityConfig(mode=mode, **SMALL))
     assert report.passed, "\n" + "\n".join(str(r) for r in report.results)
+    # MindSpore's graph executors keep the parameters of the last step they compiled until their next compile: the
+    # check lets go of them when its MindSpore runs end (without: 123 parameters alive here; VGG11's step 0.48 GiB)
+    assert live_parameters() <= before
     assert len(report.results) == 3 * len(regimes_for("resnet18"))   # finetune, fixed_feature, partial
     # frozen trunk: BN running statistics must not move at all, in either framework
     stats = next(r for r in report.results if r.check == "fixed_feature: BN stat updates")
