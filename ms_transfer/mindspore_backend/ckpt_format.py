@@ -60,7 +60,7 @@ def write_ckpt(path: Path, state, meta) -> None:
     """A MindSpore checkpoint of ``state``, ``meta`` as one JSON string entry (:data:`META_KEY`)."""
     import mindspore as ms
     # Tensor.from_numpy shares the array's memory; Tensor() copied every tensor first (VGG16: peak 2.24 -> 1.73 GiB
-    # and 2.8 -> 1.0 s for its 553 MB; BENCHMARKS.md "Checkpoint I/O")
+    # and 2.8 -> 1.0 s for its 553 MB; BENCHMARKS.md "What the tests' largest moment held, and a checkpoint's copies")
     entries = [{"name": k, "data": ms.Tensor.from_numpy(contiguous(v))} for k, v in state.items()]
     ms.save_checkpoint(entries, str(path), append_dict={META_KEY: json.dumps(meta)} if meta else None)
 
