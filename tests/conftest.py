@@ -69,8 +69,6 @@ def small_config(data_dir, out, **overrides) -> TrainConfig:
 
 def live_parameters() -> int:
     """How many MindSpore parameters are alive in this process (after a collection)."""
-    import gc
-
     import mindspore as ms
 
     gc.collect()

@@ -15,6 +15,7 @@ from mindspore import nn, ops
 # (importing the context applies the measured oneDNN cap, before MindSpore's first kernel)
 from ms_transfer.mindspore_backend.context import release_compiled_graphs
 from ms_transfer.mindspore_backend.optimizers import momentum_sgd
+from ms_transfer.mindspore_backend.weights import copy_into
 
 from .graph_taps import graph_calls, graph_taps
 from .localization import CallRecorder
@@ -46,12 +47,9 @@ def load_weights(net: nn.Cell, state: Mapping[str, np.ndarray]) -> None:
                               "parameters)")
     # copied into each parameter's own memory, not swapped for a new tensor (set_data): every compiled graph that had
     # run kept the data it last ran with alive, one model's worth per graph (VGG16, 64 px, GRAPH: 3.85 GiB after the
-    # eval, train and gradient graphs with set_data, 2.31 GiB with copy_; the same outputs). The source tensor shares
-    # the array's memory (Tensor.from_numpy): a copy made first stayed until the loop ended (VGG11-BN: 0.40 GiB above
-    # the weights, 0.8 s a load; 0 and 0.1 s now)
+    # eval, train and gradient graphs with set_data, 2.31 GiB with copy_; the same outputs)
     for name, value in state.items():
-        param = params[name]
-        param.copy_(ms.Tensor.from_numpy(np.ascontiguousarray(value, dtype=ms.dtype_to_nptype(param.dtype))))
+        copy_into(params[name], value)
 
 
 class Objective(nn.Cell):
