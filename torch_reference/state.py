@@ -22,10 +22,9 @@ def load_numpy_state(module: torch.nn.Module, state: Mapping[str, np.ndarray], s
     """Load a numpy state dict, casting to each tensor's dtype. ``share=True``: each tensor whose array already has
     its dtype and shape (C-contiguous, writable) then uses the array's memory instead of a copy of it, so the module
     and the arrays are one set of weights: for callers that change neither."""
-    current = module.state_dict()
-    tensors: Dict[str, torch.Tensor] = {
-        k: torch.from_numpy(np.asarray(v)).to(current[k].dtype) if k in current else torch.from_numpy(np.asarray(v))
-        for k, v in state.items()}
+    # views of the arrays, not casts: load_state_dict copies each into its tensor with ``copy_``, which casts as it
+    # copies (a float32 state into a float64 model had been cast whole first: VGG11's 1.0 GiB beside the model)
+    tensors: Dict[str, torch.Tensor] = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     module.load_state_dict(tensors, strict=strict)
     if share:
         with torch.no_grad():

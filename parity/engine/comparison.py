@@ -536,7 +536,10 @@ class SyntheticGrads:
         self.generator = generator
         self.names = list(params)
         self.shapes = {k: np.shape(v) for k, v in params.items()}
-        self.rms = {k: float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2))) or 1.0 for k, v in params.items()}
+        # each tensor's RMS is measured when its gradients are first drawn, not here: a comparison without the
+        # optimizer check never needs them, and measuring them all up front was a float64 square of each tensor at
+        # set-up (VGG11-BN's classifier.0: 0.77 GiB beside the models)
+        self._params, self._rms = params, {}
         self.steps, self.seed = steps, seed
         # where each parameter's float32 gradient starts within a step in the file, and a step's length
         sizes = [4 * int(np.prod(self.shapes[k], dtype=np.int64)) for k in self.names]
@@ -554,12 +557,20 @@ class SyntheticGrads:
             return np.random.Generator(np.random.SFC64(self.seed + 3))
         return np.random.RandomState(self.seed + 3)
 
+    def rms(self, name: str) -> float:
+        """The root mean square of parameter ``name`` (1.0 for an all-zero one): its gradients' scale."""
+        if name not in self._rms:
+            squares = np.array(self._params[name], np.float64)   # always a copy: squared in place below
+            np.square(squares, out=squares)   # the numbers of ``v ** 2``, without a second float64 array
+            self._rms[name] = float(np.sqrt(np.mean(squares))) or 1.0
+        return self._rms[name]
+
     def _draw(self, rng, name: str) -> np.ndarray:
         if self.generator == "sfc64":
             a = rng.standard_normal(self.shapes[name], dtype=np.float32)
-            a *= np.float32(0.1 * self.rms[name])
+            a *= np.float32(0.1 * self.rms(name))
             return a
-        return (0.1 * self.rms[name] * rng.standard_normal(self.shapes[name])).astype(np.float32)
+        return (0.1 * self.rms(name) * rng.standard_normal(self.shapes[name])).astype(np.float32)
 
     def _write(self) -> None:
         """On first use: every step into the file, drawn one tensor at a time (the same random sequence as a whole
