@@ -310,9 +310,6 @@ class TorchBackend:
     def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         batchnorm.set_batchnorm_statistics(self.model, stats)
 
-    def release(self) -> None:
-        """Nothing: torch keeps nothing of a run outside its objects (the loop then collects their cycles)."""
-
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         self.model.eval()  # a VGG head holds Dropout layers
         with torch.no_grad():

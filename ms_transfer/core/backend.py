@@ -175,11 +175,6 @@ class Step(Protocol):
     def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         """Overwrite the moving ``(mean, unbiased variance)`` of the named BatchNorm layers."""
 
-    def release(self) -> None:
-        """Let go of what the framework keeps of this run outside the backend's own objects (MindSpore: its compiled
-        graphs, and the parameters its graph executors hold with them); :func:`~.loop.fit` calls it when the run
-        ends, finished or failed, before it collects the run's reference cycles."""
-
 
 @runtime_checkable
 class Backend(Step, Data, RunIO, Distribution, Protocol):

@@ -23,7 +23,6 @@ an uncached epoch would use (:func:`~.data.batch_indices` of the epoch's seed).
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import logging
 import math
@@ -316,19 +315,7 @@ def fit(cfg: TrainConfig, backend: Backend, callbacks: Optional[Sequence[Callbac
     ensure_logging()
     hooks = CallbackList(default_callbacks(cfg) if callbacks is None else callbacks)
     log.debug("Callbacks: " + ", ".join(type(c).__name__ for c in hooks.callbacks))
-    try:
-        backend.setup(cfg)
-        return _fit_on_ranks(cfg, backend, hooks)
-    finally:
-        backend.release()
-        # every MindSpore Parameter is in a reference cycle (its ParamInfo points back to it), and torch's run objects
-        # hold some too: the run's network and optimizer state waited for Python's next full collection (VGG16,
-        # cats vs dogs: 0.5 GiB past the end of the run in either framework)
-        gc.collect()
-
-
-def _fit_on_ranks(cfg: TrainConfig, backend: Backend, hooks: CallbackList) -> Dict:
-    """:func:`_fit`, with the other ranks of a data-parallel run quiet on stdout and a failure said on every rank."""
+    backend.setup(cfg)
     dist = backend.dist
     if not dist.enabled:
         return _fit(cfg, backend, dist, hooks)

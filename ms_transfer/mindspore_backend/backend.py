@@ -16,7 +16,7 @@ from mindspore import nn, ops
 
 from . import batchnorm, compile_cache, parallel
 from .checkpoint import load_optimizer_state, load_pretrained, save_run_checkpoint
-from .context import freeze_imported_objects, prepare_onednn, release_compiled_graphs, set_context
+from .context import freeze_imported_objects, prepare_onednn, set_context
 from ..core.archs import task_of
 from ..core.class_means import check_head_names
 from ..core.config import TrainConfig
@@ -278,9 +278,6 @@ class MindSporeBackend:
 
     def set_batchnorm_statistics(self, stats: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         batchnorm.set_batchnorm_statistics(self.model, stats)
-
-    def release(self) -> None:
-        release_compiled_graphs()   # the run's graphs: a process that trains again would keep each run's
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         self._set_training(False)  # a VGG head holds Dropout layers

@@ -132,7 +132,7 @@ def freeze_imported_objects() -> None:
 def release_compiled_graphs() -> None:
     """Give back the memory MindSpore keeps for the graphs it compiled (``mindspore.ms_memory_recycle``): a cell
     that is used again compiles again. Call it where a piece of work is done with its cells: the end of a training
-    run (:meth:`MindSporeBackend.release`, called by ``core.loop.fit``), each parity check (``parity.engine.mindspore_side``). Measured (MindSpore
+    run (:func:`ms_transfer.train.train`), each parity check (``parity.engine.mindspore_side``). Measured (MindSpore
     2.7.2, AMD EPYC): six PYNATIVE ``train()`` runs of ResNet18 at 32 px in one process, no cell left alive, grew it
     by 0.14 GiB each (0.86 -> 1.59 GiB) and stayed flat with this after each (0.77 -> 0.79 GiB); a pytest worker
     kept every run's. Then the parameters the graph executors still hold are let go of (:func:`_drop_kept_weights`).
